@@ -1,0 +1,879 @@
+"""Adversarial networks for robust deep learning (Wang & Yu, ICLR 2019): the shared core.
+
+A generator G maps an image to a perturbation eps * tanh(.) and a classifier D learns on clean and
+perturbed images while G maximises D's loss, with a gradient regulariser on D (paper, section 3).
+This file holds the networks, the attacks, the training steps, evaluation and checkpoints, plus the
+experiment runner that every dataset script shares. It needs only torch and numpy: copy it alone.
+
+Conventions: images are float tensors in [0, 1]; eps is in [0, 1] units; models scale their input to
+[-1, 1] inside and return logits; attacks are pure functions that leave a model's batch-norm
+statistics, train/eval mode and parameter gradients as they found them.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad input, missing data, stale checkpoint): shown as one line."""
+
+
+# =====================================================================================================
+# Device and precision: the one place that decides them
+# =====================================================================================================
+
+def pick_device(gpu=None):
+    """`gpu` is None (first GPU if any, else CPU), "cpu", or a CUDA index."""
+    if gpu is None:
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if str(gpu).lower() == "cpu":
+        return torch.device("cpu")
+    if not str(gpu).isdigit():
+        raise UserError(f"--gpu {gpu}: give a GPU index such as 0, or cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(gpu) >= count:
+        raise UserError(f"--gpu {gpu}: this machine has {count} CUDA device(s); use --gpu cpu or an index below {count}")
+    return torch.device(f"cuda:{gpu}")
+
+
+def autocast(device):
+    """bf16 autocast on CUDA (wide exponent, so no loss scaling is needed); plain float32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(model, device):
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        return model.to(device, memory_format=torch.channels_last)
+    return model.to(device)
+
+
+def device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
+
+
+# =====================================================================================================
+# Data helpers: whole data sets live on the training device as uint8; batches are cut there
+# =====================================================================================================
+
+def open_dataset(make, name, where):
+    """Calls `make(download)`: first from disk, then downloading; offline, a clear error says `where`."""
+    try:
+        return make(download=False)
+    except (RuntimeError, FileNotFoundError, OSError):
+        pass
+    try:
+        return make(download=True)
+    except Exception as err:  # torchvision raises several types for a failed download
+        raise UserError(f"{name} is not on disk and could not be downloaded ({type(err).__name__}); {where}") from None
+
+
+class Batches:
+    """Minibatches of a uint8 image tensor (N, C, H, W) held on the device.
+
+    The batch of iteration `it` depends only on (seed, it): epoch e is the permutation drawn from
+    seed and e, so a resumed run sees exactly the batches an uninterrupted run would have seen.
+    """
+
+    def __init__(self, images, labels, batch_size, seed, device):
+        if len(images) < batch_size:
+            raise UserError(f"the training set has {len(images)} images, fewer than one batch of {batch_size}")
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.batch_size, self.seed = batch_size, seed
+        self.per_epoch = len(images) // batch_size  # the last partial batch is dropped: static shapes
+        self._epoch, self._order = None, None
+
+    def __call__(self, it):
+        epoch, pos = divmod(it, self.per_epoch)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order = torch.randperm(len(self.images), generator=gen).to(self.images.device)
+            self._epoch = epoch
+        idx = self._order[pos * self.batch_size:(pos + 1) * self.batch_size]
+        return to_float(self.images[idx]), self.labels[idx]
+
+
+def to_float(images_uint8):
+    return images_uint8.float().div_(255)
+
+
+# =====================================================================================================
+# Networks (paper appendix, Figures 2-4). Inputs in [0, 1], scaled to [-1, 1] inside.
+# =====================================================================================================
+
+def signed(x):
+    return x * 2 - 1
+
+
+class D1(nn.Module):
+    """MNIST CNN: conv5x5(32)-pool-conv5x5(64)-pool-FC, ReLU, no batch norm."""
+
+    def __init__(self, in_shape=(1, 28, 28), n_classes=10):
+        super().__init__()
+        c, h, w = in_shape
+        self.conv1 = nn.Conv2d(c, 32, 5, padding=2)
+        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
+        self.fc = nn.Linear(64 * (h // 4) * (w // 4), n_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(signed(x))), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+class ResidualBlock(nn.Module):
+    """Figure 2: conv-BN-ReLU-conv-BN plus the shortcut, then ReLU; a 1x1 conv+BN shortcut when asked."""
+
+    def __init__(self, c_in, c_out, stride=1, project=False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        needs_projection = project or stride != 1 or c_in != c_out
+        self.shortcut = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+                         if needs_projection else nn.Identity())
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def conv_bn_relu(c_in, c_out, stride=1):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+class D2(nn.Module):
+    """ResNet-20 style: conv(16), 3 stages x 3 blocks (16/32/64, strides 1/2/2), global avg pool, FC.
+    The first block of every stage has a projection shortcut, as in the authors' code."""
+
+    def __init__(self, n_classes=10, in_channels=3):
+        super().__init__()
+        layers = [conv_bn_relu(in_channels, 16)]
+        c_in = 16
+        for c_out, stride in ((16, 1), (32, 2), (64, 2)):
+            layers += [ResidualBlock(c_in, c_out, stride, project=True), ResidualBlock(c_out, c_out), ResidualBlock(c_out, c_out)]
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, n_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(signed(x)).mean((2, 3)))
+
+
+class Decoder(nn.Module):
+    """The part all generators share: 6 residual blocks at 4k channels, two stride-2 deconvs, conv, tanh.
+    Upsamples by 4: 7x7 -> 28x28 for MNIST, 8x8 -> 32x32 for SVHN/CIFAR."""
+
+    def __init__(self, c_in, k, channels):
+        super().__init__()
+        blocks = [ResidualBlock(c_in, 4 * k)] + [ResidualBlock(4 * k, 4 * k) for _ in range(5)]
+        self.net = nn.Sequential(
+            *blocks,
+            nn.ConvTranspose2d(4 * k, 2 * k, 3, 2, 1, output_padding=1, bias=False), nn.BatchNorm2d(2 * k), nn.ReLU(),
+            nn.ConvTranspose2d(2 * k, k, 3, 2, 1, output_padding=1, bias=False), nn.BatchNorm2d(k), nn.ReLU(),
+            nn.Conv2d(k, channels, 3, 1, 1), nn.Tanh())
+
+    def forward(self, h):
+        return self.net(h)
+
+
+class G1(nn.Module):
+    """Encoder-decoder on the image: conv(k), stride-2 convs to k and 2k, then the shared decoder.
+    `inputs(x, y)` gives what the generator reads; forward maps it to a perturbation in [-1, 1]."""
+
+    def __init__(self, k=64, channels=1):
+        super().__init__()
+        self.encoder = nn.Sequential(conv_bn_relu(channels, k), conv_bn_relu(k, k, 2), conv_bn_relu(k, 2 * k, 2))
+        self.decoder = Decoder(2 * k, k, channels)
+
+    def inputs(self, x, y):
+        return x
+
+    def forward(self, x):
+        return self.decoder(self.encoder(signed(x)))
+
+
+class G2(nn.Module):
+    """Decoder from Gaussian noise z in R^(4k * (size/4)^2); the image is never seen."""
+
+    def __init__(self, k=64, channels=3, size=32):
+        super().__init__()
+        self.shape = (4 * k, size // 4, size // 4)
+        self.decoder = Decoder(4 * k, k, channels)
+
+    def inputs(self, x, y):
+        return torch.randn(len(x), math.prod(self.shape), device=x.device)
+
+    def forward(self, z):
+        return self.decoder(z.view(-1, *self.shape))
+
+
+class G3(nn.Module):
+    """Decoder from the one-hot label: FC to 4k * (size/4)^2, reshape, shared decoder."""
+
+    def __init__(self, k=64, channels=3, size=32, n_classes=10):
+        super().__init__()
+        self.shape, self.n_classes = (4 * k, size // 4, size // 4), n_classes
+        self.fc = nn.Linear(n_classes, math.prod(self.shape))
+        self.decoder = Decoder(4 * k, k, channels)
+
+    def inputs(self, x, y):
+        return F.one_hot(y, self.n_classes).float()
+
+    def forward(self, onehot):
+        return self.decoder(self.fc(onehot).view(-1, *self.shape))
+
+
+@contextlib.contextmanager
+def bn_stats_frozen(*models):
+    """Batch norm keeps its mode (train: batch statistics) but its running statistics are not updated.
+
+    Extra forward passes (attacks, G steps, the regulariser's second pass) must not move D's running
+    averages: those should describe the batches D is trained on, nothing else."""
+    layers = [m for model in models for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.track_running_stats for m in layers]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m, keep in zip(layers, saved):
+            m.track_running_stats = keep
+
+
+@contextlib.contextmanager
+def eval_mode(*models):
+    """Evaluation mode for the block, then each model's own mode back."""
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
+# =====================================================================================================
+# Attacks: pure functions on [0, 1] images. One PGD serves training and evaluation.
+# =====================================================================================================
+
+def input_grad(model, x, y):
+    """Gradient of the summed cross-entropy with respect to the input only (parameter grads untouched)."""
+    x = x.detach().requires_grad_(True)
+    with bn_stats_frozen(model):
+        loss = F.cross_entropy(model(x), y, reduction="sum")
+    return torch.autograd.grad(loss, x)[0]
+
+
+@torch.no_grad()
+def predict(model, x):
+    with bn_stats_frozen(model):
+        return model(x).argmax(1)
+
+
+@torch.no_grad()
+def least_likely(model, x):
+    with bn_stats_frozen(model):
+        return model(x).argmin(1)
+
+
+def fgs(model, x, y, eps):
+    """Fast gradient sign (Eq. 6). Pass `predict(model, x)` as y to avoid label leakage."""
+    with torch.enable_grad():
+        step = eps * input_grad(model, x, y).sign()
+    return (x + step).clamp(0, 1).detach()
+
+
+def fgs_least_likely(model, x, eps):
+    """One step towards the least likely class (Eq. 8)."""
+    with torch.enable_grad():
+        step = eps * input_grad(model, x, least_likely(model, x)).sign()
+    return (x - step).clamp(0, 1).detach()
+
+
+def project(x_adv, x, eps):
+    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+
+
+def pgd(model, x, y, eps, alpha=None, steps=10):
+    """PGD (Eq. 7): uniform start in the eps-ball, `steps` signed steps of `alpha` (default eps/4),
+    projection onto the eps-ball and [0, 1] after the start and after every step."""
+    alpha = eps / 4 if alpha is None else alpha
+    x_adv = project(x + torch.empty_like(x).uniform_(-eps, eps), x, eps)
+    with torch.enable_grad():
+        for _ in range(steps):
+            x_adv = project(x_adv + alpha * input_grad(model, x_adv, y).sign(), x, eps)
+    return x_adv.detach()
+
+
+def check_threat_model(x_adv, x, eps, tol=1e-6):
+    """Scores only inputs inside the threat model: finite, in [0, 1], within eps of the clean image."""
+    if not torch.isfinite(x_adv).all():
+        raise ValueError("adversarial batch holds NaN or inf")
+    if x_adv.min() < 0 or x_adv.max() > 1:
+        raise ValueError("adversarial batch leaves the [0, 1] pixel range")
+    dist = (x_adv - x).abs().max().item()
+    if dist > eps + tol:
+        raise ValueError(f"adversarial batch is {dist:.6f} from its source in L-inf, above eps={eps}")
+
+
+# =====================================================================================================
+# Training steps: one function each; each returns detached per-batch statistics (no host sync)
+# =====================================================================================================
+
+def correct(logits, y):
+    return (logits.argmax(1) == y).float().mean()
+
+
+def set_grads(params, grads):
+    for p, g in zip(params, grads):
+        p.grad = g
+
+
+def standard_step(D, opt_D, x, y):
+    logits = D(x)
+    loss = F.cross_entropy(logits, y)
+    opt_D.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_D.step()
+    return {"loss": loss.detach(), "acc": correct(logits, y).detach()}
+
+
+def pgd_training_step(D, opt_D, x, y, eps, alpha=None, steps=10, with_clean=False):
+    """Madry et al.: train on PGD examples only (the authors' code); `with_clean` adds the clean loss."""
+    x_adv = pgd(D, x, y, eps, alpha, steps)
+    logits_adv = D(x_adv)
+    loss = F.cross_entropy(logits_adv, y)
+    stats = {"loss_adv": loss.detach(), "acc_adv": correct(logits_adv, y).detach()}
+    if with_clean:
+        logits = D(x)
+        loss_clean = F.cross_entropy(logits, y)
+        loss = loss + loss_clean
+        stats.update(loss_clean=loss_clean.detach(), acc=correct(logits, y).detach())
+    opt_D.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_D.step()
+    stats["loss"] = loss.detach()
+    return stats
+
+
+def generator_step(D, G, opt_G, g_in, x, y, eps, lam=1.0):
+    """One gradient-ascent step of G on lam * CE(D(x + eps*G), y); D's parameter grads are not computed."""
+    with bn_stats_frozen(D):
+        loss_adv = F.cross_entropy(D(x + eps * G(g_in)), y)
+    g_params = list(G.parameters())
+    set_grads(g_params, torch.autograd.grad(-lam * loss_adv, g_params))
+    opt_G.step()
+    return loss_adv.detach()
+
+
+def discriminator_grads(D, G, g_in, x, y, eps, lam=1.0, gamma=0.01, h=1e-3, hvp="fd"):
+    """Gradient of F + (gamma/2)||grad_phi F||^2 with respect to D's parameters (paper Eq. 5).
+
+    F = CE(D(x), y) + lam * CE(D(x + eps*G(x)), y). Only the adversarial term depends on phi, so the
+    Hessian-vector product needs only it: hvp="fd" uses the paper's finite difference
+    [grad_theta F(phi + h v) - grad_theta F(phi)] / h with v = grad_phi F (one plain ascent step of G);
+    hvp="exact" differentiates ||grad_phi F||^2 by double backpropagation. A negative gamma gives the
+    sign of the authors' code. Returns (grads, logits_clean, logits_adv, loss_clean, loss_adv).
+    """
+    d_params, g_params = list(D.parameters()), list(G.parameters())
+    logits = D(x)
+    logits_adv = D(x + eps * G(g_in))
+    loss_clean = F.cross_entropy(logits, y)
+    loss_adv = F.cross_entropy(logits_adv, y)
+    if hvp == "exact":
+        v = torch.autograd.grad(lam * loss_adv, g_params, create_graph=True)
+        regulariser = 0.5 * sum(vi.pow(2).sum() for vi in v)
+        grads = torch.autograd.grad(loss_clean + lam * loss_adv + gamma * regulariser, d_params)
+    elif hvp == "fd":
+        g_clean = torch.autograd.grad(loss_clean, d_params)
+        both = torch.autograd.grad(lam * loss_adv, d_params + g_params)
+        g_adv, v = both[:len(d_params)], both[len(d_params):]
+        phi_ahead = {name: p.detach() + h * vi for (name, p), vi in zip(G.named_parameters(), v)}
+        with bn_stats_frozen(D, G):
+            loss_ahead = F.cross_entropy(D(x + eps * functional_call(G, phi_ahead, (g_in,))), y)
+        g_ahead = torch.autograd.grad(lam * loss_ahead, d_params)
+        grads = [gc + ga + (gamma / h) * (gh - ga) for gc, ga, gh in zip(g_clean, g_adv, g_ahead)]
+    else:
+        raise ValueError(f"hvp must be 'fd' or 'exact', not {hvp!r}")
+    return grads, logits.detach(), logits_adv.detach(), loss_clean.detach(), loss_adv.detach()
+
+
+def adversarial_network_step(D, G, opt_D, opt_G, x, y, eps, lam=1.0, gamma=0.01, h=1e-3, g_steps=5, hvp="fd"):
+    """The method (paper section 3.2): `g_steps` ascent steps of G on this minibatch, then one D step
+    at the updated G on the regularised objective."""
+    g_in = G.inputs(x, y)
+    for _ in range(g_steps):
+        loss_g = generator_step(D, G, opt_G, g_in, x, y, eps, lam)
+    grads, logits, logits_adv, loss_clean, loss_adv = discriminator_grads(D, G, g_in, x, y, eps, lam, gamma, h, hvp)
+    set_grads(list(D.parameters()), grads)
+    opt_D.step()
+    return {"loss": loss_clean + lam * loss_adv, "loss_clean": loss_clean, "loss_adv": loss_adv,
+            "loss_g_last": loss_g, "acc": correct(logits, y), "acc_adv": correct(logits_adv, y)}
+
+
+def decay_groups(model, weight_decay):
+    """Weight decay on conv/linear kernels only, as the authors' code: not on biases or batch norm."""
+    kernels = [p for p in model.parameters() if p.dim() > 1]
+    others = [p for p in model.parameters() if p.dim() <= 1]
+    return [{"params": kernels, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
+
+
+def make_optimizer(kind, params, lr, momentum=0.9, betas=(0.5, 0.999)):
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas)
+    raise UserError(f"optimizer must be 'sgd' or 'adam', not {kind!r}")
+
+
+# =====================================================================================================
+# Evaluation: the paper's 9 columns over the whole (or first n) test images, batched
+# =====================================================================================================
+
+def attack_batches(surrogate, x, y, eps, pgd_steps, pgd_alpha):
+    """FGS and PGD examples crafted on `surrogate` (true labels, as the paper), threat model checked."""
+    crafted = {"fgs": fgs(surrogate, x, y, eps), "pgd": pgd(surrogate, x, y, eps, pgd_alpha, pgd_steps)}
+    for x_adv in crafted.values():
+        check_threat_model(x_adv, x, eps)
+    return crafted
+
+
+def evaluate_table(targets, surrogates, images, labels, eps, device, batch_size=500, pgd_steps=10, pgd_alpha=None,
+                   progress=None):
+    """Accuracy in percent of each target: clean, white-box FGS/PGD, and black-box FGS/PGD crafted on
+    each surrogate (keys "fgs_A'", ...). Black-box examples are crafted once per surrogate and batch
+    and scored on every target. Models are scored in eval mode and given their own mode back."""
+    hits = {t: {} for t in targets}
+
+    def score(target, column, x_in, y):
+        with torch.no_grad():
+            hit = (targets[target](x_in).argmax(1) == y).sum()
+        hits[target][column] = hits[target].get(column, 0) + hit
+
+    models = list(targets.values()) + list(surrogates.values())
+    with eval_mode(*models), autocast(device):
+        for start in range(0, len(images), batch_size):
+            x = to_float(images[start:start + batch_size].to(device))
+            y = labels[start:start + batch_size].to(device)
+            for name, model in targets.items():
+                score(name, "clean", x, y)
+                for attack, x_adv in attack_batches(model, x, y, eps, pgd_steps, pgd_alpha).items():
+                    score(name, attack, x_adv, y)
+            for s_name, surrogate in surrogates.items():
+                for attack, x_adv in attack_batches(surrogate, x, y, eps, pgd_steps, pgd_alpha).items():
+                    for name in targets:
+                        score(name, f"{attack}_{s_name}", x_adv, y)
+            if progress:
+                progress.update(min(start + batch_size, len(images)))
+    return {t: {c: round(100.0 * int(n) / len(images), 2) for c, n in cols.items()} for t, cols in hits.items()}
+
+
+# =====================================================================================================
+# Checkpoints and files: atomic writes, safe loads
+# =====================================================================================================
+
+def atomic_write(path, write):
+    """`write(tmp_path)`, then rename: a killed run never leaves a half-written file under `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(path, state):
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, foreign file: all mean "unusable"
+        raise UserError(f"checkpoint {path} is unreadable ({type(err).__name__}); delete it to retrain that model") from None
+
+
+def write_json(path, data):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+    atomic_write(path, write)
+
+
+def rng_state(device):
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def git_commit():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
+                               text=True, check=True).stdout.strip() != ""
+        return commit, dirty
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+
+
+def provenance(device):
+    commit, dirty = git_commit()
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                "cuda": torch.version.cuda}
+    try:
+        import torchvision
+        versions["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    return {"versions": versions, "device": device_name(device), "git_commit": commit, "git_dirty": dirty,
+            "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "host": platform.node()}
+
+
+# =====================================================================================================
+# Progress and interruption
+# =====================================================================================================
+
+class Progress:
+    """A dependency-free progress line: count, rate, ETA. Redrawn in place on a terminal, else a line
+    every 30 s, so log files stay short."""
+
+    def __init__(self, total, desc, unit="it", start=0):
+        self.total, self.desc, self.unit, self.start = total, desc, unit, start
+        self.t0 = self.last = time.time()
+        self.tty = sys.stderr.isatty()
+        self.extra = ""
+
+    def update(self, done, extra=None):
+        self.extra = extra if extra is not None else self.extra
+        now = time.time()
+        if done < self.total and now - self.last < (0.5 if self.tty else 30):
+            return
+        self.last = now
+        rate = (done - self.start) / max(now - self.t0, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        line = f"{self.desc} {done}/{self.total} {rate:.2f} {self.unit}/s ETA {format_seconds(eta)} {self.extra}"
+        sys.stderr.write(("\r" + line + "\033[K") if self.tty else line + "\n")
+        if done >= self.total and self.tty:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def format_seconds(s):
+    if not math.isfinite(s):
+        return "--:--"
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+
+class StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the training loop reads between iterations, so that a killed
+    run saves a consistent checkpoint (never one taken halfway through a minimax step)."""
+
+    def __init__(self):
+        self.raised = None
+
+    def __enter__(self):
+        self.saved = {}
+        if hasattr(signal, "SIGTERM") and _in_main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def _in_main_thread():
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+# =====================================================================================================
+# Training a model: the loop shared by every experiment script, resumable
+# =====================================================================================================
+
+METHODS = {"A": "standard", "B": "pgd", "C": "advnet"}
+
+# Settings that do not change what a model learns: a checkpoint stays valid when only these differ.
+EVAL_ONLY_SETTINGS = {"test_n", "eval_batch", "log_every", "ckpt_minutes"}
+
+
+def fingerprint(settings, method, seed):
+    kept = {k: v for k, v in sorted(settings.items()) if k not in EVAL_ONLY_SETTINGS}
+    return json.dumps(kept | {"method": method, "model_seed": seed})
+
+
+def lr_at(it, settings):
+    """D's learning rate: `d_lr`, times `d_lr_drop_factor` from the fraction `d_lr_drop_at` of the run on."""
+    dropped = it >= int(settings["d_lr_drop_at"] * settings["iters"])
+    return settings["d_lr"] * (settings["d_lr_drop_factor"] if dropped else 1.0)
+
+
+def fd_step(settings):
+    """The finite-difference step h; the paper sets h = eta_G / 10 (`fd_h` = 0 means that)."""
+    return settings["fd_h"] or settings["g_lr"] / 10
+
+
+def make_step(method, D, G, settings):
+    """Returns (step(x, y) -> stats, optimizers to checkpoint)."""
+    s = settings
+    opt_D = make_optimizer("sgd", decay_groups(D, s["d_weight_decay"]), s["d_lr"], s["d_momentum"])
+    alpha = s["pgd_alpha"] or None
+    if method == "standard":
+        return (lambda x, y: standard_step(D, opt_D, x, y)), {"opt_D": opt_D}
+    if method == "pgd":
+        return (lambda x, y: pgd_training_step(D, opt_D, x, y, s["eps"], alpha, s["pgd_steps"], s["pgd_train_clean"])), \
+            {"opt_D": opt_D}
+    if method == "advnet":
+        opt_G = make_optimizer(s["g_opt"], G.parameters(), s["g_lr"], s["g_momentum"], (s["g_beta1"], s["g_beta2"]))
+        return (lambda x, y: adversarial_network_step(D, G, opt_D, opt_G, x, y, s["eps"], s["lam"], s["gamma"],
+                                                      fd_step(s), s["g_steps"], s["hvp"])), {"opt_D": opt_D, "opt_G": opt_G}
+    raise ValueError(f"unknown method {method!r}")
+
+
+def restore(ckpt, path, fp, modules):
+    if ckpt.get("fingerprint") != fp:
+        raise UserError(f"checkpoint {path} was trained with other settings; delete it, or pass --ckpt-dir to keep both")
+    try:
+        for key, module in modules.items():
+            module.load_state_dict(ckpt[key])
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise UserError(f"checkpoint {path} does not match this model ({type(err).__name__}); delete it to retrain") from None
+
+
+def train_model(name, method, seed, D, G, batches, settings, device, ckpt_path, train=True):
+    """Trains (or resumes, or skips if finished) one model; `train=False` only loads a checkpoint.
+    Returns the model's record for the results JSON (iters_done < iters: unfinished).
+
+    A checkpoint is written every `ckpt_minutes` at a logging boundary, at the end, and when the run
+    is interrupted (SIGINT/SIGTERM, between iterations). A NaN/inf loss stops the run with the last
+    good checkpoint kept."""
+    s, fp = settings, fingerprint(settings, method, seed)
+    step, optimizers = make_step(method, D, G, s)
+    modules = {"D": D, **({"G": G} if method == "advnet" else {}), **optimizers}
+    record = {"method": method, "iters_done": 0, "train_seconds": 0.0, "history": []}
+    if os.path.exists(ckpt_path):
+        ckpt = load_checkpoint(ckpt_path)
+        restore(ckpt, ckpt_path, fp, modules)
+        set_rng_state(ckpt["rng"], device)
+        record = ckpt["record"]
+        if record["iters_done"] >= s["iters"]:
+            print(f"{name}: finished checkpoint found ({ckpt_path}), not retrained", file=sys.stderr)
+    if record["iters_done"] >= s["iters"] or not train:
+        return record
+
+    def save():
+        save_checkpoint(ckpt_path, {"fingerprint": fp, "record": record, "rng": rng_state(device),
+                                    **{k: m.state_dict() for k, m in modules.items()}})
+
+    D.train(), G.train()
+    start = record["iters_done"]
+    progress = Progress(s["iters"], f"{name} ({method})", start=start)
+    sums, count, t_start, t_saved = {}, 0, time.time(), time.time()
+    seconds_before = record["train_seconds"]
+    with StopFlag() as stop:
+        for it in range(start, s["iters"]):
+            for group in optimizers["opt_D"].param_groups:
+                group["lr"] = lr_at(it, s)
+            x, y = batches(it)
+            with autocast(device):
+                stats = step(x, y)
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0) + v.float()
+            count += 1
+            last = it + 1 == s["iters"]
+            if (it + 1) % s["log_every"] == 0 or last or stop.raised:
+                means = {k: v.item() / count for k, v in sums.items()}  # the one host sync per interval
+                if not all(math.isfinite(v) for v in means.values()):
+                    kept = f"last good checkpoint kept ({record['iters_done']} iterations)" if os.path.exists(ckpt_path) else "no checkpoint written"
+                    raise UserError(f"{name}: loss became NaN/inf before iteration {it + 1}; stopped, {kept}; "
+                                    f"try a smaller learning rate with --set")
+                record["history"].append({"iter": it + 1, "lr": lr_at(it, s), **{k: round(v, 5) for k, v in means.items()}})
+                record["iters_done"] = it + 1
+                record["train_seconds"] = seconds_before + time.time() - t_start
+                sums, count = {}, 0
+                progress.update(it + 1, " ".join(f"{k}={v:.3f}" for k, v in means.items() if k in ("loss", "acc", "acc_adv")))
+                if last or stop.raised or time.time() - t_saved >= 60 * s["ckpt_minutes"]:
+                    save()
+                    t_saved = time.time()
+                if stop.raised:
+                    raise KeyboardInterrupt(f"{name}: stopped at iteration {it + 1}; checkpoint saved to {ckpt_path}")
+    return record
+
+
+# =====================================================================================================
+# Settings and the command line: one dict per script, checked overrides
+# =====================================================================================================
+
+def parse_value(key, text, default):
+    """Parses `text` as the type of the setting's default; a wrong type is a UserError."""
+    kind = type(default)
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if kind is float:
+            return float(text)
+        return kind(text)
+    except ValueError:
+        raise UserError(f"--set {key}={text}: expected a {kind.__name__} (the default is {default!r})") from None
+
+
+def apply_overrides(settings, pairs):
+    settings = dict(settings)
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise UserError(f"--set {pair}: write key=value")
+        if key not in settings:
+            raise UserError(f"--set {key}: unknown setting; known: {', '.join(sorted(settings))}")
+        settings[key] = parse_value(key, text, settings[key])
+    return settings
+
+
+def experiment_parser(description):
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gpu", default=None, help="CUDA device index, or cpu (default: GPU 0 if present, else cpu)")
+    p.add_argument("--data-dir", default="data", help="where torchvision finds or downloads the data set")
+    p.add_argument("--out", default=None, help="results JSON (default: results/<experiment>.json)")
+    p.add_argument("--ckpt-dir", default=None, help="checkpoints (default: checkpoints/<experiment>)")
+    p.add_argument("--seed", type=int, default=None, help="seed s of A, B, C; A', B', C' use s+1")
+    p.add_argument("--models", default="A,B,C,A',B',C'", help="subset to train, e.g. A,C'")
+    p.add_argument("--iters", type=int, default=None, help="iterations per model; the schedule scales with it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
+    p.add_argument("--quick", action="store_true", help="tiny schedule and test subset: a smoke test")
+    p.add_argument("--no-eval", action="store_true", help="train only (e.g. to spread models over machines)")
+    return p
+
+
+def resolve_settings(base, args, quick, preset=None):
+    """base <- preset (e.g. Fashion-MNIST) <- --quick <- --iters/--seed <- --set, each checked."""
+    s = dict(base) | (preset or {})
+    if args.quick:
+        s |= quick
+    if args.iters is not None:
+        s["iters"] = args.iters
+    if args.seed is not None:
+        s["seed"] = args.seed
+    s = apply_overrides(s, args.set)
+    if s["iters"] < 1 or s["batch_size"] < 1:
+        raise UserError("iters and batch_size must be positive")
+    if s["hvp"] not in ("fd", "exact"):
+        raise UserError(f"hvp must be fd or exact, not {s['hvp']!r}")
+    return s
+
+
+def parse_models(text):
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in names if m.rstrip("'") not in METHODS or m.count("'") > 1]
+    if bad or not names:
+        raise UserError(f"--models {text}: choose from A, B, C, A', B', C'")
+    return names
+
+
+def run_experiment(name, settings, args, data, build_D, build_G, paper=None):
+    """Trains the chosen models (resumably), evaluates the 9-column table and writes the results JSON.
+
+    `data` = (train_images, train_labels, test_images, test_labels) as uint8 (N, C, H, W) and int64.
+    Models outside --models are not trained, but their finished checkpoints are evaluated."""
+    device = pick_device(args.gpu)
+    chosen = parse_models(args.models)
+    out = args.out or os.path.join("results", f"{name}.json")
+    ckpt_dir = args.ckpt_dir or os.path.join("checkpoints", name)
+    train_x, train_y, test_x, test_y = data
+    started = time.time()
+    report = {"experiment": name, "settings": settings, "seeds": {}, "provenance": provenance(device),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": {}}
+    finished = {}
+    for model_name in ["A", "B", "C", "A'", "B'", "C'"]:
+        ckpt_path = os.path.join(ckpt_dir, f"{model_name}.pt")
+        if model_name not in chosen and not os.path.exists(ckpt_path):
+            continue
+        seed = settings["seed"] + model_name.count("'")
+        method = METHODS[model_name.rstrip("'")]
+        torch.manual_seed(seed)
+        D, G = to_device(build_D(settings), device), to_device(build_G(settings), device)
+        batches = Batches(train_x, train_y, settings["batch_size"], seed, device)
+        record = train_model(model_name, method, seed, D, G, batches, settings, device, ckpt_path, model_name in chosen)
+        if record["iters_done"] >= settings["iters"]:
+            report["seeds"][model_name] = seed
+            report["models"][model_name] = record
+            finished[model_name] = D
+    if args.no_eval:
+        print(f"trained {', '.join(finished)}; checkpoints in {ckpt_dir}; run without --no-eval to evaluate")
+        return report
+    report["table"], report["eval"] = evaluate_trained(finished, settings, test_x, test_y, device)
+    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    report["wall_seconds"] = round(time.time() - started, 1)
+    write_json(out, report)
+    print(format_table(report["table"], paper))
+    print(f"results written to {out}")
+    return report
+
+
+def evaluate_trained(models, settings, test_x, test_y, device):
+    n = settings["test_n"] or len(test_x)
+    targets = {k: m for k, m in models.items() if "'" not in k}
+    surrogates = {k: m for k, m in models.items() if "'" in k}
+    if not targets:
+        return {}, {"n_test": 0, "seconds": 0.0, "note": "no finished target model (A, B or C)"}
+    torch.manual_seed(settings["seed"])  # PGD's random start: the same numbers for the same run
+    t0 = time.time()
+    table = evaluate_table(targets, surrogates, test_x[:n], test_y[:n], settings["eps"], device, settings["eval_batch"],
+                           settings["pgd_steps"], settings["pgd_alpha"] or None, Progress(n, "evaluate", "img"))
+    columns = ["clean", "fgs", "pgd"] + [f"{a}_{s}" for s in surrogates for a in ("fgs", "pgd")]
+    return table, {"n_test": n, "columns": columns, "seconds": round(time.time() - t0, 1), "bn": "running statistics (eval mode)"}
+
+
+def format_table(table, paper=None):
+    """Our accuracies, and the paper's beside them where given ({row: [9 values]})."""
+    columns = ["clean", "fgs", "pgd", "fgs_A'", "pgd_A'", "fgs_B'", "pgd_B'", "fgs_C'", "pgd_C'"]
+    lines = ["model   " + "".join(f"{c:>9}" for c in columns)]
+    for row, values in table.items():
+        lines.append(f"{row:<8}" + "".join(f"{values[c]:>9.2f}" if c in values else f"{'-':>9}" for c in columns))
+        if paper and row in paper:
+            lines.append(f"{'  paper':<8}" + "".join(f"{v:>9.2f}" for v in paper[row]))
+    return "\n".join(lines)
+
+
+def exit_on_error(main):
+    """Runs `main()`; a UserError or an interruption becomes one line on stderr and a non-zero exit."""
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as err:
+        print(f"\ninterrupted: {err or 'no checkpoint in progress'}; run the same command to resume", file=sys.stderr)
+        sys.exit(130)
