@@ -421,12 +421,12 @@ def adversarial_network_step(D, G, opt_D, opt_G, x, y, eps, lam=1.0, gamma=0.01,
     at the updated G on the regularised objective."""
     g_in = G.inputs(x, y)
     for _ in range(g_steps):
-        loss_g = generator_step(D, G, opt_G, g_in, x, y, eps, lam)
+        generator_step(D, G, opt_G, g_in, x, y, eps, lam)
     grads, logits, logits_adv, loss_clean, loss_adv = discriminator_grads(D, G, g_in, x, y, eps, lam, gamma, h, hvp)
     set_grads(list(D.parameters()), grads)
     opt_D.step()
     return {"loss": loss_clean + lam * loss_adv, "loss_clean": loss_clean, "loss_adv": loss_adv,
-            "loss_g_last": loss_g, "acc": correct(logits, y), "acc_adv": correct(logits_adv, y)}
+            "acc": correct(logits, y), "acc_adv": correct(logits_adv, y)}
 
 
 def decay_groups(model, weight_decay):

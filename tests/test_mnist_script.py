@@ -1,0 +1,133 @@
+"""mnist.py end to end on fake files in torchvision's format, and each bad input's one-line error."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, write_fake_mnist
+
+COLUMNS = ["clean", "fgs", "pgd", "fgs_A'", "pgd_A'", "fgs_B'", "pgd_B'", "fgs_C'", "pgd_C'"]
+OFFLINE = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+           "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+
+
+def run(*args, cwd=ROOT):
+    env = os.environ | OFFLINE | {"PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "mnist.py"), "--gpu", "cpu", *args],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+def check_schema(report, n_test):
+    assert report["experiment"] == "mnist_quick"
+    assert report["settings"]["iters"] == 30 and report["settings"]["eps"] == 0.3
+    assert report["seeds"] == {"A": 0, "B": 0, "C": 0, "A'": 1, "B'": 1, "C'": 1}
+    prov = report["provenance"]
+    assert prov["versions"]["torch"] == torch.__version__ and prov["device"].startswith("cpu")
+    assert "git_commit" in prov and "mnist.py" in prov["command"]
+    for name, model in report["models"].items():
+        assert model["iters_done"] == 30 and model["train_seconds"] > 0
+        assert [h["iter"] for h in model["history"]] == [10, 20, 30]
+        assert all("loss" in h and "lr" in h for h in model["history"])
+    assert report["eval"]["n_test"] == n_test and report["eval"]["columns"] == COLUMNS
+    assert set(report["table"]) == {"A", "B", "C"}
+    for row in report["table"].values():
+        assert set(row) == set(COLUMNS)
+        assert all(0 <= v <= 100 for v in row.values())
+
+
+@pytest.fixture(scope="module")
+def quick_run(fake_mnist, tmp_path_factory):
+    work = tmp_path_factory.mktemp("quick")
+    out, ckpt = str(work / "mnist.json"), str(work / "ckpt")
+    result = run("--quick", "--data-dir", fake_mnist, "--out", out, "--ckpt-dir", ckpt)
+    assert result.returncode == 0, result.stderr
+    return out, ckpt, result
+
+
+def test_quick_run_writes_a_schema_valid_json(quick_run):
+    out, _, result = quick_run
+    with open(out) as f:
+        report = json.load(f)
+    check_schema(report, n_test=200)
+    assert "paper" in result.stdout and "results written" in result.stdout
+
+
+def test_rerun_skips_finished_models(quick_run, fake_mnist):
+    out, ckpt, _ = quick_run
+    with open(out) as f:
+        first = json.load(f)
+    result = run("--quick", "--data-dir", fake_mnist, "--out", out, "--ckpt-dir", ckpt)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("not retrained") == 6
+    with open(out) as f:
+        again = json.load(f)
+    assert again["models"] == first["models"] and again["table"] == first["table"]
+
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def sentinel(tmp_path):
+    """A results file that an error must leave as it was."""
+    path = tmp_path / "results.json"
+    path.write_text('{"keep": true}')
+    yield str(path)
+    assert path.read_text() == '{"keep": true}', "a failed run overwrote the results"
+
+
+def test_missing_data_offline_says_which_files_go_where(tmp_path, sentinel):
+    result = run("--quick", "--data-dir", str(tmp_path / "empty"), "--out", sentinel)
+    assert_clean_error(result, "train-images-idx3-ubyte", os.path.join(str(tmp_path / "empty"), "MNIST", "raw"))
+
+
+def test_fashion_missing_data_names_its_folder(tmp_path, sentinel):
+    result = run("--quick", "--fashion", "--data-dir", str(tmp_path), "--out", sentinel)
+    assert_clean_error(result, os.path.join("FashionMNIST", "raw"))
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--gpu", "99"], "--gpu 99"),
+    (["--set", "no_such_key=1"], "unknown setting"),
+    (["--set", "iters=many"], "expected a int"),
+    (["--set", "eps"], "key=value"),
+    (["--set", "hvp=magic"], "hvp"),
+    (["--models", "A,Z"], "--models"),
+])
+def test_bad_command_line_gets_one_line_error(args, fragment, fake_mnist, sentinel):
+    assert_clean_error(run("--quick", "--data-dir", fake_mnist, "--out", sentinel, *args), fragment)
+
+
+def test_corrupt_checkpoint_is_reported(fake_mnist, tmp_path, sentinel):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "A.pt").write_bytes(b"not a checkpoint")
+    result = run("--quick", "--data-dir", fake_mnist, "--out", sentinel, "--ckpt-dir", str(tmp_path / "ckpt"))
+    assert_clean_error(result, "A.pt", "unreadable")
+
+
+def test_checkpoint_from_other_settings_or_model_is_reported(quick_run, fake_mnist, tmp_path, sentinel):
+    _, ckpt, _ = quick_run
+    result = run("--quick", "--data-dir", fake_mnist, "--out", sentinel, "--ckpt-dir", ckpt, "--set", "d_lr=0.5")
+    assert_clean_error(result, "other settings")
+    state = torch.load(os.path.join(ckpt, "A.pt"), weights_only=True)
+    state["D"]["fc.weight"] = state["D"]["fc.weight"][:5]  # right settings, wrong shapes
+    (tmp_path / "ckpt").mkdir()
+    torch.save(state, tmp_path / "ckpt" / "A.pt")
+    result = run("--quick", "--data-dir", fake_mnist, "--out", sentinel, "--ckpt-dir", str(tmp_path / "ckpt"),
+                 "--models", "A")
+    assert_clean_error(result, "does not match")
+
+
+def test_diverging_training_stops_with_a_clear_error(fake_mnist, tmp_path, sentinel):
+    result = run("--quick", "--data-dir", fake_mnist, "--out", sentinel, "--ckpt-dir", str(tmp_path / "ckpt"),
+                 "--models", "A", "--set", "d_lr=1e30")
+    assert_clean_error(result, "NaN")

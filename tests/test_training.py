@@ -1,0 +1,191 @@
+import copy
+import os
+import signal
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import core
+import mnist
+from conftest import learnable_images
+
+
+# ---------------------------------------------------------------- the regulariser's Hessian-vector product
+class SmoothD(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 12), nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x.flatten(1))))
+
+
+class SmoothG(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 16)
+
+    def inputs(self, x, y):
+        return x
+
+    def forward(self, x):
+        return torch.tanh(self.a(x.flatten(1))).view_as(x)
+
+
+def smooth_problem():
+    torch.manual_seed(0)
+    D, G = SmoothD().double(), SmoothG().double()
+    x, y = torch.rand(8, 1, 4, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    return D, G, x, y
+
+
+def regulariser_part(D, G, x, y, h, hvp):
+    """gamma * H v alone: the difference between the regularised and the plain D gradient."""
+    with_reg = core.discriminator_grads(D, G, x, x, y, eps=0.3, gamma=1.0, h=h, hvp=hvp)[0]
+    plain = core.discriminator_grads(D, G, x, x, y, eps=0.3, gamma=0.0, h=h, hvp="exact")[0]
+    return torch.cat([(a - b).flatten() for a, b in zip(with_reg, plain)])
+
+
+def test_finite_difference_regulariser_converges_to_exact_double_backprop():
+    D, G, x, y = smooth_problem()
+    exact = regulariser_part(D, G, x, y, h=None, hvp="exact")
+    assert exact.norm() > 1e-6, "the regulariser must be non-trivial for the test to mean anything"
+    errors = [((regulariser_part(D, G, x, y, h, "fd") - exact).norm() / exact.norm()).item() for h in (1e-1, 1e-3, 1e-5)]
+    assert errors[0] > errors[1] > errors[2], errors  # O(h) convergence
+    assert errors[2] < 1e-4, errors
+
+
+def test_negative_gamma_flips_the_regulariser():
+    D, G, x, y = smooth_problem()
+    plain = core.discriminator_grads(D, G, x, x, y, 0.3, gamma=0.0, h=1e-4)[0]
+    plus = core.discriminator_grads(D, G, x, x, y, 0.3, gamma=0.5, h=1e-4)[0]
+    minus = core.discriminator_grads(D, G, x, x, y, 0.3, gamma=-0.5, h=1e-4)[0]
+    for p, a, b in zip(plain, plus, minus):
+        assert torch.allclose(a - p, p - b, atol=1e-10)
+
+
+# ---------------------------------------------------------------- the minimax step on real networks
+def mnist_batch(n=32):
+    torch.manual_seed(0)
+    y = torch.randint(0, 10, (n,))
+    return core.to_float(torch.from_numpy(learnable_images(y.numpy())).unsqueeze(1)), y
+
+
+def tiny_pair():
+    torch.manual_seed(0)
+    return core.D1(), core.G1(k=4, channels=1)
+
+
+def adv_loss(D, G, x, y, eps=0.3):
+    with torch.no_grad(), core.bn_stats_frozen(D, G):
+        return F.cross_entropy(D(x + eps * G(x)), y).item()
+
+
+def test_generator_steps_raise_the_adversarial_loss_and_leave_d_alone():
+    D, G = tiny_pair()
+    x, y = mnist_batch()
+    opt_G = torch.optim.Adam(G.parameters(), 0.002, betas=(0.5, 0.999))
+    d_before = copy.deepcopy(D.state_dict())
+    before = adv_loss(D, G, x, y)
+    for _ in range(5):
+        core.generator_step(D, G, opt_G, x, x, y, eps=0.3)
+    assert adv_loss(D, G, x, y) > before
+    assert all(p.grad is None for p in D.parameters()), "G steps must not compute D's gradients"
+    assert all(torch.equal(v, D.state_dict()[k]) for k, v in d_before.items())
+
+
+def test_d_steps_lower_d_loss():
+    D, G = tiny_pair()
+    x, y = mnist_batch()
+    opt_D = torch.optim.SGD(D.parameters(), 0.01, momentum=0.9)
+    opt_G = torch.optim.Adam(G.parameters(), 0.002)
+    loss = lambda: core.discriminator_grads(D, G, x, x, y, 0.3)[3].item() + adv_loss(D, G, x, y)
+    before = loss()
+    for _ in range(10):
+        core.adversarial_network_step(D, G, opt_D, opt_G, x, y, 0.3, g_steps=0, h=2e-4)
+    assert loss() < before
+
+
+@pytest.mark.parametrize("hvp", ["fd", "exact"])
+def test_regulariser_passes_do_not_move_batchnorm_statistics(hvp):
+    torch.manual_seed(0)
+    D, G = core.D2(), core.G1(k=4, channels=3)
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    g_params = copy.deepcopy(dict(G.named_parameters()))
+    core.discriminator_grads(D, G, x, x, y, 8 / 256, hvp=hvp)
+    bn = lambda model: {m.num_batches_tracked.item() for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert bn(D) == {2}, "only the clean and the adversarial forward pass may update D's statistics"
+    assert bn(G) == {1}, "the finite difference's pass at phi + h v must not update G's statistics"
+    assert all(torch.equal(p, g_params[k]) for k, p in G.named_parameters()), "G must be left at phi"
+
+
+# ---------------------------------------------------------------- the resumable training loop
+SETTINGS = mnist.SETTINGS | dict(iters=12, g_width=4, log_every=3, ckpt_minutes=0.0, batch_size=16)
+
+
+def train(tmp_path, method, batches_hook=None):
+    torch.manual_seed(0)
+    D, G = core.D1(), core.G1(k=4, channels=1)
+    y = torch.randint(0, 10, (64,))
+    images = torch.from_numpy(learnable_images(y.numpy())).unsqueeze(1)
+    batches = core.Batches(images, y, SETTINGS["batch_size"], seed=0, device=torch.device("cpu"))
+    source = batches if batches_hook is None else (lambda it: batches_hook(it, batches))
+    record = core.train_model(method, method, 0, D, G, source, SETTINGS, torch.device("cpu"), str(tmp_path / f"{method}.pt"))
+    return D, G, record
+
+
+def same_weights(a, b):
+    return all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+@pytest.mark.parametrize("method", ["pgd", "advnet"])
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, method):
+    D_ref, G_ref, ref = train(tmp_path / "ref", method)
+
+    def interrupt(it, batches):  # a SIGINT arrives during iteration 7
+        if it == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+        return batches(it)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path, method, interrupt)
+    assert core.load_checkpoint(str(tmp_path / f"{method}.pt"))["record"]["iters_done"] == 8
+    D, G, record = train(tmp_path, method)
+    assert record["iters_done"] == 12
+    assert same_weights(D, D_ref) and (method != "advnet" or same_weights(G, G_ref))
+
+
+def test_crashed_run_resumes_from_last_checkpoint_with_the_same_weights(tmp_path):
+    D_ref, G_ref, _ = train(tmp_path / "ref", "advnet")
+
+    def crash(it, batches):
+        if it == 7:
+            raise RuntimeError("power cut")
+        return batches(it)
+
+    with pytest.raises(RuntimeError):
+        train(tmp_path, "advnet", crash)
+    assert core.load_checkpoint(str(tmp_path / "advnet.pt"))["record"]["iters_done"] == 6
+    D, G, _ = train(tmp_path, "advnet")
+    assert same_weights(D, D_ref) and same_weights(G, G_ref)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    def poison(it, batches):
+        x, y = batches(it)
+        return (x * float("nan"), y) if it >= 7 else (x, y)
+
+    with pytest.raises(core.UserError, match="NaN"):
+        train(tmp_path, "standard", poison)
+    ckpt = core.load_checkpoint(str(tmp_path / "standard.pt"))
+    assert ckpt["record"]["iters_done"] == 6
+    assert all(torch.isfinite(v).all() for v in ckpt["D"].values())
+
+
+def test_finished_model_is_not_retrained(tmp_path):
+    _, _, first = train(tmp_path, "standard")
+    poisoned = lambda it, batches: (_ for _ in ()).throw(AssertionError("trained again"))
+    D, _, again = train(tmp_path, "standard", poisoned)
+    assert again == first
