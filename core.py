@@ -35,18 +35,25 @@ class UserError(Exception):
 # Device and precision: the one place that decides them
 # =====================================================================================================
 
-def pick_device(gpu=None):
-    """`gpu` is None (first GPU if any, else CPU), "cpu", or a CUDA index."""
+def parse_gpus(gpu):
+    """`--gpu` text -> list of devices: None (GPU 0 if any, else CPU), "cpu", "N" or "N,M,..."."""
     if gpu is None:
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        return [torch.device("cuda:0" if torch.cuda.is_available() else "cpu")]
     if str(gpu).lower() == "cpu":
-        return torch.device("cpu")
-    if not str(gpu).isdigit():
-        raise UserError(f"--gpu {gpu}: give a GPU index such as 0, or cpu")
+        return [torch.device("cpu")]
+    indices = str(gpu).split(",")
+    if not all(i.strip().isdigit() for i in indices):
+        raise UserError(f"--gpu {gpu}: give GPU indices such as 0 or 0,1,2,3, or cpu")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if int(gpu) >= count:
-        raise UserError(f"--gpu {gpu}: this machine has {count} CUDA device(s); use --gpu cpu or an index below {count}")
-    return torch.device(f"cuda:{gpu}")
+    absent = [i for i in indices if int(i) >= count]
+    if absent:
+        raise UserError(f"--gpu {gpu}: this machine has {count} CUDA device(s); use --gpu cpu or indices below {count}")
+    return [torch.device(f"cuda:{int(i)}") for i in indices]
+
+
+def pick_device(gpu=None):
+    """The one device of a single-process run (the first one listed)."""
+    return parse_gpus(gpu)[0]
 
 
 def autocast(device):
@@ -90,11 +97,11 @@ class Batches:
     seed and e, so a resumed run sees exactly the batches an uninterrupted run would have seen.
     """
 
-    def __init__(self, images, labels, batch_size, seed, device):
+    def __init__(self, images, labels, batch_size, seed, device, augment=None):
         if len(images) < batch_size:
             raise UserError(f"the training set has {len(images)} images, fewer than one batch of {batch_size}")
         self.images, self.labels = images.to(device), labels.to(device)
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.augment = batch_size, seed, augment
         self.per_epoch = len(images) // batch_size  # the last partial batch is dropped: static shapes
         self._epoch, self._order = None, None
 
@@ -105,11 +112,30 @@ class Batches:
             self._order = torch.randperm(len(self.images), generator=gen).to(self.images.device)
             self._epoch = epoch
         idx = self._order[pos * self.batch_size:(pos + 1) * self.batch_size]
-        return to_float(self.images[idx]), self.labels[idx]
+        x = to_float(self.images[idx])
+        return (self.augment(x) if self.augment else x), self.labels[idx]
+
+
+def from_hwc(array):
+    """A (N, H, W, C) uint8 array (CIFAR's layout) as a (N, C, H, W) tensor."""
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous()
 
 
 def to_float(images_uint8):
     return images_uint8.float().div_(255)
+
+
+def crop_flip(x, pad=4):
+    """CIFAR augmentation on the device, per image: zero-pad by `pad`, crop back at a random offset,
+    flip left-right with probability 1/2. Draws from the global RNG, which checkpoints save."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy, dx = (torch.randint(0, 2 * pad + 1, (n, 1), device=x.device) for _ in range(2))
+    rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]
+    flip = torch.rand(n, device=x.device) < 0.5
+    cols = torch.where(flip[:, None, None, None], cols.flip(3), cols)
+    return padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
 
 
 # =====================================================================================================
@@ -542,7 +568,7 @@ def git_commit():
         return None, None
 
 
-def provenance(device):
+def provenance(device, command):
     commit, dirty = git_commit()
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                 "cuda": torch.version.cuda}
@@ -552,7 +578,7 @@ def provenance(device):
     except ImportError:
         pass
     return {"versions": versions, "device": device_name(device), "git_commit": commit, "git_dirty": dirty,
-            "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "host": platform.node()}
+            "command": command, "host": platform.node()}
 
 
 # =====================================================================================================
@@ -735,6 +761,34 @@ def train_model(name, method, seed, D, G, batches, settings, device, ckpt_path, 
 # Settings and the command line: one dict per script, checked overrides
 # =====================================================================================================
 
+# What every data set shares (paper section 3 and 4); each script's dict overrides what differs.
+COMMON_SETTINGS = dict(
+    seed=0,                  # seed s of A, B, C; the copies A', B', C' use s + 1
+    batch_size=64,           # images per minibatch
+    d_momentum=0.9,          # D: SGD momentum
+    d_lr_drop_at=1.0,        # fraction of iters after which D's lr is multiplied by d_lr_drop_factor (1.0: never)
+    d_lr_drop_factor=0.1,    # multiplier of D's lr after the drop
+    g_width=64,              # G1's width k (channels k, 2k, 4k)
+    g_momentum=0.9,          # G: momentum, when g_opt is sgd
+    g_beta1=0.5,             # G: Adam beta1
+    g_beta2=0.999,           # G: Adam beta2
+    g_steps=5,               # G ascent steps per D step, on the same minibatch
+    lam=1.0,                 # lambda: weight of the adversarial loss in F
+    gamma=0.01,              # gradient-regulariser weight; negative = the sign of the authors' code
+    fd_h=0.0,                # finite-difference step h; 0 = eta_G / 10 (paper)
+    hvp="fd",                # regulariser's Hessian-vector product: fd (paper) or exact (double backprop)
+    pgd_steps=10,            # PGD steps, in training (B) and evaluation
+    pgd_alpha=0.0,           # PGD step size, [0, 1] units; 0 = eps / 4 (paper)
+    pgd_train_clean=False,   # B trains on CE_adv only (authors' code); true adds CE_clean
+    test_n=0,                # test images scored (the first n); 0 = the whole test set
+    eval_batch=500,          # images per evaluation batch
+    log_every=100,           # iterations between history entries (and NaN checks)
+    ckpt_minutes=5.0,        # minutes between checkpoints
+    augment=False,           # random pad-and-crop by up to 4 px and horizontal flip, on the device (CIFAR)
+)
+QUICK_SETTINGS = dict(iters=20, batch_size=32, g_width=4, test_n=100, log_every=10)  # --quick: a pipeline check, not a result
+
+
 def parse_value(key, text, default):
     """Parses `text` as the type of the setting's default; a wrong type is a UserError."""
     kind = type(default)
@@ -764,7 +818,8 @@ def apply_overrides(settings, pairs):
 
 def experiment_parser(description):
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gpu", default=None, help="CUDA device index, or cpu (default: GPU 0 if present, else cpu)")
+    p.add_argument("--gpu", default=None, help="CUDA device index, a list such as 0,1,2,3 (one training process "
+                   "per GPU), or cpu (default: GPU 0 if present, else cpu)")
     p.add_argument("--data-dir", default="data", help="where torchvision finds or downloads the data set")
     p.add_argument("--out", default=None, help="results JSON (default: results/<experiment>.json)")
     p.add_argument("--ckpt-dir", default=None, help="checkpoints (default: checkpoints/<experiment>)")
@@ -777,11 +832,19 @@ def experiment_parser(description):
     return p
 
 
-def resolve_settings(base, args, quick, preset=None):
+def parse_cli(parser, argv, script):
+    """parse_args, remembering the command so that --gpu 0,1,... can start one process per GPU."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.argv, args.script = argv, os.path.abspath(script)
+    return args
+
+
+def resolve_settings(base, args, preset=None):
     """base <- preset (e.g. Fashion-MNIST) <- --quick <- --iters/--seed <- --set, each checked."""
     s = dict(base) | (preset or {})
     if args.quick:
-        s |= quick
+        s |= QUICK_SETTINGS
     if args.iters is not None:
         s["iters"] = args.iters
     if args.seed is not None:
@@ -802,18 +865,58 @@ def parse_models(text):
     return names
 
 
-def run_experiment(name, settings, args, data, build_D, build_G, paper=None):
+def paper_rows(table):
+    """The paper's rows of `table` (e.g. "cifar10") from paper_tables.json beside this file, if present."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_tables.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["tables"][table]["rows"]
+
+
+def child_argv(argv, gpu, models):
+    """The command line of one per-GPU training process: the user's, with its own --gpu and --models."""
+    own = {"--gpu", "--models"}
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in own:
+            skip = True
+        elif arg.split("=")[0] not in own and arg != "--no-eval":
+            kept.append(arg)
+    return kept + ["--gpu", str(gpu), "--models", ",".join(models), "--no-eval"]
+
+
+def train_on_gpus(devices, models, args):
+    """One process per GPU, the models dealt round-robin; each model stays resumable on its own."""
+    procs = []
+    for i, device in enumerate(devices):
+        share = models[i::len(devices)]
+        if share:
+            cmd = [sys.executable, args.script] + child_argv(args.argv, device.index, share)
+            procs.append((device, subprocess.Popen(cmd)))
+    failed = [f"GPU {d.index} (exit {p.wait()})" for d, p in procs if p.wait() != 0]
+    if failed:
+        raise UserError(f"training failed on {', '.join(failed)}; see its output above; rerun to resume")
+
+
+def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None):
     """Trains the chosen models (resumably), evaluates the 9-column table and writes the results JSON.
 
-    `data` = (train_images, train_labels, test_images, test_labels) as uint8 (N, C, H, W) and int64.
-    Models outside --models are not trained, but their finished checkpoints are evaluated."""
-    device = pick_device(args.gpu)
+    `load_data()` gives (train_images, train_labels, test_images, test_labels): uint8 (N, C, H, W)
+    and int64. Models outside --models are not trained, but their finished checkpoints are evaluated."""
+    devices = parse_gpus(args.gpu)
     chosen = parse_models(args.models)
+    if len(devices) > 1:
+        train_on_gpus(devices, chosen, args)
+        chosen = []  # all trained by now: this process only evaluates
+    device = devices[0]
     out = args.out or os.path.join("results", f"{name}.json")
     ckpt_dir = args.ckpt_dir or os.path.join("checkpoints", name)
-    train_x, train_y, test_x, test_y = data
+    train_x, train_y, test_x, test_y = load_data()
     started = time.time()
-    report = {"experiment": name, "settings": settings, "seeds": {}, "provenance": provenance(device),
+    report = {"experiment": name, "settings": settings, "seeds": {}, "provenance": provenance(device, " ".join([os.path.basename(args.script)] + args.argv)),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": {}}
     finished = {}
     for model_name in ["A", "B", "C", "A'", "B'", "C'"]:
@@ -824,14 +927,14 @@ def run_experiment(name, settings, args, data, build_D, build_G, paper=None):
         method = METHODS[model_name.rstrip("'")]
         torch.manual_seed(seed)
         D, G = to_device(build_D(settings), device), to_device(build_G(settings), device)
-        batches = Batches(train_x, train_y, settings["batch_size"], seed, device)
+        batches = Batches(train_x, train_y, settings["batch_size"], seed, device, crop_flip if settings["augment"] else None)
         record = train_model(model_name, method, seed, D, G, batches, settings, device, ckpt_path, model_name in chosen)
         if record["iters_done"] >= settings["iters"]:
             report["seeds"][model_name] = seed
             report["models"][model_name] = record
             finished[model_name] = D
     if args.no_eval:
-        print(f"trained {', '.join(finished)}; checkpoints in {ckpt_dir}; run without --no-eval to evaluate")
+        print(f"trained {', '.join(finished) or 'nothing'}; checkpoints in {ckpt_dir}; run without --no-eval to evaluate")
         return report
     report["table"], report["eval"] = evaluate_trained(finished, settings, test_x, test_y, device)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -7,9 +7,8 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, write_fake_mnist
+from conftest import ROOT, check_quick_schema
 
-COLUMNS = ["clean", "fgs", "pgd", "fgs_A'", "pgd_A'", "fgs_B'", "pgd_B'", "fgs_C'", "pgd_C'"]
 OFFLINE = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
            "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
 
@@ -18,24 +17,6 @@ def run(*args, cwd=ROOT):
     env = os.environ | OFFLINE | {"PYTHONPATH": ROOT}
     return subprocess.run([sys.executable, os.path.join(ROOT, "mnist.py"), "--gpu", "cpu", *args],
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
-
-
-def check_schema(report, n_test):
-    assert report["experiment"] == "mnist_quick"
-    assert report["settings"]["iters"] == 30 and report["settings"]["eps"] == 0.3
-    assert report["seeds"] == {"A": 0, "B": 0, "C": 0, "A'": 1, "B'": 1, "C'": 1}
-    prov = report["provenance"]
-    assert prov["versions"]["torch"] == torch.__version__ and prov["device"].startswith("cpu")
-    assert "git_commit" in prov and "mnist.py" in prov["command"]
-    for name, model in report["models"].items():
-        assert model["iters_done"] == 30 and model["train_seconds"] > 0
-        assert [h["iter"] for h in model["history"]] == [10, 20, 30]
-        assert all("loss" in h and "lr" in h for h in model["history"])
-    assert report["eval"]["n_test"] == n_test and report["eval"]["columns"] == COLUMNS
-    assert set(report["table"]) == {"A", "B", "C"}
-    for row in report["table"].values():
-        assert set(row) == set(COLUMNS)
-        assert all(0 <= v <= 100 for v in row.values())
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +32,7 @@ def test_quick_run_writes_a_schema_valid_json(quick_run):
     out, _, result = quick_run
     with open(out) as f:
         report = json.load(f)
-    check_schema(report, n_test=200)
+    check_quick_schema(report, "mnist_quick")
     assert "paper" in result.stdout and "results written" in result.stdout
 
 

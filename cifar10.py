@@ -1,0 +1,64 @@
+"""CIFAR-10, paper Table 3: train A (standard), B (PGD adversarial training), C (adversarial networks)
+with seed s, and the copies A', B', C' with seed s+1; evaluate white-box and black-box FGS/PGD;
+write results/cifar10.json and print the table beside the paper's.
+
+    python cifar10.py --gpu 0           # the paper's protocol (200k iterations per model)
+    python cifar10.py --gpu 0,1,2,3     # the six trainings spread over four GPUs, then evaluation
+    python cifar10.py --quick           # a smoke test of the whole pipeline
+"""
+import os
+
+import core
+
+# ======================================================================================= settings
+SETTINGS = core.COMMON_SETTINGS | dict(   # the paper's CIFAR-10 settings; the shared ones are in core.py
+    eps=8 / 256,             # L-inf radius of every attack and of G's output, [0, 1] pixel units
+    iters=200_000,           # D updates per model (one minibatch each)
+    n_classes=10,            # D2's outputs
+    d_lr=0.1,                # D: SGD learning rate ...
+    d_lr_drop_at=0.5,        # ... times d_lr_drop_factor (0.1) after this fraction of iters (100k of 200k)
+    d_weight_decay=1e-5,     # D: L2 on conv/linear kernels
+    g_opt="adam",            # G's optimiser
+    g_lr=0.002,              # G's learning rate eta_G (Adam, betas 0.5, 0.999)
+    augment=True,            # random pad-and-crop by up to 4 px and horizontal flip, before G sees the image
+)
+
+
+# ======================================================================================= data
+def load_cifar(dataset, data_dir, folder, files):
+    """CIFAR-10 or CIFAR-100 (torchvision class `dataset`) as uint8 (N, 3, 32, 32) tensors and labels."""
+    import torch
+
+    def make(download):
+        train, test = (dataset(data_dir, train=t, download=download) for t in (True, False))
+        return core.from_hwc(train.data), torch.tensor(train.targets), core.from_hwc(test.data), torch.tensor(test.targets)
+
+    where = f"put {', '.join(files)} (from the python version's archive) in {os.path.join(data_dir, folder)}/"
+    return core.open_dataset(make, dataset.__name__, where)
+
+
+def load_data(data_dir):
+    import torchvision
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+    return load_cifar(torchvision.datasets.CIFAR10, data_dir, "cifar-10-batches-py", files)
+
+
+def build_D(settings):
+    return core.D2(n_classes=settings["n_classes"], in_channels=3)
+
+
+def build_G(settings):
+    return core.G1(k=settings["g_width"], channels=3)
+
+
+# ======================================================================================= run
+def main(argv=None):
+    args = core.parse_cli(core.experiment_parser(__doc__), argv, __file__)
+    settings = core.resolve_settings(SETTINGS, args)
+    name = "cifar10" + ("_quick" if args.quick else "")
+    return core.run_experiment(name, settings, args, lambda: load_data(args.data_dir), build_D, build_G,
+                               core.paper_rows("cifar10"))
+
+
+if __name__ == "__main__":
+    core.exit_on_error(main)

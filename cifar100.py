@@ -1,0 +1,32 @@
+"""CIFAR-100, paper Table 7 (appendix): CIFAR-10's protocol and networks, with 100 outputs.
+Trains A, B, C (seed s) and A', B', C' (seed s+1), evaluates, writes results/cifar100.json.
+
+    python cifar100.py --gpu 0
+    python cifar100.py --quick
+"""
+import core
+from cifar10 import build_D, build_G, load_cifar, SETTINGS as CIFAR10_SETTINGS
+
+# ======================================================================================= settings
+SETTINGS = CIFAR10_SETTINGS | dict(   # identical to CIFAR-10 (paper appendix) but for the outputs
+    n_classes=100,           # D2's outputs
+)
+
+
+# ======================================================================================= data
+def load_data(data_dir):
+    import torchvision
+    return load_cifar(torchvision.datasets.CIFAR100, data_dir, "cifar-100-python", ["train", "test", "meta"])
+
+
+# ======================================================================================= run
+def main(argv=None):
+    args = core.parse_cli(core.experiment_parser(__doc__), argv, __file__)
+    settings = core.resolve_settings(SETTINGS, args)
+    name = "cifar100" + ("_quick" if args.quick else "")
+    return core.run_experiment(name, settings, args, lambda: load_data(args.data_dir), build_D, build_G,
+                               core.paper_rows("cifar100"))
+
+
+if __name__ == "__main__":
+    core.exit_on_error(main)

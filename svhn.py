@@ -1,0 +1,65 @@
+"""SVHN, paper Table 2: train A (standard), B (PGD adversarial training), C (adversarial networks)
+with seed s, and the copies A', B', C' with seed s+1, on the training set plus 80k images drawn from
+`extra`; evaluate white-box and black-box FGS/PGD; write results/svhn.json beside the paper's table.
+
+    python svhn.py --gpu 0              # the paper's protocol (200k iterations per model)
+    python svhn.py --quick              # a smoke test of the whole pipeline
+"""
+import os
+
+import torch
+
+import core
+from cifar10 import build_D, build_G
+
+# ======================================================================================= settings
+SETTINGS = core.COMMON_SETTINGS | dict(   # the paper's SVHN settings; the shared ones are in core.py
+    eps=0.05,                # L-inf radius of every attack and of G's output, [0, 1] pixel units
+    iters=200_000,           # D updates per model (one minibatch each)
+    n_classes=10,            # D2's outputs
+    extra_n=80_000,          # images drawn (with replacement, as the authors) from `extra` with the run's seed
+    d_lr=0.01,               # D: SGD learning rate ...
+    d_lr_drop_at=0.5,        # ... times d_lr_drop_factor (0.1) after this fraction of iters (100k of 200k)
+    d_weight_decay=1e-5,     # D: L2 on conv/linear kernels
+    g_opt="sgd",             # G's optimiser: SGD, momentum 0.9
+    g_lr=0.01,               # G's learning rate eta_G
+)
+
+
+# ======================================================================================= data
+def extra_subset(n_extra, n, seed):
+    """Indices of the `extra` images added to the training set: the same for the same seed."""
+    return torch.randint(n_extra, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def load_data(data_dir, extra_n, seed):
+    """SVHN train + `extra_n` images of extra, and test, as uint8 (N, 3, 32, 32) tensors (label 0 is digit 0)."""
+    import torchvision
+    root = os.path.join(data_dir, "SVHN")
+    splits = ["train", "test"] + (["extra"] if extra_n else [])
+
+    def make(download):
+        sets = {s: torchvision.datasets.SVHN(root, split=s, download=download) for s in splits}
+        images = {s: torch.from_numpy(d.data) for s, d in sets.items()}
+        labels = {s: torch.from_numpy(d.labels) for s, d in sets.items()}
+        if extra_n:
+            pick = extra_subset(len(labels["extra"]), extra_n, seed)
+            images["train"] = torch.cat([images["train"], images["extra"][pick]])
+            labels["train"] = torch.cat([labels["train"], labels["extra"][pick]])
+        return images["train"], labels["train"], images["test"], labels["test"]
+
+    where = f"put {', '.join(f'{s}_32x32.mat' for s in splits)} in {root}/"
+    return core.open_dataset(make, "SVHN", where)
+
+
+# ======================================================================================= run
+def main(argv=None):
+    args = core.parse_cli(core.experiment_parser(__doc__), argv, __file__)
+    settings = core.resolve_settings(SETTINGS, args)
+    name = "svhn" + ("_quick" if args.quick else "")
+    return core.run_experiment(name, settings, args, lambda: load_data(args.data_dir, settings["extra_n"], settings["seed"]),
+                               build_D, build_G, core.paper_rows("svhn"))
+
+
+if __name__ == "__main__":
+    core.exit_on_error(main)
