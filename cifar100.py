@@ -20,12 +20,16 @@ def load_data(data_dir):
 
 
 # ======================================================================================= run
+def experiment(args):
+    """(name, settings, load) of the run that `args` (--quick, --iters, --seed, --set, --data-dir) ask for."""
+    settings = core.resolve_settings(SETTINGS, args)
+    return "cifar100" + ("_quick" if args.quick else ""), settings, lambda: load_data(args.data_dir)
+
+
 def main(argv=None):
     args = core.parse_cli(core.experiment_parser(__doc__), argv, __file__)
-    settings = core.resolve_settings(SETTINGS, args)
-    name = "cifar100" + ("_quick" if args.quick else "")
-    return core.run_experiment(name, settings, args, lambda: load_data(args.data_dir), build_D, build_G,
-                               core.paper_rows("cifar100"))
+    name, settings, load = experiment(args)
+    return core.run_experiment(name, settings, args, load, build_D, build_G, core.paper_rows("cifar100"))
 
 
 if __name__ == "__main__":

@@ -91,7 +91,8 @@ def open_dataset(make, name, where):
 
 
 class Batches:
-    """Minibatches of a uint8 image tensor (N, C, H, W) held on the device.
+    """Minibatches of a uint8 image tensor (N, C, H, W), or of a set indexed like one that gives float
+    images (StaticAdversarialSet), held on the device.
 
     The batch of iteration `it` depends only on (seed, it): epoch e is the permutation drawn from
     seed and e, so a resumed run sees exactly the batches an uninterrupted run would have seen.
@@ -109,10 +110,11 @@ class Batches:
         epoch, pos = divmod(it, self.per_epoch)
         if epoch != self._epoch:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = torch.randperm(len(self.images), generator=gen).to(self.images.device)
+            self._order = torch.randperm(len(self.images), generator=gen).to(self.labels.device)
             self._epoch = epoch
         idx = self._order[pos * self.batch_size:(pos + 1) * self.batch_size]
-        x = to_float(self.images[idx])
+        x = self.images[idx]
+        x = to_float(x) if x.dtype == torch.uint8 else x
         return (self.augment(x) if self.augment else x), self.labels[idx]
 
 
@@ -349,6 +351,12 @@ def pgd(model, x, y, eps, alpha=None, steps=10):
     return x_adv.detach()
 
 
+@torch.no_grad()
+def generator_attack(G, x, y, eps):
+    """A trained generator used as an attack: x + eps*G(.), kept in [0, 1]. Uses G in its current mode."""
+    return (x + eps * G(G.inputs(x, y))).clamp(0, 1)
+
+
 def check_threat_model(x_adv, x, eps, tol=1e-6):
     """Scores only inputs inside the threat model: finite, in [0, 1], within eps of the clean image."""
     if not torch.isfinite(x_adv).all():
@@ -470,6 +478,52 @@ def make_optimizer(kind, params, lr, momentum=0.9, betas=(0.5, 0.999)):
     raise UserError(f"optimizer must be 'sgd' or 'adam', not {kind!r}")
 
 
+class StaticAdversarialSet:
+    """Ensemble adversarial training's static set: each clean image and K stored perturbations of it,
+    (K + 1) * N images indexed like a tensor. Perturbations are kept as float16 differences beside the
+    uint8 images (a quarter of the memory of float32 images) and projected back onto the eps-ball and
+    [0, 1] when read, so every image is within eps of its source however float16 rounded."""
+
+    def __init__(self, images, labels, deltas, eps):
+        self.images, self.deltas, self.eps = images, deltas, eps
+        self.labels = labels.repeat(1 + len(deltas))
+
+    def __len__(self):
+        return len(self.images) * (1 + len(self.deltas))
+
+    def to(self, device):
+        return StaticAdversarialSet(self.images.to(device), self.labels[:len(self.images)].to(device), self.deltas.to(device), self.eps)
+
+    def __getitem__(self, idx):
+        kind, source = idx // len(self.images), idx % len(self.images)
+        x = to_float(self.images[source])
+        delta = torch.zeros_like(x)
+        adversarial = kind > 0
+        delta[adversarial] = self.deltas[kind[adversarial] - 1, source[adversarial]].float()
+        return project(x + delta, x, self.eps)
+
+
+EAT_KINDS = ["clean", "fgs_predicted", "pgd", "fgs_least_likely"]
+
+
+def build_eat_set(model, images, labels, eps, device, batch_size=500, pgd_steps=10, pgd_alpha=None, progress=None):
+    """From one fixed (undefended) model: FGS with its predicted label (no label leakage), PGD with the
+    true label, and the least-likely-class step (Eq. 8), beside the clean images; built on the device."""
+    deltas = torch.empty((3, *images.shape), dtype=torch.float16, device=device)
+    with eval_mode(model), autocast(device):
+        for start in range(0, len(images), batch_size):
+            part = slice(start, start + batch_size)
+            x, y = to_float(images[part].to(device)), labels[part].to(device)
+            crafted = [fgs(model, x, predict(model, x), eps), pgd(model, x, y, eps, pgd_alpha, pgd_steps),
+                       fgs_least_likely(model, x, eps)]
+            for k, x_adv in enumerate(crafted):
+                check_threat_model(x_adv, x, eps)
+                deltas[k, part] = (x_adv - x).half()
+            if progress:
+                progress.update(min(start + batch_size, len(images)))
+    return StaticAdversarialSet(images.to(device), labels.to(device), deltas, eps)
+
+
 # =====================================================================================================
 # Evaluation: the paper's 9 columns over the whole (or first n) test images, batched
 # =====================================================================================================
@@ -510,6 +564,22 @@ def evaluate_table(targets, surrogates, images, labels, eps, device, batch_size=
             if progress:
                 progress.update(min(start + batch_size, len(images)))
     return {t: {c: round(100.0 * int(n) / len(images), 2) for c, n in cols.items()} for t, cols in hits.items()}
+
+
+def transfer_accuracy(targets, craft, images, labels, eps, device, batch_size=500):
+    """Accuracy in percent of each target on `craft(x, y)`, crafted once per batch (threat model
+    checked) and scored on every target, all in eval mode."""
+    hits = dict.fromkeys(targets, 0)
+    with eval_mode(*targets.values()), autocast(device):
+        for start in range(0, len(images), batch_size):
+            x = to_float(images[start:start + batch_size].to(device))
+            y = labels[start:start + batch_size].to(device)
+            x_adv = craft(x, y)
+            check_threat_model(x_adv, x, eps)
+            with torch.no_grad():
+                for name, model in targets.items():
+                    hits[name] = hits[name] + (model(x_adv).argmax(1) == y).sum()
+    return {name: round(100.0 * int(n) / len(images), 2) for name, n in hits.items()}
 
 
 # =====================================================================================================
@@ -566,6 +636,11 @@ def git_commit():
         return commit, dirty
     except (OSError, subprocess.CalledProcessError):
         return None, None
+
+
+def command_line(args):
+    """The command that produced a result, as the user typed it (from parse_cli's args)."""
+    return " ".join([os.path.basename(args.script)] + args.argv)
 
 
 def provenance(device, command):
@@ -671,19 +746,29 @@ def fd_step(settings):
 
 
 def make_step(method, D, G, settings):
-    """Returns (step(x, y) -> stats, optimizers to checkpoint)."""
+    """Returns step(x, y) -> stats and the modules a checkpoint holds, and puts D and G in their modes.
+
+    standard, pgd, advnet: models A, B, C. eat: standard training on a static adversarial set (the
+    batches hold it). generator: G alone, by gradient ascent against the fixed D (paper Table 5)."""
     s = settings
+    make_opt_G = lambda: make_optimizer(s["g_opt"], G.parameters(), s["g_lr"], s["g_momentum"], (s["g_beta1"], s["g_beta2"]))
+    D.train(method != "generator"), G.train()
+    if method == "generator":
+        opt_G = make_opt_G()
+        return (lambda x, y: {"loss_adv": generator_step(D, G, opt_G, G.inputs(x, y), x, y, s["eps"])}), \
+            {"G": G, "opt_G": opt_G}
     opt_D = make_optimizer("sgd", decay_groups(D, s["d_weight_decay"]), s["d_lr"], s["d_momentum"])
-    alpha = s["pgd_alpha"] or None
-    if method == "standard":
-        return (lambda x, y: standard_step(D, opt_D, x, y)), {"opt_D": opt_D}
+    if method in ("standard", "eat"):
+        return (lambda x, y: standard_step(D, opt_D, x, y)), {"D": D, "opt_D": opt_D}
     if method == "pgd":
+        alpha = s["pgd_alpha"] or None
         return (lambda x, y: pgd_training_step(D, opt_D, x, y, s["eps"], alpha, s["pgd_steps"], s["pgd_train_clean"])), \
-            {"opt_D": opt_D}
+            {"D": D, "opt_D": opt_D}
     if method == "advnet":
-        opt_G = make_optimizer(s["g_opt"], G.parameters(), s["g_lr"], s["g_momentum"], (s["g_beta1"], s["g_beta2"]))
+        opt_G = make_opt_G()
         return (lambda x, y: adversarial_network_step(D, G, opt_D, opt_G, x, y, s["eps"], s["lam"], s["gamma"],
-                                                      fd_step(s), s["g_steps"], s["hvp"])), {"opt_D": opt_D, "opt_G": opt_G}
+                                                      fd_step(s), s["g_steps"], s["hvp"])), \
+            {"D": D, "G": G, "opt_D": opt_D, "opt_G": opt_G}
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -697,16 +782,16 @@ def restore(ckpt, path, fp, modules):
         raise UserError(f"checkpoint {path} does not match this model ({type(err).__name__}); delete it to retrain") from None
 
 
-def train_model(name, method, seed, D, G, batches, settings, device, ckpt_path, train=True):
+def train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_path, train=True):
     """Trains (or resumes, or skips if finished) one model; `train=False` only loads a checkpoint.
-    Returns the model's record for the results JSON (iters_done < iters: unfinished).
+    Returns the model's record for the results JSON (iters_done < iters: unfinished). `make_batches()`
+    gives the batch source (iteration -> (x, y)); it is called only if there is training to do.
 
     A checkpoint is written every `ckpt_minutes` at a logging boundary, at the end, and when the run
     is interrupted (SIGINT/SIGTERM, between iterations). A NaN/inf loss stops the run with the last
     good checkpoint kept."""
     s, fp = settings, fingerprint(settings, method, seed)
-    step, optimizers = make_step(method, D, G, s)
-    modules = {"D": D, **({"G": G} if method == "advnet" else {}), **optimizers}
+    step, modules = make_step(method, D, G, s)
     record = {"method": method, "iters_done": 0, "train_seconds": 0.0, "history": []}
     if os.path.exists(ckpt_path):
         ckpt = load_checkpoint(ckpt_path)
@@ -722,14 +807,14 @@ def train_model(name, method, seed, D, G, batches, settings, device, ckpt_path, 
         save_checkpoint(ckpt_path, {"fingerprint": fp, "record": record, "rng": rng_state(device),
                                     **{k: m.state_dict() for k, m in modules.items()}})
 
-    D.train(), G.train()
+    batches = make_batches()
     start = record["iters_done"]
     progress = Progress(s["iters"], f"{name} ({method})", start=start)
     sums, count, t_start, t_saved = {}, 0, time.time(), time.time()
     seconds_before = record["train_seconds"]
     with StopFlag() as stop:
         for it in range(start, s["iters"]):
-            for group in optimizers["opt_D"].param_groups:
+            for group in modules["opt_D"].param_groups if "opt_D" in modules else ():
                 group["lr"] = lr_at(it, s)
             x, y = batches(it)
             with autocast(device):
@@ -816,7 +901,7 @@ def apply_overrides(settings, pairs):
     return settings
 
 
-def experiment_parser(description):
+def experiment_parser(description, models=True):
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", default=None, help="CUDA device index, a list such as 0,1,2,3 (one training process "
                    "per GPU), or cpu (default: GPU 0 if present, else cpu)")
@@ -824,11 +909,13 @@ def experiment_parser(description):
     p.add_argument("--out", default=None, help="results JSON (default: results/<experiment>.json)")
     p.add_argument("--ckpt-dir", default=None, help="checkpoints (default: checkpoints/<experiment>)")
     p.add_argument("--seed", type=int, default=None, help="seed s of A, B, C; A', B', C' use s+1")
-    p.add_argument("--models", default="A,B,C,A',B',C'", help="subset to train, e.g. A,C'")
+    if models:
+        p.add_argument("--models", default="A,B,C,A',B',C'", help="subset to train, e.g. A,C'")
     p.add_argument("--iters", type=int, default=None, help="iterations per model; the schedule scales with it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
     p.add_argument("--quick", action="store_true", help="tiny schedule and test subset: a smoke test")
-    p.add_argument("--no-eval", action="store_true", help="train only (e.g. to spread models over machines)")
+    if models:
+        p.add_argument("--no-eval", action="store_true", help="train only (e.g. to spread models over machines)")
     return p
 
 
@@ -865,13 +952,19 @@ def parse_models(text):
     return names
 
 
-def paper_rows(table):
-    """The paper's rows of `table` (e.g. "cifar10") from paper_tables.json beside this file, if present."""
+def paper_tables(section):
+    """A section of paper_tables.json (kept beside this file), or None where the file is absent."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_tables.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f)["tables"][table]["rows"]
+        return json.load(f)[section]
+
+
+def paper_rows(table):
+    """The paper's rows of one of its accuracy tables (e.g. "cifar10"), or None."""
+    tables = paper_tables("tables")
+    return tables[table]["rows"] if tables else None
 
 
 def child_argv(argv, gpu, models):
@@ -901,6 +994,16 @@ def train_on_gpus(devices, models, args):
         raise UserError(f"training failed on {', '.join(failed)}; see its output above; rerun to resume")
 
 
+def prepare_model(name, method, seed, settings, build_D, build_G, data, device, ckpt_path, train=True):
+    """Builds D and G with `seed`, then trains, resumes or just loads them (train_model); `data()` gives
+    the training (images, labels), asked for only when there is training to do. Returns (D, G, record)."""
+    torch.manual_seed(seed)
+    D, G = to_device(build_D(settings), device), to_device(build_G(settings), device)
+    augment = crop_flip if settings["augment"] else None
+    make_batches = lambda: Batches(*data(), settings["batch_size"], seed, device, augment)
+    return D, G, train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_path, train)
+
+
 def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None):
     """Trains the chosen models (resumably), evaluates the 9-column table and writes the results JSON.
 
@@ -916,7 +1019,7 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     ckpt_dir = args.ckpt_dir or os.path.join("checkpoints", name)
     train_x, train_y, test_x, test_y = load_data()
     started = time.time()
-    report = {"experiment": name, "settings": settings, "seeds": {}, "provenance": provenance(device, " ".join([os.path.basename(args.script)] + args.argv)),
+    report = {"experiment": name, "settings": settings, "seeds": {}, "provenance": provenance(device, command_line(args)),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": {}}
     finished = {}
     for model_name in ["A", "B", "C", "A'", "B'", "C'"]:
@@ -924,11 +1027,8 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
         if model_name not in chosen and not os.path.exists(ckpt_path):
             continue
         seed = settings["seed"] + model_name.count("'")
-        method = METHODS[model_name.rstrip("'")]
-        torch.manual_seed(seed)
-        D, G = to_device(build_D(settings), device), to_device(build_G(settings), device)
-        batches = Batches(train_x, train_y, settings["batch_size"], seed, device, crop_flip if settings["augment"] else None)
-        record = train_model(model_name, method, seed, D, G, batches, settings, device, ckpt_path, model_name in chosen)
+        D, _, record = prepare_model(model_name, METHODS[model_name.rstrip("'")], seed, settings, build_D, build_G,
+                                     lambda: (train_x, train_y), device, ckpt_path, model_name in chosen)
         if record["iters_done"] >= settings["iters"]:
             report["seeds"][model_name] = seed
             report["models"][model_name] = record
@@ -960,13 +1060,14 @@ def evaluate_trained(models, settings, test_x, test_y, device):
 
 
 def format_table(table, paper=None):
-    """Our accuracies, and the paper's beside them where given ({row: [9 values]})."""
+    """Our accuracies, and the paper's beside them where given ({row: [values in column order]})."""
     columns = ["clean", "fgs", "pgd", "fgs_A'", "pgd_A'", "fgs_B'", "pgd_B'", "fgs_C'", "pgd_C'"]
-    lines = ["model   " + "".join(f"{c:>9}" for c in columns)]
+    width = max([8] + [len(row) + 1 for row in table])
+    lines = [f"{'model':<{width}}" + "".join(f"{c:>9}" for c in columns)]
     for row, values in table.items():
-        lines.append(f"{row:<8}" + "".join(f"{values[c]:>9.2f}" if c in values else f"{'-':>9}" for c in columns))
+        lines.append(f"{row:<{width}}" + "".join(f"{values[c]:>9.2f}" if c in values else f"{'-':>9}" for c in columns))
         if paper and row in paper:
-            lines.append(f"{'  paper':<8}" + "".join(f"{v:>9.2f}" for v in paper[row]))
+            lines.append(f"{'  paper':<{width}}" + "".join(f"{v:>9.2f}" for v in paper[row]))
     return "\n".join(lines)
 
 

@@ -48,16 +48,21 @@ def build_G(settings):
 
 
 # ======================================================================================= run
+def experiment(args, fashion=False):
+    """(name, settings, load) of the run that `args` (--quick, --iters, --seed, --set, --data-dir) ask for."""
+    settings = core.resolve_settings(SETTINGS, args, FASHION if fashion else None)
+    name = ("fashion_mnist" if fashion else "mnist") + ("_quick" if args.quick else "")
+    return name, settings, lambda: load_data(args.data_dir, fashion)
+
+
 def main(argv=None):
     parser = core.experiment_parser(__doc__)
     parser.add_argument("--fashion", action="store_true", help="Fashion-MNIST instead of MNIST (eps 0.1 unless set)")
     args = core.parse_cli(parser, argv, __file__)
-    settings = core.resolve_settings(SETTINGS, args, FASHION if args.fashion else None)
-    name = ("fashion_mnist" if args.fashion else "mnist") + ("_quick" if args.quick else "")
+    name, settings, load = experiment(args, args.fashion)
     if args.fashion:
         print("paper rows below are MNIST at eps 0.3: compare the pattern, not the numbers")
-    return core.run_experiment(name, settings, args, lambda: load_data(args.data_dir, args.fashion), build_D, build_G,
-                               core.paper_rows("mnist"))
+    return core.run_experiment(name, settings, args, load, build_D, build_G, core.paper_rows("mnist"))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,18 @@ def fake_mnist(tmp_path_factory):
     return write_fake_mnist(str(tmp_path_factory.mktemp("data")))
 
 
+@pytest.fixture(scope="session")
+def shared_checkpoints(tmp_path_factory):
+    """One checkpoint root for the session's --quick runs: ensemble.py and generators_study.py reuse
+    the models the data-set scripts' quick runs trained (or train them, if they run first)."""
+    return str(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def fake_cifar10(tmp_path_factory):
+    return write_fake_cifar(str(tmp_path_factory.mktemp("cifar10")), 10)
+
+
 def write_fake_cifar(root, n_classes=10, n_train=200, n_test=200):
     """CIFAR's python-version pickles, as torchvision reads them (its MD5 check is patched in the tests)."""
     import pickle

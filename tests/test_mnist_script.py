@@ -20,9 +20,8 @@ def run(*args, cwd=ROOT):
 
 
 @pytest.fixture(scope="module")
-def quick_run(fake_mnist, tmp_path_factory):
-    work = tmp_path_factory.mktemp("quick")
-    out, ckpt = str(work / "mnist.json"), str(work / "ckpt")
+def quick_run(fake_mnist, tmp_path_factory, shared_checkpoints):
+    out, ckpt = str(tmp_path_factory.mktemp("quick") / "mnist.json"), os.path.join(shared_checkpoints, "mnist_quick")
     result = run("--quick", "--data-dir", fake_mnist, "--out", out, "--ckpt-dir", ckpt)
     assert result.returncode == 0, result.stderr
     return out, ckpt, result

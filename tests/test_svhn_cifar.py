@@ -1,6 +1,7 @@
 """svhn.py, cifar10.py, cifar100.py on fake files in torchvision's formats; on-device augmentation;
 the SVHN extra subset; several GPUs' command lines."""
 import json
+import os
 import subprocess
 import sys
 
@@ -19,11 +20,12 @@ SCRIPTS = {"cifar10": (cifar10, lambda root: write_fake_cifar(root, 10)),
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_quick_run_writes_a_schema_valid_json(name, tmp_path, no_md5_check):
+def test_quick_run_writes_a_schema_valid_json(name, tmp_path, no_md5_check, fake_cifar10, shared_checkpoints):
     script, write_fake = SCRIPTS[name]
-    write_fake(str(tmp_path))
+    data_dir = fake_cifar10 if name == "cifar10" else write_fake(str(tmp_path))
     out = tmp_path / "results.json"
-    script.main(["--quick", "--gpu", "cpu", "--data-dir", str(tmp_path), "--out", str(out), "--ckpt-dir", str(tmp_path / "ckpt")])
+    ckpt = os.path.join(shared_checkpoints, f"{name}_quick")
+    script.main(["--quick", "--gpu", "cpu", "--data-dir", data_dir, "--out", str(out), "--ckpt-dir", ckpt])
     check_quick_schema(json.loads(out.read_text()), f"{name}_quick")
 
 
@@ -82,7 +84,6 @@ def test_each_gpu_process_gets_its_own_gpu_and_models():
 @pytest.mark.parametrize("script", ["cifar10.py", "svhn.py", "cifar100.py"])
 def test_missing_data_offline_is_a_clear_error(script, tmp_path):
     from test_mnist_script import OFFLINE, assert_clean_error
-    import os
     result = subprocess.run([sys.executable, os.path.join(ROOT, script), "--quick", "--gpu", "cpu", "--data-dir", str(tmp_path)],
                             capture_output=True, text=True, env=os.environ | OFFLINE, cwd=str(tmp_path), timeout=300)
     assert_clean_error(result, str(tmp_path), ".mat" if script == "svhn.py" else "batch" if script == "cifar10.py" else "train")

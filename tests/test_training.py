@@ -132,7 +132,7 @@ def train(tmp_path, method, batches_hook=None):
     images = torch.from_numpy(learnable_images(y.numpy())).unsqueeze(1)
     batches = core.Batches(images, y, SETTINGS["batch_size"], seed=0, device=torch.device("cpu"))
     source = batches if batches_hook is None else (lambda it: batches_hook(it, batches))
-    record = core.train_model(method, method, 0, D, G, source, SETTINGS, torch.device("cpu"), str(tmp_path / f"{method}.pt"))
+    record = core.train_model(method, method, 0, D, G, lambda: source, SETTINGS, torch.device("cpu"), str(tmp_path / f"{method}.pt"))
     return D, G, record
 
 

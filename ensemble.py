@@ -1,0 +1,94 @@
+"""Ensemble adversarial training (EAT) against adversarial networks, paper Table 4.
+
+For each data set: take the undefended model A of that data set's run (trained with the data set's
+script settings if its checkpoint is missing), build the static EAT training set from A (FGS with A's
+predicted label, PGD, least-likely-class FGS, plus the clean images: 4x the training set), train the
+EAT model on it with the data set's D and schedule, and evaluate the 9 columns (white box; black box
+from the data set's A', B', C'). Prints the EAT row beside the adversarial-network row (C) and the
+paper's; writes results/ensemble.json (one entry per data set, earlier entries kept).
+
+    python ensemble.py --gpu 0                          # MNIST, SVHN and CIFAR-10
+    python ensemble.py --datasets fashion_mnist --iters 1000 --set g_width=8
+    python ensemble.py --quick --datasets mnist
+"""
+import json
+import os
+import time
+
+import torch
+
+import cifar10
+import core
+import mnist
+import svhn
+
+DATASETS = {  # name -> (script, paper table, (args -> (name, settings, load)))
+    "mnist": (mnist, "mnist", lambda args: mnist.experiment(args)),
+    "fashion_mnist": (mnist, "mnist", lambda args: mnist.experiment(args, fashion=True)),
+    "svhn": (svhn, "svhn", svhn.experiment),
+    "cifar10": (cifar10, "cifar10", cifar10.experiment),
+}
+NEEDED = ["A", "C", "A'", "B'", "C'"]  # A makes the EAT set, C is the comparison row, the rest attack
+
+
+def run_dataset(key, args, device):
+    script, paper_key, experiment = DATASETS[key]
+    name, settings, load = experiment(args)
+    ckpt_dir = os.path.join(args.ckpt_dir or "checkpoints", name)  # the data set's own: its models are reused
+    train_x, train_y, test_x, test_y = load()
+    models, records = {}, {}
+    for model_name in NEEDED:
+        seed = settings["seed"] + model_name.count("'")
+        models[model_name], _, records[model_name] = core.prepare_model(
+            model_name, core.METHODS[model_name.rstrip("'")], seed, settings, script.build_D, script.build_G,
+            lambda: (train_x, train_y), device, os.path.join(ckpt_dir, f"{model_name}.pt"))
+    eat_info = {}
+
+    def eat_data():
+        t0 = time.time()
+        eat_set = core.build_eat_set(models["A"], train_x, train_y, settings["eps"], device, settings["eval_batch"],
+                                     settings["pgd_steps"], settings["pgd_alpha"] or None,
+                                     core.Progress(len(train_x), f"{key}: EAT set from A", "img"))
+        eat_info.update(n_images=len(eat_set), kinds=core.EAT_KINDS, seconds=round(time.time() - t0, 1))
+        return eat_set, eat_set.labels
+
+    eat, _, eat_record = core.prepare_model("EAT", "eat", settings["seed"], settings, script.build_D, script.build_G,
+                                            eat_data, device, os.path.join(ckpt_dir, "EAT.pt"))
+    table, evaluation = core.evaluate_trained({"EAT": eat, "C": models["C"], **{k: models[k] for k in ("A'", "B'", "C'")}},
+                                              settings, test_x, test_y, device)
+    paper = core.paper_rows(paper_key)
+    print(f"{key}" + (" (paper rows: MNIST)" if key == "fashion_mnist" else ""))
+    print(core.format_table(table, {r: paper[r] for r in ("EAT", "C")} if paper else None))
+    return {"settings": settings, "checkpoints": ckpt_dir, "provenance": core.provenance(device, core.command_line(args)), "seeds": {"EAT": settings["seed"]},
+            "models": {"EAT": eat_record}, "eat_set": eat_info or "built in an earlier run (EAT checkpoint found)",
+            "table": table, "eval": evaluation}
+
+
+def main(argv=None):
+    parser = core.experiment_parser(__doc__, models=False)
+    parser.add_argument("--datasets", default="mnist,svhn,cifar10", help=f"comma-separated, from {', '.join(DATASETS)}")
+    args = core.parse_cli(parser, argv, __file__)
+    keys = [k.strip() for k in args.datasets.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in DATASETS]
+    if unknown or not keys:
+        raise core.UserError(f"--datasets {args.datasets}: choose from {', '.join(DATASETS)}")
+    device = core.pick_device(args.gpu)
+    out = args.out or os.path.join("results", "ensemble" + ("_quick" if args.quick else "") + ".json")
+    report = {"experiment": "ensemble", "datasets": {}}
+    if os.path.exists(out):  # one entry per data set: a run of some data sets keeps the others' entries
+        try:
+            with open(out) as f:
+                report["datasets"] = json.load(f)["datasets"]
+        except (ValueError, KeyError):
+            raise core.UserError(f"{out} is not an ensemble results file; move it away or pass --out") from None
+    for key in keys:
+        t0 = time.time()
+        report["datasets"][key] = run_dataset(key, args, device) | {"wall_seconds": round(time.time() - t0, 1)}
+    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    core.write_json(out, report)
+    print(f"results written to {out}")
+    return report
+
+
+if __name__ == "__main__":
+    core.exit_on_error(main)

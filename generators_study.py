@@ -1,0 +1,110 @@
+"""The generator study on CIFAR-10, paper Tables 5 and 6.
+
+Table 5: train each generator (G1 k=8, G1 k=64, G2 from Gaussian z, G3 from the label) against the
+fixed undefended model A (SGD lr 0.01, momentum 0.9), then score A, A', B and C on x + eps*G(.).
+Table 6: co-train D2 with each generator exactly as cifar10.py's model C (G1 k=64 is that C), and
+score clean, FGS, PGD and black-box FGS/PGD from A' and B'. Uses cifar10.py's checkpoints and trains
+the missing ones. Writes results/generators.json and a few example perturbations per generator
+(clean image, eps*G(x), perturbed image) to results/generators_examples.npz.
+
+    python generators_study.py --gpu 0
+    python generators_study.py --quick
+"""
+import os
+import time
+
+import numpy as np
+
+import cifar10
+import core
+
+GENERATORS = {  # name in paper_tables.json -> builder from the CIFAR-10 settings
+    "G1_k8": lambda s: core.G1(k=8, channels=3),
+    "G1_k64": lambda s: core.G1(k=s["g_width"], channels=3),
+    "G2_gaussian": lambda s: core.G2(k=s["g_width"], channels=3, size=32),
+    "G3_label": lambda s: core.G3(k=s["g_width"], channels=3, size=32, n_classes=s["n_classes"]),
+}
+ATTACK_TRAINING = dict(g_opt="sgd", g_lr=0.01)   # Table 5's generators: SGD, lr 0.01, momentum 0.9 (g_momentum)
+N_EXAMPLES = 8                                   # example perturbations saved per generator
+
+
+def main(argv=None):
+    args = core.parse_cli(core.experiment_parser(__doc__, models=False), argv, __file__)
+    name, settings, load = cifar10.experiment(args)
+    device = core.pick_device(args.gpu)
+    cifar_dir = os.path.join(args.ckpt_dir or "checkpoints", name)
+    study_dir = os.path.join(args.ckpt_dir or "checkpoints", "generators" + ("_quick" if args.quick else ""))
+    train_x, train_y, test_x, test_y = load()
+    data = lambda: (train_x, train_y)
+    n = settings["test_n"] or len(test_x)
+    test_x, test_y = test_x[:n], test_y[:n]
+    started = time.time()
+
+    def cifar_model(model_name):
+        seed = settings["seed"] + model_name.count("'")
+        return core.prepare_model(model_name, core.METHODS[model_name.rstrip("'")], seed, settings, cifar10.build_D,
+                                  cifar10.build_G, data, device, os.path.join(cifar_dir, f"{model_name}.pt"))
+
+    fixed = {m: cifar_model(m) for m in ("A", "A'", "B", "B'", "C")}
+    targets = {m: fixed[m][0] for m in ("A", "A'", "B", "C")}
+    report = {"experiment": "generators", "settings": settings, "attack_training": ATTACK_TRAINING,
+              "provenance": core.provenance(device, core.command_line(args)), "n_test": n, "models": {}}
+
+    # ------------------------------------------------------------- Table 5: generators against fixed A
+    table5, examples = {}, {}
+    for g_name, build in GENERATORS.items():
+        g_settings = settings | ATTACK_TRAINING | {"generator": g_name}
+        _, G, record = core.prepare_model(f"{g_name} vs A", "generator", settings["seed"], g_settings,
+                                          lambda s: targets["A"], build, data, device,
+                                          os.path.join(study_dir, f"{g_name}_vs_A.pt"))
+        report["models"][f"{g_name}_vs_A"] = record
+        with core.eval_mode(G):
+            attack = lambda x, y: core.generator_attack(G, x, y, settings["eps"])
+            table5[g_name] = core.transfer_accuracy(targets, attack, test_x, test_y, settings["eps"], device,
+                                                    settings["eval_batch"])
+            x = core.to_float(test_x[:N_EXAMPLES].to(device))
+            perturbed = attack(x, test_y[:N_EXAMPLES].to(device))
+        examples |= {f"{g_name}_clean": x, f"{g_name}_perturbation": perturbed - x, f"{g_name}_perturbed": perturbed}
+
+    # ------------------------------------------------------------- Table 6: D2 co-trained with each generator
+    cotrained = {"G1_k64": fixed["C"][0]}
+    for g_name, build in GENERATORS.items():
+        if g_name not in cotrained:
+            cotrained[g_name], _, report["models"][f"C_{g_name}"] = core.prepare_model(
+                f"C with {g_name}", "advnet", settings["seed"], settings | {"generator": g_name}, cifar10.build_D, build,
+                data, device, os.path.join(study_dir, f"C_{g_name}.pt"))
+    table6, evaluation = core.evaluate_trained(cotrained | {"A'": fixed["A'"][0], "B'": fixed["B'"][0]},
+                                               settings, test_x, test_y, device)
+
+    report |= {"table5": table5, "table6": table6, "eval": evaluation,
+               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
+    out = args.out or os.path.join("results", "generators" + ("_quick" if args.quick else "") + ".json")
+    examples_path = os.path.splitext(out)[0] + "_examples.npz"
+    report["examples"] = os.path.basename(examples_path)
+    arrays = {k: v.float().cpu().numpy() for k, v in examples.items()}
+    core.atomic_write(examples_path, lambda tmp: save_npz(tmp, arrays))
+    core.write_json(out, report)
+    print_tables(table5, table6)
+    print(f"results written to {out} and {examples_path}")
+    return report
+
+
+def save_npz(path, arrays):
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a temporary name
+        np.savez_compressed(f, **arrays)
+
+
+def print_tables(table5, table6):
+    paper5, paper6 = core.paper_tables("generator_attack"), core.paper_tables("generator_cotrain")
+    print("Table 5: accuracy under each generator's attack (paper in brackets)")
+    targets = ["A", "A'", "B", "C"]
+    print(f"{'generator':<13}" + "".join(f"{t:>16}" for t in targets))
+    for i, (g_name, row) in enumerate(table5.items()):
+        print(f"{g_name:<13}" + "".join(f"{row[t]:>8.2f} ({paper5['targets'][t][i]:5.2f})" if paper5 else f"{row[t]:>16.2f}"
+                                        for t in targets))
+    print("Table 6: adversarial networks co-trained with each generator")
+    print(core.format_table(table6, paper6["rows"] if paper6 else None))
+
+
+if __name__ == "__main__":
+    core.exit_on_error(main)
