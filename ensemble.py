@@ -42,14 +42,14 @@ def run_dataset(key, args, device):
         models[model_name], _, records[model_name] = core.prepare_model(
             model_name, core.METHODS[model_name.rstrip("'")], seed, settings, script.build_D, script.build_G,
             lambda: (train_x, train_y), device, os.path.join(ckpt_dir, f"{model_name}.pt"))
-    eat_info = {}
+    eat_info = {"n_images": 4 * len(train_x), "kinds": core.EAT_KINDS, "seconds": None}  # None: built by an earlier run
 
     def eat_data():
         t0 = time.time()
         eat_set = core.build_eat_set(models["A"], train_x, train_y, settings["eps"], device, settings["eval_batch"],
                                      settings["pgd_steps"], settings["pgd_alpha"] or None,
                                      core.Progress(len(train_x), f"{key}: EAT set from A", "img"))
-        eat_info.update(n_images=len(eat_set), kinds=core.EAT_KINDS, seconds=round(time.time() - t0, 1))
+        eat_info.update(n_images=len(eat_set), seconds=round(time.time() - t0, 1))
         return eat_set, eat_set.labels
 
     eat, _, eat_record = core.prepare_model("EAT", "eat", settings["seed"], settings, script.build_D, script.build_G,
@@ -60,7 +60,7 @@ def run_dataset(key, args, device):
     print(f"{key}" + (" (paper rows: MNIST)" if key == "fashion_mnist" else ""))
     print(core.format_table(table, {r: paper[r] for r in ("EAT", "C")} if paper else None))
     return {"settings": settings, "checkpoints": ckpt_dir, "provenance": core.provenance(device, core.command_line(args)), "seeds": {"EAT": settings["seed"]},
-            "models": {"EAT": eat_record}, "eat_set": eat_info or "built in an earlier run (EAT checkpoint found)",
+            "models": {"EAT": eat_record}, "eat_set": eat_info,
             "table": table, "eval": evaluation}
 
 
@@ -74,7 +74,7 @@ def main(argv=None):
         raise core.UserError(f"--datasets {args.datasets}: choose from {', '.join(DATASETS)}")
     device = core.pick_device(args.gpu)
     out = args.out or os.path.join("results", "ensemble" + ("_quick" if args.quick else "") + ".json")
-    report = {"experiment": "ensemble", "datasets": {}}
+    report = {"experiment": "ensemble" + ("_quick" if args.quick else ""), "datasets": {}}
     if os.path.exists(out):  # one entry per data set: a run of some data sets keeps the others' entries
         try:
             with open(out) as f:

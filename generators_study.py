@@ -14,6 +14,7 @@ import os
 import time
 
 import numpy as np
+import torch
 
 import cifar10
 import core
@@ -47,7 +48,7 @@ def main(argv=None):
 
     fixed = {m: cifar_model(m) for m in ("A", "A'", "B", "B'", "C")}
     targets = {m: fixed[m][0] for m in ("A", "A'", "B", "C")}
-    report = {"experiment": "generators", "settings": settings, "attack_training": ATTACK_TRAINING,
+    report = {"experiment": "generators" + ("_quick" if args.quick else ""), "settings": settings, "attack_training": ATTACK_TRAINING,
               "provenance": core.provenance(device, core.command_line(args)), "n_test": n, "models": {}}
 
     # ------------------------------------------------------------- Table 5: generators against fixed A
@@ -62,14 +63,18 @@ def main(argv=None):
             attack = lambda x, y: core.generator_attack(G, x, y, settings["eps"])
             table5[g_name] = core.transfer_accuracy(targets, attack, test_x, test_y, settings["eps"], device,
                                                     settings["eval_batch"])
-            x = core.to_float(test_x[:N_EXAMPLES].to(device))
-            perturbed = attack(x, test_y[:N_EXAMPLES].to(device))
-        examples |= {f"{g_name}_clean": x, f"{g_name}_perturbation": perturbed - x, f"{g_name}_perturbed": perturbed}
+            x, y = core.to_float(test_x[:N_EXAMPLES].to(device)), test_y[:N_EXAMPLES].to(device)
+            with torch.no_grad():  # one draw of G's input (G2's z is random): the three images belong together
+                perturbation = settings["eps"] * G(G.inputs(x, y))
+        examples |= {f"{g_name}_clean": x, f"{g_name}_perturbation": perturbation,
+                     f"{g_name}_perturbed": (x + perturbation).clamp(0, 1)}
 
     # ------------------------------------------------------------- Table 6: D2 co-trained with each generator
-    cotrained = {"G1_k64": fixed["C"][0]}
+    cotrained = {}
     for g_name, build in GENERATORS.items():
-        if g_name not in cotrained:
+        if g_name == "G1_k64":  # cifar10.py's model C
+            cotrained[g_name], report["models"]["C_G1_k64"] = fixed["C"][0], fixed["C"][2]
+        else:
             cotrained[g_name], _, report["models"][f"C_{g_name}"] = core.prepare_model(
                 f"C with {g_name}", "advnet", settings["seed"], settings | {"generator": g_name}, cifar10.build_D, build,
                 data, device, os.path.join(study_dir, f"C_{g_name}.pt"))

@@ -1,0 +1,20 @@
+"""bench.py is a benchmark, not a test: only check that --quick runs on the CPU and reports every step."""
+import json
+
+import bench
+
+
+def test_bench_quick_runs_on_cpu(tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(["--quick", "--gpu", "cpu", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["steps"]) == {f"{n}/{s}" for n in bench.NETWORKS for s in bench.STEPS}
+    for row in report["steps"].values():
+        assert row["gflop_per_step"] > 0
+        assert all(row[path]["it_per_s"] > 0 and row[path]["tflop_per_s"] > 0 for path in ("eager_fp32", "optimised"))
+    # a PGD step costs about (steps + 1) forward-backward passes of a standard step: the counter counts them all
+    for network in bench.NETWORKS:
+        ratio = report["steps"][f"{network}/pgd"]["gflop_per_step"] / report["steps"][f"{network}/standard"]["gflop_per_step"]
+        assert 5 < ratio < 12, ratio
+    assert set(report["projected_training_hours"]) == set(bench.FULL_RUNS)
+    assert report["provenance"]["versions"]["torch"]

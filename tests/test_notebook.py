@@ -1,0 +1,123 @@
+"""notebooks/results.ipynb: committed without outputs and as make_notebook.py writes it; run by nbval
+(a cell that raises fails) on a real --quick result, on malformed results files, and on results/."""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from test_mnist_script import OFFLINE
+
+NOTEBOOKS = os.path.join(ROOT, "notebooks")
+NOTEBOOK = os.path.join(NOTEBOOKS, "results.ipynb")
+
+
+def read_notebook():
+    with open(NOTEBOOK, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def code_cells(notebook):
+    return [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+
+
+def environment(results_dir):
+    env = {k: v for k, v in os.environ.items() if k != "RESULTS_DIR"} | OFFLINE
+    if results_dir:
+        env["RESULTS_DIR"] = results_dir
+    return env
+
+
+def run_nbval(results_dir=None):
+    """nbval in its own pytest process, as a user would run it; every code cell must pass."""
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "--nbval-current-env",
+                             "-p", "no:cacheprovider", NOTEBOOK],
+                            cwd=ROOT, env=environment(results_dir), capture_output=True, text=True, timeout=600)
+    n_cells = len(code_cells(read_notebook()))
+    assert result.returncode == 0 and f"{n_cells} passed" in result.stdout, result.stdout[-5000:] + result.stderr[-2000:]
+
+
+def executed_outputs(results_dir, monkeypatch):
+    """The notebook executed as nbconvert would (kernel in notebooks/): its outputs' text, and their types."""
+    import nbformat
+    from nbclient import NotebookClient
+    monkeypatch.setenv("RESULTS_DIR", results_dir)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(notebook, timeout=600, resources={"metadata": {"path": NOTEBOOKS}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    text = "".join(output.get("text", "") for output in outputs)
+    return text, [output.output_type for output in outputs]
+
+
+@pytest.fixture(scope="module")
+def quick_results(fake_mnist, tmp_path_factory, shared_checkpoints):
+    """A folder holding mnist_quick.json from a real `mnist.py --quick` run on fake MNIST files (reusing
+    the session's quick models where another test trained them already)."""
+    results, checkpoints = tmp_path_factory.mktemp("notebook_results"), os.path.join(shared_checkpoints, "mnist_quick")
+    run = subprocess.run([sys.executable, "mnist.py", "--quick", "--gpu", "cpu", "--data-dir", fake_mnist,
+                          "--out", str(results / "mnist_quick.json"), "--ckpt-dir", str(checkpoints)],
+                         cwd=ROOT, env=environment(None), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    return results
+
+
+@pytest.fixture
+def malformed_results(quick_results, tmp_path):
+    """The quick result, a truncated JSON file and a valid one without its table."""
+    shutil.copy(quick_results / "mnist_quick.json", tmp_path)
+    (tmp_path / "mnist.json").write_text('{"experiment": "mnist"')
+    report = json.loads((quick_results / "mnist_quick.json").read_text())
+    del report["table"]
+    (tmp_path / "cifar10.json").write_text(json.dumps(report | {"experiment": "cifar10"}))
+    return tmp_path
+
+
+def test_committed_notebook_has_no_outputs_and_is_what_make_notebook_writes():
+    spec = importlib.util.spec_from_file_location("make_notebook", os.path.join(NOTEBOOKS, "make_notebook.py"))
+    make_notebook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_notebook)
+    with open(NOTEBOOK, encoding="utf-8") as f:
+        assert f.read() == make_notebook.notebook_text(), "run: python notebooks/make_notebook.py"
+    cells = code_cells(read_notebook())
+    assert cells and all(cell["outputs"] == [] and cell["execution_count"] is None for cell in cells)
+
+
+def test_nbval_on_a_real_quick_result(quick_results):
+    run_nbval(str(quick_results))
+
+
+def test_nbval_on_malformed_results(malformed_results):
+    run_nbval(str(malformed_results))
+
+
+def test_malformed_results_are_named_in_one_line_each(malformed_results, monkeypatch):
+    text, kinds = executed_outputs(str(malformed_results), monkeypatch)
+    assert "error" not in kinds and "Traceback" not in text
+    assert "mnist.json: not shown: not valid JSON (Expecting" in text
+    assert "cifar10.json: not shown: missing key 'table'" in text
+    assert "mnist_quick.json  [QUICK SMOKE TEST" in text and kinds.count("display_data") >= 2  # bars, curves
+
+
+def test_nbval_on_the_repository_results():
+    run_nbval()
+
+
+def test_a_smoke_test_is_hidden_behind_a_full_result_unless_results_dir_is_set(quick_results, tmp_path, monkeypatch):
+    shutil.copy(quick_results / "mnist_quick.json", tmp_path)
+    report = json.loads((quick_results / "mnist_quick.json").read_text())
+    (tmp_path / "mnist.json").write_text(json.dumps(report | {"experiment": "mnist"}))
+    monkeypatch.setenv("RESULTS_DIR", str(tmp_path))
+    monkeypatch.chdir(NOTEBOOKS)
+    cells = {cell["id"]: "".join(cell["source"]) for cell in read_notebook()["cells"]}
+    namespace = {"__name__": "results_notebook"}
+    for cell_id in ("setup", "loading"):
+        exec("\n".join(line for line in cells[cell_id].splitlines() if not line.startswith("%")), namespace)
+    assert [r.file for r in namespace["shown"]] == ["mnist.json", "mnist_quick.json"]
+    namespace["SHOW_ALL_QUICK"] = False  # as when the notebook reads results/
+    shown, hidden = namespace["hide_superseded_quick"](namespace["loaded"])
+    assert [r.file for r in shown] == ["mnist.json"]
+    assert hidden == ["mnist_quick.json: smoke test not shown (mnist has a full result)"]
