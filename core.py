@@ -1004,6 +1004,13 @@ def prepare_model(name, method, seed, settings, build_D, build_G, data, device, 
     return D, G, train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_path, train)
 
 
+def dataset_main(doc, script, experiment, build_D, build_G, paper_table, argv=None):
+    """The whole command of a data-set script: parse its command line, then run_experiment."""
+    args = parse_cli(experiment_parser(doc), argv, script)
+    name, settings, load = experiment(args)
+    return run_experiment(name, settings, args, load, build_D, build_G, paper_rows(paper_table))
+
+
 def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None):
     """Trains the chosen models (resumably), evaluates the 9-column table and writes the results JSON.
 

@@ -60,9 +60,7 @@ def experiment(args):
 
 
 def main(argv=None):
-    args = core.parse_cli(core.experiment_parser(__doc__), argv, __file__)
-    name, settings, load = experiment(args)
-    return core.run_experiment(name, settings, args, load, build_D, build_G, core.paper_rows("svhn"))
+    return core.dataset_main(__doc__, __file__, experiment, build_D, build_G, "svhn", argv)
 
 
 if __name__ == "__main__":

@@ -397,8 +397,8 @@ if not generator_results:
 EXAMPLES_INTRO = r"""
 ### What the generators do
 
-Per generator, a few test images: x; the perturbation ε·G(x) as applied (after clipping x + ε·G(x)
-to [0, 1]), rescaled for display as ε·G(x) / (2ε) + 0.5 (grey: none; black or full colour: ±ε);
+Per generator, a few test images: x; the perturbation ε·G(x) (before x + ε·G(x) is clipped to
+[0, 1]), rescaled for display as ε·G(x) / (2ε) + 0.5 (grey: none; black or full colour: ±ε);
 and x + ε·G(x), what the models are scored on.
 """
 
