@@ -485,21 +485,20 @@ class StaticAdversarialSet:
     [0, 1] when read, so every image is within eps of its source however float16 rounded."""
 
     def __init__(self, images, labels, deltas, eps):
-        self.images, self.deltas, self.eps = images, deltas, eps
+        self.images, self.source_labels, self.deltas, self.eps = images, labels, deltas, eps
         self.labels = labels.repeat(1 + len(deltas))
 
     def __len__(self):
         return len(self.images) * (1 + len(self.deltas))
 
     def to(self, device):
-        return StaticAdversarialSet(self.images.to(device), self.labels[:len(self.images)].to(device), self.deltas.to(device), self.eps)
+        return StaticAdversarialSet(self.images.to(device), self.source_labels.to(device), self.deltas.to(device), self.eps)
 
     def __getitem__(self, idx):
         kind, source = idx // len(self.images), idx % len(self.images)
         x = to_float(self.images[source])
-        delta = torch.zeros_like(x)
-        adversarial = kind > 0
-        delta[adversarial] = self.deltas[kind[adversarial] - 1, source[adversarial]].float()
+        # a gather and a mask rather than boolean indexing, which would wait for the GPU every batch
+        delta = self.deltas[(kind - 1).clamp(min=0), source].float() * (kind > 0).view(-1, *[1] * (x.dim() - 1))
         return project(x + delta, x, self.eps)
 
 
