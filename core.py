@@ -808,6 +808,9 @@ def train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_p
 
     batches = make_batches()
     start = record["iters_done"]
+    commit, dirty = git_commit()  # a model may be trained over several invocations: each one is recorded
+    record.setdefault("sessions", []).append({"from_iter": start, "git_commit": commit, "git_dirty": dirty,
+                                              "device": device_name(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     progress = Progress(s["iters"], f"{name} ({method})", start=start)
     sums, count, t_start, t_saved = {}, 0, time.time(), time.time()
     seconds_before = record["train_seconds"]

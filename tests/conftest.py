@@ -57,6 +57,7 @@ def check_quick_schema(report, experiment):
         assert model["iters_done"] == quick["iters"] and model["train_seconds"] > 0
         assert [h["iter"] for h in model["history"]] == list(range(quick["log_every"], quick["iters"] + 1, quick["log_every"]))
         assert all("loss" in h and "lr" in h for h in model["history"])
+        assert model["sessions"][0]["from_iter"] == 0 and "git_commit" in model["sessions"][0]
     assert report["eval"]["n_test"] == quick["test_n"] and report["eval"]["columns"] == COLUMNS
     assert set(report["table"]) == {"A", "B", "C"}
     for row in report["table"].values():

@@ -153,7 +153,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, method
         train(tmp_path, method, interrupt)
     assert core.load_checkpoint(str(tmp_path / f"{method}.pt"))["record"]["iters_done"] == 8
     D, G, record = train(tmp_path, method)
-    assert record["iters_done"] == 12
+    assert record["iters_done"] == 12 and [s["from_iter"] for s in record["sessions"]] == [0, 8]
     assert same_weights(D, D_ref) and (method != "advnet" or same_weights(G, G_ref))
 
 
