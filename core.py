@@ -11,6 +11,7 @@ statistics, train/eval mode and parameter gradients as they found them.
 """
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import math
 import os
@@ -646,10 +647,9 @@ def provenance(device, command):
     commit, dirty = git_commit()
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                 "cuda": torch.version.cuda}
-    try:
-        import torchvision
-        versions["torchvision"] = torchvision.__version__
-    except ImportError:
+    try:  # the data-loading scripts use torchvision; core.py itself never imports it
+        versions["torchvision"] = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
         pass
     return {"versions": versions, "device": device_name(device), "git_commit": commit, "git_dirty": dirty,
             "command": command, "host": platform.node()}
