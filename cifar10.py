@@ -8,6 +8,7 @@ write results/cifar10.json and print the table beside the paper's.
 """
 import os
 
+import autoattack_suite
 import core
 
 # ======================================================================================= settings
@@ -59,7 +60,7 @@ def experiment(args):
 
 
 def main(argv=None):
-    return core.dataset_main(__doc__, __file__, experiment, build_D, build_G, "cifar10", argv)
+    return core.dataset_main(__doc__, __file__, experiment, build_D, build_G, "cifar10", autoattack_suite.attacks, argv)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Trains A, B, C (seed s) and A', B', C' (seed s+1), evaluates, writes results/cif
     python cifar100.py --gpu 0
     python cifar100.py --quick
 """
+import autoattack_suite
 import core
 from cifar10 import build_D, build_G, load_cifar, SETTINGS as CIFAR10_SETTINGS
 
@@ -27,7 +28,7 @@ def experiment(args):
 
 
 def main(argv=None):
-    return core.dataset_main(__doc__, __file__, experiment, build_D, build_G, "cifar100", argv)
+    return core.dataset_main(__doc__, __file__, experiment, build_D, build_G, "cifar100", autoattack_suite.attacks, argv)
 
 
 if __name__ == "__main__":

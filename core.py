@@ -286,14 +286,22 @@ def bn_stats_frozen(*models):
             m.track_running_stats = keep
 
 
+BN_MODES = ("running", "batch")
+
+
 @contextlib.contextmanager
-def eval_mode(*models):
-    """Evaluation mode for the block, then each model's own mode back."""
+def scoring_mode(models, bn="running"):
+    """How models are scored: bn="running" is eval mode (running statistics); bn="batch" is the
+    authors' protocol, train mode (each batch normalised by its own statistics) with the running
+    statistics left untouched. Each model gets its own mode back."""
+    if bn not in BN_MODES:
+        raise ValueError(f"bn must be one of {BN_MODES}, not {bn!r}")
     modes = [m.training for m in models]
     for m in models:
-        m.eval()
+        m.train(bn == "batch")
     try:
-        yield
+        with bn_stats_frozen(*models):
+            yield
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)
@@ -303,12 +311,24 @@ def eval_mode(*models):
 # Attacks: pure functions on [0, 1] images. One PGD serves training and evaluation.
 # =====================================================================================================
 
-def input_grad(model, x, y):
-    """Gradient of the summed cross-entropy with respect to the input only (parameter grads untouched)."""
+def cw_margin(logits, y):
+    """Carlini-Wagner margin per example, max_{j != y} z_j - z_y: positive once x is misclassified.
+    Unlike cross-entropy it does not saturate on confident logits, so its gradient does not vanish there."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return others.amax(1) - true
+
+
+LOSSES = {"ce": lambda logits, y: F.cross_entropy(logits, y, reduction="sum"),
+          "cw": lambda logits, y: cw_margin(logits, y).sum()}
+
+
+def input_grad(model, x, y, loss="ce"):
+    """Gradient of the summed loss ("ce" or "cw") with respect to the input only (parameter grads untouched)."""
     x = x.detach().requires_grad_(True)
     with bn_stats_frozen(model):
-        loss = F.cross_entropy(model(x), y, reduction="sum")
-    return torch.autograd.grad(loss, x)[0]
+        value = LOSSES[loss](model(x), y)
+    return torch.autograd.grad(value, x)[0]
 
 
 @torch.no_grad()
@@ -341,15 +361,22 @@ def project(x_adv, x, eps):
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
 
 
-def pgd(model, x, y, eps, alpha=None, steps=10):
-    """PGD (Eq. 7): uniform start in the eps-ball, `steps` signed steps of `alpha` (default eps/4),
-    projection onto the eps-ball and [0, 1] after the start and after every step."""
+def pgd(model, x, y, eps, alpha=None, steps=10, loss="ce", restarts=1):
+    """PGD (Eq. 7): uniform start in the eps-ball, `steps` signed steps of `alpha` (default eps/4) up
+    the loss ("ce", or "cw": the CW margin), projection onto the eps-ball and [0, 1] after the start
+    and after every step. With restarts, each example keeps the first run that misclassifies it."""
     alpha = eps / 4 if alpha is None else alpha
-    x_adv = project(x + torch.empty_like(x).uniform_(-eps, eps), x, eps)
-    with torch.enable_grad():
-        for _ in range(steps):
-            x_adv = project(x_adv + alpha * input_grad(model, x_adv, y).sign(), x, eps)
-    return x_adv.detach()
+    for run in range(restarts):
+        x_adv = project(x + torch.empty_like(x).uniform_(-eps, eps), x, eps)
+        with torch.enable_grad():
+            for _ in range(steps):
+                x_adv = project(x_adv + alpha * input_grad(model, x_adv, y, loss).sign(), x, eps)
+        if run == 0:
+            best = x_adv
+        else:
+            still_right = (predict(model, best) == y)[:, None, None, None]
+            best = torch.where(still_right, x_adv, best)
+    return best.detach()
 
 
 @torch.no_grad()
@@ -510,7 +537,7 @@ def build_eat_set(model, images, labels, eps, device, batch_size=500, pgd_steps=
     """From one fixed (undefended) model: FGS with its predicted label (no label leakage), PGD with the
     true label, and the least-likely-class step (Eq. 8), beside the clean images; built on the device."""
     deltas = torch.empty((3, *images.shape), dtype=torch.float16, device=device)
-    with eval_mode(model), autocast(device):
+    with scoring_mode([model]), autocast(device):
         for start in range(0, len(images), batch_size):
             part = slice(start, start + batch_size)
             x, y = to_float(images[part].to(device)), labels[part].to(device)
@@ -537,10 +564,10 @@ def attack_batches(surrogate, x, y, eps, pgd_steps, pgd_alpha):
 
 
 def evaluate_table(targets, surrogates, images, labels, eps, device, batch_size=500, pgd_steps=10, pgd_alpha=None,
-                   progress=None):
+                   progress=None, bn="running"):
     """Accuracy in percent of each target: clean, white-box FGS/PGD, and black-box FGS/PGD crafted on
     each surrogate (keys "fgs_A'", ...). Black-box examples are crafted once per surrogate and batch
-    and scored on every target. Models are scored in eval mode and given their own mode back."""
+    and scored on every target. Models are scored in `scoring_mode(bn)` and given their own mode back."""
     hits = {t: {} for t in targets}
 
     def score(target, column, x_in, y):
@@ -549,7 +576,7 @@ def evaluate_table(targets, surrogates, images, labels, eps, device, batch_size=
         hits[target][column] = hits[target].get(column, 0) + hit
 
     models = list(targets.values()) + list(surrogates.values())
-    with eval_mode(*models), autocast(device):
+    with scoring_mode(models, bn), autocast(device):
         for start in range(0, len(images), batch_size):
             x = to_float(images[start:start + batch_size].to(device))
             y = labels[start:start + batch_size].to(device)
@@ -570,7 +597,7 @@ def transfer_accuracy(targets, craft, images, labels, eps, device, batch_size=50
     """Accuracy in percent of each target on `craft(x, y)`, crafted once per batch (threat model
     checked) and scored on every target, all in eval mode."""
     hits = dict.fromkeys(targets, 0)
-    with eval_mode(*targets.values()), autocast(device):
+    with scoring_mode(list(targets.values())), autocast(device):
         for start in range(0, len(images), batch_size):
             x = to_float(images[start:start + batch_size].to(device))
             y = labels[start:start + batch_size].to(device)
@@ -580,6 +607,97 @@ def transfer_accuracy(targets, craft, images, labels, eps, device, batch_size=50
                 for name, model in targets.items():
                     hits[name] = hits[name] + (model(x_adv).argmax(1) == y).sum()
     return {name: round(100.0 * int(n) / len(images), 2) for name, n in hits.items()}
+
+
+# =====================================================================================================
+# Strong evaluation (beyond the paper): long and restarted attacks, the per-example worst case over
+# all of them, and checks for gradient masking (Athalye et al. 2018; Carlini et al. 2019)
+# =====================================================================================================
+
+def strong_attacks(eps, steps=100, restarts=5):
+    """name -> craft(model, x, y) -> x_adv: the paper's FGS and PGD-10, then PGD with `steps` steps
+    and `restarts` random restarts on cross-entropy, and PGD on the CW margin. The long runs take steps
+    of 2.5 * eps / steps (Madry et al.): the walk can cross the ball 2.5 times."""
+    alpha = 2.5 * eps / steps
+    return {"fgs": lambda m, x, y: fgs(m, x, y, eps),
+            "pgd10": lambda m, x, y: pgd(m, x, y, eps),
+            "pgd_ce": lambda m, x, y: pgd(m, x, y, eps, alpha, steps, "ce", restarts),
+            "pgd_cw": lambda m, x, y: pgd(m, x, y, eps, alpha, steps, "cw")}
+
+
+GRADIENT_ATTACKS = ("fgs", "pgd10", "pgd_ce", "pgd_cw", "apgd_ce", "apgd_t", "fab_t")
+LARGE_EPS = 0.5  # half the pixel range: every image can reach mid-grey, so no classifier should survive it
+
+
+def zero_gradient(model, x, y):
+    """Per example: is the input gradient of the cross-entropy exactly zero (a sign of masking)?"""
+    with torch.enable_grad():
+        return input_grad(model, x, y).flatten(1).abs().amax(1) == 0
+
+
+def strong_evaluation(models, images, labels, eps, device, attacks, surrogates=None, bn="running", batch_size=500,
+                      sweep=(0.25, 0.5, 1.0, 2.0), sweep_steps=100, progress=None):
+    """Per model, in percent: accuracy under each of `attacks` (name -> craft(model, x, y)), under
+    transfer from each surrogate (its strongest PGD, `attacks["pgd_ce"]`), the per-example worst case
+    over all of them (`robust`), PGD accuracy at eps * each of `sweep` and at LARGE_EPS ("eps_0.3"), and
+    the share of examples whose input gradient is exactly zero (`zero_gradient_percent`). Runs in float32, not under autocast:
+    bf16 rounding can flatten the small gradients that long attacks follow. Every adversarial batch
+    is checked against the threat model before it is scored."""
+    surrogates = surrogates or {}
+    sweep_eps = sorted({round(eps * f, 6) for f in sweep} | {LARGE_EPS})
+    counts = {name: {} for name in models}
+
+    def add(name, key, hits):
+        counts[name][key] = counts[name].get(key, 0) + int(hits.sum())
+
+    with scoring_mode(list(models.values()) + list(surrogates.values()), bn):
+        for start in range(0, len(images), batch_size):
+            x = to_float(images[start:start + batch_size].to(device))
+            y = labels[start:start + batch_size].to(device)
+            transfers = {f"transfer_{s}": attacks["pgd_ce"](sm, x, y) for s, sm in surrogates.items()}
+            for x_adv in transfers.values():
+                check_threat_model(x_adv, x, eps)
+            for name, model in models.items():
+                right = predict(model, x) == y
+                robust = right.clone()
+                add(name, "clean", right)
+                for attack, x_adv in [(a, craft(model, x, y)) for a, craft in attacks.items()] + list(transfers.items()):
+                    check_threat_model(x_adv, x, eps)
+                    right = predict(model, x_adv) == y
+                    robust &= right
+                    add(name, attack, right)
+                add(name, "robust", robust)
+                for e in sweep_eps:
+                    add(name, f"eps_{e:g}", predict(model, pgd(model, x, y, e, 2.5 * e / sweep_steps, sweep_steps)) == y)
+                add(name, "zero_gradient_percent", zero_gradient(model, x, y))
+            if progress:
+                progress.update(min(start + batch_size, len(images)))
+    return {name: {key: round(100.0 * n / len(images), 2) for key, n in c.items()} for name, c in counts.items()}
+
+
+def masking_checks(result, points=2.0, large_eps_accuracy=5.0, zero_gradient_percent=1.0):
+    """Gradient-masking checks on one model's `strong_evaluation` result, each {"flag", "why"}; a
+    flag is a reason to distrust the gradient attacks' numbers. `points`: accuracy slack, in percent."""
+    acc = result  # percent, as strong_evaluation gives it
+    gradient = {a: acc[a] for a in GRADIENT_ATTACKS if a in acc}
+    best_gradient = min(gradient.values())
+    curve = [(float(k[4:]), v) for k, v in acc.items() if k.startswith("eps_")]
+    curve.sort()
+    rises = [f"{a:g}->{b:g}: {u} -> {v}" for (a, u), (b, v) in zip(curve, curve[1:]) if v > u + points]
+    transfers = {k: v for k, v in acc.items() if k.startswith("transfer_")}
+    checks = {
+        "iterative_beats_single_step": (acc["pgd_ce"] > acc["fgs"] + points,
+                                        f"PGD-CE {acc['pgd_ce']} vs FGS {acc['fgs']}"),
+        "accuracy_falls_with_eps": (bool(rises), "rises: " + "; ".join(rises) if rises else "non-increasing"),
+        "large_eps_reaches_zero": (curve[-1][1] > large_eps_accuracy, f"{curve[-1][1]} at eps {curve[-1][0]:g}"),
+        "transfer_not_below_white_box": (any(v < best_gradient - points for v in transfers.values()),
+                                         f"transfer {transfers} vs best white-box {best_gradient}"),
+        "gradient_free_not_better": ("square" in acc and acc["square"] < best_gradient - points,
+                                     f"Square {acc.get('square', 'not run')} vs best gradient attack {best_gradient}"),
+        "input_gradients_nonzero": (acc["zero_gradient_percent"] > zero_gradient_percent,
+                                    f"{acc['zero_gradient_percent']}% of examples have an all-zero input gradient"),
+    }
+    return {name: {"flag": bool(flag), "why": why} for name, (flag, why) in checks.items()}
 
 
 # =====================================================================================================
@@ -725,7 +843,8 @@ def _in_main_thread():
 METHODS = {"A": "standard", "B": "pgd", "C": "advnet"}
 
 # Settings that do not change what a model learns: a checkpoint stays valid when only these differ.
-EVAL_ONLY_SETTINGS = {"test_n", "eval_batch", "log_every", "ckpt_minutes"}
+EVAL_ONLY_SETTINGS = {"test_n", "eval_batch", "log_every", "ckpt_minutes", "bn_eval", "strong_n", "strong_steps",
+                      "strong_restarts", "square_queries"}
 
 
 def fingerprint(settings, method, seed):
@@ -872,8 +991,14 @@ COMMON_SETTINGS = dict(
     log_every=100,           # iterations between history entries (and NaN checks)
     ckpt_minutes=5.0,        # minutes between checkpoints
     augment=False,           # random pad-and-crop by up to 4 px and horizontal flip, on the device (CIFAR)
+    bn_eval="running",       # batch norm when scoring: running (eval mode) or batch (train-mode statistics, authors' code)
+    strong_n=1000,           # --strong-eval: test images scored (the first n of those scored); 0 = all of them
+    strong_steps=100,        # --strong-eval: steps of PGD-CE, PGD-CW, APGD and FAB
+    strong_restarts=5,       # --strong-eval: random restarts of PGD-CE
+    square_queries=5000,     # --strong-eval: queries of the Square attack (AutoAttack standard: 5000)
 )
-QUICK_SETTINGS = dict(iters=20, batch_size=32, g_width=4, test_n=100, log_every=10)  # --quick: a pipeline check, not a result
+QUICK_SETTINGS = dict(iters=20, batch_size=32, g_width=4, test_n=100, log_every=10,  # --quick: a pipeline check, not a result
+                      strong_n=50, strong_steps=5, strong_restarts=2, square_queries=20)
 
 
 def parse_value(key, text, default):
@@ -916,6 +1041,11 @@ def experiment_parser(description, models=True):
     p.add_argument("--iters", type=int, default=None, help="iterations per model; the schedule scales with it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
     p.add_argument("--quick", action="store_true", help="tiny schedule and test subset: a smoke test")
+    p.add_argument("--eval-n", type=int, default=None, help="score only the first N test images (setting test_n)")
+    p.add_argument("--bn-eval", choices=BN_MODES, default=None, help="batch norm when scoring: running statistics "
+                   "(eval mode, default) or batch statistics (the authors' protocol); C is reported both ways")
+    p.add_argument("--strong-eval", action="store_true", help="also run the strong evaluation: PGD-100x5, PGD-CW, "
+                   "AutoAttack, C's generator, the per-example worst case and gradient-masking checks")
     if models:
         p.add_argument("--no-eval", action="store_true", help="train only (e.g. to spread models over machines)")
     return p
@@ -938,11 +1068,19 @@ def resolve_settings(base, args, preset=None):
         s["iters"] = args.iters
     if args.seed is not None:
         s["seed"] = args.seed
+    if args.eval_n is not None:
+        s["test_n"] = args.eval_n
+    if args.bn_eval is not None:
+        s["bn_eval"] = args.bn_eval
     s = apply_overrides(s, args.set)
     if s["iters"] < 1 or s["batch_size"] < 1:
         raise UserError("iters and batch_size must be positive")
+    if min(s["test_n"], s["strong_n"]) < 0:
+        raise UserError("test_n (--eval-n) and strong_n must be 0 (all) or positive")
     if s["hvp"] not in ("fd", "exact"):
         raise UserError(f"hvp must be fd or exact, not {s['hvp']!r}")
+    if s["bn_eval"] not in BN_MODES:
+        raise UserError(f"bn_eval must be one of {', '.join(BN_MODES)}, not {s['bn_eval']!r}")
     return s
 
 
@@ -1006,18 +1144,21 @@ def prepare_model(name, method, seed, settings, build_D, build_G, data, device, 
     return D, G, train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_path, train)
 
 
-def dataset_main(doc, script, experiment, build_D, build_G, paper_table, argv=None):
+def dataset_main(doc, script, experiment, build_D, build_G, paper_table, extra_attacks=None, argv=None):
     """The whole command of a data-set script: parse its command line, then run_experiment."""
     args = parse_cli(experiment_parser(doc), argv, script)
     name, settings, load = experiment(args)
-    return run_experiment(name, settings, args, load, build_D, build_G, paper_rows(paper_table))
+    return run_experiment(name, settings, args, load, build_D, build_G, paper_rows(paper_table), extra_attacks)
 
 
-def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None):
-    """Trains the chosen models (resumably), evaluates the 9-column table and writes the results JSON.
+def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None, extra_attacks=None):
+    """Trains the chosen models (resumably), evaluates the 9-column table (and with --strong-eval the
+    strong evaluation) and writes the results JSON.
 
     `load_data()` gives (train_images, train_labels, test_images, test_labels): uint8 (N, C, H, W)
-    and int64. Models outside --models are not trained, but their finished checkpoints are evaluated."""
+    and int64. Models outside --models are not trained, but their finished checkpoints are evaluated.
+    `extra_attacks(settings)` gives more attacks for --strong-eval (name -> craft(model, x, y)), such
+    as AutoAttack's, which need packages beyond torch."""
     devices = parse_gpus(args.gpu)
     chosen = parse_models(args.models)
     if len(devices) > 1:
@@ -1030,42 +1171,92 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     started = time.time()
     report = {"experiment": name, "settings": settings, "seeds": {}, "provenance": provenance(device, command_line(args)),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": {}}
-    finished = {}
+    finished, generators = {}, {}
     for model_name in ["A", "B", "C", "A'", "B'", "C'"]:
         ckpt_path = os.path.join(ckpt_dir, f"{model_name}.pt")
         if model_name not in chosen and not os.path.exists(ckpt_path):
             continue
         seed = settings["seed"] + model_name.count("'")
-        D, _, record = prepare_model(model_name, METHODS[model_name.rstrip("'")], seed, settings, build_D, build_G,
+        D, G, record = prepare_model(model_name, METHODS[model_name.rstrip("'")], seed, settings, build_D, build_G,
                                      lambda: (train_x, train_y), device, ckpt_path, model_name in chosen)
         if record["iters_done"] >= settings["iters"]:
             report["seeds"][model_name] = seed
             report["models"][model_name] = record
-            finished[model_name] = D
+            finished[model_name], generators[model_name] = D, G
     if args.no_eval:
         print(f"trained {', '.join(finished) or 'nothing'}; checkpoints in {ckpt_dir}; run without --no-eval to evaluate")
         return report
     report["table"], report["eval"] = evaluate_trained(finished, settings, test_x, test_y, device)
+    print(format_table(report["table"], paper))
+    if args.strong_eval:
+        report["strong_eval"] = strong_eval_report(finished, generators.get("C"), settings, test_x, test_y, device,
+                                                   extra_attacks)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     report["wall_seconds"] = round(time.time() - started, 1)
     write_json(out, report)
-    print(format_table(report["table"], paper))
     print(f"results written to {out}")
     return report
 
 
+def split_models(models):
+    """(targets, surrogates): the models scored, and the seed copies (A', B', C') that attack them."""
+    return {k: m for k, m in models.items() if "'" not in k}, {k: m for k, m in models.items() if "'" in k}
+
+
 def evaluate_trained(models, settings, test_x, test_y, device):
+    """The paper's 9-column table of the models (copies as surrogates), with BN as `bn_eval` says; model C,
+    if present, is also scored white-box under both BN modes (`bn_comparison`)."""
     n = settings["test_n"] or len(test_x)
-    targets = {k: m for k, m in models.items() if "'" not in k}
-    surrogates = {k: m for k, m in models.items() if "'" in k}
+    targets, surrogates = split_models(models)
     if not targets:
         return {}, {"n_test": 0, "seconds": 0.0, "note": "no finished target model (A, B or C)"}
-    torch.manual_seed(settings["seed"])  # PGD's random start: the same numbers for the same run
     t0 = time.time()
-    table = evaluate_table(targets, surrogates, test_x[:n], test_y[:n], settings["eps"], device, settings["eval_batch"],
-                           settings["pgd_steps"], settings["pgd_alpha"] or None, Progress(n, "evaluate", "img"))
+    score = lambda chosen, against, bn, progress=None: evaluate_table(
+        chosen, against, test_x[:n], test_y[:n], settings["eps"], device, settings["eval_batch"], settings["pgd_steps"],
+        settings["pgd_alpha"] or None, progress, bn)
+    torch.manual_seed(settings["seed"])  # PGD's random start: the same numbers for the same run
+    table = score(targets, surrogates, settings["bn_eval"], Progress(n, "evaluate", "img"))
     columns = ["clean", "fgs", "pgd"] + [f"{a}_{s}" for s in surrogates for a in ("fgs", "pgd")]
-    return table, {"n_test": n, "columns": columns, "seconds": round(time.time() - t0, 1), "bn": "running statistics (eval mode)"}
+    evaluation = {"n_test": n, "columns": columns, "bn": settings["bn_eval"]}
+    if "C" in targets:
+        evaluation["bn_comparison"] = {"C": {bn: score({"C": targets["C"]}, {}, bn)["C"] for bn in BN_MODES}}
+    return table, evaluation | {"seconds": round(time.time() - t0, 1)}
+
+
+def strong_eval_report(models, generator, settings, test_x, test_y, device, extra_attacks=None):
+    """--strong-eval: strong_evaluation of the target models (the seed copies attack by transfer;
+    `generator`, C's G, attacks every model) with masking checks, as the results JSON's entry."""
+    n = min(settings["strong_n"] or len(test_x), settings["test_n"] or len(test_x), len(test_x))
+    targets, surrogates = split_models(models)
+    eps = settings["eps"]
+    attacks = strong_attacks(eps, settings["strong_steps"], settings["strong_restarts"])
+    attacks |= extra_attacks(settings) if extra_attacks else {}
+    if generator is not None:
+        attacks["generator_C"] = lambda m, x, y: generator_attack(generator, x, y, eps)
+    torch.manual_seed(settings["seed"])
+    t0 = time.time()
+    with scoring_mode([generator] if generator is not None else []):  # G as trained, in eval mode
+        results = strong_evaluation(targets, test_x[:n], test_y[:n], eps, device, attacks, surrogates,
+                                    settings["bn_eval"], settings["eval_batch"], sweep_steps=settings["strong_steps"],
+                                    progress=Progress(n, "strong evaluation", "img"))
+    report = {"n_test": n, "bn": settings["bn_eval"], "attacks": list(attacks), "surrogates": list(surrogates),
+              "precision": "float32", "seconds": round(time.time() - t0, 1),
+              "models": {m: {"accuracy": r, "checks": masking_checks(r)} for m, r in results.items()}}
+    print(format_strong(report))
+    return report
+
+
+def format_strong(report):
+    """The strong evaluation as text: one row per attack (accuracy in percent), then each model's masking flags."""
+    models = report["models"]
+    keys = list(next(iter(models.values()))["accuracy"])
+    lines = [f"strong evaluation, first {report['n_test']} test images, BN {report['bn']}: accuracy in percent",
+             f"{'attack':<22}" + "".join(f"{m:>9}" for m in models)]
+    lines += [f"{k:<22}" + "".join(f"{r['accuracy'][k]:>9.2f}" for r in models.values()) for k in keys]
+    for name, r in models.items():
+        flags = [f"{c} ({v['why']})" for c, v in r["checks"].items() if v["flag"]]
+        lines.append(f"masking flags of {name}: {'; '.join(flags) if flags else 'none'}")
+    return "\n".join(lines)
 
 
 def format_table(table, paper=None):

@@ -10,6 +10,7 @@ paper's; writes results/ensemble.json (one entry per data set, earlier entries k
     python ensemble.py --gpu 0                          # MNIST, SVHN and CIFAR-10
     python ensemble.py --datasets fashion_mnist --iters 1000 --set g_width=8
     python ensemble.py --quick --datasets mnist
+    python ensemble.py --datasets fashion_mnist --iters 1000 --set g_width=8 --strong-eval --eval-n 1000
 """
 import json
 import os
@@ -17,6 +18,7 @@ import time
 
 import torch
 
+import autoattack_suite
 import cifar10
 import core
 import mnist
@@ -36,10 +38,10 @@ def run_dataset(key, args, device):
     name, settings, load = experiment(args)
     ckpt_dir = os.path.join(args.ckpt_dir or "checkpoints", name)  # the data set's own: its models are reused
     train_x, train_y, test_x, test_y = load()
-    models, records = {}, {}
+    models, generators, records = {}, {}, {}
     for model_name in NEEDED:
         seed = settings["seed"] + model_name.count("'")
-        models[model_name], _, records[model_name] = core.prepare_model(
+        models[model_name], generators[model_name], records[model_name] = core.prepare_model(
             model_name, core.METHODS[model_name.rstrip("'")], seed, settings, script.build_D, script.build_G,
             lambda: (train_x, train_y), device, os.path.join(ckpt_dir, f"{model_name}.pt"))
     eat_info = {"n_images": 4 * len(train_x), "kinds": core.EAT_KINDS, "seconds": None}  # None: built by an earlier run
@@ -54,14 +56,18 @@ def run_dataset(key, args, device):
 
     eat, _, eat_record = core.prepare_model("EAT", "eat", settings["seed"], settings, script.build_D, script.build_G,
                                             eat_data, device, os.path.join(ckpt_dir, "EAT.pt"))
-    table, evaluation = core.evaluate_trained({"EAT": eat, "C": models["C"], **{k: models[k] for k in ("A'", "B'", "C'")}},
-                                              settings, test_x, test_y, device)
+    scored = {"EAT": eat, "C": models["C"], **{k: models[k] for k in ("A'", "B'", "C'")}}
+    table, evaluation = core.evaluate_trained(scored, settings, test_x, test_y, device)
     paper = core.paper_rows(paper_key)
     print(f"{key}" + (" (paper rows: MNIST)" if key == "fashion_mnist" else ""))
     print(core.format_table(table, {r: paper[r] for r in ("EAT", "C")} if paper else None))
-    return {"settings": settings, "checkpoints": ckpt_dir, "provenance": core.provenance(device, core.command_line(args)), "seeds": {"EAT": settings["seed"]},
-            "models": {"EAT": eat_record}, "eat_set": eat_info,
-            "table": table, "eval": evaluation}
+    entry = {"settings": settings, "checkpoints": ckpt_dir, "provenance": core.provenance(device, core.command_line(args)),
+             "seeds": {"EAT": settings["seed"]}, "models": {"EAT": eat_record}, "eat_set": eat_info,
+             "table": table, "eval": evaluation}
+    if args.strong_eval:
+        entry["strong_eval"] = core.strong_eval_report(scored, generators["C"], settings, test_x, test_y, device,
+                                                       autoattack_suite.attacks)
+    return entry
 
 
 def main(argv=None):

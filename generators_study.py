@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+import autoattack_suite
 import cifar10
 import core
 
@@ -59,7 +60,7 @@ def main(argv=None):
                                           lambda s: targets["A"], build, data, device,
                                           os.path.join(study_dir, f"{g_name}_vs_A.pt"))
         report["models"][f"{g_name}_vs_A"] = record
-        with core.eval_mode(G):
+        with core.scoring_mode([G]):
             attack = lambda x, y: core.generator_attack(G, x, y, settings["eps"])
             table5[g_name] = core.transfer_accuracy(targets, attack, test_x, test_y, settings["eps"], device,
                                                     settings["eval_batch"])
@@ -78,8 +79,11 @@ def main(argv=None):
             cotrained[g_name], _, report["models"][f"C_{g_name}"] = core.prepare_model(
                 f"C with {g_name}", "advnet", settings["seed"], settings | {"generator": g_name}, cifar10.build_D, build,
                 data, device, os.path.join(study_dir, f"C_{g_name}.pt"))
-    table6, evaluation = core.evaluate_trained(cotrained | {"A'": fixed["A'"][0], "B'": fixed["B'"][0]},
-                                               settings, test_x, test_y, device)
+    with_copies = cotrained | {"A'": fixed["A'"][0], "B'": fixed["B'"][0]}
+    table6, evaluation = core.evaluate_trained(with_copies, settings, test_x, test_y, device)
+    if args.strong_eval:  # the co-trained models, attacked by transfer from A' and B' and by C's generator
+        report["strong_eval"] = core.strong_eval_report(with_copies, fixed["C"][1], settings, test_x, test_y, device,
+                                                        autoattack_suite.attacks)
 
     report |= {"table5": table5, "table6": table6, "eval": evaluation,
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}

@@ -8,6 +8,7 @@ write results/mnist.json and print the table beside the paper's.
 """
 import os
 
+import autoattack_suite
 import core
 
 # ======================================================================================= settings
@@ -62,7 +63,8 @@ def main(argv=None):
     name, settings, load = experiment(args, args.fashion)
     if args.fashion:
         print("paper rows below are MNIST at eps 0.3: compare the pattern, not the numbers")
-    return core.run_experiment(name, settings, args, load, build_D, build_G, core.paper_rows("mnist"))
+    return core.run_experiment(name, settings, args, load, build_D, build_G, core.paper_rows("mnist"),
+                               autoattack_suite.attacks)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import os
 
 import torch
 
+import autoattack_suite
 import core
 from cifar10 import build_D, build_G
 
@@ -60,7 +61,7 @@ def experiment(args):
 
 
 def main(argv=None):
-    return core.dataset_main(__doc__, __file__, experiment, build_D, build_G, "svhn", argv)
+    return core.dataset_main(__doc__, __file__, experiment, build_D, build_G, "svhn", autoattack_suite.attacks, argv)
 
 
 if __name__ == "__main__":
