@@ -75,6 +75,8 @@ RUN_FIELDS = {"settings.eps": NUMBER, "settings.iters": NUMBER, "provenance.devi
               "provenance.git_commit": OPTIONAL_TEXT, "provenance.git_dirty": (bool, type(None)),
               "wall_seconds": NUMBER, "models": dict}
 DATASET_FIELDS = RUN_FIELDS | {"seeds": dict, "eval.n_test": NUMBER, "table": dict}
+STRONG_FIELDS = {"n_test": NUMBER, "bn": str, "precision": str, "models": dict}
+STRONG_ACCURACY = ["clean", "pgd10", "pgd_ce", "pgd_cw", "robust"]
 GENERATOR_FIELDS = RUN_FIELDS | {"settings.seed": NUMBER, "attack_training": dict, "n_test": NUMBER,
                                  "table5": dict, "table6": dict, "examples": str}
 
@@ -126,10 +128,22 @@ def check_models(obj, prefix):
             raise BadResult(f"'{prefix}models.{name}.history' has a point without a numeric 'iter'")
 
 
+def check_strong(run):
+    "The --strong-eval entry of one run, where it has one."
+    if "strong_eval" not in run:
+        return
+    check_fields(run, STRONG_FIELDS, "strong_eval.")
+    for name in run["strong_eval"]["models"]:
+        check_fields(run, {f"{name}.accuracy.{key}": NUMBER for key in STRONG_ACCURACY}, "strong_eval.models.")
+        for check in need(run, f"strong_eval.models.{name}.checks", dict):
+            check_fields(run, {"flag": bool, "why": str}, f"strong_eval.models.{name}.checks.{check}.")
+
+
 def check_dataset(data, prefix=""):
     check_fields(data, DATASET_FIELDS, prefix)
     check_table(data, prefix + "table")
     check_models(data, prefix)
+    check_strong(need(data, prefix[:-1], dict) if prefix else data)  # prefix "datasets.<name>.": that entry
 
 
 def check_ensemble(data):
@@ -142,6 +156,7 @@ def check_generators(data):
     check_table(data, "table5")
     check_table(data, "table6")
     check_models(data, "")
+    check_strong(data)
 
 
 CHECKS = {**{name: check_dataset for name in DATASETS}, "ensemble": check_ensemble, "generators": check_generators}
@@ -357,6 +372,80 @@ if not ensemble_results:
     print("no ensemble results to show")
 """
 
+STRONG_INTRO = r"""
+## Is the robustness real? Strong attacks and gradient-masking checks
+
+Runs made with `--strong-eval` (README, "Strong evaluation"). Per model: the paper's PGD-10 beside
+PGD-CE with 100 steps and 5 restarts, PGD on the CW margin, AutoAttack (the worst of its four attacks
+per example, approximated here by the lowest of their accuracies), C's generator, the best transfer
+attack, and `robust`, the per-example worst case over every attack. A raised masking flag means the
+gradient attacks' numbers should not be trusted for that model. Below: accuracy against PGD's ε,
+which should fall to about 0, and model C's white-box accuracy with batch norm's running statistics
+(eval mode) against the authors' protocol, batch statistics.
+"""
+
+STRONG = r"""
+AUTOATTACK = ["apgd_ce", "apgd_t", "fab_t", "square"]
+
+
+def strong_runs():
+    "(title, strong_eval) of each shown run made with --strong-eval."
+    for result in shown:
+        tag = f"{result.file}{quick_tag(result)}"
+        runs = result.data["datasets"].items() if result.experiment == "ensemble" else [("", result.data)]
+        for name, run in runs:
+            if "strong_eval" in run:
+                yield f"{tag}{': ' + name if name else ''}", run["strong_eval"]
+
+
+def strong_summary(accuracy):
+    "The headline columns of one model: the paper's attack, the stronger ones, the worst case."
+    transfers = [v for k, v in accuracy.items() if k.startswith("transfer_")]
+    autoattack = [accuracy[a] for a in AUTOATTACK if a in accuracy]
+    return {"clean": accuracy["clean"], "pgd10": accuracy["pgd10"], "pgd100x5": accuracy["pgd_ce"],
+            "pgd_cw": accuracy["pgd_cw"], "autoattack": min(autoattack) if autoattack else None,
+            "generator_C": accuracy.get("generator_C"), "transfer": min(transfers) if transfers else None,
+            "robust": accuracy["robust"]}
+
+
+def print_strong(title, strong):
+    print(f"\n=== {title}: first {strong['n_test']} test images, batch norm {strong['bn']}, {strong['precision']}")
+    rows = {name: strong_summary(m["accuracy"]) for name, m in strong["models"].items()}
+    columns = list(next(iter(rows.values())))
+    print(f"{'model':<8}" + "".join(f"{c:>12}" for c in columns))
+    for name, row in rows.items():
+        print(f"{name:<8}" + "".join(f"{'-':>12}" if row[c] is None else f"{row[c]:>12.2f}" for c in columns))
+    for name, m in strong["models"].items():
+        raised = [f"{check} ({c['why']})" for check, c in m["checks"].items() if c["flag"]]
+        print(f"masking flags of {name}: " + ("; ".join(raised) if raised else f"none of {len(m['checks'])}"))
+
+
+def plot_eps_sweeps(title, strong):
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    for name, m in strong["models"].items():
+        sweep = sorted((float(k[4:]), v) for k, v in m["accuracy"].items() if k.startswith("eps_"))
+        ax.plot(*zip(*sweep), marker=".", label=name, color=COLORS.get(name))
+    ax.set(xlabel="PGD ε ([0, 1] units)", ylabel="accuracy (%)", title=title, ylim=(0, 100))
+    ax.legend(fontsize=7)
+    plt.show()
+
+
+strong = list(strong_runs())
+for title, strong_eval in strong:
+    print_strong(title, strong_eval)
+    plot_eps_sweeps(title, strong_eval)
+if not strong:
+    print("no run made with --strong-eval")
+for result in shown:
+    runs = result.data["datasets"].items() if result.experiment == "ensemble" else [(result.experiment, result.data)]
+    for name, run in runs:
+        modes = run.get("eval", {}).get("bn_comparison", {}).get("C")
+        if modes:
+            print(f"\nmodel C of {result.file} ({name}), white box, by batch-norm mode:")
+            for mode, row in modes.items():
+                print(f"  {mode:<8}" + "".join(f"{k} {v:6.2f}   " for k, v in row.items()))
+"""
+
 GENERATORS_INTRO = r"""
 ## Tables 5 and 6: other generators (CIFAR-10)
 
@@ -531,6 +620,7 @@ CELLS = [("title", "markdown", TITLE), ("setup", "code", SETUP),
          ("tables-intro", "markdown", TABLES_INTRO), ("tables", "code", TABLES),
          ("bars-intro", "markdown", BARS_INTRO), ("bars", "code", BARS),
          ("ensemble-intro", "markdown", ENSEMBLE_INTRO), ("ensemble", "code", ENSEMBLE),
+         ("strong-intro", "markdown", STRONG_INTRO), ("strong", "code", STRONG),
          ("generators-intro", "markdown", GENERATORS_INTRO), ("generators", "code", GENERATORS),
          ("examples-intro", "markdown", EXAMPLES_INTRO), ("examples", "code", EXAMPLES),
          ("curves-intro", "markdown", CURVES_INTRO), ("curves", "code", CURVES)]

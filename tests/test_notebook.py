@@ -55,10 +55,10 @@ def executed_outputs(results_dir, monkeypatch):
 
 @pytest.fixture(scope="module")
 def quick_results(fake_mnist, tmp_path_factory, shared_checkpoints):
-    """A folder holding mnist_quick.json from a real `mnist.py --quick` run on fake MNIST files (reusing
-    the session's quick models where another test trained them already)."""
+    """A folder holding mnist_quick.json from a real `mnist.py --quick --strong-eval` run on fake MNIST
+    files (reusing the session's quick models where another test trained them already)."""
     results, checkpoints = tmp_path_factory.mktemp("notebook_results"), os.path.join(shared_checkpoints, "mnist_quick")
-    run = subprocess.run([sys.executable, "mnist.py", "--quick", "--gpu", "cpu", "--data-dir", fake_mnist,
+    run = subprocess.run([sys.executable, "mnist.py", "--quick", "--strong-eval", "--gpu", "cpu", "--data-dir", fake_mnist,
                           "--out", str(results / "mnist_quick.json"), "--ckpt-dir", str(checkpoints)],
                          cwd=ROOT, env=environment(None), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
@@ -67,10 +67,13 @@ def quick_results(fake_mnist, tmp_path_factory, shared_checkpoints):
 
 @pytest.fixture
 def malformed_results(quick_results, tmp_path):
-    """The quick result, a truncated JSON file and a valid one without its table."""
+    """The quick result, a truncated JSON file, a valid one without its table, and one whose strong
+    evaluation lacks a model's checks."""
     shutil.copy(quick_results / "mnist_quick.json", tmp_path)
     (tmp_path / "mnist.json").write_text('{"experiment": "mnist"')
     report = json.loads((quick_results / "mnist_quick.json").read_text())
+    del report["strong_eval"]["models"]["B"]["checks"]
+    (tmp_path / "svhn.json").write_text(json.dumps(report | {"experiment": "svhn"}))
     del report["table"]
     (tmp_path / "cifar10.json").write_text(json.dumps(report | {"experiment": "cifar10"}))
     return tmp_path
@@ -99,7 +102,9 @@ def test_malformed_results_are_named_in_one_line_each(malformed_results, monkeyp
     assert "error" not in kinds and "Traceback" not in text
     assert "mnist.json: not shown: not valid JSON (Expecting" in text
     assert "cifar10.json: not shown: missing key 'table'" in text
-    assert "mnist_quick.json  [QUICK SMOKE TEST" in text and kinds.count("display_data") >= 2  # bars, curves
+    assert "svhn.json: not shown: missing key 'strong_eval.models.B.checks'" in text
+    assert "mnist_quick.json  [QUICK SMOKE TEST" in text and kinds.count("display_data") >= 3  # bars, eps sweep, curves
+    assert "masking flags of C: " in text and "model C of mnist_quick.json (mnist), white box, by batch-norm mode" in text
 
 
 def test_nbval_on_the_repository_results():

@@ -1,0 +1,156 @@
+"""The strong evaluation: every attack stays in the threat model, the worst case is the per-example
+minimum, the masking checks fire on a model that masks its gradients and stay quiet on one that does
+not, and --strong-eval runs end to end from the command line."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import autoattack_suite
+import core
+from conftest import learnable_images
+from test_mnist_script import quick_run, run  # noqa: F401 (quick_run: the session's quick models)
+
+EPS = 0.1
+MASKING_EPS = 0.2  # the tiny models' bright patches survive eps 0.1 even unmasked: no attack could tell them apart
+
+
+def all_attacks(eps=EPS):
+    settings = dict(eps=eps, seed=0, strong_steps=10, strong_restarts=2, square_queries=200)
+    return core.strong_attacks(eps, steps=10, restarts=2) | autoattack_suite.attacks(settings)
+
+
+def tiny_bn_model():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 10))
+
+
+@pytest.mark.parametrize("attack", list(all_attacks()))
+@pytest.mark.parametrize("bn", core.BN_MODES)
+def test_strong_attack_respects_threat_model_and_leaves_model_untouched(attack, bn):
+    torch.manual_seed(0)
+    model = tiny_bn_model().train(bn == "running")  # scoring_mode must switch it either way, then give it back
+    x, y = torch.rand(16, 1, 14, 14), torch.randint(0, 10, (16,))
+    x[:4], x[4:8] = 0.0, 1.0  # pixels at the range's edges
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with core.scoring_mode([model], bn):
+        assert model.training == (bn == "batch")
+        x_adv = all_attacks()[attack](model, x, y)
+        assert model.training == (bn == "batch")
+    assert model.training == (bn == "running")
+    assert (x_adv - x).abs().max() <= EPS + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1 and torch.isfinite(x_adv).all()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_restarts_keep_each_example_fooled_once_fooled():
+    torch.manual_seed(0)
+    model = tiny_bn_model().eval()
+    x = torch.rand(256, 1, 14, 14)
+    y = core.predict(model, x)  # all right on clean images: what the random starts flip is the restarts' doing
+    fooled = lambda x_adv: core.predict(model, x_adv) != y
+    torch.manual_seed(1)
+    one = core.pgd(model, x, y, 0.3, 0.0, 1)  # alpha 0: each run is just its random start
+    torch.manual_seed(1)
+    five = core.pgd(model, x, y, 0.3, 0.0, 1, restarts=5)  # its first run is `one`
+    assert not (fooled(one) & ~fooled(five)).any()
+    assert fooled(five).sum() > fooled(one).sum()
+    assert (five - x).abs().max() <= 0.3 + 1e-6
+
+
+def test_cw_margin_is_positive_exactly_when_misclassified():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    y = torch.tensor([0, 0])
+    assert core.cw_margin(logits, y).tolist() == [-2.0, 2.0]
+
+
+# ------------------------------------------------------------------ masking checks on tiny models
+class RoundedInput(nn.Module):
+    """Hard rounding of the input to 4 grey levels: the model's function is almost unchanged, but its
+    input gradient is exactly zero, the textbook gradient masking (Athalye et al. 2018)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 3) / 3)
+
+
+def learnable_set(n, seed):
+    labels = np.random.default_rng(seed).integers(0, 10, n)
+    images = learnable_images(labels, size=28, seed=seed)
+    return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels)
+
+
+def trained_mlp(seed):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 64), nn.ReLU(), nn.Linear(64, 10))
+    images, labels = learnable_set(512, seed)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(100):
+        loss = F.cross_entropy(model(core.to_float(images)), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def strong_results():
+    plain, surrogate = trained_mlp(0), trained_mlp(1)
+    images, labels = learnable_set(100, 7)
+    torch.manual_seed(0)
+    return core.strong_evaluation({"plain": plain, "masked": RoundedInput(plain)}, images, labels, MASKING_EPS,
+                                  torch.device("cpu"), all_attacks(MASKING_EPS), {"S'": surrogate}, sweep_steps=10)
+
+
+def test_worst_case_is_never_above_any_attack(strong_results):
+    for result in strong_results.values():
+        attacks = [k for k in result if not k.startswith("eps_") and k not in ("robust", "zero_gradient_percent")]
+        assert {"clean", "pgd_ce", "pgd_cw", "apgd_ce", "apgd_t", "fab_t", "square", "transfer_S'"} <= set(attacks)
+        assert all(result["robust"] <= result[a] for a in attacks)
+
+
+def test_masking_checks_fire_on_a_masked_model_only(strong_results):
+    assert strong_results["plain"]["clean"] > 90 and strong_results["masked"]["clean"] > 90  # both really classify
+    plain = core.masking_checks(strong_results["plain"])
+    masked = core.masking_checks(strong_results["masked"])
+    assert not any(check["flag"] for check in plain.values()), plain
+    for fired in ("input_gradients_nonzero", "large_eps_reaches_zero", "gradient_free_not_better",
+                  "transfer_not_below_white_box"):
+        assert masked[fired]["flag"], (fired, masked[fired])
+
+
+# ------------------------------------------------------------------ the command line
+def test_strong_eval_quick_end_to_end(quick_run, fake_mnist, tmp_path):
+    _, ckpt, _ = quick_run  # the session's quick models: this run only evaluates
+    out = str(tmp_path / "strong.json")
+    result = run("--quick", "--data-dir", fake_mnist, "--out", out, "--ckpt-dir", ckpt,
+                 "--strong-eval", "--bn-eval", "batch", "--eval-n", "40")
+    assert result.returncode == 0, result.stderr
+    assert "strong evaluation" in result.stdout and "masking flags of C" in result.stdout
+    with open(out) as f:
+        report = json.load(f)
+    assert report["settings"]["test_n"] == 40 and report["settings"]["bn_eval"] == "batch"
+    assert report["eval"]["n_test"] == 40 and report["eval"]["bn"] == "batch"
+    assert set(report["eval"]["bn_comparison"]["C"]) == set(core.BN_MODES)
+    strong = report["strong_eval"]
+    assert strong["n_test"] == 40 and strong["bn"] == "batch" and set(strong["models"]) == {"A", "B", "C"}
+    assert {"pgd_ce", "pgd_cw", "apgd_ce", "apgd_t", "fab_t", "square", "generator_C"} <= set(strong["attacks"])
+    for entry in strong["models"].values():
+        accuracy = entry["accuracy"]
+        scored = strong["attacks"] + [f"transfer_{s}" for s in ("A'", "B'", "C'")]
+        assert all(accuracy["robust"] <= accuracy[a] for a in scored)
+        assert set(entry["checks"]) == {"iterative_beats_single_step", "accuracy_falls_with_eps", "large_eps_reaches_zero",
+                                        "transfer_not_below_white_box", "gradient_free_not_better", "input_gradients_nonzero"}
+
+
+def test_bad_bn_mode_and_negative_eval_n_are_clean_errors(fake_mnist, tmp_path):
+    bad_n = run("--quick", "--data-dir", fake_mnist, "--out", str(tmp_path / "x.json"), "--eval-n", "-5")
+    assert bad_n.returncode == 2 and "test_n" in bad_n.stderr and "Traceback" not in bad_n.stderr
+    bad_bn = run("--quick", "--data-dir", fake_mnist, "--out", str(tmp_path / "x.json"), "--set", "bn_eval=both")
+    assert bad_bn.returncode == 2 and "bn_eval" in bad_bn.stderr and "Traceback" not in bad_bn.stderr
+    assert not (tmp_path / "x.json").exists()
