@@ -1,13 +1,16 @@
 """Speed of every training step: it/s, images/s, FLOPs and achieved TFLOP/s, eager float32 against the
 optimised path (bf16 autocast and channels_last on CUDA, torch.compile'd networks), for the MNIST and
-the CIFAR networks; projects the training time of each full experiment script. A benchmark, not a
-test: it prints a table and writes results/bench.json (device, versions, commit).
+the CIFAR networks; projects the training time of each full experiment script; and measures the
+regulariser's precision under bf16 (its finite difference against float64, with and without the
+float32 adversarial term). A benchmark, not a test: it prints a table and writes results/bench.json
+(device, versions, commit).
 
     python bench.py --gpu 0
     python bench.py --quick --gpu cpu      # a smoke run: --quick's small networks, 2 iterations, no compilation
 """
 import argparse
 import contextlib
+import copy
 import os
 import time
 
@@ -100,6 +103,34 @@ def count_flops(method, script, settings, shape, device):
     return counter.total
 
 
+def regulariser_error(script, settings, shape, device, precise=True):
+    """Relative L2 error, against float64 on the same batch, of the regulariser's gradient
+    (gamma/h)[grad F(phi + h v) - grad F(phi)] at the paper's h under bf16 autocast. precise=False
+    lifts core.full_precision, as if the adversarial term ran in bf16 (and TF32) like the rest."""
+    torch.manual_seed(0)
+    D, G = script.build_D(settings).to(device), script.build_G(settings).to(device)
+    x = torch.rand(settings["batch_size"], *shape, device=device)
+    y = torch.randint(0, 10, (settings["batch_size"],), device=device)
+    h = core.fd_step(settings)
+
+    def regulariser(D, G, x, precision):
+        parts = []
+        for gamma in (1.0, 0.0):
+            with precision():
+                grads = core.discriminator_grads(D, G, G.inputs(x, y), x, y, settings["eps"], 1.0, gamma, h, "fd")[0]
+            parts.append(torch.cat([g.double().flatten() for g in grads]))
+        return parts[0] - parts[1]
+
+    reference = regulariser(copy.deepcopy(D).double(), copy.deepcopy(G).double(), x.double(), contextlib.nullcontext)
+    kept = core.full_precision
+    core.full_precision = kept if precise else (lambda device: contextlib.nullcontext())
+    try:
+        measured = regulariser(D, G, x, lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+    finally:
+        core.full_precision = kept
+    return round(((measured - reference).norm() / reference.norm()).item(), 6)
+
+
 def project(rows, network, path):
     """Hours to train the six models of one script at the paper's 200k iterations (2 each of standard,
     PGD, adversarial network)."""
@@ -133,6 +164,14 @@ def main(argv=None):
             print(f"{network:<6} {name:<9} {row['gflop_per_step']:>9.1f} GF/step | eager fp32 "
                   f"{row['eager_fp32']['it_per_s']:>8.2f} it/s | optimised {row['optimised']['it_per_s']:>8.2f} it/s "
                   f"({row['optimised']['tflop_per_s']:.3f} TFLOP/s) | x{row['speedup']}")
+    precision = {}
+    for network, (script, shape) in NETWORKS.items():
+        settings = script.SETTINGS | (core.QUICK_SETTINGS if args.quick else {})
+        precision[network] = {kind: regulariser_error(script, settings, shape, device, precise)
+                              for kind, precise in (("float32_adversarial_term", True), ("bf16_throughout", False))}
+        print(f"{network:<6} regulariser gradient under bf16 autocast, relative error against float64: "
+              f"{precision[network]['float32_adversarial_term']:.2e} as implemented (adversarial term in float32), "
+              f"{precision[network]['bf16_throughout']:.2e} if it ran in bf16")
     projected = {script: {path: project(rows, network, path) for path in ("eager_fp32", "optimised")}
                  for script, network in FULL_RUNS.items()}
     for script, hours in projected.items():
@@ -140,6 +179,7 @@ def main(argv=None):
               f"optimised {hours['optimised']} h" + (" (quick: small networks, not the paper's)" if args.quick else ""))
     report = {"experiment": "bench" + ("_quick" if args.quick else ""), "bench_settings": bench, "provenance": core.provenance(device, "bench.py " + " ".join(argv or [])),
               "steps": {f"{n}/{s}": r for (n, s), r in rows.items()}, "projected_training_hours": projected,
+              "regulariser_relative_error": precision,
               "network_settings": {n: {k: s.SETTINGS[k] for k in ("batch_size", "g_width")} | (core.QUICK_SETTINGS if args.quick else {})
                                    for n, (s, _) in NETWORKS.items()}}
     out = args.out or os.path.join("results", "bench_quick.json" if args.quick else "bench.json")

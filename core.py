@@ -64,6 +64,23 @@ def autocast(device):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def full_precision(device):
+    """IEEE float32 inside the block, whatever encloses it: autocast off, and on CUDA no TF32 (cuDNN
+    convolutions use TF32 by default). For the regulariser's finite difference, whose two gradients
+    differ by far less than bf16 or TF32 rounding (measured by bench.py's regulariser precision)."""
+    flags = (torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")
+    saved = [getattr(owner, name) for owner, name in flags]
+    try:
+        for owner, name in flags:
+            setattr(owner, name, False)
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        for (owner, name), value in zip(flags, saved):
+            setattr(owner, name, value)
+
+
 def to_device(model, device):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -453,28 +470,32 @@ def discriminator_grads(D, G, g_in, x, y, eps, lam=1.0, gamma=0.01, h=1e-3, hvp=
     Hessian-vector product needs only it: hvp="fd" uses the paper's finite difference
     [grad_theta F(phi + h v) - grad_theta F(phi)] / h with v = grad_phi F (one plain ascent step of G);
     hvp="exact" differentiates ||grad_phi F||^2 by double backpropagation. A negative gamma gives the
-    sign of the authors' code. Returns (grads, logits_clean, logits_adv, loss_clean, loss_adv).
+    sign of the authors' code. The adversarial term runs in full float32 even under bf16 autocast:
+    the two gradients of the difference are too close for bf16. Returns (grads, logits_clean,
+    logits_adv, loss_clean, loss_adv).
     """
+    if hvp not in ("fd", "exact"):
+        raise ValueError(f"hvp must be 'fd' or 'exact', not {hvp!r}")
     d_params, g_params = list(D.parameters()), list(G.parameters())
     logits = D(x)
-    logits_adv = D(x + eps * G(g_in))
     loss_clean = F.cross_entropy(logits, y)
-    loss_adv = F.cross_entropy(logits_adv, y)
-    if hvp == "exact":
-        v = torch.autograd.grad(lam * loss_adv, g_params, create_graph=True)
-        regulariser = 0.5 * sum(vi.pow(2).sum() for vi in v)
-        grads = torch.autograd.grad(loss_clean + lam * loss_adv + gamma * regulariser, d_params)
-    elif hvp == "fd":
-        g_clean = torch.autograd.grad(loss_clean, d_params)
-        both = torch.autograd.grad(lam * loss_adv, d_params + g_params)
-        g_adv, v = both[:len(d_params)], both[len(d_params):]
-        phi_ahead = {name: p.detach() + h * vi for (name, p), vi in zip(G.named_parameters(), v)}
-        with bn_stats_frozen(D, G):
-            loss_ahead = F.cross_entropy(D(x + eps * functional_call(G, phi_ahead, (g_in,))), y)
-        g_ahead = torch.autograd.grad(lam * loss_ahead, d_params)
-        grads = [gc + ga + (gamma / h) * (gh - ga) for gc, ga, gh in zip(g_clean, g_adv, g_ahead)]
-    else:
-        raise ValueError(f"hvp must be 'fd' or 'exact', not {hvp!r}")
+    g_clean = torch.autograd.grad(loss_clean, d_params)
+    with full_precision(x.device):  # the adversarial term and its regulariser, forward and backward
+        logits_adv = D(x + eps * G(g_in))
+        loss_adv = F.cross_entropy(logits_adv, y)
+        if hvp == "exact":
+            v = torch.autograd.grad(lam * loss_adv, g_params, create_graph=True)
+            regulariser = 0.5 * sum(vi.pow(2).sum() for vi in v)
+            g_reg = torch.autograd.grad(lam * loss_adv + gamma * regulariser, d_params)
+        else:
+            both = torch.autograd.grad(lam * loss_adv, d_params + g_params)
+            g_adv, v = both[:len(d_params)], both[len(d_params):]
+            phi_ahead = {name: p.detach() + h * vi for (name, p), vi in zip(G.named_parameters(), v)}
+            with bn_stats_frozen(D, G):
+                loss_ahead = F.cross_entropy(D(x + eps * functional_call(G, phi_ahead, (g_in,))), y)
+            g_ahead = torch.autograd.grad(lam * loss_ahead, d_params)
+            g_reg = [ga + (gamma / h) * (gh - ga) for ga, gh in zip(g_adv, g_ahead)]
+    grads = [gc + gr for gc, gr in zip(g_clean, g_reg)]
     return grads, logits.detach(), logits_adv.detach(), loss_clean.detach(), loss_adv.detach()
 
 
@@ -843,12 +864,12 @@ def _in_main_thread():
 METHODS = {"A": "standard", "B": "pgd", "C": "advnet"}
 
 # Settings that do not change what a model learns: a checkpoint stays valid when only these differ.
-EVAL_ONLY_SETTINGS = {"test_n", "eval_batch", "log_every", "ckpt_minutes", "bn_eval", "strong_n", "strong_steps",
-                      "strong_restarts", "square_queries"}
+RUNTIME_SETTINGS = {"test_n", "eval_batch", "log_every", "ckpt_minutes", "bn_eval", "strong_n", "strong_steps",
+                    "strong_restarts", "square_queries", "compile"}
 
 
 def fingerprint(settings, method, seed):
-    kept = {k: v for k, v in sorted(settings.items()) if k not in EVAL_ONLY_SETTINGS}
+    kept = {k: v for k, v in sorted(settings.items()) if k not in RUNTIME_SETTINGS}
     return json.dumps(kept | {"method": method, "model_seed": seed})
 
 
@@ -991,6 +1012,7 @@ COMMON_SETTINGS = dict(
     log_every=100,           # iterations between history entries (and NaN checks)
     ckpt_minutes=5.0,        # minutes between checkpoints
     augment=False,           # random pad-and-crop by up to 4 px and horizontal flip, on the device (CIFAR)
+    compile=False,           # torch.compile D and G: a minute or two of compiling, then faster steps on a GPU
     bn_eval="running",       # batch norm when scoring: running (eval mode) or batch (train-mode statistics, authors' code)
     strong_n=1000,           # --strong-eval: test images scored (the first n of those scored); 0 = all of them
     strong_steps=100,        # --strong-eval: steps of PGD-CE, PGD-CW, APGD and FAB
@@ -1079,6 +1101,8 @@ def resolve_settings(base, args, preset=None):
         raise UserError("test_n (--eval-n) and strong_n must be 0 (all) or positive")
     if s["hvp"] not in ("fd", "exact"):
         raise UserError(f"hvp must be fd or exact, not {s['hvp']!r}")
+    if s["compile"] and s["hvp"] == "exact":
+        raise UserError("hvp=exact needs double backpropagation, which compiled networks do not support; drop compile")
     if s["bn_eval"] not in BN_MODES:
         raise UserError(f"bn_eval must be one of {', '.join(BN_MODES)}, not {s['bn_eval']!r}")
     return s
@@ -1139,6 +1163,8 @@ def prepare_model(name, method, seed, settings, build_D, build_G, data, device, 
     the training (images, labels), asked for only when there is training to do. Returns (D, G, record)."""
     torch.manual_seed(seed)
     D, G = to_device(build_D(settings), device), to_device(build_G(settings), device)
+    if settings["compile"]:  # in place: the state_dict keys, and so the checkpoints, stay those of eager models
+        D.compile(), G.compile()
     augment = crop_flip if settings["augment"] else None
     make_batches = lambda: Batches(*data(), settings["batch_size"], seed, device, augment)
     return D, G, train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_path, train)

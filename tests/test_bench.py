@@ -17,4 +17,6 @@ def test_bench_quick_runs_on_cpu(tmp_path):
         ratio = report["steps"][f"{network}/pgd"]["gflop_per_step"] / report["steps"][f"{network}/standard"]["gflop_per_step"]
         assert 5 < ratio < 12, ratio
     assert set(report["projected_training_hours"]) == set(bench.FULL_RUNS)
+    for errors in report["regulariser_relative_error"].values():  # the float32 adversarial term: far closer to float64
+        assert 0 < 10 * errors["float32_adversarial_term"] < errors["bf16_throughout"], errors
     assert report["provenance"]["versions"]["torch"]

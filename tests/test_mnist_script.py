@@ -82,6 +82,9 @@ def test_fashion_missing_data_names_its_folder(tmp_path, sentinel):
     (["--set", "eps"], "key=value"),
     (["--set", "hvp=magic"], "hvp"),
     (["--models", "A,Z"], "--models"),
+    (["--set", "compile=true", "--set", "hvp=exact"], "double backpropagation"),
+    (["--eval-n", "-5"], "test_n"),
+    (["--set", "bn_eval=both"], "bn_eval"),
 ])
 def test_bad_command_line_gets_one_line_error(args, fragment, fake_mnist, sentinel):
     assert_clean_error(run("--quick", "--data-dir", fake_mnist, "--out", sentinel, *args), fragment)

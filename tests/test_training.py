@@ -1,3 +1,4 @@
+import contextlib
 import copy
 import os
 import signal
@@ -64,6 +65,31 @@ def test_negative_gamma_flips_the_regulariser():
     minus = core.discriminator_grads(D, G, x, x, y, 0.3, gamma=-0.5, h=1e-4)[0]
     for p, a, b in zip(plain, plus, minus):
         assert torch.allclose(a - p, p - b, atol=1e-10)
+
+
+def regulariser_gradient(D, G, x, y, precision):
+    """(gamma/h) [grad F(phi + h v) - grad F(phi)] on the paper's networks and h, under `precision`."""
+    parts = []
+    for gamma in (0.01, 0.0):
+        with precision:
+            parts.append(torch.cat([g.flatten() for g in core.discriminator_grads(D, G, x, x, y, 0.3, gamma=gamma, h=2e-4)[0]]))
+    return parts[0] - parts[1]
+
+
+def test_regulariser_survives_bf16_autocast():
+    """Under bf16 the two gradients of the finite difference would round to (nearly) the same numbers and
+    their difference, divided by h, would be noise; the adversarial term runs in float32 whatever the
+    autocast around it, so the regulariser is that of float32."""
+    torch.manual_seed(0)
+    D, G = core.D1(), core.G1(k=4, channels=1)
+    x, y = mnist_batch()
+    fp32 = regulariser_gradient(D, G, x, y, contextlib.nullcontext())
+    bf16 = regulariser_gradient(D, G, x, y, torch.autocast("cpu", dtype=torch.bfloat16))
+    assert fp32.norm() > 0
+    assert (bf16 - fp32).norm() / fp32.norm() < 1e-3
+    with torch.autocast("cpu", dtype=torch.bfloat16), core.full_precision(torch.device("cpu")):
+        assert D(x).dtype == torch.float32
+        assert torch.is_autocast_enabled("cpu") is False
 
 
 # ---------------------------------------------------------------- the minimax step on real networks
@@ -189,3 +215,11 @@ def test_finished_model_is_not_retrained(tmp_path):
     poisoned = lambda it, batches: (_ for _ in ()).throw(AssertionError("trained again"))
     D, _, again = train(tmp_path, "standard", poisoned)
     assert again == first
+
+
+def test_runtime_settings_do_not_invalidate_checkpoints():
+    """Compiling, the BN mode of scoring and the evaluation's size do not change what a model learns."""
+    s = mnist.SETTINGS | core.QUICK_SETTINGS
+    same = s | {"compile": True, "bn_eval": "batch", "test_n": 7, "strong_n": 3}
+    assert core.fingerprint(same, "advnet", 0) == core.fingerprint(s, "advnet", 0)
+    assert core.fingerprint(s | {"eps": 0.2}, "advnet", 0) != core.fingerprint(s, "advnet", 0)
