@@ -177,7 +177,8 @@ def main(argv=None):
     for script, hours in projected.items():
         print(f"{script:<12} six models' training at the paper's 200k iterations: eager fp32 {hours['eager_fp32']} h, "
               f"optimised {hours['optimised']} h" + (" (quick: small networks, not the paper's)" if args.quick else ""))
-    report = {"experiment": "bench" + ("_quick" if args.quick else ""), "bench_settings": bench, "provenance": core.provenance(device, "bench.py " + " ".join(argv or [])),
+    report = {"experiment": "bench" + ("_quick" if args.quick else ""), "bench_settings": bench, "cpu_threads": torch.get_num_threads(),
+              "provenance": core.provenance(device, "bench.py " + " ".join(argv or [])),
               "steps": {f"{n}/{s}": r for (n, s), r in rows.items()}, "projected_training_hours": projected,
               "regulariser_relative_error": precision,
               "network_settings": {n: {k: s.SETTINGS[k] for k in ("batch_size", "g_width")} | (core.QUICK_SETTINGS if args.quick else {})
