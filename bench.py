@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import copy
 import os
+import sys
 import time
 
 import torch
@@ -178,7 +179,7 @@ def main(argv=None):
         print(f"{script:<12} six models' training at the paper's 200k iterations: eager fp32 {hours['eager_fp32']} h, "
               f"optimised {hours['optimised']} h" + (" (quick: small networks, not the paper's)" if args.quick else ""))
     report = {"experiment": "bench" + ("_quick" if args.quick else ""), "bench_settings": bench, "cpu_threads": torch.get_num_threads(),
-              "provenance": core.provenance(device, "bench.py " + " ".join(argv or [])),
+              "provenance": core.provenance(device, " ".join(["bench.py"] + (sys.argv[1:] if argv is None else list(argv)))),
               "steps": {f"{n}/{s}": r for (n, s), r in rows.items()}, "projected_training_hours": projected,
               "regulariser_relative_error": precision,
               "network_settings": {n: {k: s.SETTINGS[k] for k in ("batch_size", "g_width")} | (core.QUICK_SETTINGS if args.quick else {})
