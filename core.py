@@ -68,7 +68,7 @@ def autocast(device):
 def full_precision(device):
     """IEEE float32 inside the block, whatever encloses it: autocast off, and on CUDA no TF32 (cuDNN
     convolutions use TF32 by default). For the regulariser's finite difference, whose two gradients
-    differ by far less than bf16 or TF32 rounding (measured by bench.py's regulariser precision)."""
+    differ by far less than bf16 or TF32 rounding (bench.py measures it), and for the strong evaluation."""
     flags = (torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")
     saved = [getattr(owner, name) for owner, name in flags]
     try:
@@ -660,10 +660,10 @@ def strong_evaluation(models, images, labels, eps, device, attacks, surrogates=N
                       sweep=(0.25, 0.5, 1.0, 2.0), sweep_steps=100, progress=None):
     """Per model, in percent: accuracy under each of `attacks` (name -> craft(model, x, y)), under
     transfer from each surrogate (its strongest PGD, `attacks["pgd_ce"]`), the per-example worst case
-    over all of them (`robust`), PGD accuracy at eps * each of `sweep` and at LARGE_EPS ("eps_0.3"), and
-    the share of examples whose input gradient is exactly zero (`zero_gradient_percent`). Runs in float32, not under autocast:
-    bf16 rounding can flatten the small gradients that long attacks follow. Every adversarial batch
-    is checked against the threat model before it is scored."""
+    over all of them (`robust`), PGD accuracy at eps * each of `sweep` and at LARGE_EPS ("eps_0.3"),
+    and the share of examples whose input gradient is exactly zero (`zero_gradient_percent`). Runs in
+    full float32 whatever autocast encloses it: bf16 rounding can flatten the small gradients that
+    long attacks follow. Every adversarial batch is checked against the threat model before scoring."""
     surrogates = surrogates or {}
     sweep_eps = sorted({round(eps * f, 6) for f in sweep} | {LARGE_EPS})
     counts = {name: {} for name in models}
@@ -671,7 +671,7 @@ def strong_evaluation(models, images, labels, eps, device, attacks, surrogates=N
     def add(name, key, hits):
         counts[name][key] = counts[name].get(key, 0) + int(hits.sum())
 
-    with scoring_mode(list(models.values()) + list(surrogates.values()), bn):
+    with scoring_mode(list(models.values()) + list(surrogates.values()), bn), full_precision(device):
         for start in range(0, len(images), batch_size):
             x = to_float(images[start:start + batch_size].to(device))
             y = labels[start:start + batch_size].to(device)
@@ -1254,6 +1254,8 @@ def strong_eval_report(models, generator, settings, test_x, test_y, device, extr
     `generator`, C's G, attacks every model) with masking checks, as the results JSON's entry."""
     n = min(settings["strong_n"] or len(test_x), settings["test_n"] or len(test_x), len(test_x))
     targets, surrogates = split_models(models)
+    if not targets:
+        return {"n_test": 0, "models": {}, "note": "no finished target model to evaluate"}
     eps = settings["eps"]
     attacks = strong_attacks(eps, settings["strong_steps"], settings["strong_restarts"])
     attacks |= extra_attacks(settings) if extra_attacks else {}
@@ -1266,7 +1268,7 @@ def strong_eval_report(models, generator, settings, test_x, test_y, device, extr
                                     settings["bn_eval"], settings["eval_batch"], sweep_steps=settings["strong_steps"],
                                     progress=Progress(n, "strong evaluation", "img"))
     report = {"n_test": n, "bn": settings["bn_eval"], "attacks": list(attacks), "surrogates": list(surrogates),
-              "precision": "float32", "seconds": round(time.time() - t0, 1),
+              "precision": "float32 (no autocast, no TF32)", "seconds": round(time.time() - t0, 1),
               "models": {m: {"accuracy": r, "checks": masking_checks(r)} for m, r in results.items()}}
     print(format_strong(report))
     return report
