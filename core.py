@@ -12,6 +12,7 @@ statistics, train/eval mode and parameter gradients as they found them.
 import argparse
 import contextlib
 import importlib.metadata
+import itertools
 import json
 import math
 import os
@@ -671,6 +672,13 @@ def strong_evaluation(models, images, labels, eps, device, attacks, surrogates=N
     def add(name, key, hits):
         counts[name][key] = counts[name].get(key, 0) + int(hits.sum())
 
+    def crafted(name, model, x, y, done):
+        """Each attack's batch, crafted when asked for; the progress line names the attack under way."""
+        for attack, craft in attacks.items():
+            if progress:
+                progress.update(done, f"{name}: {attack}")
+            yield attack, craft(model, x, y)
+
     with scoring_mode(list(models.values()) + list(surrogates.values()), bn), full_precision(device):
         for start in range(0, len(images), batch_size):
             x = to_float(images[start:start + batch_size].to(device))
@@ -682,7 +690,7 @@ def strong_evaluation(models, images, labels, eps, device, attacks, surrogates=N
                 right = predict(model, x) == y
                 robust = right.clone()
                 add(name, "clean", right)
-                for attack, x_adv in [(a, craft(model, x, y)) for a, craft in attacks.items()] + list(transfers.items()):
+                for attack, x_adv in itertools.chain(crafted(name, model, x, y, start), transfers.items()):
                     check_threat_model(x_adv, x, eps)
                     right = predict(model, x_adv) == y
                     robust &= right
