@@ -35,6 +35,7 @@ NEEDED = ["A", "C", "A'", "B'", "C'"]  # A makes the EAT set, C is the compariso
 
 def run_dataset(key, args, device):
     script, paper_key, experiment = DATASETS[key]
+    provenance = core.provenance(device, core.command_line(args))  # the code as it was when the run began
     name, settings, load = experiment(args)
     ckpt_dir = os.path.join(args.ckpt_dir or "checkpoints", name)  # the data set's own: its models are reused
     train_x, train_y, test_x, test_y = load()
@@ -61,7 +62,7 @@ def run_dataset(key, args, device):
     paper = core.paper_rows(paper_key)
     print(f"{key}" + (" (paper rows: MNIST)" if key == "fashion_mnist" else ""))
     print(core.format_table(table, {r: paper[r] for r in ("EAT", "C")} if paper else None))
-    entry = {"settings": settings, "checkpoints": ckpt_dir, "provenance": core.provenance(device, core.command_line(args)),
+    entry = {"settings": settings, "checkpoints": ckpt_dir, "provenance": provenance,
              "seeds": {"EAT": settings["seed"]}, "models": {"EAT": eat_record}, "eat_set": eat_info,
              "table": table, "eval": evaluation}
     if args.strong_eval:
