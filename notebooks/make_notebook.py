@@ -388,14 +388,17 @@ STRONG = r"""
 AUTOATTACK = ["apgd_ce", "apgd_t", "fab_t", "square"]
 
 
+def runs_of(result):
+    "(data set, run) pairs: the ensemble file holds one run per data set, the others one run."
+    return result.data["datasets"].items() if result.experiment == "ensemble" else [(result.experiment, result.data)]
+
+
 def strong_runs():
     "(title, strong_eval) of each shown run made with --strong-eval."
     for result in shown:
-        tag = f"{result.file}{quick_tag(result)}"
-        runs = result.data["datasets"].items() if result.experiment == "ensemble" else [("", result.data)]
-        for name, run in runs:
+        for name, run in runs_of(result):
             if "strong_eval" in run:
-                yield f"{tag}{': ' + name if name else ''}", run["strong_eval"]
+                yield f"{result.file}{quick_tag(result)}: {name}", run["strong_eval"]
 
 
 def strong_summary(accuracy):
@@ -437,8 +440,7 @@ for title, strong_eval in strong:
 if not strong:
     print("no run made with --strong-eval")
 for result in shown:
-    runs = result.data["datasets"].items() if result.experiment == "ensemble" else [(result.experiment, result.data)]
-    for name, run in runs:
+    for name, run in runs_of(result):
         modes = run.get("eval", {}).get("bn_comparison", {}).get("C")
         if modes:
             print(f"\nmodel C of {result.file} ({name}), white box, by batch-norm mode:")
