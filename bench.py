@@ -104,10 +104,11 @@ def count_flops(method, script, settings, shape, device):
     return counter.total
 
 
-def regulariser_error(script, settings, shape, device, precise=True):
+def regulariser_errors(script, settings, shape, device):
     """Relative L2 error, against float64 on the same batch, of the regulariser's gradient
-    (gamma/h)[grad F(phi + h v) - grad F(phi)] at the paper's h under bf16 autocast. precise=False
-    lifts core.full_precision, as if the adversarial term ran in bf16 (and TF32) like the rest."""
+    (gamma/h)[grad F(phi + h v) - grad F(phi)] at the paper's h under bf16 autocast: as implemented
+    (adversarial term in float32), and with core.full_precision lifted, as if that term ran in bf16
+    (and TF32) like the rest."""
     torch.manual_seed(0)
     D, G = script.build_D(settings).to(device), script.build_G(settings).to(device)
     x = torch.rand(settings["batch_size"], *shape, device=device)
@@ -122,14 +123,17 @@ def regulariser_error(script, settings, shape, device, precise=True):
             parts.append(torch.cat([g.double().flatten() for g in grads]))
         return parts[0] - parts[1]
 
+    def error(full_precision):
+        kept, core.full_precision = core.full_precision, full_precision
+        try:
+            measured = regulariser(D, G, x, lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        finally:
+            core.full_precision = kept
+        return round(((measured - reference).norm() / reference.norm()).item(), 6)
+
     reference = regulariser(copy.deepcopy(D).double(), copy.deepcopy(G).double(), x.double(), contextlib.nullcontext)
-    kept = core.full_precision
-    core.full_precision = kept if precise else (lambda device: contextlib.nullcontext())
-    try:
-        measured = regulariser(D, G, x, lambda: torch.autocast(device.type, dtype=torch.bfloat16))
-    finally:
-        core.full_precision = kept
-    return round(((measured - reference).norm() / reference.norm()).item(), 6)
+    return {"float32_adversarial_term": error(core.full_precision),
+            "bf16_throughout": error(lambda device: contextlib.nullcontext())}
 
 
 def project(rows, network, path):
@@ -168,8 +172,7 @@ def main(argv=None):
     precision = {}
     for network, (script, shape) in NETWORKS.items():
         settings = script.SETTINGS | (core.QUICK_SETTINGS if args.quick else {})
-        precision[network] = {kind: regulariser_error(script, settings, shape, device, precise)
-                              for kind, precise in (("float32_adversarial_term", True), ("bf16_throughout", False))}
+        precision[network] = regulariser_errors(script, settings, shape, device)
         print(f"{network:<6} regulariser gradient under bf16 autocast, relative error against float64: "
               f"{precision[network]['float32_adversarial_term']:.2e} as implemented (adversarial term in float32), "
               f"{precision[network]['bf16_throughout']:.2e} if it ran in bf16")
