@@ -1,6 +1,6 @@
 """AutoAttack's standard suite (Croce & Hein 2020: APGD-CE, APGD-T, FAB-T, Square) from torchattacks, as
 attack functions craft(model, x, y) -> x_adv for core.strong_evaluation; the experiment scripts pass
-`attacks` to core for --strong-eval. Kept out of core.py, which needs only torch and numpy.
+`attacks` (through experiment.py) for --strong-eval. Kept out of core.py, which needs only torch and numpy.
 
 Each attack runs alone on every image (not AutoAttack's cascade on the images still standing), so that
 the per-attack accuracies, which the masking checks compare, are those of the attack by itself; the
@@ -12,7 +12,7 @@ imports requests, so install it with `pip install --no-deps torchattacks` (see t
 """
 import torch
 
-import core
+import experiment
 
 
 def attacks(settings):
@@ -20,7 +20,7 @@ def attacks(settings):
     try:
         import torchattacks
     except ImportError:
-        raise core.UserError("--strong-eval runs AutoAttack through torchattacks, which is not installed: "
+        raise experiment.UserError("--strong-eval runs AutoAttack through torchattacks, which is not installed: "
                              "pip install --no-deps torchattacks") from None
     eps, steps, seed = settings["eps"], settings["strong_steps"], settings["seed"]
     makers = {

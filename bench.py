@@ -21,6 +21,7 @@ from torch.utils.flop_counter import flop_registry
 
 import cifar10
 import core
+import experiment
 import mnist
 
 # ======================================================================================= settings
@@ -153,11 +154,11 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="default: results/bench.json (results/bench_quick.json with --quick)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     args = parser.parse_args(argv)
-    bench = core.apply_overrides(SETTINGS | (QUICK if args.quick else {}), args.set)
-    device = core.pick_device(args.gpu)
+    bench = experiment.apply_overrides(SETTINGS | (QUICK if args.quick else {}), args.set)
+    device = experiment.pick_device(args.gpu)
     rows = {}
     for network, (script, shape) in NETWORKS.items():
-        settings = script.SETTINGS | (core.QUICK_SETTINGS if args.quick else {})  # quick: small G, batch 32
+        settings = script.SETTINGS | (experiment.QUICK_SETTINGS if args.quick else {})  # quick: small G, batch 32
         for name, method in STEPS.items():
             flops = count_flops(method, script, settings, shape, device)
             row = {"gflop_per_step": round(flops / 1e9, 2)}
@@ -171,7 +172,7 @@ def main(argv=None):
                   f"({row['optimised']['tflop_per_s']:.3f} TFLOP/s) | x{row['speedup']}")
     precision = {}
     for network, (script, shape) in NETWORKS.items():
-        settings = script.SETTINGS | (core.QUICK_SETTINGS if args.quick else {})
+        settings = script.SETTINGS | (experiment.QUICK_SETTINGS if args.quick else {})
         precision[network] = regulariser_errors(script, settings, shape, device)
         print(f"{network:<6} regulariser gradient under bf16 autocast, relative error against float64: "
               f"{precision[network]['float32_adversarial_term']:.2e} as implemented (adversarial term in float32), "
@@ -182,16 +183,16 @@ def main(argv=None):
         print(f"{script:<12} six models' training at the paper's 200k iterations: eager fp32 {hours['eager_fp32']} h, "
               f"optimised {hours['optimised']} h" + (" (quick: small networks, not the paper's)" if args.quick else ""))
     report = {"experiment": "bench" + ("_quick" if args.quick else ""), "bench_settings": bench, "cpu_threads": torch.get_num_threads(),
-              "provenance": core.provenance(device, " ".join(["bench.py"] + (sys.argv[1:] if argv is None else list(argv)))),
+              "provenance": experiment.provenance(device, " ".join(["bench.py"] + (sys.argv[1:] if argv is None else list(argv)))),
               "steps": {f"{n}/{s}": r for (n, s), r in rows.items()}, "projected_training_hours": projected,
               "regulariser_relative_error": precision,
-              "network_settings": {n: {k: s.SETTINGS[k] for k in ("batch_size", "g_width")} | (core.QUICK_SETTINGS if args.quick else {})
+              "network_settings": {n: {k: s.SETTINGS[k] for k in ("batch_size", "g_width")} | (experiment.QUICK_SETTINGS if args.quick else {})
                                    for n, (s, _) in NETWORKS.items()}}
     out = args.out or os.path.join("results", "bench_quick.json" if args.quick else "bench.json")
-    core.write_json(out, report)
+    experiment.write_json(out, report)
     print(f"results written to {out}")
     return report
 
 
 if __name__ == "__main__":
-    core.exit_on_error(main)
+    experiment.exit_on_error(main)

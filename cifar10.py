@@ -10,9 +10,10 @@ import os
 
 import autoattack_suite
 import core
+import experiment
 
 # ======================================================================================= settings
-SETTINGS = core.COMMON_SETTINGS | dict(   # the paper's CIFAR-10 settings; the shared ones are in core.py
+SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's CIFAR-10 settings; the shared ones are in experiment.py
     eps=8 / 256,             # L-inf radius of every attack and of G's output, [0, 1] pixel units
     iters=200_000,           # D updates per model (one minibatch each)
     n_classes=10,            # D2's outputs
@@ -35,7 +36,7 @@ def load_cifar(dataset, data_dir, folder, files):
         return core.from_hwc(train.data), torch.tensor(train.targets), core.from_hwc(test.data), torch.tensor(test.targets)
 
     where = f"put {', '.join(files)} (from the python version's archive) in {os.path.join(data_dir, folder)}/"
-    return core.open_dataset(make, dataset.__name__, where)
+    return experiment.open_dataset(make, dataset.__name__, where)
 
 
 def load_data(data_dir):
@@ -53,15 +54,15 @@ def build_G(settings):
 
 
 # ======================================================================================= run
-def experiment(args):
+def configure(args):
     """(name, settings, load) of the run that `args` (--quick, --iters, --seed, --set, --data-dir) ask for."""
-    settings = core.resolve_settings(SETTINGS, args)
+    settings = experiment.resolve_settings(SETTINGS, args)
     return "cifar10" + ("_quick" if args.quick else ""), settings, lambda: load_data(args.data_dir)
 
 
 def main(argv=None):
-    return core.dataset_main(__doc__, __file__, experiment, build_D, build_G, "cifar10", autoattack_suite.attacks, argv)
+    return experiment.dataset_main(__doc__, __file__, configure, build_D, build_G, "cifar10", autoattack_suite.attacks, argv)
 
 
 if __name__ == "__main__":
-    core.exit_on_error(main)
+    experiment.exit_on_error(main)

@@ -5,7 +5,7 @@ Trains A, B, C (seed s) and A', B', C' (seed s+1), evaluates, writes results/cif
     python cifar100.py --quick
 """
 import autoattack_suite
-import core
+import experiment
 from cifar10 import build_D, build_G, load_cifar, SETTINGS as CIFAR10_SETTINGS
 
 # ======================================================================================= settings
@@ -21,15 +21,15 @@ def load_data(data_dir):
 
 
 # ======================================================================================= run
-def experiment(args):
+def configure(args):
     """(name, settings, load) of the run that `args` (--quick, --iters, --seed, --set, --data-dir) ask for."""
-    settings = core.resolve_settings(SETTINGS, args)
+    settings = experiment.resolve_settings(SETTINGS, args)
     return "cifar100" + ("_quick" if args.quick else ""), settings, lambda: load_data(args.data_dir)
 
 
 def main(argv=None):
-    return core.dataset_main(__doc__, __file__, experiment, build_D, build_G, "cifar100", autoattack_suite.attacks, argv)
+    return experiment.dataset_main(__doc__, __file__, configure, build_D, build_G, "cifar100", autoattack_suite.attacks, argv)
 
 
 if __name__ == "__main__":
-    core.exit_on_error(main)
+    experiment.exit_on_error(main)

@@ -1,26 +1,21 @@
-"""Adversarial networks for robust deep learning (Wang & Yu, ICLR 2019): the shared core.
+"""Adversarial networks for robust deep learning (Wang & Yu, ICLR 2019): the method.
 
 A generator G maps an image to a perturbation eps * tanh(.) and a classifier D learns on clean and
 perturbed images while G maximises D's loss, with a gradient regulariser on D (paper, section 3).
-This file holds the networks, the attacks, the training steps, evaluation and checkpoints, plus the
-experiment runner that every dataset script shares. It needs only torch and numpy: copy it alone.
+This file holds the networks, the attacks, the training steps, evaluation (the paper's and a strong
+one) and checkpoints. It needs only torch and numpy and imports nothing else of this repository:
+copy it alone. This repository's experiment machinery (settings, command line, the resumable
+training loop, provenance) is in experiment.py, which imports this file.
 
 Conventions: images are float tensors in [0, 1]; eps is in [0, 1] units; models scale their input to
 [-1, 1] inside and return logits; attacks are pure functions that leave a model's batch-norm
-statistics, train/eval mode and parameter gradients as they found them.
+statistics, train/eval mode and parameter gradients as they found them. Long loops take an optional
+`progress`, any object with update(done, extra=None). Bad arguments raise ValueError.
 """
-import argparse
 import contextlib
-import importlib.metadata
 import itertools
-import json
 import math
 import os
-import platform
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import torch
@@ -29,34 +24,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 
-class UserError(Exception):
-    """A problem the user can fix (bad input, missing data, stale checkpoint): shown as one line."""
-
-
 # =====================================================================================================
 # Device and precision: the one place that decides them
 # =====================================================================================================
-
-def parse_gpus(gpu):
-    """`--gpu` text -> list of devices: None (GPU 0 if any, else CPU), "cpu", "N" or "N,M,..."."""
-    if gpu is None:
-        return [torch.device("cuda:0" if torch.cuda.is_available() else "cpu")]
-    if str(gpu).lower() == "cpu":
-        return [torch.device("cpu")]
-    indices = str(gpu).split(",")
-    if not all(i.strip().isdigit() for i in indices):
-        raise UserError(f"--gpu {gpu}: give GPU indices such as 0 or 0,1,2,3, or cpu")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    absent = [i for i in indices if int(i) >= count]
-    if absent:
-        raise UserError(f"--gpu {gpu}: this machine has {count} CUDA device(s); use --gpu cpu or indices below {count}")
-    return [torch.device(f"cuda:{int(i)}") for i in indices]
-
-
-def pick_device(gpu=None):
-    """The one device of a single-process run (the first one listed)."""
-    return parse_gpus(gpu)[0]
-
 
 def autocast(device):
     """bf16 autocast on CUDA (wide exponent, so no loss scaling is needed); plain float32 on CPU."""
@@ -89,25 +59,9 @@ def to_device(model, device):
     return model.to(device)
 
 
-def device_name(device):
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
-
-
 # =====================================================================================================
 # Data helpers: whole data sets live on the training device as uint8; batches are cut there
 # =====================================================================================================
-
-def open_dataset(make, name, where):
-    """Calls `make(download)`: first from disk, then downloading; offline, a clear error says `where`."""
-    try:
-        return make(download=False)
-    except (RuntimeError, FileNotFoundError, OSError):
-        pass
-    try:
-        return make(download=True)
-    except Exception as err:  # torchvision raises several types for a failed download
-        raise UserError(f"{name} is not on disk and could not be downloaded ({type(err).__name__}); {where}") from None
-
 
 class Batches:
     """Minibatches of a uint8 image tensor (N, C, H, W), or of a set indexed like one that gives float
@@ -119,7 +73,7 @@ class Batches:
 
     def __init__(self, images, labels, batch_size, seed, device, augment=None):
         if len(images) < batch_size:
-            raise UserError(f"the training set has {len(images)} images, fewer than one batch of {batch_size}")
+            raise ValueError(f"the training set has {len(images)} images, fewer than one batch of {batch_size}")
         self.images, self.labels = images.to(device), labels.to(device)
         self.batch_size, self.seed, self.augment = batch_size, seed, augment
         self.per_epoch = len(images) // batch_size  # the last partial batch is dropped: static shapes
@@ -525,7 +479,39 @@ def make_optimizer(kind, params, lr, momentum=0.9, betas=(0.5, 0.999)):
         return torch.optim.SGD(params, lr=lr, momentum=momentum)
     if kind == "adam":
         return torch.optim.Adam(params, lr=lr, betas=betas)
-    raise UserError(f"optimizer must be 'sgd' or 'adam', not {kind!r}")
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', not {kind!r}")
+
+
+def fd_step(settings):
+    """The finite-difference step h; the paper sets h = eta_G / 10 (`fd_h` = 0 means that)."""
+    return settings["fd_h"] or settings["g_lr"] / 10
+
+
+def make_step(method, D, G, settings):
+    """Returns step(x, y) -> stats and the modules a checkpoint holds, and puts D and G in their modes.
+
+    standard, pgd, advnet: models A, B, C. eat: standard training on a static adversarial set (the
+    batches hold it). generator: G alone, by gradient ascent against the fixed D (paper Table 5)."""
+    s = settings
+    make_opt_G = lambda: make_optimizer(s["g_opt"], G.parameters(), s["g_lr"], s["g_momentum"], (s["g_beta1"], s["g_beta2"]))
+    D.train(method != "generator"), G.train()
+    if method == "generator":
+        opt_G = make_opt_G()
+        return (lambda x, y: {"loss_adv": generator_step(D, G, opt_G, G.inputs(x, y), x, y, s["eps"])}), \
+            {"G": G, "opt_G": opt_G}
+    opt_D = make_optimizer("sgd", decay_groups(D, s["d_weight_decay"]), s["d_lr"], s["d_momentum"])
+    if method in ("standard", "eat"):
+        return (lambda x, y: standard_step(D, opt_D, x, y)), {"D": D, "opt_D": opt_D}
+    if method == "pgd":
+        alpha = s["pgd_alpha"] or None
+        return (lambda x, y: pgd_training_step(D, opt_D, x, y, s["eps"], alpha, s["pgd_steps"], s["pgd_train_clean"])), \
+            {"D": D, "opt_D": opt_D}
+    if method == "advnet":
+        opt_G = make_opt_G()
+        return (lambda x, y: adversarial_network_step(D, G, opt_D, opt_G, x, y, s["eps"], s["lam"], s["gamma"],
+                                                      fd_step(s), s["g_steps"], s["hvp"])), \
+            {"D": D, "G": G, "opt_D": opt_D, "opt_G": opt_G}
+    raise ValueError(f"unknown method {method!r}")
 
 
 class StaticAdversarialSet:
@@ -750,18 +736,11 @@ def save_checkpoint(path, state):
 
 
 def load_checkpoint(path):
+    """A checkpoint's tensors and plain data, never pickled code; ValueError if the file is unusable."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, foreign file: all mean "unusable"
-        raise UserError(f"checkpoint {path} is unreadable ({type(err).__name__}); delete it to retrain that model") from None
-
-
-def write_json(path, data):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-    atomic_write(path, write)
+        raise ValueError(f"checkpoint {path} is unreadable ({type(err).__name__})") from None
 
 
 def rng_state(device):
@@ -772,550 +751,3 @@ def set_rng_state(state, device):
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and state["cuda"] is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def git_commit():
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
-                               text=True, check=True).stdout.strip() != ""
-        return commit, dirty
-    except (OSError, subprocess.CalledProcessError):
-        return None, None
-
-
-def command_line(args):
-    """The command that produced a result, as the user typed it (from parse_cli's args)."""
-    return " ".join([os.path.basename(args.script)] + args.argv)
-
-
-def provenance(device, command):
-    commit, dirty = git_commit()
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                "cuda": torch.version.cuda}
-    try:  # the data-loading scripts use torchvision; core.py itself never imports it
-        versions["torchvision"] = importlib.metadata.version("torchvision")
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    return {"versions": versions, "device": device_name(device), "git_commit": commit, "git_dirty": dirty,
-            "command": command, "host": platform.node()}
-
-
-# =====================================================================================================
-# Progress and interruption
-# =====================================================================================================
-
-class Progress:
-    """A dependency-free progress line: count, rate, ETA. Redrawn in place on a terminal, else a line
-    every 30 s, so log files stay short."""
-
-    def __init__(self, total, desc, unit="it", start=0):
-        self.total, self.desc, self.unit, self.start = total, desc, unit, start
-        self.t0 = self.last = time.time()
-        self.tty = sys.stderr.isatty()
-        self.extra = ""
-
-    def update(self, done, extra=None):
-        self.extra = extra if extra is not None else self.extra
-        now = time.time()
-        if done < self.total and now - self.last < (0.5 if self.tty else 30):
-            return
-        self.last = now
-        rate = (done - self.start) / max(now - self.t0, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        line = f"{self.desc} {done}/{self.total} {rate:.2f} {self.unit}/s ETA {format_seconds(eta)} {self.extra}"
-        sys.stderr.write(("\r" + line + "\033[K") if self.tty else line + "\n")
-        if done >= self.total and self.tty:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
-def format_seconds(s):
-    if not math.isfinite(s):
-        return "--:--"
-    s = int(s)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
-
-
-class StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the training loop reads between iterations, so that a killed
-    run saves a consistent checkpoint (never one taken halfway through a minimax step)."""
-
-    def __init__(self):
-        self.raised = None
-
-    def __enter__(self):
-        self.saved = {}
-        if hasattr(signal, "SIGTERM") and _in_main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.saved[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.raised = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self.saved.items():
-            signal.signal(sig, handler)
-
-
-def _in_main_thread():
-    import threading
-    return threading.current_thread() is threading.main_thread()
-
-
-# =====================================================================================================
-# Training a model: the loop shared by every experiment script, resumable
-# =====================================================================================================
-
-METHODS = {"A": "standard", "B": "pgd", "C": "advnet"}
-
-# Settings that do not change what a model learns: a checkpoint stays valid when only these differ.
-RUNTIME_SETTINGS = {"test_n", "eval_batch", "log_every", "ckpt_minutes", "bn_eval", "strong_n", "strong_steps",
-                    "strong_restarts", "square_queries", "compile"}
-
-
-def fingerprint(settings, method, seed):
-    kept = {k: v for k, v in sorted(settings.items()) if k not in RUNTIME_SETTINGS}
-    return json.dumps(kept | {"method": method, "model_seed": seed})
-
-
-def lr_at(it, settings):
-    """D's learning rate: `d_lr`, times `d_lr_drop_factor` from the fraction `d_lr_drop_at` of the run on."""
-    dropped = it >= int(settings["d_lr_drop_at"] * settings["iters"])
-    return settings["d_lr"] * (settings["d_lr_drop_factor"] if dropped else 1.0)
-
-
-def fd_step(settings):
-    """The finite-difference step h; the paper sets h = eta_G / 10 (`fd_h` = 0 means that)."""
-    return settings["fd_h"] or settings["g_lr"] / 10
-
-
-def make_step(method, D, G, settings):
-    """Returns step(x, y) -> stats and the modules a checkpoint holds, and puts D and G in their modes.
-
-    standard, pgd, advnet: models A, B, C. eat: standard training on a static adversarial set (the
-    batches hold it). generator: G alone, by gradient ascent against the fixed D (paper Table 5)."""
-    s = settings
-    make_opt_G = lambda: make_optimizer(s["g_opt"], G.parameters(), s["g_lr"], s["g_momentum"], (s["g_beta1"], s["g_beta2"]))
-    D.train(method != "generator"), G.train()
-    if method == "generator":
-        opt_G = make_opt_G()
-        return (lambda x, y: {"loss_adv": generator_step(D, G, opt_G, G.inputs(x, y), x, y, s["eps"])}), \
-            {"G": G, "opt_G": opt_G}
-    opt_D = make_optimizer("sgd", decay_groups(D, s["d_weight_decay"]), s["d_lr"], s["d_momentum"])
-    if method in ("standard", "eat"):
-        return (lambda x, y: standard_step(D, opt_D, x, y)), {"D": D, "opt_D": opt_D}
-    if method == "pgd":
-        alpha = s["pgd_alpha"] or None
-        return (lambda x, y: pgd_training_step(D, opt_D, x, y, s["eps"], alpha, s["pgd_steps"], s["pgd_train_clean"])), \
-            {"D": D, "opt_D": opt_D}
-    if method == "advnet":
-        opt_G = make_opt_G()
-        return (lambda x, y: adversarial_network_step(D, G, opt_D, opt_G, x, y, s["eps"], s["lam"], s["gamma"],
-                                                      fd_step(s), s["g_steps"], s["hvp"])), \
-            {"D": D, "G": G, "opt_D": opt_D, "opt_G": opt_G}
-    raise ValueError(f"unknown method {method!r}")
-
-
-def restore(ckpt, path, fp, modules):
-    if ckpt.get("fingerprint") != fp:
-        raise UserError(f"checkpoint {path} was trained with other settings; delete it, or pass --ckpt-dir to keep both")
-    try:
-        for key, module in modules.items():
-            module.load_state_dict(ckpt[key])
-    except (KeyError, RuntimeError, ValueError) as err:
-        raise UserError(f"checkpoint {path} does not match this model ({type(err).__name__}); delete it to retrain") from None
-
-
-def train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_path, train=True):
-    """Trains (or resumes, or skips if finished) one model; `train=False` only loads a checkpoint.
-    Returns the model's record for the results JSON (iters_done < iters: unfinished). `make_batches()`
-    gives the batch source (iteration -> (x, y)); it is called only if there is training to do.
-
-    A checkpoint is written every `ckpt_minutes` at a logging boundary, at the end, and when the run
-    is interrupted (SIGINT/SIGTERM, between iterations). A NaN/inf loss stops the run with the last
-    good checkpoint kept."""
-    s, fp = settings, fingerprint(settings, method, seed)
-    step, modules = make_step(method, D, G, s)
-    record = {"method": method, "iters_done": 0, "train_seconds": 0.0, "history": []}
-    if os.path.exists(ckpt_path):
-        ckpt = load_checkpoint(ckpt_path)
-        restore(ckpt, ckpt_path, fp, modules)
-        set_rng_state(ckpt["rng"], device)
-        record = ckpt["record"]
-        if record["iters_done"] >= s["iters"]:
-            print(f"{name}: finished checkpoint found ({ckpt_path}), not retrained", file=sys.stderr)
-    if record["iters_done"] >= s["iters"] or not train:
-        return record
-
-    def save():
-        save_checkpoint(ckpt_path, {"fingerprint": fp, "record": record, "rng": rng_state(device),
-                                    **{k: m.state_dict() for k, m in modules.items()}})
-
-    batches = make_batches()
-    start = record["iters_done"]
-    commit, dirty = git_commit()  # a model may be trained over several invocations: each one is recorded
-    record.setdefault("sessions", []).append({"from_iter": start, "git_commit": commit, "git_dirty": dirty,
-                                              "device": device_name(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    progress = Progress(s["iters"], f"{name} ({method})", start=start)
-    sums, count, t_start, t_saved = {}, 0, time.time(), time.time()
-    seconds_before = record["train_seconds"]
-    with StopFlag() as stop:
-        for it in range(start, s["iters"]):
-            for group in modules["opt_D"].param_groups if "opt_D" in modules else ():
-                group["lr"] = lr_at(it, s)
-            x, y = batches(it)
-            with autocast(device):
-                stats = step(x, y)
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0) + v.float()
-            count += 1
-            last = it + 1 == s["iters"]
-            if (it + 1) % s["log_every"] == 0 or last or stop.raised:
-                means = {k: v.item() / count for k, v in sums.items()}  # the one host sync per interval
-                if not all(math.isfinite(v) for v in means.values()):
-                    kept = f"last good checkpoint kept ({record['iters_done']} iterations)" if os.path.exists(ckpt_path) else "no checkpoint written"
-                    raise UserError(f"{name}: loss became NaN/inf before iteration {it + 1}; stopped, {kept}; "
-                                    f"try a smaller learning rate with --set")
-                record["history"].append({"iter": it + 1, "lr": lr_at(it, s), **{k: round(v, 5) for k, v in means.items()}})
-                record["iters_done"] = it + 1
-                record["train_seconds"] = seconds_before + time.time() - t_start
-                sums, count = {}, 0
-                progress.update(it + 1, " ".join(f"{k}={v:.3f}" for k, v in means.items() if k in ("loss", "acc", "acc_adv")))
-                if last or stop.raised or time.time() - t_saved >= 60 * s["ckpt_minutes"]:
-                    save()
-                    t_saved = time.time()
-                if stop.raised:
-                    raise KeyboardInterrupt(f"{name}: stopped at iteration {it + 1}; checkpoint saved to {ckpt_path}")
-    return record
-
-
-# =====================================================================================================
-# Settings and the command line: one dict per script, checked overrides
-# =====================================================================================================
-
-# What every data set shares (paper section 3 and 4); each script's dict overrides what differs.
-COMMON_SETTINGS = dict(
-    seed=0,                  # seed s of A, B, C; the copies A', B', C' use s + 1
-    batch_size=64,           # images per minibatch
-    d_momentum=0.9,          # D: SGD momentum
-    d_lr_drop_at=1.0,        # fraction of iters after which D's lr is multiplied by d_lr_drop_factor (1.0: never)
-    d_lr_drop_factor=0.1,    # multiplier of D's lr after the drop
-    g_width=64,              # G1's width k (channels k, 2k, 4k)
-    g_momentum=0.9,          # G: momentum, when g_opt is sgd
-    g_beta1=0.5,             # G: Adam beta1
-    g_beta2=0.999,           # G: Adam beta2
-    g_steps=5,               # G ascent steps per D step, on the same minibatch
-    lam=1.0,                 # lambda: weight of the adversarial loss in F
-    gamma=0.01,              # gradient-regulariser weight; negative = the sign of the authors' code
-    fd_h=0.0,                # finite-difference step h; 0 = eta_G / 10 (paper)
-    hvp="fd",                # regulariser's Hessian-vector product: fd (paper) or exact (double backprop)
-    pgd_steps=10,            # PGD steps, in training (B) and evaluation
-    pgd_alpha=0.0,           # PGD step size, [0, 1] units; 0 = eps / 4 (paper)
-    pgd_train_clean=False,   # B trains on CE_adv only (authors' code); true adds CE_clean
-    test_n=0,                # test images scored (the first n); 0 = the whole test set
-    eval_batch=500,          # images per evaluation batch
-    log_every=100,           # iterations between history entries (and NaN checks)
-    ckpt_minutes=5.0,        # minutes between checkpoints
-    augment=False,           # random pad-and-crop by up to 4 px and horizontal flip, on the device (CIFAR)
-    compile=False,           # torch.compile D and G: a minute or two of compiling, then faster steps on a GPU
-    bn_eval="running",       # batch norm when scoring: running (eval mode) or batch (train-mode statistics, authors' code)
-    strong_n=1000,           # --strong-eval: test images scored (the first n of those scored); 0 = all of them
-    strong_steps=100,        # --strong-eval: steps of PGD-CE, PGD-CW, APGD and FAB
-    strong_restarts=5,       # --strong-eval: random restarts of PGD-CE
-    square_queries=5000,     # --strong-eval: queries of the Square attack (AutoAttack standard: 5000)
-)
-QUICK_SETTINGS = dict(iters=20, batch_size=32, g_width=4, test_n=100, log_every=10,  # --quick: a pipeline check, not a result
-                      strong_n=50, strong_steps=5, strong_restarts=2, square_queries=20)
-
-
-def parse_value(key, text, default):
-    """Parses `text` as the type of the setting's default; a wrong type is a UserError."""
-    kind = type(default)
-    try:
-        if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return text.lower() in ("true", "1")
-        if kind is float:
-            return float(text)
-        return kind(text)
-    except ValueError:
-        raise UserError(f"--set {key}={text}: expected a {kind.__name__} (the default is {default!r})") from None
-
-
-def apply_overrides(settings, pairs):
-    settings = dict(settings)
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep:
-            raise UserError(f"--set {pair}: write key=value")
-        if key not in settings:
-            raise UserError(f"--set {key}: unknown setting; known: {', '.join(sorted(settings))}")
-        settings[key] = parse_value(key, text, settings[key])
-    return settings
-
-
-def experiment_parser(description, models=True):
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gpu", default=None, help="CUDA device index, a list such as 0,1,2,3 (one training process "
-                   "per GPU), or cpu (default: GPU 0 if present, else cpu)")
-    p.add_argument("--data-dir", default="data", help="where torchvision finds or downloads the data set")
-    p.add_argument("--out", default=None, help="results JSON (default: results/<experiment>.json)")
-    p.add_argument("--ckpt-dir", default=None, help="checkpoints (default: checkpoints/<experiment>)")
-    p.add_argument("--seed", type=int, default=None, help="seed s of A, B, C; A', B', C' use s+1")
-    if models:
-        p.add_argument("--models", default="A,B,C,A',B',C'", help="subset to train, e.g. A,C'")
-    p.add_argument("--iters", type=int, default=None, help="iterations per model; the schedule scales with it")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
-    p.add_argument("--quick", action="store_true", help="tiny schedule and test subset: a smoke test")
-    p.add_argument("--eval-n", type=int, default=None, help="score only the first N test images (setting test_n)")
-    p.add_argument("--bn-eval", choices=BN_MODES, default=None, help="batch norm when scoring: running statistics "
-                   "(eval mode, default) or batch statistics (the authors' protocol); C is reported both ways")
-    p.add_argument("--strong-eval", action="store_true", help="also run the strong evaluation: PGD-100x5, PGD-CW, "
-                   "AutoAttack, C's generator, the per-example worst case and gradient-masking checks")
-    if models:
-        p.add_argument("--no-eval", action="store_true", help="train only (e.g. to spread models over machines)")
-    return p
-
-
-def parse_cli(parser, argv, script):
-    """parse_args, remembering the command so that --gpu 0,1,... can start one process per GPU."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    args.argv, args.script = argv, os.path.abspath(script)
-    return args
-
-
-def resolve_settings(base, args, preset=None):
-    """base <- preset (e.g. Fashion-MNIST) <- --quick <- --iters/--seed <- --set, each checked."""
-    s = dict(base) | (preset or {})
-    if args.quick:
-        s |= QUICK_SETTINGS
-    if args.iters is not None:
-        s["iters"] = args.iters
-    if args.seed is not None:
-        s["seed"] = args.seed
-    if args.eval_n is not None:
-        s["test_n"] = args.eval_n
-    if args.bn_eval is not None:
-        s["bn_eval"] = args.bn_eval
-    s = apply_overrides(s, args.set)
-    if s["iters"] < 1 or s["batch_size"] < 1:
-        raise UserError("iters and batch_size must be positive")
-    if min(s["test_n"], s["strong_n"]) < 0:
-        raise UserError("test_n (--eval-n) and strong_n must be 0 (all) or positive")
-    if s["hvp"] not in ("fd", "exact"):
-        raise UserError(f"hvp must be fd or exact, not {s['hvp']!r}")
-    if s["compile"] and s["hvp"] == "exact":
-        raise UserError("hvp=exact needs double backpropagation, which compiled networks do not support; drop compile")
-    if s["bn_eval"] not in BN_MODES:
-        raise UserError(f"bn_eval must be one of {', '.join(BN_MODES)}, not {s['bn_eval']!r}")
-    return s
-
-
-def parse_models(text):
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in names if m.rstrip("'") not in METHODS or m.count("'") > 1]
-    if bad or not names:
-        raise UserError(f"--models {text}: choose from A, B, C, A', B', C'")
-    return names
-
-
-def paper_tables(section):
-    """A section of paper_tables.json (kept beside this file), or None where the file is absent."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_tables.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)[section]
-
-
-def paper_rows(table):
-    """The paper's rows of one of its accuracy tables (e.g. "cifar10"), or None."""
-    tables = paper_tables("tables")
-    return tables[table]["rows"] if tables else None
-
-
-def child_argv(argv, gpu, models):
-    """The command line of one per-GPU training process: the user's, with its own --gpu and --models."""
-    own = {"--gpu", "--models"}
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in own:
-            skip = True
-        elif arg.split("=")[0] not in own and arg != "--no-eval":
-            kept.append(arg)
-    return kept + ["--gpu", str(gpu), "--models", ",".join(models), "--no-eval"]
-
-
-def train_on_gpus(devices, models, args):
-    """One process per GPU, the models dealt round-robin; each model stays resumable on its own."""
-    procs = []
-    for i, device in enumerate(devices):
-        share = models[i::len(devices)]
-        if share:
-            cmd = [sys.executable, args.script] + child_argv(args.argv, device.index, share)
-            procs.append((device, subprocess.Popen(cmd)))
-    failed = [f"GPU {d.index} (exit {p.wait()})" for d, p in procs if p.wait() != 0]
-    if failed:
-        raise UserError(f"training failed on {', '.join(failed)}; see its output above; rerun to resume")
-
-
-def prepare_model(name, method, seed, settings, build_D, build_G, data, device, ckpt_path, train=True):
-    """Builds D and G with `seed`, then trains, resumes or just loads them (train_model); `data()` gives
-    the training (images, labels), asked for only when there is training to do. Returns (D, G, record)."""
-    torch.manual_seed(seed)
-    D, G = to_device(build_D(settings), device), to_device(build_G(settings), device)
-    if settings["compile"]:  # in place: the state_dict keys, and so the checkpoints, stay those of eager models
-        D.compile(), G.compile()
-    augment = crop_flip if settings["augment"] else None
-    make_batches = lambda: Batches(*data(), settings["batch_size"], seed, device, augment)
-    return D, G, train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_path, train)
-
-
-def dataset_main(doc, script, experiment, build_D, build_G, paper_table, extra_attacks=None, argv=None):
-    """The whole command of a data-set script: parse its command line, then run_experiment."""
-    args = parse_cli(experiment_parser(doc), argv, script)
-    name, settings, load = experiment(args)
-    return run_experiment(name, settings, args, load, build_D, build_G, paper_rows(paper_table), extra_attacks)
-
-
-def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None, extra_attacks=None):
-    """Trains the chosen models (resumably), evaluates the 9-column table (and with --strong-eval the
-    strong evaluation) and writes the results JSON.
-
-    `load_data()` gives (train_images, train_labels, test_images, test_labels): uint8 (N, C, H, W)
-    and int64. Models outside --models are not trained, but their finished checkpoints are evaluated.
-    `extra_attacks(settings)` gives more attacks for --strong-eval (name -> craft(model, x, y)), such
-    as AutoAttack's, which need packages beyond torch."""
-    devices = parse_gpus(args.gpu)
-    chosen = parse_models(args.models)
-    if len(devices) > 1:
-        train_on_gpus(devices, chosen, args)
-        chosen = []  # all trained by now: this process only evaluates
-    device = devices[0]
-    out = args.out or os.path.join("results", f"{name}.json")
-    ckpt_dir = args.ckpt_dir or os.path.join("checkpoints", name)
-    train_x, train_y, test_x, test_y = load_data()
-    started = time.time()
-    report = {"experiment": name, "settings": settings, "seeds": {}, "provenance": provenance(device, command_line(args)),
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": {}}
-    finished, generators = {}, {}
-    for model_name in ["A", "B", "C", "A'", "B'", "C'"]:
-        ckpt_path = os.path.join(ckpt_dir, f"{model_name}.pt")
-        if model_name not in chosen and not os.path.exists(ckpt_path):
-            continue
-        seed = settings["seed"] + model_name.count("'")
-        D, G, record = prepare_model(model_name, METHODS[model_name.rstrip("'")], seed, settings, build_D, build_G,
-                                     lambda: (train_x, train_y), device, ckpt_path, model_name in chosen)
-        if record["iters_done"] >= settings["iters"]:
-            report["seeds"][model_name] = seed
-            report["models"][model_name] = record
-            finished[model_name], generators[model_name] = D, G
-    if args.no_eval:
-        print(f"trained {', '.join(finished) or 'nothing'}; checkpoints in {ckpt_dir}; run without --no-eval to evaluate")
-        return report
-    report["table"], report["eval"] = evaluate_trained(finished, settings, test_x, test_y, device)
-    print(format_table(report["table"], paper))
-    if args.strong_eval:
-        report["strong_eval"] = strong_eval_report(finished, generators.get("C"), settings, test_x, test_y, device,
-                                                   extra_attacks)
-    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    report["wall_seconds"] = round(time.time() - started, 1)
-    write_json(out, report)
-    print(f"results written to {out}")
-    return report
-
-
-def split_models(models):
-    """(targets, surrogates): the models scored, and the seed copies (A', B', C') that attack them."""
-    return {k: m for k, m in models.items() if "'" not in k}, {k: m for k, m in models.items() if "'" in k}
-
-
-def evaluate_trained(models, settings, test_x, test_y, device):
-    """The paper's 9-column table of the models (copies as surrogates), with BN as `bn_eval` says; model C,
-    if present, is also scored white-box under both BN modes (`bn_comparison`)."""
-    n = settings["test_n"] or len(test_x)
-    targets, surrogates = split_models(models)
-    if not targets:
-        return {}, {"n_test": 0, "seconds": 0.0, "note": "no finished target model (A, B or C)"}
-    t0 = time.time()
-    score = lambda chosen, against, bn, progress=None: evaluate_table(
-        chosen, against, test_x[:n], test_y[:n], settings["eps"], device, settings["eval_batch"], settings["pgd_steps"],
-        settings["pgd_alpha"] or None, progress, bn)
-    torch.manual_seed(settings["seed"])  # PGD's random start: the same numbers for the same run
-    table = score(targets, surrogates, settings["bn_eval"], Progress(n, "evaluate", "img"))
-    columns = ["clean", "fgs", "pgd"] + [f"{a}_{s}" for s in surrogates for a in ("fgs", "pgd")]
-    evaluation = {"n_test": n, "columns": columns, "bn": settings["bn_eval"]}
-    if "C" in targets:  # the table already holds C's white-box row in the chosen mode: only the other is scored
-        white_box = {k: table["C"][k] for k in ("clean", "fgs", "pgd")}
-        evaluation["bn_comparison"] = {"C": {bn: white_box if bn == settings["bn_eval"] else score({"C": targets["C"]}, {}, bn)["C"]
-                                             for bn in BN_MODES}}
-    return table, evaluation | {"seconds": round(time.time() - t0, 1)}
-
-
-def strong_eval_report(models, generator, settings, test_x, test_y, device, extra_attacks=None):
-    """--strong-eval: strong_evaluation of the target models (the seed copies attack by transfer;
-    `generator`, C's G, attacks every model) with masking checks, as the results JSON's entry."""
-    n = min(settings["strong_n"] or len(test_x), settings["test_n"] or len(test_x), len(test_x))
-    targets, surrogates = split_models(models)
-    if not targets:
-        return {"n_test": 0, "models": {}, "note": "no finished target model to evaluate"}
-    eps = settings["eps"]
-    attacks = strong_attacks(eps, settings["strong_steps"], settings["strong_restarts"])
-    attacks |= extra_attacks(settings) if extra_attacks else {}
-    if generator is not None:
-        attacks["generator_C"] = lambda m, x, y: generator_attack(generator, x, y, eps)
-    torch.manual_seed(settings["seed"])
-    t0 = time.time()
-    with scoring_mode([generator] if generator is not None else []):  # G as trained, in eval mode
-        results = strong_evaluation(targets, test_x[:n], test_y[:n], eps, device, attacks, surrogates,
-                                    settings["bn_eval"], settings["eval_batch"], sweep_steps=settings["strong_steps"],
-                                    progress=Progress(n, "strong evaluation", "img"))
-    report = {"n_test": n, "bn": settings["bn_eval"], "attacks": list(attacks), "surrogates": list(surrogates),
-              "precision": "float32 (no autocast, no TF32)", "seconds": round(time.time() - t0, 1),
-              "models": {m: {"accuracy": r, "checks": masking_checks(r)} for m, r in results.items()}}
-    print(format_strong(report))
-    return report
-
-
-def format_strong(report):
-    """The strong evaluation as text: one row per attack (accuracy in percent), then each model's masking flags."""
-    models = report["models"]
-    keys = list(next(iter(models.values()))["accuracy"])
-    lines = [f"strong evaluation, first {report['n_test']} test images, BN {report['bn']}: accuracy in percent",
-             f"{'attack':<22}" + "".join(f"{m:>9}" for m in models)]
-    lines += [f"{k:<22}" + "".join(f"{r['accuracy'][k]:>9.2f}" for r in models.values()) for k in keys]
-    for name, r in models.items():
-        flags = [f"{c} ({v['why']})" for c, v in r["checks"].items() if v["flag"]]
-        lines.append(f"masking flags of {name}: {'; '.join(flags) if flags else 'none'}")
-    return "\n".join(lines)
-
-
-def format_table(table, paper=None):
-    """Our accuracies, and the paper's beside them where given ({row: [values in column order]})."""
-    columns = ["clean", "fgs", "pgd", "fgs_A'", "pgd_A'", "fgs_B'", "pgd_B'", "fgs_C'", "pgd_C'"]
-    width = max([8] + [len(row) + 1 for row in table])
-    lines = [f"{'model':<{width}}" + "".join(f"{c:>9}" for c in columns)]
-    for row, values in table.items():
-        lines.append(f"{row:<{width}}" + "".join(f"{values[c]:>9.2f}" if c in values else f"{'-':>9}" for c in columns))
-        if paper and row in paper:
-            lines.append(f"{'  paper':<{width}}" + "".join(f"{v:>9.2f}" for v in paper[row]))
-    return "\n".join(lines)
-
-
-def exit_on_error(main):
-    """Runs `main()`; a UserError or an interruption becomes one line on stderr and a non-zero exit."""
-    try:
-        main()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt as err:
-        print(f"\ninterrupted: {err or 'no checkpoint in progress'}; run the same command to resume", file=sys.stderr)
-        sys.exit(130)

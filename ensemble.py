@@ -16,34 +16,34 @@ import json
 import os
 import time
 
-import torch
 
 import autoattack_suite
 import cifar10
 import core
+import experiment
 import mnist
 import svhn
 
 DATASETS = {  # name -> (script, paper table, (args -> (name, settings, load)))
-    "mnist": (mnist, "mnist", lambda args: mnist.experiment(args)),
-    "fashion_mnist": (mnist, "mnist", lambda args: mnist.experiment(args, fashion=True)),
-    "svhn": (svhn, "svhn", svhn.experiment),
-    "cifar10": (cifar10, "cifar10", cifar10.experiment),
+    "mnist": (mnist, "mnist", lambda args: mnist.configure(args)),
+    "fashion_mnist": (mnist, "mnist", lambda args: mnist.configure(args, fashion=True)),
+    "svhn": (svhn, "svhn", svhn.configure),
+    "cifar10": (cifar10, "cifar10", cifar10.configure),
 }
 NEEDED = ["A", "C", "A'", "B'", "C'"]  # A makes the EAT set, C is the comparison row, the rest attack
 
 
 def run_dataset(key, args, device):
-    script, paper_key, experiment = DATASETS[key]
-    provenance = core.provenance(device, core.command_line(args))  # the code as it was when the run began
-    name, settings, load = experiment(args)
+    script, paper_key, configure = DATASETS[key]
+    provenance = experiment.provenance(device, experiment.command_line(args))  # the code as it was when the run began
+    name, settings, load = configure(args)
     ckpt_dir = os.path.join(args.ckpt_dir or "checkpoints", name)  # the data set's own: its models are reused
     train_x, train_y, test_x, test_y = load()
     models, generators, records = {}, {}, {}
     for model_name in NEEDED:
         seed = settings["seed"] + model_name.count("'")
-        models[model_name], generators[model_name], records[model_name] = core.prepare_model(
-            model_name, core.METHODS[model_name.rstrip("'")], seed, settings, script.build_D, script.build_G,
+        models[model_name], generators[model_name], records[model_name] = experiment.prepare_model(
+            model_name, experiment.METHODS[model_name.rstrip("'")], seed, settings, script.build_D, script.build_G,
             lambda: (train_x, train_y), device, os.path.join(ckpt_dir, f"{model_name}.pt"))
     eat_info = {"n_images": 4 * len(train_x), "kinds": core.EAT_KINDS, "seconds": None}  # None: built by an earlier run
 
@@ -51,35 +51,35 @@ def run_dataset(key, args, device):
         t0 = time.time()
         eat_set = core.build_eat_set(models["A"], train_x, train_y, settings["eps"], device, settings["eval_batch"],
                                      settings["pgd_steps"], settings["pgd_alpha"] or None,
-                                     core.Progress(len(train_x), f"{key}: EAT set from A", "img"))
+                                     experiment.Progress(len(train_x), f"{key}: EAT set from A", "img"))
         eat_info.update(n_images=len(eat_set), seconds=round(time.time() - t0, 1))
         return eat_set, eat_set.labels
 
-    eat, _, eat_record = core.prepare_model("EAT", "eat", settings["seed"], settings, script.build_D, script.build_G,
+    eat, _, eat_record = experiment.prepare_model("EAT", "eat", settings["seed"], settings, script.build_D, script.build_G,
                                             eat_data, device, os.path.join(ckpt_dir, "EAT.pt"))
     scored = {"EAT": eat, "C": models["C"], **{k: models[k] for k in ("A'", "B'", "C'")}}
-    table, evaluation = core.evaluate_trained(scored, settings, test_x, test_y, device)
-    paper = core.paper_rows(paper_key)
+    table, evaluation = experiment.evaluate_trained(scored, settings, test_x, test_y, device)
+    paper = experiment.paper_rows(paper_key)
     print(f"{key}" + (" (paper rows: MNIST)" if key == "fashion_mnist" else ""))
-    print(core.format_table(table, {r: paper[r] for r in ("EAT", "C")} if paper else None))
+    print(experiment.format_table(table, {r: paper[r] for r in ("EAT", "C")} if paper else None))
     entry = {"settings": settings, "checkpoints": ckpt_dir, "provenance": provenance,
              "seeds": {"EAT": settings["seed"]}, "models": {"EAT": eat_record}, "eat_set": eat_info,
              "table": table, "eval": evaluation}
     if args.strong_eval:
-        entry["strong_eval"] = core.strong_eval_report(scored, generators["C"], settings, test_x, test_y, device,
+        entry["strong_eval"] = experiment.strong_eval_report(scored, generators["C"], settings, test_x, test_y, device,
                                                        autoattack_suite.attacks)
     return entry
 
 
 def main(argv=None):
-    parser = core.experiment_parser(__doc__, models=False)
+    parser = experiment.experiment_parser(__doc__, models=False)
     parser.add_argument("--datasets", default="mnist,svhn,cifar10", help=f"comma-separated, from {', '.join(DATASETS)}")
-    args = core.parse_cli(parser, argv, __file__)
+    args = experiment.parse_cli(parser, argv, __file__)
     keys = [k.strip() for k in args.datasets.split(",") if k.strip()]
     unknown = [k for k in keys if k not in DATASETS]
     if unknown or not keys:
-        raise core.UserError(f"--datasets {args.datasets}: choose from {', '.join(DATASETS)}")
-    device = core.pick_device(args.gpu)
+        raise experiment.UserError(f"--datasets {args.datasets}: choose from {', '.join(DATASETS)}")
+    device = experiment.pick_device(args.gpu)
     out = args.out or os.path.join("results", "ensemble" + ("_quick" if args.quick else "") + ".json")
     report = {"experiment": "ensemble" + ("_quick" if args.quick else ""), "datasets": {}}
     if os.path.exists(out):  # one entry per data set: a run of some data sets keeps the others' entries
@@ -87,15 +87,15 @@ def main(argv=None):
             with open(out) as f:
                 report["datasets"] = json.load(f)["datasets"]
         except (ValueError, KeyError):
-            raise core.UserError(f"{out} is not an ensemble results file; move it away or pass --out") from None
+            raise experiment.UserError(f"{out} is not an ensemble results file; move it away or pass --out") from None
     for key in keys:
         t0 = time.time()
         report["datasets"][key] = run_dataset(key, args, device) | {"wall_seconds": round(time.time() - t0, 1)}
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    core.write_json(out, report)
+    experiment.write_json(out, report)
     print(f"results written to {out}")
     return report
 
 
 if __name__ == "__main__":
-    core.exit_on_error(main)
+    experiment.exit_on_error(main)

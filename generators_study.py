@@ -19,6 +19,7 @@ import torch
 import autoattack_suite
 import cifar10
 import core
+import experiment
 
 GENERATORS = {  # name in paper_tables.json -> builder from the CIFAR-10 settings
     "G1_k8": lambda s: core.G1(k=8, channels=3),
@@ -31,9 +32,9 @@ N_EXAMPLES = 8                                   # example perturbations saved p
 
 
 def main(argv=None):
-    args = core.parse_cli(core.experiment_parser(__doc__, models=False), argv, __file__)
-    name, settings, load = cifar10.experiment(args)
-    device = core.pick_device(args.gpu)
+    args = experiment.parse_cli(experiment.experiment_parser(__doc__, models=False), argv, __file__)
+    name, settings, load = cifar10.configure(args)
+    device = experiment.pick_device(args.gpu)
     cifar_dir = os.path.join(args.ckpt_dir or "checkpoints", name)
     study_dir = os.path.join(args.ckpt_dir or "checkpoints", "generators" + ("_quick" if args.quick else ""))
     train_x, train_y, test_x, test_y = load()
@@ -44,19 +45,19 @@ def main(argv=None):
 
     def cifar_model(model_name):
         seed = settings["seed"] + model_name.count("'")
-        return core.prepare_model(model_name, core.METHODS[model_name.rstrip("'")], seed, settings, cifar10.build_D,
+        return experiment.prepare_model(model_name, experiment.METHODS[model_name.rstrip("'")], seed, settings, cifar10.build_D,
                                   cifar10.build_G, data, device, os.path.join(cifar_dir, f"{model_name}.pt"))
 
     fixed = {m: cifar_model(m) for m in ("A", "A'", "B", "B'", "C")}
     targets = {m: fixed[m][0] for m in ("A", "A'", "B", "C")}
     report = {"experiment": "generators" + ("_quick" if args.quick else ""), "settings": settings, "attack_training": ATTACK_TRAINING,
-              "provenance": core.provenance(device, core.command_line(args)), "n_test": n, "models": {}}
+              "provenance": experiment.provenance(device, experiment.command_line(args)), "n_test": n, "models": {}}
 
     # ------------------------------------------------------------- Table 5: generators against fixed A
     table5, examples = {}, {}
     for g_name, build in GENERATORS.items():
         g_settings = settings | ATTACK_TRAINING | {"generator": g_name}
-        _, G, record = core.prepare_model(f"{g_name} vs A", "generator", settings["seed"], g_settings,
+        _, G, record = experiment.prepare_model(f"{g_name} vs A", "generator", settings["seed"], g_settings,
                                           lambda s: targets["A"], build, data, device,
                                           os.path.join(study_dir, f"{g_name}_vs_A.pt"))
         report["models"][f"{g_name}_vs_A"] = record
@@ -76,13 +77,13 @@ def main(argv=None):
         if g_name == "G1_k64":  # cifar10.py's model C
             cotrained[g_name], report["models"]["C_G1_k64"] = fixed["C"][0], fixed["C"][2]
         else:
-            cotrained[g_name], _, report["models"][f"C_{g_name}"] = core.prepare_model(
+            cotrained[g_name], _, report["models"][f"C_{g_name}"] = experiment.prepare_model(
                 f"C with {g_name}", "advnet", settings["seed"], settings | {"generator": g_name}, cifar10.build_D, build,
                 data, device, os.path.join(study_dir, f"C_{g_name}.pt"))
     with_copies = cotrained | {"A'": fixed["A'"][0], "B'": fixed["B'"][0]}
-    table6, evaluation = core.evaluate_trained(with_copies, settings, test_x, test_y, device)
+    table6, evaluation = experiment.evaluate_trained(with_copies, settings, test_x, test_y, device)
     if args.strong_eval:  # the co-trained models, attacked by transfer from A' and B' and by C's generator
-        report["strong_eval"] = core.strong_eval_report(with_copies, fixed["C"][1], settings, test_x, test_y, device,
+        report["strong_eval"] = experiment.strong_eval_report(with_copies, fixed["C"][1], settings, test_x, test_y, device,
                                                         autoattack_suite.attacks)
 
     report |= {"table5": table5, "table6": table6, "eval": evaluation,
@@ -92,7 +93,7 @@ def main(argv=None):
     report["examples"] = os.path.basename(examples_path)
     arrays = {k: v.float().cpu().numpy() for k, v in examples.items()}
     core.atomic_write(examples_path, lambda tmp: save_npz(tmp, arrays))
-    core.write_json(out, report)
+    experiment.write_json(out, report)
     print_tables(table5, table6)
     print(f"results written to {out} and {examples_path}")
     return report
@@ -104,7 +105,7 @@ def save_npz(path, arrays):
 
 
 def print_tables(table5, table6):
-    paper5, paper6 = core.paper_tables("generator_attack"), core.paper_tables("generator_cotrain")
+    paper5, paper6 = experiment.paper_tables("generator_attack"), experiment.paper_tables("generator_cotrain")
     print("Table 5: accuracy under each generator's attack (paper in brackets)")
     targets = ["A", "A'", "B", "C"]
     print(f"{'generator':<13}" + "".join(f"{t:>16}" for t in targets))
@@ -112,8 +113,8 @@ def print_tables(table5, table6):
         print(f"{g_name:<13}" + "".join(f"{row[t]:>8.2f} ({paper5['targets'][t][i]:5.2f})" if paper5 else f"{row[t]:>16.2f}"
                                         for t in targets))
     print("Table 6: adversarial networks co-trained with each generator")
-    print(core.format_table(table6, paper6["rows"] if paper6 else None))
+    print(experiment.format_table(table6, paper6["rows"] if paper6 else None))
 
 
 if __name__ == "__main__":
-    core.exit_on_error(main)
+    experiment.exit_on_error(main)

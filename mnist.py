@@ -10,9 +10,10 @@ import os
 
 import autoattack_suite
 import core
+import experiment
 
 # ======================================================================================= settings
-SETTINGS = core.COMMON_SETTINGS | dict(   # the paper's MNIST settings; the shared ones are in core.py
+SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's MNIST settings; the shared ones are in experiment.py
     eps=0.3,                 # L-inf radius of every attack and of G's output, [0, 1] pixel units
     iters=200_000,           # D updates per model (one minibatch each)
     d_lr=0.01,               # D: SGD learning rate
@@ -37,7 +38,7 @@ def load_data(data_dir, fashion):
         return train.data.unsqueeze(1), train.targets, test.data.unsqueeze(1), test.targets
 
     where = f"put the uncompressed files {', '.join(FILES)} in {folder}/"
-    return core.open_dataset(make, dataset.__name__, where)
+    return experiment.open_dataset(make, dataset.__name__, where)
 
 
 def build_D(settings):
@@ -49,23 +50,23 @@ def build_G(settings):
 
 
 # ======================================================================================= run
-def experiment(args, fashion=False):
+def configure(args, fashion=False):
     """(name, settings, load) of the run that `args` (--quick, --iters, --seed, --set, --data-dir) ask for."""
-    settings = core.resolve_settings(SETTINGS, args, FASHION if fashion else None)
+    settings = experiment.resolve_settings(SETTINGS, args, FASHION if fashion else None)
     name = ("fashion_mnist" if fashion else "mnist") + ("_quick" if args.quick else "")
     return name, settings, lambda: load_data(args.data_dir, fashion)
 
 
 def main(argv=None):
-    parser = core.experiment_parser(__doc__)
+    parser = experiment.experiment_parser(__doc__)
     parser.add_argument("--fashion", action="store_true", help="Fashion-MNIST instead of MNIST (eps 0.1 unless set)")
-    args = core.parse_cli(parser, argv, __file__)
-    name, settings, load = experiment(args, args.fashion)
+    args = experiment.parse_cli(parser, argv, __file__)
+    name, settings, load = configure(args, args.fashion)
     if args.fashion:
         print("paper rows below are MNIST at eps 0.3: compare the pattern, not the numbers")
-    return core.run_experiment(name, settings, args, load, build_D, build_G, core.paper_rows("mnist"),
+    return experiment.run_experiment(name, settings, args, load, build_D, build_G, experiment.paper_rows("mnist"),
                                autoattack_suite.attacks)
 
 
 if __name__ == "__main__":
-    core.exit_on_error(main)
+    experiment.exit_on_error(main)

@@ -10,11 +10,11 @@ import os
 import torch
 
 import autoattack_suite
-import core
+import experiment
 from cifar10 import build_D, build_G
 
 # ======================================================================================= settings
-SETTINGS = core.COMMON_SETTINGS | dict(   # the paper's SVHN settings; the shared ones are in core.py
+SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's SVHN settings; the shared ones are in experiment.py
     eps=0.05,                # L-inf radius of every attack and of G's output, [0, 1] pixel units
     iters=200_000,           # D updates per model (one minibatch each)
     n_classes=10,            # D2's outputs
@@ -50,19 +50,19 @@ def load_data(data_dir, extra_n, seed):
         return images["train"], labels["train"], images["test"], labels["test"]
 
     where = f"put {', '.join(f'{s}_32x32.mat' for s in splits)} in {root}/"
-    return core.open_dataset(make, "SVHN", where)
+    return experiment.open_dataset(make, "SVHN", where)
 
 
 # ======================================================================================= run
-def experiment(args):
+def configure(args):
     """(name, settings, load) of the run that `args` (--quick, --iters, --seed, --set, --data-dir) ask for."""
-    settings = core.resolve_settings(SETTINGS, args)
+    settings = experiment.resolve_settings(SETTINGS, args)
     return "svhn" + ("_quick" if args.quick else ""), settings, lambda: load_data(args.data_dir, settings["extra_n"], settings["seed"])
 
 
 def main(argv=None):
-    return core.dataset_main(__doc__, __file__, experiment, build_D, build_G, "svhn", autoattack_suite.attacks, argv)
+    return experiment.dataset_main(__doc__, __file__, configure, build_D, build_G, "svhn", autoattack_suite.attacks, argv)
 
 
 if __name__ == "__main__":
-    core.exit_on_error(main)
+    experiment.exit_on_error(main)

@@ -46,7 +46,7 @@ COLUMNS = ["clean", "fgs", "pgd", "fgs_A'", "pgd_A'", "fgs_B'", "pgd_B'", "fgs_C
 def check_quick_schema(report, experiment):
     """The results JSON of a full --quick run (all six models), as the README documents it."""
     import torch
-    quick = __import__("core").QUICK_SETTINGS
+    quick = __import__("experiment").QUICK_SETTINGS
     assert report["experiment"] == experiment
     assert all(report["settings"][k] == v for k, v in quick.items())
     assert report["seeds"] == {"A": 0, "B": 0, "C": 0, "A'": 1, "B'": 1, "C'": 1}

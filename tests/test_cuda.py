@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import core
+import experiment
 import mnist
 from test_training import mnist_batch, regulariser_gradient
 
@@ -34,8 +35,8 @@ def test_regulariser_under_the_training_autocast_matches_float64():
 @pytest.mark.parametrize("compiled", [False, True])
 def test_training_steps_run_on_cuda(method, compiled, tmp_path):
     device = torch.device("cuda:0")
-    settings = mnist.SETTINGS | core.QUICK_SETTINGS | dict(iters=6, log_every=3, compile=compiled)
+    settings = mnist.SETTINGS | experiment.QUICK_SETTINGS | dict(iters=6, log_every=3, compile=compiled)
     images, labels = torch.randint(0, 256, (256, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (256,))
-    _, _, record = core.prepare_model("m", method, 0, settings, mnist.build_D, mnist.build_G, lambda: (images, labels),
+    _, _, record = experiment.prepare_model("m", method, 0, settings, mnist.build_D, mnist.build_G, lambda: (images, labels),
                                       device, str(tmp_path / "m.pt"))
     assert record["iters_done"] == 6 and all(h["loss"] == h["loss"] for h in record["history"])

@@ -1,6 +1,5 @@
 """ensemble.py and generators_study.py end to end on fake data; the EAT set; a generator's attack."""
 import json
-import os
 
 import numpy as np
 import torch
@@ -8,6 +7,7 @@ import torch.nn as nn
 
 import core
 import ensemble
+import experiment
 import generators_study
 from conftest import COLUMNS, learnable_images
 
@@ -60,9 +60,9 @@ def test_batches_read_the_eat_set():
 def test_generator_trained_against_a_fixed_model_lowers_its_accuracy(tmp_path):
     images, labels = learnable_set()
     model = tiny_trained_model(images, labels)
-    settings = core.COMMON_SETTINGS | dict(eps=EPS, iters=40, batch_size=32, g_width=4, g_opt="adam", g_lr=0.01,
+    settings = experiment.COMMON_SETTINGS | dict(eps=EPS, iters=40, batch_size=32, g_width=4, g_opt="adam", g_lr=0.01,
                                            d_lr=0.0, d_weight_decay=0.0, log_every=10, ckpt_minutes=0.0)
-    _, G, record = core.prepare_model("G vs model", "generator", 0, settings, lambda s: model,
+    _, G, record = experiment.prepare_model("G vs model", "generator", 0, settings, lambda s: model,
                                       lambda s: core.G1(k=4, channels=1), lambda: (images, labels),
                                       torch.device("cpu"), str(tmp_path / "g.pt"))
     assert record["iters_done"] == 40
@@ -79,13 +79,13 @@ def test_ensemble_quick_run(fake_mnist, shared_checkpoints, tmp_path):
     entry = json.loads(out.read_text())["datasets"]["mnist"]
     assert set(entry["table"]) == {"EAT", "C"} and all(set(r) == set(COLUMNS) for r in entry["table"].values())
     assert entry["eat_set"]["n_images"] == 4 * 256 and entry["eat_set"]["kinds"][0] == "clean"
-    assert entry["models"]["EAT"]["method"] == "eat" and entry["eval"]["n_test"] == core.QUICK_SETTINGS["test_n"]
+    assert entry["models"]["EAT"]["method"] == "eat" and entry["eval"]["n_test"] == experiment.QUICK_SETTINGS["test_n"]
     assert entry["provenance"]["command"].startswith("ensemble.py")
 
 
 def test_ensemble_rejects_unknown_datasets():
     import pytest
-    with pytest.raises(core.UserError, match="--datasets"):
+    with pytest.raises(experiment.UserError, match="--datasets"):
         ensemble.main(["--quick", "--gpu", "cpu", "--datasets", "imagenet"])
 
 

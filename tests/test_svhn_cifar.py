@@ -11,6 +11,7 @@ import torch
 import cifar10
 import cifar100
 import core
+import experiment
 import svhn
 from conftest import ROOT, check_quick_schema, write_fake_cifar, write_fake_svhn
 
@@ -78,7 +79,7 @@ def test_augmented_batches_keep_labels():
 
 def test_each_gpu_process_gets_its_own_gpu_and_models():
     argv = ["--gpu", "0,1", "--iters=5", "--models=A,B", "--set", "eps=0.1", "--no-eval"]
-    assert core.child_argv(argv, 1, ["B"]) == ["--iters=5", "--set", "eps=0.1", "--gpu", "1", "--models", "B", "--no-eval"]
+    assert experiment.child_argv(argv, 1, ["B"]) == ["--iters=5", "--set", "eps=0.1", "--gpu", "1", "--models", "B", "--no-eval"]
 
 
 @pytest.mark.parametrize("script", ["cifar10.py", "svhn.py", "cifar100.py"])
@@ -91,5 +92,5 @@ def test_missing_data_offline_is_a_clear_error(script, tmp_path):
 
 def test_absent_gpus_in_a_list_are_a_clear_error():
     count = torch.cuda.device_count()
-    with pytest.raises(core.UserError, match="CUDA device"):
-        core.parse_gpus(f"0,{count + 5}")
+    with pytest.raises(experiment.UserError, match="CUDA device"):
+        experiment.parse_gpus(f"0,{count + 5}")

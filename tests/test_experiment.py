@@ -1,0 +1,88 @@
+"""The experiment machinery: the resumable, interruptible training loop and the checkpoint fingerprint."""
+import os
+import signal
+
+import pytest
+import torch
+
+import core
+import experiment
+import mnist
+from conftest import learnable_images
+
+
+SETTINGS = mnist.SETTINGS | dict(iters=12, g_width=4, log_every=3, ckpt_minutes=0.0, batch_size=16)
+
+
+def train(tmp_path, method, batches_hook=None):
+    torch.manual_seed(0)
+    D, G = core.D1(), core.G1(k=4, channels=1)
+    y = torch.randint(0, 10, (64,))
+    images = torch.from_numpy(learnable_images(y.numpy())).unsqueeze(1)
+    batches = core.Batches(images, y, SETTINGS["batch_size"], seed=0, device=torch.device("cpu"))
+    source = batches if batches_hook is None else (lambda it: batches_hook(it, batches))
+    record = experiment.train_model(method, method, 0, D, G, lambda: source, SETTINGS, torch.device("cpu"), str(tmp_path / f"{method}.pt"))
+    return D, G, record
+
+
+def same_weights(a, b):
+    return all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+@pytest.mark.parametrize("method", ["pgd", "advnet"])
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, method):
+    D_ref, G_ref, ref = train(tmp_path / "ref", method)
+
+    def interrupt(it, batches):  # a SIGINT arrives during iteration 7
+        if it == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+        return batches(it)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path, method, interrupt)
+    assert core.load_checkpoint(str(tmp_path / f"{method}.pt"))["record"]["iters_done"] == 8
+    D, G, record = train(tmp_path, method)
+    assert record["iters_done"] == 12 and [s["from_iter"] for s in record["sessions"]] == [0, 8]
+    assert same_weights(D, D_ref) and (method != "advnet" or same_weights(G, G_ref))
+
+
+def test_crashed_run_resumes_from_last_checkpoint_with_the_same_weights(tmp_path):
+    D_ref, G_ref, _ = train(tmp_path / "ref", "advnet")
+
+    def crash(it, batches):
+        if it == 7:
+            raise RuntimeError("power cut")
+        return batches(it)
+
+    with pytest.raises(RuntimeError):
+        train(tmp_path, "advnet", crash)
+    assert core.load_checkpoint(str(tmp_path / "advnet.pt"))["record"]["iters_done"] == 6
+    D, G, _ = train(tmp_path, "advnet")
+    assert same_weights(D, D_ref) and same_weights(G, G_ref)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    def poison(it, batches):
+        x, y = batches(it)
+        return (x * float("nan"), y) if it >= 7 else (x, y)
+
+    with pytest.raises(experiment.UserError, match="NaN"):
+        train(tmp_path, "standard", poison)
+    ckpt = core.load_checkpoint(str(tmp_path / "standard.pt"))
+    assert ckpt["record"]["iters_done"] == 6
+    assert all(torch.isfinite(v).all() for v in ckpt["D"].values())
+
+
+def test_finished_model_is_not_retrained(tmp_path):
+    _, _, first = train(tmp_path, "standard")
+    poisoned = lambda it, batches: (_ for _ in ()).throw(AssertionError("trained again"))
+    D, _, again = train(tmp_path, "standard", poisoned)
+    assert again == first
+
+
+def test_runtime_settings_do_not_invalidate_checkpoints():
+    """Compiling, the BN mode of scoring and the evaluation's size do not change what a model learns."""
+    s = mnist.SETTINGS | experiment.QUICK_SETTINGS
+    same = s | {"compile": True, "bn_eval": "batch", "test_n": 7, "strong_n": 3}
+    assert experiment.fingerprint(same, "advnet", 0) == experiment.fingerprint(s, "advnet", 0)
+    assert experiment.fingerprint(s | {"eps": 0.2}, "advnet", 0) != experiment.fingerprint(s, "advnet", 0)
