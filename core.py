@@ -35,20 +35,33 @@ def autocast(device):
     return contextlib.nullcontext()
 
 
+def fp32_switches():
+    """(owner, attribute, value) triples that make float32 matmuls and convolutions IEEE. Where torch has
+    the fp32_precision API, only it is used: touching the legacy allow_tf32 flags in a program that set
+    the new API raises, while the new API works whichever one the program used. CPU (mkldnn) included,
+    since a program may have asked for bf16 there."""
+    b = torch.backends
+    if hasattr(b.cuda.matmul, "fp32_precision"):
+        return [(b.cuda.matmul, "fp32_precision", "ieee"), (b.cudnn.conv, "fp32_precision", "ieee"),
+                (b.mkldnn.matmul, "fp32_precision", "ieee"), (b.mkldnn.conv, "fp32_precision", "ieee")]
+    return [(b.cuda.matmul, "allow_tf32", False), (b.cudnn, "allow_tf32", False)]
+
+
 @contextlib.contextmanager
 def full_precision(device):
-    """IEEE float32 inside the block, whatever encloses it: autocast off, and on CUDA no TF32 (cuDNN
-    convolutions use TF32 by default). For the regulariser's finite difference, whose two gradients
-    differ by far less than bf16 or TF32 rounding (bench.py measures it), and for the strong evaluation."""
-    flags = (torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")
-    saved = [getattr(owner, name) for owner, name in flags]
+    """IEEE float32 inside the block, whatever encloses it: autocast off and no TF32 (cuDNN convolutions
+    use TF32 by default); every switch gets back exactly the value it had. For the regulariser's finite
+    difference, whose two gradients differ by far less than bf16 or TF32 rounding (bench.py measures
+    it), and for the strong evaluation."""
+    switches = fp32_switches()
+    saved = [getattr(owner, name) for owner, name, _ in switches]
     try:
-        for owner, name in flags:
-            setattr(owner, name, False)
+        for owner, name, value in switches:
+            setattr(owner, name, value)
         with torch.autocast(device.type, enabled=False):
             yield
     finally:
-        for (owner, name), value in zip(flags, saved):
+        for (owner, name, _), value in zip(switches, saved):
             setattr(owner, name, value)
 
 

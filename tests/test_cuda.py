@@ -11,13 +11,6 @@ from test_training import mnist_batch, regulariser_gradient
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def test_full_precision_turns_tf32_off_and_restores_it():
-    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    with core.full_precision(torch.device("cpu")):
-        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (cudnn, matmul)
-
-
 @cuda
 def test_regulariser_under_the_training_autocast_matches_float64():
     device = torch.device("cuda:0")
