@@ -248,7 +248,8 @@ class G3(nn.Module):
         self.decoder = Decoder(4 * k, k, channels)
 
     def inputs(self, x, y):
-        return F.one_hot(y, self.n_classes).float()
+        # a comparison, not F.one_hot, which reads the labels' range back to the host on the CPU
+        return (y[:, None] == torch.arange(self.n_classes, device=y.device)).float()
 
     def forward(self, onehot):
         return self.decoder(self.fc(onehot).view(-1, *self.shape))
@@ -488,11 +489,28 @@ def decay_groups(model, weight_decay):
 
 
 def make_optimizer(kind, params, lr, momentum=0.9, betas=(0.5, 0.999)):
+    """SGD with momentum or Adam in their fused form, with the learning rate as a tensor on the
+    parameters' device: a step then reads no value back to the host (Adam's step counters stay on the
+    device), so it can be captured in a CUDA graph, and `set_learning_rate` changes the rate in place."""
+    params = list(params)
+    device = (params[0]["params"][0] if isinstance(params[0], dict) else params[0]).device
+    lr = torch.tensor(float(lr), device=device)
     if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, fused=True)
     if kind == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas)
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
     raise ValueError(f"optimizer must be 'sgd' or 'adam', not {kind!r}")
+
+
+def set_learning_rate(optimizer, lr):
+    """Every group's rate becomes `lr`, in place where it is already a tensor on the group's device (a
+    captured graph keeps reading that tensor); a rate loaded from a checkpoint becomes one."""
+    for group in optimizer.param_groups:
+        device = group["params"][0].device
+        if isinstance(group["lr"], torch.Tensor) and group["lr"].device == device:
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = torch.tensor(float(lr), device=device)
 
 
 def fd_step(settings):

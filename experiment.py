@@ -344,6 +344,8 @@ def restore(ckpt, path, fp, modules):
     try:
         for key, module in modules.items():
             module.load_state_dict(ckpt[key])
+            if isinstance(module, torch.optim.Optimizer):  # its rate comes back as a float or a CPU tensor
+                core.set_learning_rate(module, float(module.param_groups[0]["lr"]))
     except (KeyError, RuntimeError, ValueError) as err:
         raise UserError(f"checkpoint {path} does not match this model ({type(err).__name__}); delete it to retrain") from None
 
@@ -382,12 +384,13 @@ def train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_p
     record.setdefault("sessions", []).append({"from_iter": start, "git_commit": commit, "git_dirty": dirty,
                                               "device": device_name(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     progress = Progress(s["iters"], f"{name} ({method})", start=start)
-    sums, count, t_start, t_saved = {}, 0, time.time(), time.time()
+    sums, count, t_start, t_saved, lr_now = {}, 0, time.time(), time.time(), None
     seconds_before = record["train_seconds"]
     with StopFlag() as stop:
         for it in range(start, s["iters"]):
-            for group in modules["opt_D"].param_groups if "opt_D" in modules else ():
-                group["lr"] = lr_at(it, s)
+            if "opt_D" in modules and lr_at(it, s) != lr_now:
+                lr_now = lr_at(it, s)
+                core.set_learning_rate(modules["opt_D"], lr_now)
             x, y = batches(it)
             with core.autocast(device):
                 stats = step(x, y)

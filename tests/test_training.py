@@ -1,3 +1,4 @@
+import collections
 import contextlib
 import copy
 
@@ -5,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import core
 from conftest import learnable_images
@@ -142,3 +144,75 @@ def test_regulariser_passes_do_not_move_batchnorm_statistics(hvp):
     assert bn(D) == {2}, "only the clean and the adversarial forward pass may update D's statistics"
     assert bn(G) == {1}, "the finite difference's pass at phi + h v must not update G's statistics"
     assert all(torch.equal(p, g_params[k]) for k, p in G.named_parameters()), "G must be left at phi"
+
+
+# ---------------------------------------------------------------- steps a CUDA graph can capture
+HOST_SYNCS = {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero"}
+
+
+class CountOps(TorchDispatchMode):
+    """Every aten operator dispatched; the ones in HOST_SYNCS read a value back to the host (on a GPU
+    they would wait for it), which a captured CUDA graph cannot contain."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func._schema.name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+STEPS = [("standard", "G1", {}), ("pgd", "G1", {}), ("advnet", "G1", {}), ("advnet", "G1", {"hvp": "exact"}),
+         ("eat", "G1", {}), ("generator", "G1", {}), ("generator", "G2", {}), ("generator", "G3", {}),
+         ("advnet", "G3", {"g_opt": "sgd"})]
+
+
+@pytest.mark.parametrize("method, generator, changes", STEPS)
+def test_a_training_step_and_its_batch_read_nothing_back_to_the_host(method, generator, changes):
+    settings = dict(eps=8 / 256, g_opt="adam", g_lr=0.002, g_momentum=0.9, g_beta1=0.5, g_beta2=0.999, d_lr=0.1,
+                    d_momentum=0.9, d_weight_decay=1e-5, lam=1.0, gamma=0.01, fd_h=0.0, g_steps=2, hvp="fd",
+                    pgd_alpha=0.0, pgd_steps=2, pgd_train_clean=False) | changes
+    torch.manual_seed(0)
+    D = core.D2()
+    G = {"G1": core.G1(k=4, channels=3), "G2": core.G2(k=4), "G3": core.G3(k=4)}[generator]
+    images, labels = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (32,))
+    data = (core.StaticAdversarialSet(images, labels, torch.zeros((3, 32, 3, 32, 32), dtype=torch.float16), 0.03)
+            if method == "eat" else images)
+    batches = core.Batches(data, labels.repeat(len(data) // 32), 8, 0, torch.device("cpu"), core.crop_flip)
+    step, _ = core.make_step(method, D, G, settings)
+    step(*batches(0))  # optimiser state is created on the first step
+    with CountOps() as counted:
+        stats = step(*batches(1))
+    assert sum(counted.ops.values()) > 50, "the counter must see the step"
+    assert not HOST_SYNCS & set(counted.ops), {k: counted.ops[k] for k in HOST_SYNCS & set(counted.ops)}
+    assert all(torch.isfinite(v) for v in stats.values())
+
+
+def test_learning_rate_changes_in_place_and_takes_effect():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = core.make_optimizer("sgd", model.parameters(), 0.1)
+    rate = opt.param_groups[0]["lr"]
+    core.set_learning_rate(opt, 0.0)
+    assert opt.param_groups[0]["lr"] is rate and rate.item() == 0.0, "a captured graph reads this very tensor"
+    before = copy.deepcopy(model.state_dict())
+    F.cross_entropy(model(torch.rand(3, 4)), torch.tensor([0, 1, 0])).backward()
+    opt.step()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "lr 0 must leave the weights"
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_optimiser_state_of_the_earlier_unfused_optimisers_still_loads(kind):
+    """Checkpoints written before the fused optimisers hold a float rate and CPU step counters."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    old = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9) if kind == "sgd" else torch.optim.Adam(model.parameters(), 0.002)
+    F.cross_entropy(model(torch.rand(3, 4)), torch.tensor([0, 1, 0])).backward()
+    old.step()
+    new = core.make_optimizer(kind, model.parameters(), 0.5)
+    new.load_state_dict(copy.deepcopy(old.state_dict()))
+    core.set_learning_rate(new, float(new.param_groups[0]["lr"]))
+    assert isinstance(new.param_groups[0]["lr"], torch.Tensor) and new.param_groups[0]["lr"].item() == pytest.approx(old.param_groups[0]["lr"])
+    new.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
