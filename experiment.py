@@ -67,6 +67,7 @@ COMMON_SETTINGS = dict(
     ckpt_minutes=5.0,        # minutes between checkpoints
     augment=False,           # random pad-and-crop by up to 4 px and horizontal flip, on the device (CIFAR)
     compile=False,           # torch.compile D and G: a minute or two of compiling, then faster steps on a GPU
+    cuda_graphs=False,       # capture each model's whole step as one CUDA graph and replay it (CUDA only; off until a GPU run justifies it)
     bn_eval="running",       # batch norm when scoring: running (eval mode) or batch (train-mode statistics, authors' code)
     strong_n=1000,           # --strong-eval: test images scored (the first n of those scored); 0 = all of them
     strong_steps=100,        # --strong-eval: steps of PGD-CE, PGD-CW, APGD and FAB
@@ -128,13 +129,16 @@ def resolve_settings(base, args, preset=None):
         raise UserError(f"hvp must be fd or exact, not {s['hvp']!r}")
     if s["compile"] and s["hvp"] == "exact":
         raise UserError("hvp=exact needs double backpropagation, which compiled networks do not support; drop compile")
+    if s["compile"] and s["cuda_graphs"]:
+        raise UserError("compile and cuda_graphs are two ways to cut the launches: set one of them")
     if s["bn_eval"] not in core.BN_MODES:
         raise UserError(f"bn_eval must be one of {', '.join(core.BN_MODES)}, not {s['bn_eval']!r}")
     return s
 
 
 RUNTIME_SETTINGS = {"test_n", "eval_batch", "log_every", "ckpt_minutes", "bn_eval", "strong_n", "strong_steps",
-                    "strong_restarts", "square_queries", "compile"}
+                    "strong_restarts", "square_queries", "compile",
+                    "cuda_graphs"}
 
 
 def fingerprint(settings, method, seed):
@@ -360,6 +364,7 @@ def train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_p
     good checkpoint kept."""
     s, fp = settings, fingerprint(settings, method, seed)
     step, modules = core.make_step(method, D, G, s)
+    step = graphed_or_eager(step, s, device)
     record = {"method": method, "iters_done": 0, "train_seconds": 0.0, "history": []}
     if os.path.exists(ckpt_path):
         try:
@@ -392,8 +397,7 @@ def train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_p
                 lr_now = lr_at(it, s)
                 core.set_learning_rate(modules["opt_D"], lr_now)
             x, y = batches(it)
-            with core.autocast(device):
-                stats = step(x, y)
+            stats = step(x, y)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0) + v.float()
             count += 1
@@ -415,6 +419,28 @@ def train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_p
                 if stop.raised:
                     raise KeyboardInterrupt(f"{name}: stopped at iteration {it + 1}; checkpoint saved to {ckpt_path}")
     return record
+
+
+def graphed_or_eager(step, settings, device):
+    """The step as the loop calls it: under autocast, or captured as a CUDA graph (`cuda_graphs`)."""
+    if not settings["cuda_graphs"]:
+        def eager(x, y):
+            with core.autocast(device):
+                return step(x, y)
+        return eager
+    if device.type != "cuda":
+        raise UserError("cuda_graphs=true needs a CUDA device; drop it on the CPU")
+    graphed = core.GraphedStep(step, device)
+
+    def replayed(x, y):
+        try:
+            return graphed(x, y)
+        except RuntimeError as err:
+            if graphed.replays:  # captured and replayed before: a real failure, not the capture's
+                raise
+            raise UserError(f"cuda_graphs=true: the step could not be captured as a CUDA graph ({err}); "
+                            "run without --set cuda_graphs=true") from None
+    return replayed
 
 
 def prepare_model(name, method, seed, settings, build_D, build_G, data, device, ckpt_path, train=True):

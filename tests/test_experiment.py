@@ -86,3 +86,9 @@ def test_runtime_settings_do_not_invalidate_checkpoints():
     same = s | {"compile": True, "bn_eval": "batch", "test_n": 7, "strong_n": 3}
     assert experiment.fingerprint(same, "advnet", 0) == experiment.fingerprint(s, "advnet", 0)
     assert experiment.fingerprint(s | {"eps": 0.2}, "advnet", 0) != experiment.fingerprint(s, "advnet", 0)
+
+
+def test_cuda_graphs_on_the_cpu_is_a_clear_error(tmp_path):
+    with pytest.raises(experiment.UserError, match="cuda_graphs=true needs a CUDA device"):
+        experiment.graphed_or_eager(lambda x, y: {}, SETTINGS | {"cuda_graphs": True}, torch.device("cpu"))
+    assert experiment.fingerprint(SETTINGS | {"cuda_graphs": True}, "advnet", 0) == experiment.fingerprint(SETTINGS, "advnet", 0)
