@@ -1,9 +1,11 @@
-"""Speed of every training step: it/s, images/s, FLOPs and achieved TFLOP/s, eager float32 against the
-optimised path (bf16 autocast and channels_last on CUDA, torch.compile'd networks), for the MNIST and
-the CIFAR networks; projects the training time of each full experiment script; and measures the
-regulariser's precision under bf16 (its finite difference against float64, with and without the
-float32 adversarial term). A benchmark, not a test: it prints a table and writes results/bench.json
-(device, versions, commit).
+"""Speed of every training step, for the MNIST and the CIFAR networks: it/s, images/s, FLOPs, achieved
+TFLOP/s, and the aten operators and host syncs one step dispatches, along several paths: eager float32,
+bf16 autocast, channels_last, both (what training uses on CUDA), torch.compile'd networks, and the
+whole step captured as a CUDA graph (CUDA only). On CUDA it also replays the six models of a data-set
+script concurrently, each on its own stream. It projects each full script's training time, sequential
+and concurrent, and measures the regulariser's precision under bf16 (its finite difference against
+float64, with and without the float32 adversarial term). A benchmark, not a test: it prints a table
+and writes results/bench.json (device, versions, commit).
 
     python bench.py --gpu 0
     python bench.py --quick --gpu cpu      # a smoke run: --quick's small networks, 2 iterations, no compilation
@@ -27,17 +29,35 @@ import mnist
 # ======================================================================================= settings
 SETTINGS = dict(
     iters=20,                # timed iterations per step and path
-    warmup=5,                # untimed iterations first (compilation, cuDNN autotuning)
-    compile=True,            # the optimised path compiles D and G (torch.compile)
+    warmup=5,                # untimed iterations first (compilation, cuDNN autotuning, graph capture)
+    compile=True,            # also measure the compiled path (torch.compile of D and G)
 )
 QUICK = dict(iters=2, warmup=1, compile=False)
 NETWORKS = {  # name -> (script whose settings and networks are benchmarked, input shape)
     "mnist": (mnist, (1, 28, 28)),
     "cifar": (cifar10, (3, 32, 32)),
 }
-STEPS = {"standard": "standard", "pgd": "pgd", "advnet": "advnet", "eat": "eat"}  # bench name -> make_step method
+STEPS = ["standard", "pgd", "advnet", "eat"]  # make_step methods
+PATHS = {  # how a step runs; the first one is the baseline of the speedups
+    "eager_fp32": dict(bf16=False, channels_last=False),
+    "bf16": dict(bf16=True, channels_last=False),
+    "channels_last": dict(bf16=False, channels_last=True),
+    "bf16_channels_last": dict(bf16=True, channels_last=True),
+    "compiled": dict(bf16=True, channels_last=True, compile=True),
+    "graphed": dict(bf16=True, channels_last=True, graphs=True),
+}
 FULL_RUNS = {"mnist.py": "mnist", "cifar10.py": "cifar", "svhn.py": "cifar", "cifar100.py": "cifar"}
-MODELS_PER_METHOD = 2  # A and A', B and B', C and C'
+SCRIPT_MODELS = ["standard", "standard", "pgd", "pgd", "advnet", "advnet"]  # A, A', B, B', C, C'
+
+
+def training_path(device):
+    """The path the training loop takes on `device` (core.autocast, core.to_device)."""
+    return "bf16_channels_last" if device.type == "cuda" else "eager_fp32"
+
+
+def paths_for(device, bench):
+    return [p for p, flags in PATHS.items() if (not flags.get("graphs") or device.type == "cuda")
+            and (not flags.get("compile") or bench["compile"])]
 
 
 # ======================================================================================= measuring
@@ -57,52 +77,100 @@ def batch_source(method, shape, batch_size, device):
     return core.Batches(images, labels, batch_size, 0, device)
 
 
-def measure(method, script, settings, shape, device, optimised, bench):
-    torch.manual_seed(0)
+def runnable_step(method, script, settings, shape, device, path):
+    """(step(x, y) -> stats as the path runs it, batches) for a freshly built model."""
+    flags = PATHS[path]
     D, G = script.build_D(settings), script.build_G(settings)
-    D, G = (core.to_device(D, device), core.to_device(G, device)) if optimised else (D.to(device), G.to(device))
-    if optimised and bench["compile"]:
+    layout = torch.channels_last if flags["channels_last"] else torch.contiguous_format
+    D, G = D.to(device, memory_format=layout), G.to(device, memory_format=layout)
+    if flags.get("compile"):
         D.compile(), G.compile()
     step, _ = core.make_step(method, D, G, settings)
     batches = batch_source(method, shape, settings["batch_size"], device)
-    precision = core.autocast(device) if optimised else contextlib.nullcontext()
-    with precision:
-        for it in range(bench["warmup"]):
-            step(*batches(it))
-        sync(device)
-        t0 = time.perf_counter()
-        for it in range(bench["iters"]):
-            step(*batches(it))
-        sync(device)
+    if flags.get("graphs"):
+        return core.GraphedStep(step, device), batches
+    precision = lambda: torch.autocast(device.type, dtype=torch.bfloat16) if flags["bf16"] else contextlib.nullcontext()
+
+    def run(x, y):
+        with precision():
+            return step(x, y)
+    return run, batches
+
+
+def measure(method, script, settings, shape, device, path, bench):
+    torch.manual_seed(0)
+    run, batches = runnable_step(method, script, settings, shape, device, path)
+    for it in range(bench["warmup"] + 1):  # + 1: a graphed step is captured on the call after its warmup
+        run(*batches(it))
+    sync(device)
+    t0 = time.perf_counter()
+    for it in range(bench["iters"]):
+        run(*batches(it))
+    sync(device)
     seconds = (time.perf_counter() - t0) / bench["iters"]
     return {"it_per_s": round(1 / seconds, 3), "images_per_s": round(settings["batch_size"] / seconds, 1)}
 
 
-class FlopCount(TorchDispatchMode):
-    """PyTorch's FLOP formulas (torch.utils.flop_counter) summed over every op. FlopCounterMode itself
-    tracks modules with hooks that break autograd.grad with respect to an input, as attacks use."""
+def measure_concurrent(script, settings, shape, device, bench):
+    """Seconds per round of the script's six models, each a graphed step on its own CUDA stream,
+    replayed in turn: one iteration of every model per round."""
+    torch.manual_seed(0)
+    runs = [runnable_step(method, script, settings, shape, device, "graphed") for method in SCRIPT_MODELS]
+    streams = [torch.cuda.Stream(device) for _ in runs]
+    for stream in streams:
+        stream.wait_stream(torch.cuda.current_stream(device))
+
+    def round_of(it):
+        for (run, batches), stream in zip(runs, streams):
+            with torch.cuda.stream(stream):
+                run(*batches(it))
+
+    for it in range(bench["warmup"] + 1):
+        round_of(it)
+    sync(device)
+    t0 = time.perf_counter()
+    for it in range(bench["iters"]):
+        round_of(it)
+    sync(device)
+    return (time.perf_counter() - t0) / bench["iters"]
+
+
+HOST_SYNCS = {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero"}  # read a value back
+
+
+class StepCount(TorchDispatchMode):
+    """Counts every aten operator dispatched, the host syncs among them (on a GPU each waits for the
+    device; a CUDA graph cannot hold one), and their FLOPs by PyTorch's formulas (torch.utils.flop_counter).
+    FlopCounterMode itself tracks modules with hooks that break autograd.grad with respect to an input,
+    as attacks use."""
 
     def __init__(self):
         super().__init__()
-        self.total = 0
+        self.flops, self.ops, self.syncs = 0, 0, {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        self.ops += 1
+        name = func._schema.name
+        if name in HOST_SYNCS:
+            self.syncs[name] = self.syncs.get(name, 0) + 1
         formula = flop_registry.get(func._overloadpacket)
         if formula is not None:
-            self.total += formula(*args, **(kwargs or {}), out_val=out)
+            self.flops += formula(*args, **(kwargs or {}), out_val=out)
         return out
 
 
-def count_flops(method, script, settings, shape, device):
-    """FLOPs of one step: matmuls and convolutions, forward and backward."""
+def count_step(method, script, settings, shape, device):
+    """FLOPs (matmuls and convolutions, forward and backward), aten operators and host syncs of one
+    step, after a first step has created the optimisers' state."""
     torch.manual_seed(0)
     D, G = script.build_D(settings).to(device), script.build_G(settings).to(device)
     step, _ = core.make_step(method, D, G, settings)
-    x, y = batch_source(method, shape, settings["batch_size"], device)(0)
-    with FlopCount() as counter:
-        step(x, y)
-    return counter.total
+    batches = batch_source(method, shape, settings["batch_size"], device)
+    step(*batches(0))
+    with StepCount() as counter:
+        step(*batches(1))
+    return counter
 
 
 def regulariser_errors(script, settings, shape, device):
@@ -138,11 +206,9 @@ def regulariser_errors(script, settings, shape, device):
 
 
 def project(rows, network, path):
-    """Hours to train the six models of one script at the paper's 200k iterations (2 each of standard,
-    PGD, adversarial network)."""
+    """Hours to train the six models of one script one after another at the paper's 200k iterations."""
     script = NETWORKS[network][0]
-    seconds = sum(MODELS_PER_METHOD * script.SETTINGS["iters"] / rows[(network, m)][path]["it_per_s"]
-                  for m in ("standard", "pgd", "advnet"))
+    seconds = sum(script.SETTINGS["iters"] / rows[(network, m)][path]["it_per_s"] for m in SCRIPT_MODELS)
     return round(seconds / 3600, 2)
 
 
@@ -156,42 +222,52 @@ def main(argv=None):
     args = parser.parse_args(argv)
     bench = experiment.apply_overrides(SETTINGS | (QUICK if args.quick else {}), args.set)
     device = experiment.pick_device(args.gpu)
-    rows = {}
+    paths = paths_for(device, bench)
+    rows, concurrent = {}, {}
     for network, (script, shape) in NETWORKS.items():
-        settings = script.SETTINGS | (experiment.QUICK_SETTINGS if args.quick else {})  # quick: small G, batch 32
-        for name, method in STEPS.items():
-            flops = count_flops(method, script, settings, shape, device)
-            row = {"gflop_per_step": round(flops / 1e9, 2)}
-            for path, optimised in (("eager_fp32", False), ("optimised", True)):
-                row[path] = measure(method, script, settings, shape, device, optimised, bench)
-                row[path]["tflop_per_s"] = round(flops * row[path]["it_per_s"] / 1e12, 3)
-            row["speedup"] = round(row["optimised"]["it_per_s"] / row["eager_fp32"]["it_per_s"], 2)
-            rows[(network, name)] = row
-            print(f"{network:<6} {name:<9} {row['gflop_per_step']:>9.1f} GF/step | eager fp32 "
-                  f"{row['eager_fp32']['it_per_s']:>8.2f} it/s | optimised {row['optimised']['it_per_s']:>8.2f} it/s "
-                  f"({row['optimised']['tflop_per_s']:.3f} TFLOP/s) | x{row['speedup']}")
+        settings = network_settings(script, args.quick)
+        for method in STEPS:
+            counted = count_step(method, script, settings, shape, device)
+            row = {"gflop_per_step": round(counted.flops / 1e9, 2), "aten_ops_per_step": counted.ops,
+                   "host_syncs_per_step": counted.syncs}
+            for path in paths:
+                row[path] = measure(method, script, settings, shape, device, path, bench)
+                row[path]["tflop_per_s"] = round(counted.flops * row[path]["it_per_s"] / 1e12, 3)
+                row[path]["speedup"] = round(row[path]["it_per_s"] / row[paths[0]]["it_per_s"], 2)
+            rows[(network, method)] = row
+            print(f"{network:<6} {method:<9} {row['gflop_per_step']:>8.1f} GF {counted.ops:>6} ops "
+                  f"{sum(counted.syncs.values()):>4} syncs | " + " | ".join(f"{p} {row[p]['it_per_s']:.2f} it/s" for p in paths))
+        if device.type == "cuda":
+            concurrent[network] = round(measure_concurrent(script, settings, shape, device, bench), 5)
+            print(f"{network:<6} six graphed models on six streams: {concurrent[network] * 1e3:.1f} ms per round")
     precision = {}
     for network, (script, shape) in NETWORKS.items():
-        settings = script.SETTINGS | (experiment.QUICK_SETTINGS if args.quick else {})
-        precision[network] = regulariser_errors(script, settings, shape, device)
+        precision[network] = regulariser_errors(script, network_settings(script, args.quick), shape, device)
         print(f"{network:<6} regulariser gradient under bf16 autocast, relative error against float64: "
               f"{precision[network]['float32_adversarial_term']:.2e} as implemented (adversarial term in float32), "
               f"{precision[network]['bf16_throughout']:.2e} if it ran in bf16")
-    projected = {script: {path: project(rows, network, path) for path in ("eager_fp32", "optimised")}
-                 for script, network in FULL_RUNS.items()}
-    for script, hours in projected.items():
-        print(f"{script:<12} six models' training at the paper's 200k iterations: eager fp32 {hours['eager_fp32']} h, "
-              f"optimised {hours['optimised']} h" + (" (quick: small networks, not the paper's)" if args.quick else ""))
-    report = {"experiment": "bench" + ("_quick" if args.quick else ""), "bench_settings": bench, "cpu_threads": torch.get_num_threads(),
+    projected = {}
+    for script_name, network in FULL_RUNS.items():
+        iters = NETWORKS[network][0].SETTINGS["iters"]
+        projected[script_name] = {f"sequential_{p}": project(rows, network, p) for p in paths}
+        projected[script_name]["concurrent_graphed"] = round(iters * concurrent[network] / 3600, 2) if concurrent else None
+        print(f"{script_name:<12} six models at the paper's 200k iterations, hours: " +
+              ", ".join(f"{k} {v}" for k, v in projected[script_name].items()) + (" (quick: small networks)" if args.quick else ""))
+    report = {"experiment": "bench" + ("_quick" if args.quick else ""), "bench_settings": bench,
+              "cpu_threads": torch.get_num_threads(), "training_path": training_path(device),
               "provenance": experiment.provenance(device, " ".join(["bench.py"] + (sys.argv[1:] if argv is None else list(argv)))),
-              "steps": {f"{n}/{s}": r for (n, s), r in rows.items()}, "projected_training_hours": projected,
-              "regulariser_relative_error": precision,
-              "network_settings": {n: {k: s.SETTINGS[k] for k in ("batch_size", "g_width")} | (experiment.QUICK_SETTINGS if args.quick else {})
+              "steps": {f"{n}/{s}": r for (n, s), r in rows.items()}, "concurrent_round_seconds": concurrent or None,
+              "projected_training_hours": projected, "regulariser_relative_error": precision,
+              "network_settings": {n: {k: network_settings(s, args.quick)[k] for k in ("batch_size", "g_width")}
                                    for n, (s, _) in NETWORKS.items()}}
     out = args.out or os.path.join("results", "bench_quick.json" if args.quick else "bench.json")
     experiment.write_json(out, report)
     print(f"results written to {out}")
     return report
+
+
+def network_settings(script, quick):
+    return script.SETTINGS | (experiment.QUICK_SETTINGS if quick else {})  # quick: small G, batch 32
 
 
 if __name__ == "__main__":

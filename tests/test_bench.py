@@ -9,14 +9,22 @@ def test_bench_quick_runs_on_cpu(tmp_path):
     bench.main(["--quick", "--gpu", "cpu", "--out", str(out)])
     report = json.loads(out.read_text())
     assert set(report["steps"]) == {f"{n}/{s}" for n in bench.NETWORKS for s in bench.STEPS}
+    paths = ["eager_fp32", "bf16", "channels_last", "bf16_channels_last"]  # no compile in --quick, no graphs on a CPU
+    assert report["training_path"] == "eager_fp32"
     for row in report["steps"].values():
-        assert row["gflop_per_step"] > 0
-        assert all(row[path]["it_per_s"] > 0 and row[path]["tflop_per_s"] > 0 for path in ("eager_fp32", "optimised"))
+        assert row["gflop_per_step"] > 0 and row["aten_ops_per_step"] > 20
+        assert row["host_syncs_per_step"] == {}, "a step that reads back to the host cannot be graph-captured"
+        assert all(row[path]["it_per_s"] > 0 and row[path]["tflop_per_s"] > 0 for path in paths)
+        assert "graphed" not in row and "compiled" not in row
     # a PGD step costs about (steps + 1) forward-backward passes of a standard step: the counter counts them all
     for network in bench.NETWORKS:
-        ratio = report["steps"][f"{network}/pgd"]["gflop_per_step"] / report["steps"][f"{network}/standard"]["gflop_per_step"]
+        steps = {s: report["steps"][f"{network}/{s}"] for s in ("pgd", "standard")}
+        ratio = steps["pgd"]["gflop_per_step"] / steps["standard"]["gflop_per_step"]
         assert 5 < ratio < 12, ratio
+        assert steps["pgd"]["aten_ops_per_step"] > 5 * steps["standard"]["aten_ops_per_step"]
     assert set(report["projected_training_hours"]) == set(bench.FULL_RUNS)
+    for hours in report["projected_training_hours"].values():
+        assert hours["concurrent_graphed"] is None and all(hours[f"sequential_{p}"] > 0 for p in paths)
     for errors in report["regulariser_relative_error"].values():  # the float32 adversarial term: far closer to float64
         assert 0 < 10 * errors["float32_adversarial_term"] < errors["bf16_throughout"], errors
     assert report["provenance"]["versions"]["torch"]

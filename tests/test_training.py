@@ -1,4 +1,3 @@
-import collections
 import contextlib
 import copy
 
@@ -6,8 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
+import bench
 import core
 from conftest import learnable_images
 
@@ -147,22 +146,6 @@ def test_regulariser_passes_do_not_move_batchnorm_statistics(hvp):
 
 
 # ---------------------------------------------------------------- steps a CUDA graph can capture
-HOST_SYNCS = {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero"}
-
-
-class CountOps(TorchDispatchMode):
-    """Every aten operator dispatched; the ones in HOST_SYNCS read a value back to the host (on a GPU
-    they would wait for it), which a captured CUDA graph cannot contain."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func._schema.name] += 1
-        return func(*args, **(kwargs or {}))
-
-
 STEPS = [("standard", "G1", {}), ("pgd", "G1", {}), ("advnet", "G1", {}), ("advnet", "G1", {"hvp": "exact"}),
          ("eat", "G1", {}), ("generator", "G1", {}), ("generator", "G2", {}), ("generator", "G3", {}),
          ("advnet", "G3", {"g_opt": "sgd"})]
@@ -182,10 +165,10 @@ def test_a_training_step_and_its_batch_read_nothing_back_to_the_host(method, gen
     batches = core.Batches(data, labels.repeat(len(data) // 32), 8, 0, torch.device("cpu"), core.crop_flip)
     step, _ = core.make_step(method, D, G, settings)
     step(*batches(0))  # optimiser state is created on the first step
-    with CountOps() as counted:
+    with bench.StepCount() as counted:  # the batch's read too: with graphs it happens every iteration
         stats = step(*batches(1))
-    assert sum(counted.ops.values()) > 50, "the counter must see the step"
-    assert not HOST_SYNCS & set(counted.ops), {k: counted.ops[k] for k in HOST_SYNCS & set(counted.ops)}
+    assert counted.ops > 50, "the counter must see the step"
+    assert counted.syncs == {}, counted.syncs
     assert all(torch.isfinite(v) for v in stats.values())
 
 
