@@ -77,7 +77,7 @@ def batch_source(method, shape, batch_size, device):
     return core.Batches(images, labels, batch_size, 0, device)
 
 
-def runnable_step(method, script, settings, shape, device, path):
+def runnable_step(method, script, settings, shape, device, path, warmup):
     """(step(x, y) -> stats as the path runs it, batches) for a freshly built model."""
     flags = PATHS[path]
     D, G = script.build_D(settings), script.build_G(settings)
@@ -88,7 +88,7 @@ def runnable_step(method, script, settings, shape, device, path):
     step, _ = core.make_step(method, D, G, settings)
     batches = batch_source(method, shape, settings["batch_size"], device)
     if flags.get("graphs"):
-        return core.GraphedStep(step, device), batches
+        return core.GraphedStep(step, device, warmup), batches
     precision = lambda: torch.autocast(device.type, dtype=torch.bfloat16) if flags["bf16"] else contextlib.nullcontext()
 
     def run(x, y):
@@ -99,7 +99,7 @@ def runnable_step(method, script, settings, shape, device, path):
 
 def measure(method, script, settings, shape, device, path, bench):
     torch.manual_seed(0)
-    run, batches = runnable_step(method, script, settings, shape, device, path)
+    run, batches = runnable_step(method, script, settings, shape, device, path, bench["warmup"])
     for it in range(bench["warmup"] + 1):  # + 1: a graphed step is captured on the call after its warmup
         run(*batches(it))
     sync(device)
@@ -112,25 +112,23 @@ def measure(method, script, settings, shape, device, path, bench):
 
 
 def measure_concurrent(script, settings, shape, device, bench):
-    """Seconds per round of the script's six models, each a graphed step on its own CUDA stream,
-    replayed in turn: one iteration of every model per round."""
+    """Seconds per round of the script's six models, each a graphed step driven by the training loop's
+    experiment.run_in_turn, each on its own CUDA stream: one iteration of every model per round."""
     torch.manual_seed(0)
-    runs = [runnable_step(method, script, settings, shape, device, "graphed") for method in SCRIPT_MODELS]
-    streams = [torch.cuda.Stream(device) for _ in runs]
-    for stream in streams:
-        stream.wait_stream(torch.cuda.current_stream(device))
+    runs = [runnable_step(method, script, settings, shape, device, "graphed", bench["warmup"]) for method in SCRIPT_MODELS]
 
-    def round_of(it):
-        for (run, batches), stream in zip(runs, streams):
-            with torch.cuda.stream(stream):
-                run(*batches(it))
+    def iterations(run, batches, first, count):
+        for it in range(first, first + count):
+            run(*batches(it))
+            yield
 
-    for it in range(bench["warmup"] + 1):
-        round_of(it)
+    def rounds(first, count):
+        experiment.run_in_turn({i: iterations(*run, first, count) for i, run in enumerate(runs)}, device)
+
+    rounds(0, bench["warmup"] + 1)
     sync(device)
     t0 = time.perf_counter()
-    for it in range(bench["iters"]):
-        round_of(it)
+    rounds(bench["warmup"] + 1, bench["iters"])
     sync(device)
     return (time.perf_counter() - t0) / bench["iters"]
 

@@ -7,6 +7,7 @@ Errors the user can fix (bad input, missing data, a stale checkpoint) are UserEr
 `exit_on_error` prints as one line on stderr with exit code 2.
 """
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import math
@@ -68,6 +69,7 @@ COMMON_SETTINGS = dict(
     augment=False,           # random pad-and-crop by up to 4 px and horizontal flip, on the device (CIFAR)
     compile=False,           # torch.compile D and G: a minute or two of compiling, then faster steps on a GPU
     cuda_graphs=False,       # capture each model's whole step as one CUDA graph and replay it (CUDA only; off until a GPU run justifies it)
+    concurrent_models=False, # train a run's models at once, one iteration of each in turn, each on its own CUDA stream
     bn_eval="running",       # batch norm when scoring: running (eval mode) or batch (train-mode statistics, authors' code)
     strong_n=1000,           # --strong-eval: test images scored (the first n of those scored); 0 = all of them
     strong_steps=100,        # --strong-eval: steps of PGD-CE, PGD-CW, APGD and FAB
@@ -138,7 +140,7 @@ def resolve_settings(base, args, preset=None):
 
 RUNTIME_SETTINGS = {"test_n", "eval_batch", "log_every", "ckpt_minutes", "bn_eval", "strong_n", "strong_steps",
                     "strong_restarts", "square_queries", "compile",
-                    "cuda_graphs"}
+                    "cuda_graphs", "concurrent_models"}
 
 
 def fingerprint(settings, method, seed):
@@ -362,6 +364,14 @@ def train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_p
     A checkpoint is written every `ckpt_minutes` at a logging boundary, at the end, and when the run
     is interrupted (SIGINT/SIGTERM, between iterations). A NaN/inf loss stops the run with the last
     good checkpoint kept."""
+    with StopFlag() as stop:
+        return run_in_turn({name: training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path,
+                                               stop, train)}, device, streams=False)[name]
+
+
+def training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop, train=True):
+    """train_model's work as a generator that yields after every iteration and returns the record, so
+    that several models can be trained in turn; `stop` (a StopFlag) is shared by them."""
     s, fp = settings, fingerprint(settings, method, seed)
     step, modules = core.make_step(method, D, G, s)
     step = graphed_or_eager(step, s, device)
@@ -391,34 +401,62 @@ def train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_p
     progress = Progress(s["iters"], f"{name} ({method})", start=start)
     sums, count, t_start, t_saved, lr_now = {}, 0, time.time(), time.time(), None
     seconds_before = record["train_seconds"]
-    with StopFlag() as stop:
-        for it in range(start, s["iters"]):
-            if "opt_D" in modules and lr_at(it, s) != lr_now:
-                lr_now = lr_at(it, s)
-                core.set_learning_rate(modules["opt_D"], lr_now)
-            x, y = batches(it)
-            stats = step(x, y)
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0) + v.float()
-            count += 1
-            last = it + 1 == s["iters"]
-            if (it + 1) % s["log_every"] == 0 or last or stop.raised:
-                means = {k: v.item() / count for k, v in sums.items()}  # the one host sync per interval
-                if not all(math.isfinite(v) for v in means.values()):
-                    kept = f"last good checkpoint kept ({record['iters_done']} iterations)" if os.path.exists(ckpt_path) else "no checkpoint written"
-                    raise UserError(f"{name}: loss became NaN/inf before iteration {it + 1}; stopped, {kept}; "
-                                    f"try a smaller learning rate with --set")
-                record["history"].append({"iter": it + 1, "lr": lr_at(it, s), **{k: round(v, 5) for k, v in means.items()}})
-                record["iters_done"] = it + 1
-                record["train_seconds"] = seconds_before + time.time() - t_start
-                sums, count = {}, 0
-                progress.update(it + 1, " ".join(f"{k}={v:.3f}" for k, v in means.items() if k in ("loss", "acc", "acc_adv")))
-                if last or stop.raised or time.time() - t_saved >= 60 * s["ckpt_minutes"]:
-                    save()
-                    t_saved = time.time()
-                if stop.raised:
-                    raise KeyboardInterrupt(f"{name}: stopped at iteration {it + 1}; checkpoint saved to {ckpt_path}")
+    for it in range(start, s["iters"]):
+        if "opt_D" in modules and lr_at(it, s) != lr_now:
+            lr_now = lr_at(it, s)
+            core.set_learning_rate(modules["opt_D"], lr_now)
+        x, y = batches(it)
+        stats = step(x, y)
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0) + v.float()
+        count += 1
+        last = it + 1 == s["iters"]
+        if (it + 1) % s["log_every"] == 0 or last or stop.raised:
+            means = {k: v.item() / count for k, v in sums.items()}  # the one host sync per interval
+            if not all(math.isfinite(v) for v in means.values()):
+                kept = f"last good checkpoint kept ({record['iters_done']} iterations)" if os.path.exists(ckpt_path) else "no checkpoint written"
+                raise UserError(f"{name}: loss became NaN/inf before iteration {it + 1}; stopped, {kept}; "
+                                f"try a smaller learning rate with --set")
+            record["history"].append({"iter": it + 1, "lr": lr_at(it, s), **{k: round(v, 5) for k, v in means.items()}})
+            record["iters_done"] = it + 1
+            record["train_seconds"] = seconds_before + time.time() - t_start
+            sums, count = {}, 0
+            progress.update(it + 1, " ".join(f"{k}={v:.3f}" for k, v in means.items() if k in ("loss", "acc", "acc_adv")))
+            if last or stop.raised or time.time() - t_saved >= 60 * s["ckpt_minutes"]:
+                save()
+                t_saved = time.time()
+            if stop.raised:
+                raise KeyboardInterrupt(f"{name}: stopped at iteration {it + 1}; checkpoint saved to {ckpt_path}")
+        yield
     return record
+
+
+def run_in_turn(runs, device, streams=True):
+    """Drives training runs (name -> training_run) to their end, one iteration of each in turn and, on
+    CUDA with `streams`, each on its own stream, so that the GPU works on several models' kernels at
+    once. Returns name -> record. An interruption stops every run at its next iteration, each saving
+    its checkpoint, before it is raised."""
+    use_streams = streams and device.type == "cuda"
+    own = {name: torch.cuda.Stream(device) for name in runs} if use_streams else {}
+    for stream in own.values():
+        stream.wait_stream(torch.cuda.current_stream(device))
+    pending, records, interrupted = dict(runs), {}, None
+    while pending:
+        for name, run in list(pending.items()):
+            with torch.cuda.stream(own[name]) if use_streams else contextlib.nullcontext():
+                try:
+                    next(run)
+                    continue
+                except StopIteration as done:
+                    records[name] = done.value
+                except KeyboardInterrupt as err:
+                    interrupted = err
+            del pending[name]
+    for stream in own.values():  # evaluation, on the default stream, reads what the runs wrote
+        torch.cuda.current_stream(device).wait_stream(stream)
+    if interrupted:
+        raise interrupted
+    return records
 
 
 def graphed_or_eager(step, settings, device):
@@ -443,23 +481,52 @@ def graphed_or_eager(step, settings, device):
     return replayed
 
 
-def prepare_model(name, method, seed, settings, build_D, build_G, data, device, ckpt_path, train=True):
-    """Builds D and G with `seed`, then trains, resumes or just loads them (train_model); `data()` gives
-    the training (images, labels), asked for only when there is training to do. Returns (D, G, record)."""
+def build_models(seed, settings, build_D, build_G, device):
+    """D and G initialised from `seed`, on the device, compiled in place if `compile` (the state_dict
+    keys, and so the checkpoints, stay those of eager models)."""
     torch.manual_seed(seed)
     D, G = core.to_device(build_D(settings), device), core.to_device(build_G(settings), device)
-    if settings["compile"]:  # in place: the state_dict keys, and so the checkpoints, stay those of eager models
+    if settings["compile"]:
         D.compile(), G.compile()
-    augment = core.crop_flip if settings["augment"] else None
+    return D, G
 
+
+def batch_maker(seed, settings, data, device):
+    """make_batches for train_model: `data()` gives the training (images, labels), asked for only when
+    there is training to do."""
     def make_batches():
         images, labels = data()
         try:
-            return core.Batches(images, labels, settings["batch_size"], seed, device, augment)
+            return core.Batches(images, labels, settings["batch_size"], seed, device,
+                                core.crop_flip if settings["augment"] else None)
         except ValueError as err:  # a training set smaller than one batch
             raise UserError(str(err)) from None
+    return make_batches
 
-    return D, G, train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_path, train)
+
+def prepare_model(name, method, seed, settings, build_D, build_G, data, device, ckpt_path, train=True):
+    """Builds D and G with `seed`, then trains, resumes or just loads them (train_model). Returns (D, G, record)."""
+    D, G = build_models(seed, settings, build_D, build_G, device)
+    return D, G, train_model(name, method, seed, D, G, batch_maker(seed, settings, data, device), settings, device,
+                             ckpt_path, train)
+
+
+def prepare_models(specs, settings, build_D, build_G, data, device):
+    """prepare_model for several models, specs: name -> (method, seed, ckpt_path, train). One after
+    another or, with `concurrent_models`, all at once (run_in_turn): a batch-64 model leaves most of
+    a GPU idle. Concurrent runs share the global RNG in turn, so they are not bitwise those of a
+    sequential run (nor is a resumed one exact); each model keeps its own checkpoint. Returns
+    name -> (D, G, record)."""
+    if not settings["concurrent_models"]:
+        return {name: prepare_model(name, method, seed, settings, build_D, build_G, data, device, path, train)
+                for name, (method, seed, path, train) in specs.items()}
+    built = {name: build_models(spec[1], settings, build_D, build_G, device) for name, spec in specs.items()}
+    with StopFlag() as stop:
+        runs = {name: training_run(name, method, seed, *built[name], batch_maker(seed, settings, data, device),
+                                   settings, device, path, stop, train)
+                for name, (method, seed, path, train) in specs.items()}
+        records = run_in_turn(runs, device)
+    return {name: (*built[name], records[name]) for name in specs}
 
 
 # =====================================================================================================
@@ -493,16 +560,16 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     started = time.time()
     report = {"experiment": name, "settings": settings, "seeds": {}, "provenance": provenance(device, command_line(args)),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": {}}
-    finished, generators = {}, {}
+    finished, generators, specs = {}, {}, {}
     for model_name in ["A", "B", "C", "A'", "B'", "C'"]:
         ckpt_path = os.path.join(ckpt_dir, f"{model_name}.pt")
-        if model_name not in chosen and not os.path.exists(ckpt_path):
-            continue
-        seed = settings["seed"] + model_name.count("'")
-        D, G, record = prepare_model(model_name, METHODS[model_name.rstrip("'")], seed, settings, build_D, build_G,
-                                     lambda: (train_x, train_y), device, ckpt_path, model_name in chosen)
+        if model_name in chosen or os.path.exists(ckpt_path):
+            specs[model_name] = (METHODS[model_name.rstrip("'")], settings["seed"] + model_name.count("'"), ckpt_path,
+                                 model_name in chosen)
+    prepared = prepare_models(specs, settings, build_D, build_G, lambda: (train_x, train_y), device)
+    for model_name, (D, G, record) in prepared.items():
         if record["iters_done"] >= settings["iters"]:
-            report["seeds"][model_name] = seed
+            report["seeds"][model_name] = specs[model_name][1]
             report["models"][model_name] = record
             finished[model_name], generators[model_name] = D, G
     if args.no_eval:

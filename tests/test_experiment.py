@@ -92,3 +92,44 @@ def test_cuda_graphs_on_the_cpu_is_a_clear_error(tmp_path):
     with pytest.raises(experiment.UserError, match="cuda_graphs=true needs a CUDA device"):
         experiment.graphed_or_eager(lambda x, y: {}, SETTINGS | {"cuda_graphs": True}, torch.device("cpu"))
     assert experiment.fingerprint(SETTINGS | {"cuda_graphs": True}, "advnet", 0) == experiment.fingerprint(SETTINGS, "advnet", 0)
+
+
+# ---------------------------------------------------------------- several models trained at once
+def prepare_two(tmp_path, concurrent, monkeypatch=None, batches_hook=None):
+    """A (standard) and C (adversarial network, G1): neither draws from the global RNG, so training
+    them in turn must give exactly what training them one after the other gives."""
+    settings = SETTINGS | {"concurrent_models": concurrent, "augment": False}
+    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(0))
+    images = torch.from_numpy(learnable_images(y.numpy())).unsqueeze(1)
+    specs = {"A": ("standard", 0, str(tmp_path / "A.pt"), True), "C": ("advnet", 0, str(tmp_path / "C.pt"), True)}
+    if batches_hook:
+        real = experiment.batch_maker
+        monkeypatch.setattr(experiment, "batch_maker", lambda *a: (lambda: batches_hook(real(*a)())))
+    return experiment.prepare_models(specs, settings, mnist.build_D, mnist.build_G, lambda: (images, y), torch.device("cpu"))
+
+
+def test_models_trained_in_turn_equal_models_trained_one_after_another(tmp_path):
+    one_by_one = prepare_two(tmp_path / "sequential", False)
+    in_turn = prepare_two(tmp_path / "concurrent", True)
+    for name in ("A", "C"):
+        assert in_turn[name][2]["iters_done"] == SETTINGS["iters"]
+        assert same_weights(in_turn[name][0], one_by_one[name][0]), name
+    assert same_weights(in_turn["C"][1], one_by_one["C"][1])
+
+
+def test_interrupted_concurrent_run_checkpoints_every_model_and_resumes(tmp_path, monkeypatch):
+    def interrupt_at_7(batches):
+        def source(it):
+            if it == 7:
+                os.kill(os.getpid(), signal.SIGINT)
+            return batches(it)
+        return source
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare_two(tmp_path, True, monkeypatch, interrupt_at_7)
+    saved = {name: core.load_checkpoint(str(tmp_path / f"{name}.pt"))["record"]["iters_done"] for name in ("A", "C")}
+    assert saved == {"A": 8, "C": 8}, saved  # each finishes the iteration under way, then saves
+    monkeypatch.undo()
+    resumed = prepare_two(tmp_path, True)
+    assert all(resumed[n][2]["iters_done"] == SETTINGS["iters"] for n in ("A", "C"))
+    assert [s["from_iter"] for s in resumed["C"][2]["sessions"]] == [0, 8]
