@@ -262,7 +262,8 @@ def provenance(device, command):
         versions["torchvision"] = importlib.metadata.version("torchvision")
     except importlib.metadata.PackageNotFoundError:
         pass
-    return {"versions": versions, "device": device_name(device), "git_commit": commit, "git_dirty": dirty,
+    precision = "bf16 autocast" if core.native_bf16(device) else "float32"
+    return {"versions": versions, "device": device_name(device), "precision": precision, "git_commit": commit, "git_dirty": dirty,
             "command": command, "host": platform.node()}
 
 

@@ -10,7 +10,7 @@ def test_bench_quick_runs_on_cpu(tmp_path):
     report = json.loads(out.read_text())
     assert set(report["steps"]) == {f"{n}/{s}" for n in bench.NETWORKS for s in bench.STEPS}
     paths = ["eager_fp32", "bf16", "channels_last", "bf16_channels_last"]  # no compile in --quick, no graphs on a CPU
-    assert report["training_path"] == "eager_fp32"
+    assert report["training_path"] in paths
     for row in report["steps"].values():
         assert row["gflop_per_step"] > 0 and row["aten_ops_per_step"] > 20
         assert row["host_syncs_per_step"] == {}, "a step that reads back to the host cannot be graph-captured"

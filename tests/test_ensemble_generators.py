@@ -45,7 +45,8 @@ def test_eat_set_has_four_times_the_images_with_their_labels_within_eps():
     assert distance.max() <= EPS + 1e-6 and everything.min() >= 0 and everything.max() <= 1
     assert (distance[n:] > EPS / 2).all(), "every adversarial copy is actually perturbed"
     # each kind is what it claims: FGS with the predicted label moves every changed pixel by exactly eps
-    fgs = core.fgs(model, core.to_float(images), core.predict(model, core.to_float(images)), EPS)
+    with core.autocast(torch.device("cpu")):  # the precision the set was built in
+        fgs = core.fgs(model, core.to_float(images), core.predict(model, core.to_float(images)), EPS)
     assert torch.allclose(everything[n:2 * n], fgs, atol=1e-3)
 
 
