@@ -72,9 +72,21 @@ COMMON_SETTINGS = dict(
     strong_steps=100,        # --strong-eval: steps of PGD-CE, PGD-CW, APGD and FAB
     strong_restarts=5,       # --strong-eval: random restarts of PGD-CE
     square_queries=5000,     # --strong-eval: queries of the Square attack (AutoAttack standard: 5000)
+    eat_n=0,                 # ensemble.py: training images the EAT set is built from (the first n); 0 = all
 )
 QUICK_SETTINGS = dict(iters=20, batch_size=32, g_width=4, test_n=100, log_every=10,  # --quick: a pipeline check, not a result
-                      strong_n=50, strong_steps=5, strong_restarts=2, square_queries=20)
+                      strong_n=50, strong_steps=5, strong_restarts=2, square_queries=20, eat_n=64)
+
+# The admissible values of every numeric setting, the common ones and the scripts' own: "(" and ")"
+# exclude the end, "[" and "]" include it. Checked before anything is trained or written.
+SETTING_RANGES = dict(
+    seed="[0, inf)", batch_size="[1, inf)", iters="[1, inf)", eps="(0, 1]", n_classes="[2, inf)", extra_n="[0, inf)",
+    d_lr="(0, inf)", d_momentum="[0, 1)", d_lr_drop_at="[0, 1]", d_lr_drop_factor="[0, 1]", d_weight_decay="[0, inf)",
+    g_width="[1, inf)", g_lr="(0, inf)", g_momentum="[0, 1)", g_beta1="[0, 1)", g_beta2="[0, 1)", g_steps="[1, inf)",
+    lam="[0, inf)", gamma="(-inf, inf)", fd_h="[0, inf)", pgd_steps="[1, inf)", pgd_alpha="[0, 1]", test_n="[0, inf)",
+    eval_batch="[1, inf)", log_every="[1, inf)", ckpt_minutes="[0, inf)", strong_n="[0, inf)", strong_steps="[1, inf)",
+    strong_restarts="[1, inf)", square_queries="[1, inf)", eat_n="[0, inf)",
+)
 
 
 def parse_value(key, text, default):
@@ -118,10 +130,7 @@ def resolve_settings(base, args, preset=None):
     if args.bn_eval is not None:
         s["bn_eval"] = args.bn_eval
     s = apply_overrides(s, args.set)
-    if s["iters"] < 1 or s["batch_size"] < 1:
-        raise UserError("iters and batch_size must be positive")
-    if min(s["test_n"], s["strong_n"]) < 0:
-        raise UserError("test_n (--eval-n) and strong_n must be 0 (all) or positive")
+    check_ranges(s)
     if s["g_opt"] not in ("sgd", "adam"):
         raise UserError(f"g_opt must be sgd or adam, not {s['g_opt']!r}")
     if s["hvp"] not in ("fd", "exact"):
@@ -133,12 +142,34 @@ def resolve_settings(base, args, preset=None):
     return s
 
 
+def in_range(value, interval):
+    """Whether `value` lies in `interval`, written as in SETTING_RANGES, e.g. "(0, 1]"."""
+    low, high = (float(end) for end in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
+
+
+def check_ranges(settings):
+    """Every numeric setting within its SETTING_RANGES interval; one missing from the table is an error
+    of this repository, so that no new setting goes unchecked."""
+    for key, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if key not in SETTING_RANGES:
+            raise KeyError(f"setting {key} has no entry in experiment.SETTING_RANGES")
+        if not in_range(value, SETTING_RANGES[key]):
+            raise UserError(f"{key}={value} is outside its range {SETTING_RANGES[key]}")
+
+
 RUNTIME_SETTINGS = {"test_n", "eval_batch", "log_every", "ckpt_minutes", "bn_eval", "strong_n", "strong_steps",
                     "strong_restarts", "square_queries", "compile"}
 
 
 def fingerprint(settings, method, seed):
     kept = {k: v for k, v in sorted(settings.items()) if k not in RUNTIME_SETTINGS}
+    if method != "eat" or not kept.get("eat_n"):  # eat_n=0, the whole set, is how EAT checkpoints older than it were made
+        kept.pop("eat_n", None)
     return json.dumps(kept | {"method": method, "model_seed": seed})
 
 

@@ -86,3 +86,21 @@ def test_runtime_settings_do_not_invalidate_checkpoints():
     same = s | {"compile": True, "bn_eval": "batch", "test_n": 7, "strong_n": 3}
     assert experiment.fingerprint(same, "advnet", 0) == experiment.fingerprint(s, "advnet", 0)
     assert experiment.fingerprint(s | {"eps": 0.2}, "advnet", 0) != experiment.fingerprint(s, "advnet", 0)
+
+
+@pytest.mark.parametrize("value,interval,inside", [(0.3, "(0, 1]", True), (1.0, "(0, 1]", True), (0.0, "(0, 1]", False),
+                                                   (-0.3, "(0, 1]", False), (0.0, "[0, inf)", True), (1.0, "[0, 1)", False),
+                                                   (-5.0, "(-inf, inf)", True)])
+def test_intervals_include_exactly_their_closed_ends(value, interval, inside):
+    assert experiment.in_range(value, interval) == inside
+
+
+def test_every_numeric_setting_of_every_script_has_a_range_its_default_meets():
+    import cifar10, cifar100, svhn
+    for script in (mnist, svhn, cifar10, cifar100):
+        for settings in (script.SETTINGS, script.SETTINGS | experiment.QUICK_SETTINGS):
+            experiment.check_ranges(settings)  # raises on a missing range or a default outside it
+    with pytest.raises(experiment.UserError, match="eps=2"):
+        experiment.check_ranges(mnist.SETTINGS | {"eps": 2})
+    with pytest.raises(KeyError, match="unlisted"):
+        experiment.check_ranges(mnist.SETTINGS | {"unlisted": 1})
