@@ -74,7 +74,9 @@ COMMON_SETTINGS = dict(
     square_queries=5000,     # --strong-eval: queries of the Square attack (AutoAttack standard: 5000)
     eat_n=0,                 # ensemble.py: training images the EAT set is built from (the first n); 0 = all
 )
-QUICK_SETTINGS = dict(iters=20, batch_size=32, g_width=4, test_n=100, log_every=10,  # --quick: a pipeline check, not a result
+# --quick: a pipeline check, not a result; small enough that ensemble.py and generators_study.py (which
+# train 16 and 13 models) take under 3 minutes on a 2-core CPU
+QUICK_SETTINGS = dict(iters=10, batch_size=16, g_width=4, test_n=100, log_every=5, pgd_steps=5,
                       strong_n=50, strong_steps=5, strong_restarts=2, square_queries=20, eat_n=64)
 
 # The admissible values of every numeric setting, the common ones and the scripts' own: "(" and ")"
