@@ -285,10 +285,11 @@ def provenance(device, command):
     commit, dirty = git_commit()
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                 "cuda": torch.version.cuda}
-    try:  # the data-loading scripts use torchvision; this file never imports it
-        versions["torchvision"] = importlib.metadata.version("torchvision")
-    except importlib.metadata.PackageNotFoundError:
-        pass
+    for package in ("torchvision", "pyautoattack"):  # used by the scripts and autoattack_suite; this file imports neither
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return {"versions": versions, "device": device_name(device), "git_commit": commit, "git_dirty": dirty,
             "command": command, "host": platform.node()}
 
@@ -470,21 +471,20 @@ def prepare_model(name, method, seed, settings, build_D, build_G, data, device, 
 # Running an experiment: train the six models, evaluate, write the results JSON
 # =====================================================================================================
 
-def dataset_main(doc, script, configure, build_D, build_G, paper_table, extra_attacks=None, argv=None):
+def dataset_main(doc, script, configure, build_D, build_G, paper_table, autoattack=None, argv=None):
     """The whole command of a data-set script: parse its command line, then run_experiment."""
     args = parse_cli(experiment_parser(doc), argv, script)
     name, settings, load = configure(args)
-    return run_experiment(name, settings, args, load, build_D, build_G, paper_rows(paper_table), extra_attacks)
+    return run_experiment(name, settings, args, load, build_D, build_G, paper_rows(paper_table), autoattack)
 
 
-def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None, extra_attacks=None):
+def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None, autoattack=None):
     """Trains the chosen models (resumably), evaluates the 9-column table (and with --strong-eval the
     strong evaluation) and writes the results JSON.
 
     `load_data()` gives (train_images, train_labels, test_images, test_labels): uint8 (N, C, H, W)
     and int64. Models outside --models are not trained, but their finished checkpoints are evaluated.
-    `extra_attacks(settings)` gives more attacks for --strong-eval (name -> craft(model, x, y)), such
-    as AutoAttack's, which need packages beyond torch."""
+    `autoattack` (the module autoattack_suite) adds AutoAttack to --strong-eval."""
     devices = parse_gpus(args.gpu)
     chosen = parse_models(args.models)
     if len(devices) > 1:
@@ -516,7 +516,7 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     print(format_table(report["table"], paper))
     if args.strong_eval:
         report["strong_eval"] = strong_eval_report(finished, generators.get("C"), settings, test_x, test_y, device,
-                                                   extra_attacks)
+                                                   autoattack, ckpt_dir)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     report["wall_seconds"] = round(time.time() - started, 1)
     write_json(out, report)
@@ -578,16 +578,18 @@ def evaluate_trained(models, settings, test_x, test_y, device):
     return table, evaluation | {"seconds": round(time.time() - t0, 1)}
 
 
-def strong_eval_report(models, generator, settings, test_x, test_y, device, extra_attacks=None):
+def strong_eval_report(models, generator, settings, test_x, test_y, device, autoattack=None, state_dir="checkpoints"):
     """--strong-eval: core.strong_evaluation of the target models (the seed copies attack by transfer;
-    `generator`, C's G, attacks every model) with masking checks, as the results JSON's entry."""
+    `generator`, C's G, attacks every model) with masking checks, as the results JSON's entry.
+    `autoattack` (the module autoattack_suite, which needs a package beyond torch) adds AutoAttack's four
+    attacks, each alone, and its standard cascade (`autoattack`, resumable from state files in `state_dir`)."""
     n = min(settings["strong_n"] or len(test_x), settings["test_n"] or len(test_x), len(test_x))
     targets, surrogates = split_models(models)
     if not targets:
         return {"n_test": 0, "models": {}, "note": "no finished target model to evaluate"}
     eps = settings["eps"]
     attacks = core.strong_attacks(eps, settings["strong_steps"], settings["strong_restarts"])
-    attacks |= extra_attacks(settings) if extra_attacks else {}
+    attacks |= autoattack.attacks(settings) if autoattack else {}
     if generator is not None:
         attacks["generator_C"] = lambda m, x, y: core.generator_attack(generator, x, y, eps)
     torch.manual_seed(settings["seed"])
@@ -597,10 +599,37 @@ def strong_eval_report(models, generator, settings, test_x, test_y, device, extr
                                     settings["bn_eval"], settings["eval_batch"], sweep_steps=settings["strong_steps"],
                                     progress=Progress(n, "strong evaluation", "img"))
     report = {"n_test": n, "bn": settings["bn_eval"], "attacks": list(attacks), "surrogates": list(surrogates),
-              "precision": "float32 (no core.autocast, no TF32)", "seconds": round(time.time() - t0, 1),
+              "precision": "float32 (no core.autocast, no TF32)",
               "models": {m: {"accuracy": r, "checks": core.masking_checks(r)} for m, r in results.items()}}
+    if autoattack:
+        report["autoattack"] = autoattack_version(settings)
+        for name, model in targets.items():
+            print(f"AutoAttack's cascade on {name} ({n} images)", file=sys.stderr)
+            accuracy, warnings = autoattack_cascade(autoattack, model, test_x[:n], test_y[:n], settings, device, state_dir)
+            report["models"][name]["accuracy"]["autoattack"] = accuracy
+            report["models"][name]["autoattack_warnings"] = warnings
+    report["seconds"] = round(time.time() - t0, 1)
     print(format_strong(report))
     return report
+
+
+AUTOATTACK_STANDARD = dict(strong_steps=100, square_queries=5000)  # the standard version's iterations and queries
+
+
+def autoattack_version(settings):
+    """What the `autoattack` number is: the standard version, or a reduced one (--quick) that says so."""
+    reduced = {k: settings[k] for k, v in AUTOATTACK_STANDARD.items() if settings[k] != v}
+    return {"version": "standard" if not reduced else f"standard with {reduced} (not the standard numbers)",
+            "norm": "Linf", "eps": settings["eps"], "seed": settings["seed"]}
+
+
+def autoattack_cascade(autoattack, model, images, labels, settings, device, state_dir):
+    """AutoAttack's standard cascade on one model, scored as strong_evaluation scores: (accuracy in percent, warnings)."""
+    x, y = core.to_float(images.to(device)), labels.to(device)
+    state = autoattack.state_file(state_dir, model, settings, len(x), settings["bn_eval"])
+    with core.scoring_mode([model], settings["bn_eval"]), core.full_precision(device):
+        robust, warnings = autoattack.cascade(model, x, y, settings, settings["eval_batch"], state)
+    return round(100.0 * robust.float().mean().item(), 2), warnings
 
 
 def format_strong(report):
@@ -613,6 +642,7 @@ def format_strong(report):
     for name, r in models.items():
         flags = [f"{c} ({v['why']})" for c, v in r["checks"].items() if v["flag"]]
         lines.append(f"masking flags of {name}: {'; '.join(flags) if flags else 'none'}")
+        lines += [f"AutoAttack's warning on {name}: {w}" for w in r.get("autoattack_warnings", [])]
     return "\n".join(lines)
 
 
