@@ -2,7 +2,7 @@
 
 For each data set: take the undefended model A of that data set's run (trained with the data set's
 script settings if its checkpoint is missing), build the static EAT training set from A (FGS with A's
-predicted label, PGD, least-likely-class FGS, plus the clean images: 4x the training set), train the
+predicted label, PGD, least-likely-class FGS, plus the clean images: 4x the training set, or of its first eat_n images), train the
 EAT model on it with the data set's D and schedule, and evaluate the 9 columns (white box; black box
 from the data set's A', B', C'). Prints the EAT row beside the adversarial-network row (C) and the
 paper's; writes results/ensemble.json (one entry per data set, earlier entries kept).
