@@ -158,7 +158,7 @@ def main(argv=None):
     device = experiment.pick_device(args.gpu)
     rows = {}
     for network, (script, shape) in NETWORKS.items():
-        settings = script.SETTINGS | (experiment.QUICK_SETTINGS if args.quick else {})  # quick: small G, batch 32
+        settings = script.SETTINGS | (experiment.QUICK_SETTINGS if args.quick else {})  # quick: small G and batch, 5-step PGD
         for name, method in STEPS.items():
             flops = count_flops(method, script, settings, shape, device)
             row = {"gflop_per_step": round(flops / 1e9, 2)}
