@@ -1,44 +1,147 @@
-"""AutoAttack's standard suite (Croce & Hein 2020: APGD-CE, APGD-T, FAB-T, Square) from torchattacks, as
-attack functions craft(model, x, y) -> x_adv for core.strong_evaluation; the experiment scripts pass
-`attacks` (through experiment.py) for --strong-eval. Kept out of core.py, which needs only torch and numpy.
+"""AutoAttack (Croce & Hein 2020) for --strong-eval, from its official implementation (the package
+pyautoattack, fra31/auto-attack's code). Kept out of core.py, which needs only torch and numpy.
 
-Each attack runs alone on every image (not AutoAttack's cascade on the images still standing), so that
-the per-attack accuracies, which the masking checks compare, are those of the attack by itself; the
-worst case over them is AutoAttack's robust accuracy (or below it: more attacks take part).
+- `cascade`: the standard version's robust accuracy, each attack run on the images the ones before
+  it left standing; the headline number, as RobustBench reports it. Resumable: AutoAttack's state
+  file (the images still standing, the attacks done) is kept under the checkpoints.
+- `attacks`: its four attacks (APGD-CE, APGD-T, FAB-T, Square) each alone on every image, as attack
+  functions craft(model, x, y) -> x_adv for core.strong_evaluation, so that the masking checks
+  compare what each one achieves by itself.
 
-torchattacks' own AutoAttack passes 10 iterations to APGD and FAB; the original uses 100, and so do we
-(`strong_steps`). Its package metadata pins requests 2.25, which would downgrade Jupyter; it never
-imports requests, so install it with `pip install --no-deps torchattacks` (see the README).
+AutoAttack never sets the model's mode (the caller's core.scoring_mode does, with batch norm's
+running statistics frozen); a run that changed it anyway is an error. It reseeds torch's global
+generator: each run gets its own, so that the attacks after it draw what they would have drawn.
+The warnings of its checks (randomised or dynamic defence, probabilities for logits, too many
+target classes, zero gradients, Square stronger than the rest) are returned for the results JSON.
 """
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import pathlib
+
 import torch
 
+import core
 import experiment
+
+NAMES = {"apgd_ce": "apgd-ce", "apgd_t": "apgd-t", "fab_t": "fab-t", "square": "square"}  # ours -> AutoAttack's, in its order
+
+
+def package():
+    try:
+        import pyautoattack
+    except ImportError:
+        raise experiment.UserError("--strong-eval needs AutoAttack: pip install -r requirements.txt (package pyautoattack)") from None
+    return pyautoattack
+
+
+def standard(model, settings, device):
+    """AutoAttack's standard Linf version at the settings' eps and seed, with `strong_steps` iterations
+    of APGD and FAB and `square_queries` queries of Square (100 and 5000 in the standard version)."""
+    aa = package().AutoAttack(model, norm="Linf", eps=settings["eps"], version="standard", device=device,
+                              seed=settings["seed"])
+    steps = settings["strong_steps"]
+    for apgd in (aa.apgd, aa.apgd_targeted):  # its step-size schedule, derived from n_iter as APGDAttack.__init__ does
+        apgd.n_iter = apgd.n_iter_orig = steps
+        apgd.n_iter_2, apgd.n_iter_min, apgd.size_decr = (max(int(f * steps), 1) for f in (0.22, 0.06, 0.03))
+    aa.fab.n_iter = steps
+    aa.square.n_queries = settings["square_queries"]
+    return aa
+
+
+class Collected(logging.Handler):
+    """AutoAttack's checks log their warnings on the "auto-attack" logger: gathered here, each once."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        if record.getMessage() not in self.messages:
+            self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def guarded(model, device):
+    """Collects AutoAttack's warnings, gives it its own random generator and checks it left the model's mode alone."""
+    handler, logger, training = Collected(), logging.getLogger("auto-attack"), model.training
+    logger.addHandler(handler)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+    if model.training != training:
+        raise RuntimeError("AutoAttack changed the model's train/eval mode")
+
+
+def run(aa, model, x, y, batch_size, state_path=None):
+    """AutoAttack's run_standard_evaluation, guarded: (x_adv, warnings), x_adv checked against the threat model."""
+    with guarded(model, x.device) as warnings:
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state_path)
+    core.check_threat_model(x_adv, x, aa.epsilon)
+    return x_adv, warnings
 
 
 def attacks(settings):
-    """name -> craft(model, x, y) for the eps, steps and Square queries in `settings`."""
+    """name -> craft(model, x, y): each of the standard version's attacks alone. Their checks' warnings
+    are those the cascade records for the same model, so they are dropped here."""
+    package()
+
+    def crafter(name):
+        def craft(model, x, y):
+            aa = standard(model, settings, x.device)
+            aa.attacks_to_run = [NAMES[name]]  # as AutoAttack's own run_standard_evaluation_individual
+            return run(aa, model, x, y, len(x))[0]
+        return craft
+
+    return {name: crafter(name) for name in NAMES}
+
+
+def state_file(state_dir, model, settings, n, bn):
+    """Where the cascade's state of this model (by its weights), image count and settings is kept."""
+    digest = hashlib.sha1(json.dumps([n, bn] + [settings[k] for k in ("eps", "seed", "strong_steps", "square_queries")]).encode())
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return pathlib.Path(state_dir) / f"autoattack_{digest.hexdigest()[:16]}.json"
+
+
+def read_state(path):
+    """(images still standing, attacks done) from AutoAttack's state file; None if there is none or it
+    is unusable (written before the clean pass ended, or cut short by the interruption)."""
     try:
-        import torchattacks
-    except ImportError:
-        raise experiment.UserError("--strong-eval runs AutoAttack through torchattacks, which is not installed: "
-                             "pip install --no-deps torchattacks") from None
-    eps, steps, seed = settings["eps"], settings["strong_steps"], settings["seed"]
-    makers = {
-        "apgd_ce": lambda m, n: torchattacks.APGD(m, eps=eps, steps=steps, loss="ce", seed=seed),
-        "apgd_t": lambda m, n: torchattacks.APGDT(m, eps=eps, steps=steps, n_classes=n, seed=seed),
-        "fab_t": lambda m, n: torchattacks.FAB(m, eps=eps, steps=steps, multi_targeted=True, n_classes=n, seed=seed),
-        "square": lambda m, n: torchattacks.Square(m, eps=eps, n_queries=settings["square_queries"], seed=seed),
-    }
-    return {name: crafter(make) for name, make in makers.items()}
+        with open(path) as f:
+            state = json.load(f)
+        return torch.tensor(state["_robust_flags"], dtype=torch.bool), set(state["_run_attacks"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        return None
 
 
-def crafter(make):
-    def craft(model, x, y):
-        with torch.no_grad():
-            n_classes = model(x).shape[1]
-        attack = make(model, n_classes)
-        # Score the model in the mode it was given: torchattacks would otherwise switch it to eval mode
-        # (core.scoring_mode has already frozen batch norm's running statistics).
-        attack.set_model_training_mode(model.training, batchnorm_training=model.training)
-        return attack(x, y).detach()
-    return craft
+def cascade(model, x, y, settings, batch_size, state_path, left=tuple(NAMES.values())):
+    """The cascade of the attacks `left` (the standard version's four) on (x, y): (per-example robust
+    flags, warnings of AutoAttack's checks), resumed from AutoAttack's state file at `state_path`.
+
+    pyautoattack 0.2.0 cannot resume from its state itself (run_standard_evaluation then returns a
+    `y_adv` it never set), so the attacks not yet done run afresh on the images still standing, with
+    a state file of their own; the warnings of each finished run are kept beside its state."""
+    state_path = pathlib.Path(state_path)
+    said = state_path.with_suffix(".warnings.json")
+    state = read_state(state_path)
+    if state is None:
+        os.makedirs(state_path.parent, exist_ok=True)
+        aa = standard(model, settings, x.device)
+        aa.attacks_to_run = list(left)
+        _, warnings = run(aa, model, x, y, batch_size, state_path)
+        experiment.write_json(said, warnings)
+        return read_state(state_path)[0].to(x.device), warnings
+    flags, done = state
+    flags, left = flags.to(x.device), [a for a in left if a not in done]
+    warnings = json.loads(said.read_text()) if said.exists() else []
+    standing = flags.nonzero().squeeze(1)
+    if left and len(standing):
+        flags[standing], more = cascade(model, x[standing], y[standing], settings, batch_size,
+                                        state_path.with_suffix(f".{left[0]}.json"), left)
+        warnings += [w for w in more if w not in warnings]
+    return flags, warnings

@@ -267,7 +267,7 @@ def main(argv=None):
 
 
 def network_settings(script, quick):
-    return script.SETTINGS | (experiment.QUICK_SETTINGS if quick else {})  # quick: small G, batch 32
+    return script.SETTINGS | (experiment.QUICK_SETTINGS if quick else {})  # quick: small G and batch, 5-step PGD
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def configure(args):
 
 
 def main(argv=None):
-    return experiment.dataset_main(__doc__, __file__, configure, build_D, build_G, "cifar100", autoattack_suite.attacks, argv)
+    return experiment.dataset_main(__doc__, __file__, configure, build_D, build_G, "cifar100", autoattack_suite, argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 For each data set: take the undefended model A of that data set's run (trained with the data set's
 script settings if its checkpoint is missing), build the static EAT training set from A (FGS with A's
-predicted label, PGD, least-likely-class FGS, plus the clean images: 4x the training set), train the
+predicted label, PGD, least-likely-class FGS, plus the clean images: 4x the training set, or of its first eat_n images), train the
 EAT model on it with the data set's D and schedule, and evaluate the 9 columns (white box; black box
 from the data set's A', B', C'). Prints the EAT row beside the adversarial-network row (C) and the
 paper's; writes results/ensemble.json (one entry per data set, earlier entries kept).
@@ -45,13 +45,14 @@ def run_dataset(key, args, device):
         models[model_name], generators[model_name], records[model_name] = experiment.prepare_model(
             model_name, experiment.METHODS[model_name.rstrip("'")], seed, settings, script.build_D, script.build_G,
             lambda: (train_x, train_y), device, os.path.join(ckpt_dir, f"{model_name}.pt"))
-    eat_info = {"n_images": 4 * len(train_x), "kinds": core.EAT_KINDS, "seconds": None}  # None: built by an earlier run
+    source_x, source_y = train_x[:settings["eat_n"] or len(train_x)], train_y[:settings["eat_n"] or len(train_x)]
+    eat_info = {"n_images": 4 * len(source_x), "kinds": core.EAT_KINDS, "seconds": None}  # None: built by an earlier run
 
     def eat_data():
         t0 = time.time()
-        eat_set = core.build_eat_set(models["A"], train_x, train_y, settings["eps"], device, settings["eval_batch"],
+        eat_set = core.build_eat_set(models["A"], source_x, source_y, settings["eps"], device, settings["eval_batch"],
                                      settings["pgd_steps"], settings["pgd_alpha"] or None,
-                                     experiment.Progress(len(train_x), f"{key}: EAT set from A", "img"))
+                                     experiment.Progress(len(source_x), f"{key}: EAT set from A", "img"))
         eat_info.update(n_images=len(eat_set), seconds=round(time.time() - t0, 1))
         return eat_set, eat_set.labels
 
@@ -67,7 +68,7 @@ def run_dataset(key, args, device):
              "table": table, "eval": evaluation}
     if args.strong_eval:
         entry["strong_eval"] = experiment.strong_eval_report(scored, generators["C"], settings, test_x, test_y, device,
-                                                       autoattack_suite.attacks)
+                                                             autoattack_suite, ckpt_dir)
     return entry
 
 

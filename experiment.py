@@ -75,9 +75,23 @@ COMMON_SETTINGS = dict(
     strong_steps=100,        # --strong-eval: steps of PGD-CE, PGD-CW, APGD and FAB
     strong_restarts=5,       # --strong-eval: random restarts of PGD-CE
     square_queries=5000,     # --strong-eval: queries of the Square attack (AutoAttack standard: 5000)
+    eat_n=0,                 # ensemble.py: training images the EAT set is built from (the first n); 0 = all
 )
-QUICK_SETTINGS = dict(iters=20, batch_size=32, g_width=4, test_n=100, log_every=10,  # --quick: a pipeline check, not a result
-                      strong_n=50, strong_steps=5, strong_restarts=2, square_queries=20)
+# --quick: a pipeline check, not a result; small enough that ensemble.py and generators_study.py (which
+# train 16 and 13 models) take under 3 minutes on a 2-core CPU
+QUICK_SETTINGS = dict(iters=10, batch_size=16, g_width=4, test_n=100, log_every=5, pgd_steps=5,
+                      strong_n=50, strong_steps=5, strong_restarts=2, square_queries=20, eat_n=64)
+
+# The admissible values of every numeric setting, the common ones and the scripts' own: "(" and ")"
+# exclude the end, "[" and "]" include it. Checked before anything is trained or written.
+SETTING_RANGES = dict(
+    seed="[0, inf)", batch_size="[1, inf)", iters="[1, inf)", eps="(0, 1]", n_classes="[2, inf)", extra_n="[0, inf)",
+    d_lr="(0, inf)", d_momentum="[0, 1)", d_lr_drop_at="[0, 1]", d_lr_drop_factor="[0, 1]", d_weight_decay="[0, inf)",
+    g_width="[1, inf)", g_lr="(0, inf)", g_momentum="[0, 1)", g_beta1="[0, 1)", g_beta2="[0, 1)", g_steps="[1, inf)",
+    lam="[0, inf)", gamma="(-inf, inf)", fd_h="[0, inf)", pgd_steps="[1, inf)", pgd_alpha="[0, 1]", test_n="[0, inf)",
+    eval_batch="[1, inf)", log_every="[1, inf)", ckpt_minutes="[0, inf)", strong_n="[0, inf)", strong_steps="[1, inf)",
+    strong_restarts="[1, inf)", square_queries="[1, inf)", eat_n="[0, inf)",
+)
 
 
 def parse_value(key, text, default):
@@ -121,10 +135,7 @@ def resolve_settings(base, args, preset=None):
     if args.bn_eval is not None:
         s["bn_eval"] = args.bn_eval
     s = apply_overrides(s, args.set)
-    if s["iters"] < 1 or s["batch_size"] < 1:
-        raise UserError("iters and batch_size must be positive")
-    if min(s["test_n"], s["strong_n"]) < 0:
-        raise UserError("test_n (--eval-n) and strong_n must be 0 (all) or positive")
+    check_ranges(s)
     if s["g_opt"] not in ("sgd", "adam"):
         raise UserError(f"g_opt must be sgd or adam, not {s['g_opt']!r}")
     if s["hvp"] not in ("fd", "exact"):
@@ -138,6 +149,26 @@ def resolve_settings(base, args, preset=None):
     return s
 
 
+def in_range(value, interval):
+    """Whether `value` lies in `interval`, written as in SETTING_RANGES, e.g. "(0, 1]"."""
+    low, high = (float(end) for end in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
+
+
+def check_ranges(settings):
+    """Every numeric setting within its SETTING_RANGES interval; one missing from the table is an error
+    of this repository, so that no new setting goes unchecked."""
+    for key, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if key not in SETTING_RANGES:
+            raise KeyError(f"setting {key} has no entry in experiment.SETTING_RANGES")
+        if not in_range(value, SETTING_RANGES[key]):
+            raise UserError(f"{key}={value} is outside its range {SETTING_RANGES[key]}")
+
+
 RUNTIME_SETTINGS = {"test_n", "eval_batch", "log_every", "ckpt_minutes", "bn_eval", "strong_n", "strong_steps",
                     "strong_restarts", "square_queries", "compile",
                     "cuda_graphs", "concurrent_models"}
@@ -145,6 +176,8 @@ RUNTIME_SETTINGS = {"test_n", "eval_batch", "log_every", "ckpt_minutes", "bn_eva
 
 def fingerprint(settings, method, seed):
     kept = {k: v for k, v in sorted(settings.items()) if k not in RUNTIME_SETTINGS}
+    if method != "eat" or not kept.get("eat_n"):  # eat_n=0, the whole set, is how EAT checkpoints older than it were made
+        kept.pop("eat_n", None)
     return json.dumps(kept | {"method": method, "model_seed": seed})
 
 
@@ -258,10 +291,11 @@ def provenance(device, command):
     commit, dirty = git_commit()
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                 "cuda": torch.version.cuda}
-    try:  # the data-loading scripts use torchvision; this file never imports it
-        versions["torchvision"] = importlib.metadata.version("torchvision")
-    except importlib.metadata.PackageNotFoundError:
-        pass
+    for package in ("torchvision", "pyautoattack"):  # used by the scripts and autoattack_suite; this file imports neither
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     precision = "bf16 autocast" if core.native_bf16(device) else "float32"
     return {"versions": versions, "device": device_name(device), "precision": precision, "git_commit": commit, "git_dirty": dirty,
             "command": command, "host": platform.node()}
@@ -534,21 +568,20 @@ def prepare_models(specs, settings, build_D, build_G, data, device):
 # Running an experiment: train the six models, evaluate, write the results JSON
 # =====================================================================================================
 
-def dataset_main(doc, script, configure, build_D, build_G, paper_table, extra_attacks=None, argv=None):
+def dataset_main(doc, script, configure, build_D, build_G, paper_table, autoattack=None, argv=None):
     """The whole command of a data-set script: parse its command line, then run_experiment."""
     args = parse_cli(experiment_parser(doc), argv, script)
     name, settings, load = configure(args)
-    return run_experiment(name, settings, args, load, build_D, build_G, paper_rows(paper_table), extra_attacks)
+    return run_experiment(name, settings, args, load, build_D, build_G, paper_rows(paper_table), autoattack)
 
 
-def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None, extra_attacks=None):
+def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None, autoattack=None):
     """Trains the chosen models (resumably), evaluates the 9-column table (and with --strong-eval the
     strong evaluation) and writes the results JSON.
 
     `load_data()` gives (train_images, train_labels, test_images, test_labels): uint8 (N, C, H, W)
     and int64. Models outside --models are not trained, but their finished checkpoints are evaluated.
-    `extra_attacks(settings)` gives more attacks for --strong-eval (name -> craft(model, x, y)), such
-    as AutoAttack's, which need packages beyond torch."""
+    `autoattack` (the module autoattack_suite) adds AutoAttack to --strong-eval."""
     devices = parse_gpus(args.gpu)
     chosen = parse_models(args.models)
     if len(devices) > 1:
@@ -580,7 +613,7 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     print(format_table(report["table"], paper))
     if args.strong_eval:
         report["strong_eval"] = strong_eval_report(finished, generators.get("C"), settings, test_x, test_y, device,
-                                                   extra_attacks)
+                                                   autoattack, ckpt_dir)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     report["wall_seconds"] = round(time.time() - started, 1)
     write_json(out, report)
@@ -642,16 +675,18 @@ def evaluate_trained(models, settings, test_x, test_y, device):
     return table, evaluation | {"seconds": round(time.time() - t0, 1)}
 
 
-def strong_eval_report(models, generator, settings, test_x, test_y, device, extra_attacks=None):
+def strong_eval_report(models, generator, settings, test_x, test_y, device, autoattack=None, state_dir="checkpoints"):
     """--strong-eval: core.strong_evaluation of the target models (the seed copies attack by transfer;
-    `generator`, C's G, attacks every model) with masking checks, as the results JSON's entry."""
+    `generator`, C's G, attacks every model) with masking checks, as the results JSON's entry.
+    `autoattack` (the module autoattack_suite, which needs a package beyond torch) adds AutoAttack's four
+    attacks, each alone, and its standard cascade (`autoattack`, resumable from state files in `state_dir`)."""
     n = min(settings["strong_n"] or len(test_x), settings["test_n"] or len(test_x), len(test_x))
     targets, surrogates = split_models(models)
     if not targets:
         return {"n_test": 0, "models": {}, "note": "no finished target model to evaluate"}
     eps = settings["eps"]
     attacks = core.strong_attacks(eps, settings["strong_steps"], settings["strong_restarts"])
-    attacks |= extra_attacks(settings) if extra_attacks else {}
+    attacks |= autoattack.attacks(settings) if autoattack else {}
     if generator is not None:
         attacks["generator_C"] = lambda m, x, y: core.generator_attack(generator, x, y, eps)
     torch.manual_seed(settings["seed"])
@@ -661,10 +696,37 @@ def strong_eval_report(models, generator, settings, test_x, test_y, device, extr
                                     settings["bn_eval"], settings["eval_batch"], sweep_steps=settings["strong_steps"],
                                     progress=Progress(n, "strong evaluation", "img"))
     report = {"n_test": n, "bn": settings["bn_eval"], "attacks": list(attacks), "surrogates": list(surrogates),
-              "precision": "float32 (no core.autocast, no TF32)", "seconds": round(time.time() - t0, 1),
+              "precision": "float32 (no core.autocast, no TF32)",
               "models": {m: {"accuracy": r, "checks": core.masking_checks(r)} for m, r in results.items()}}
+    if autoattack:
+        report["autoattack"] = autoattack_version(settings)
+        for name, model in targets.items():
+            print(f"AutoAttack's cascade on {name} ({n} images)", file=sys.stderr)
+            accuracy, warnings = autoattack_cascade(autoattack, model, test_x[:n], test_y[:n], settings, device, state_dir)
+            report["models"][name]["accuracy"]["autoattack"] = accuracy
+            report["models"][name]["autoattack_warnings"] = warnings
+    report["seconds"] = round(time.time() - t0, 1)
     print(format_strong(report))
     return report
+
+
+AUTOATTACK_STANDARD = dict(strong_steps=100, square_queries=5000)  # the standard version's iterations and queries
+
+
+def autoattack_version(settings):
+    """What the `autoattack` number is: the standard version, or a reduced one (--quick) that says so."""
+    reduced = {k: settings[k] for k, v in AUTOATTACK_STANDARD.items() if settings[k] != v}
+    return {"version": "standard" if not reduced else f"standard with {reduced} (not the standard numbers)",
+            "norm": "Linf", "eps": settings["eps"], "seed": settings["seed"]}
+
+
+def autoattack_cascade(autoattack, model, images, labels, settings, device, state_dir):
+    """AutoAttack's standard cascade on one model, scored as strong_evaluation scores: (accuracy in percent, warnings)."""
+    x, y = core.to_float(images.to(device)), labels.to(device)
+    state = autoattack.state_file(state_dir, model, settings, len(x), settings["bn_eval"])
+    with core.scoring_mode([model], settings["bn_eval"]), core.full_precision(device):
+        robust, warnings = autoattack.cascade(model, x, y, settings, settings["eval_batch"], state)
+    return round(100.0 * robust.float().mean().item(), 2), warnings
 
 
 def format_strong(report):
@@ -677,6 +739,7 @@ def format_strong(report):
     for name, r in models.items():
         flags = [f"{c} ({v['why']})" for c, v in r["checks"].items() if v["flag"]]
         lines.append(f"masking flags of {name}: {'; '.join(flags) if flags else 'none'}")
+        lines += [f"AutoAttack's warning on {name}: {w}" for w in r.get("autoattack_warnings", [])]
     return "\n".join(lines)
 
 

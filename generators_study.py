@@ -84,7 +84,7 @@ def main(argv=None):
     table6, evaluation = experiment.evaluate_trained(with_copies, settings, test_x, test_y, device)
     if args.strong_eval:  # the co-trained models, attacked by transfer from A' and B' and by C's generator
         report["strong_eval"] = experiment.strong_eval_report(with_copies, fixed["C"][1], settings, test_x, test_y, device,
-                                                        autoattack_suite.attacks)
+                                                              autoattack_suite, study_dir)
 
     report |= {"table5": table5, "table6": table6, "eval": evaluation,
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}

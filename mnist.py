@@ -65,7 +65,7 @@ def main(argv=None):
     if args.fashion:
         print("paper rows below are MNIST at eps 0.3: compare the pattern, not the numbers")
     return experiment.run_experiment(name, settings, args, load, build_D, build_G, experiment.paper_rows("mnist"),
-                               autoattack_suite.attacks)
+                               autoattack_suite)
 
 
 if __name__ == "__main__":

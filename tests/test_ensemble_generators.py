@@ -79,7 +79,9 @@ def test_ensemble_quick_run(fake_mnist, shared_checkpoints, tmp_path):
     ensemble.main(args + ["--out", str(out)])
     entry = json.loads(out.read_text())["datasets"]["mnist"]
     assert set(entry["table"]) == {"EAT", "C"} and all(set(r) == set(COLUMNS) for r in entry["table"].values())
-    assert entry["eat_set"]["n_images"] == 4 * 256 and entry["eat_set"]["kinds"][0] == "clean"
+    eat_n = experiment.QUICK_SETTINGS["eat_n"]  # of the 256 fake training images
+    assert 0 < eat_n < 256 and entry["settings"]["eat_n"] == eat_n
+    assert entry["eat_set"]["n_images"] == 4 * eat_n and entry["eat_set"]["kinds"][0] == "clean"
     assert entry["models"]["EAT"]["method"] == "eat" and entry["eval"]["n_test"] == experiment.QUICK_SETTINGS["test_n"]
     assert entry["provenance"]["command"].startswith("ensemble.py")
 

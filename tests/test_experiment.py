@@ -133,3 +133,21 @@ def test_interrupted_concurrent_run_checkpoints_every_model_and_resumes(tmp_path
     resumed = prepare_two(tmp_path, True)
     assert all(resumed[n][2]["iters_done"] == SETTINGS["iters"] for n in ("A", "C"))
     assert [s["from_iter"] for s in resumed["C"][2]["sessions"]] == [0, 8]
+
+
+@pytest.mark.parametrize("value,interval,inside", [(0.3, "(0, 1]", True), (1.0, "(0, 1]", True), (0.0, "(0, 1]", False),
+                                                   (-0.3, "(0, 1]", False), (0.0, "[0, inf)", True), (1.0, "[0, 1)", False),
+                                                   (-5.0, "(-inf, inf)", True)])
+def test_intervals_include_exactly_their_closed_ends(value, interval, inside):
+    assert experiment.in_range(value, interval) == inside
+
+
+def test_every_numeric_setting_of_every_script_has_a_range_its_default_meets():
+    import cifar10, cifar100, svhn
+    for script in (mnist, svhn, cifar10, cifar100):
+        for settings in (script.SETTINGS, script.SETTINGS | experiment.QUICK_SETTINGS):
+            experiment.check_ranges(settings)  # raises on a missing range or a default outside it
+    with pytest.raises(experiment.UserError, match="eps=2"):
+        experiment.check_ranges(mnist.SETTINGS | {"eps": 2})
+    with pytest.raises(KeyError, match="unlisted"):
+        experiment.check_ranges(mnist.SETTINGS | {"unlisted": 1})

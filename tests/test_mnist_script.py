@@ -92,6 +92,15 @@ def test_bad_command_line_gets_one_line_error(args, fragment, fake_mnist, sentin
     assert_clean_error(run("--quick", "--data-dir", fake_mnist, "--out", sentinel, *args), fragment)
 
 
+@pytest.mark.parametrize("setting", ["eps=-0.3", "eps=1.5", "d_lr=0", "d_lr_drop_at=1.5", "g_beta1=1", "strong_n=-1",
+                                     "square_queries=0", "pgd_steps=0", "eat_n=-2", "log_every=0"])
+def test_setting_out_of_range_stops_before_training(setting, fake_mnist, tmp_path, sentinel):
+    ckpt = tmp_path / "ckpt"
+    result = run("--quick", "--data-dir", fake_mnist, "--out", sentinel, "--ckpt-dir", str(ckpt), "--set", setting)
+    assert_clean_error(result, setting.split("=")[0], "outside its range")
+    assert not ckpt.exists()
+
+
 def test_corrupt_checkpoint_is_reported(fake_mnist, tmp_path, sentinel):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "A.pt").write_bytes(b"not a checkpoint")

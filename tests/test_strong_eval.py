@@ -2,6 +2,7 @@
 minimum, the masking checks fire on a model that masks its gradients and stay quiet on one that does
 not, and --strong-eval runs end to end from the command line."""
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -9,8 +10,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import pyautoattack.square
+
 import autoattack_suite
 import core
+import experiment
 from conftest import learnable_images
 from test_mnist_script import quick_run, run  # noqa: F401 (quick_run: the session's quick models)
 
@@ -18,9 +22,12 @@ EPS = 0.1
 MASKING_EPS = 0.2  # the tiny models' bright patches survive eps 0.1 even unmasked: no attack could tell them apart
 
 
+def aa_settings(eps=EPS):
+    return dict(eps=eps, seed=0, strong_steps=10, strong_restarts=2, square_queries=200)
+
+
 def all_attacks(eps=EPS):
-    settings = dict(eps=eps, seed=0, strong_steps=10, strong_restarts=2, square_queries=200)
-    return core.strong_attacks(eps, steps=10, restarts=2) | autoattack_suite.attacks(settings)
+    return core.strong_attacks(eps, steps=10, restarts=2) | autoattack_suite.attacks(aa_settings(eps))
 
 
 def tiny_bn_model():
@@ -99,19 +106,90 @@ def trained_mlp(seed):
 
 
 @pytest.fixture(scope="module")
-def strong_results():
+def strong_results(tmp_path_factory):
+    """strong_evaluation's results on a plain and a gradient-masking model, each with AutoAttack's cascade
+    (`autoattack`) and its warnings, as experiment.strong_eval_report adds them."""
     plain, surrogate = trained_mlp(0), trained_mlp(1)
     images, labels = learnable_set(100, 7)
+    models = {"plain": plain, "masked": RoundedInput(plain)}
     torch.manual_seed(0)
-    return core.strong_evaluation({"plain": plain, "masked": RoundedInput(plain)}, images, labels, MASKING_EPS,
-                                  torch.device("cpu"), all_attacks(MASKING_EPS), {"S'": surrogate}, sweep_steps=10)
+    results = core.strong_evaluation(models, images, labels, MASKING_EPS, torch.device("cpu"), all_attacks(MASKING_EPS),
+                                     {"S'": surrogate}, sweep_steps=10)
+    settings = aa_settings(MASKING_EPS) | dict(bn_eval="running", eval_batch=500)  # batches as strong_evaluation's
+    for name, model in models.items():
+        results[name]["autoattack"], results[name]["warnings"] = experiment.autoattack_cascade(
+            autoattack_suite, model, images, labels, settings, torch.device("cpu"), tmp_path_factory.mktemp("aa"))
+    return results
 
 
 def test_worst_case_is_never_above_any_attack(strong_results):
     for result in strong_results.values():
-        attacks = [k for k in result if not k.startswith("eps_") and k not in ("robust", "zero_gradient_percent")]
+        attacks = [k for k in result if not k.startswith("eps_") and k not in ("robust", "zero_gradient_percent",
+                                                                            "autoattack", "warnings")]
         assert {"clean", "pgd_ce", "pgd_cw", "apgd_ce", "apgd_t", "fab_t", "square", "transfer_S'"} <= set(attacks)
         assert all(result["robust"] <= result[a] for a in attacks)
+
+
+def test_cascade_is_never_above_any_of_its_attacks_alone(strong_results):
+    for name, result in strong_results.items():
+        assert result["autoattack"] < result["clean"], name
+        assert all(result["autoattack"] <= result[a] for a in autoattack_suite.NAMES), (name, result)
+
+
+def test_cascade_records_the_zero_gradient_warning_of_the_masked_model_only(strong_results):
+    assert not any("zero gradient" in w for w in strong_results["plain"]["warnings"]), strong_results["plain"]["warnings"]
+    assert any("zero gradient" in w for w in strong_results["masked"]["warnings"]), strong_results["masked"]["warnings"]
+
+
+def test_cascade_warns_of_probabilities_given_for_logits(tmp_path):
+    model = nn.Sequential(trained_mlp(0), nn.Softmax(dim=1))
+    images, labels = learnable_set(20, 7)
+    _, warnings = experiment.autoattack_cascade(autoattack_suite, model, images, labels, aa_settings() | dict(
+        bn_eval="running", eval_batch=20), torch.device("cpu"), tmp_path)
+    assert any("logits" in w for w in warnings), warnings
+
+
+def test_interrupted_cascade_resumes_with_the_same_result(tmp_path, monkeypatch):
+    model = trained_mlp(0)
+    images, labels = learnable_set(60, 7)
+    x, y = core.to_float(images), labels
+    settings = aa_settings() | dict(square_queries=50)
+    whole, _ = autoattack_suite.cascade(model, x, y, settings, 10, tmp_path / "whole.json")
+    square = pyautoattack.square.SquareAttack.perturb
+    calls = []
+
+    def interrupted(self, x, y=None):  # the power goes during Square's second batch
+        calls.append(len(x))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return square(self, x, y)
+
+    monkeypatch.setattr(pyautoattack.square.SquareAttack, "perturb", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        autoattack_suite.cascade(model, x, y, settings, 10, tmp_path / "cut.json")
+    assert autoattack_suite.read_state(tmp_path / "cut.json")[1] == {"apgd-ce", "apgd-t", "fab-t"}
+    monkeypatch.setattr(pyautoattack.square.SquareAttack, "perturb", square)
+    resumed, _ = autoattack_suite.cascade(model, x, y, settings, 10, tmp_path / "cut.json")
+    assert torch.equal(resumed, whole) and whole.any()
+
+
+class ModeSwitching(nn.Module):
+    """A model that puts itself in eval mode when called: the guard must notice the change."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = trained_mlp(0)
+
+    def forward(self, x):
+        self.eval()
+        return self.model(x)
+
+
+def test_a_run_that_changes_the_models_mode_is_an_error(tmp_path):
+    model = ModeSwitching().train()
+    images, labels = learnable_set(10, 7)
+    with pytest.raises(RuntimeError, match="mode"):
+        autoattack_suite.attacks(aa_settings())["apgd_ce"](model, core.to_float(images), labels)
 
 
 def test_masking_checks_fire_on_a_masked_model_only(strong_results):
@@ -140,9 +218,14 @@ def test_strong_eval_quick_end_to_end(quick_run, fake_mnist, tmp_path):
     strong = report["strong_eval"]
     assert strong["n_test"] == 40 and strong["bn"] == "batch" and set(strong["models"]) == {"A", "B", "C"}
     assert {"pgd_ce", "pgd_cw", "apgd_ce", "apgd_t", "fab_t", "square", "generator_C"} <= set(strong["attacks"])
+    assert "not the standard numbers" in strong["autoattack"]["version"]  # --quick's 5 iterations, 20 queries
+    assert report["provenance"]["versions"]["pyautoattack"] == pyautoattack.__version__
     for entry in strong["models"].values():
         accuracy = entry["accuracy"]
         scored = strong["attacks"] + [f"transfer_{s}" for s in ("A'", "B'", "C'")]
         assert all(accuracy["robust"] <= accuracy[a] for a in scored)
+        assert all(accuracy["autoattack"] <= accuracy[a] for a in autoattack_suite.NAMES)
+        assert isinstance(entry["autoattack_warnings"], list)
         assert set(entry["checks"]) == {"iterative_beats_single_step", "accuracy_falls_with_eps", "large_eps_reaches_zero",
                                         "transfer_not_below_white_box", "gradient_free_not_better", "input_gradients_nonzero"}
+    assert len(list(pathlib.Path(ckpt).glob("autoattack_*.json"))) >= 3  # AutoAttack's state, one per model

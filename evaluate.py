@@ -1,0 +1,153 @@
+"""Scores any model checkpoint this repository writes (A, B, C and their copies, EAT, the generator
+study's co-trained models) on a data set's test images: clean, FGS and PGD (white box), and with
+--strong-eval the strong evaluation of the data-set scripts (the same code path: PGD-100x5, PGD-CW,
+AutoAttack's cascade and attacks, the checkpoint's own generator where it has one, masking checks).
+Writes a results JSON with provenance; --robustbench also writes RobustBench's model_info JSON.
+
+    python evaluate.py checkpoints/cifar10/C.pt --dataset cifar10 --strong-eval
+    python evaluate.py checkpoints/mnist/B.pt --dataset mnist --eval-n 1000 --bn-eval batch
+    python evaluate.py checkpoints/cifar10/C.pt --dataset cifar10 --robustbench
+
+The network, eps and PGD settings are those the checkpoint was trained with (its fingerprint);
+--set changes the evaluation's (e.g. --set strong_n=0 for every scored image).
+"""
+import argparse
+import json
+import os
+import time
+
+import autoattack_suite
+import cifar10
+import cifar100
+import core
+import experiment
+import generators_study
+import mnist
+import svhn
+
+DATASETS = {  # name -> (script that built the networks, args -> test (images, labels), paper table)
+    "mnist": (mnist, lambda args: mnist.load_data(args.data_dir, False)[2:], "mnist"),
+    "fashion_mnist": (mnist, lambda args: mnist.load_data(args.data_dir, True)[2:], None),
+    "svhn": (svhn, lambda args: svhn.load_data(args.data_dir, 0, 0)[2:], "svhn"),
+    "cifar10": (cifar10, lambda args: cifar10.load_data(args.data_dir)[2:], "cifar10"),
+    "cifar100": (cifar100, lambda args: cifar100.load_data(args.data_dir)[2:], "cifar100"),
+}
+# the paper as model_info's reference; the link is left for whoever submits (the paper text here carries none)
+PAPER = dict(name="A Direct Approach to Robust Deep Learning Using Adversarial Networks", authors="Wang, Yu",
+             venue="ICLR 2019", link="")
+PAPER_ROWS = {"standard": "A", "pgd": "B", "advnet": "C", "eat": "EAT"}  # method -> the paper's row of its tables
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a .pt checkpoint written by mnist.py, svhn.py, cifar10.py, cifar100.py, "
+                   "ensemble.py or generators_study.py")
+    p.add_argument("--dataset", required=True, choices=list(DATASETS), help="the data set it was trained on")
+    p.add_argument("--gpu", default=None, help="CUDA device index or cpu (default: GPU 0 if present, else cpu)")
+    p.add_argument("--data-dir", default="data", help="where torchvision finds or downloads the data set")
+    p.add_argument("--out", default=None, help="results JSON (default: results/evaluate_<dataset>_<checkpoint name>.json)")
+    p.add_argument("--eval-n", type=int, default=None, help="score only the first N test images (setting test_n; 0 = all)")
+    p.add_argument("--bn-eval", choices=core.BN_MODES, default=None, help="batch norm when scoring (default running)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an evaluation setting")
+    p.add_argument("--strong-eval", action="store_true", help="also run the strong evaluation")
+    p.add_argument("--robustbench", action="store_true", help="also write RobustBench's model_info JSON (runs the "
+                   "strong evaluation for AutoAttack's number)")
+    args = experiment.parse_cli(p, argv, __file__)
+    args.quick, args.iters, args.seed = False, None, None  # what resolve_settings asks of a training command
+    return args
+
+
+def load(path):
+    """(checkpoint, its training settings, method, seed) from a checkpoint's fingerprint."""
+    if not os.path.exists(path):
+        raise experiment.UserError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = core.load_checkpoint(path)
+        trained = json.loads(ckpt["fingerprint"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise experiment.UserError(f"{path} is not a checkpoint of this repository ({err})") from None
+    method, seed = trained.pop("method"), trained.pop("model_seed")
+    if method == "generator":
+        raise experiment.UserError(f"{path} holds a generator trained against a fixed model, not a classifier to score")
+    return ckpt, trained, method, seed
+
+
+def build(script, settings, ckpt, path, device):
+    """D (and G, for the methods that train one) with the checkpoint's weights, in eval mode."""
+    build_G = generators_study.GENERATORS[settings["generator"]] if "generator" in settings else script.build_G
+    D, G = core.to_device(script.build_D(settings), device), core.to_device(build_G(settings), device)
+    modules = {"D": D, "G": G} if "G" in ckpt else {"D": D}
+    try:
+        for key, module in modules.items():
+            module.load_state_dict(ckpt[key])
+    except (KeyError, RuntimeError) as err:
+        raise experiment.UserError(f"checkpoint {path} does not match {script.__name__}'s networks "
+                                   f"({type(err).__name__}); is --dataset right?") from None
+    return D.eval(), G.eval() if "G" in ckpt else None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    script, load_test, paper_table = DATASETS[args.dataset]
+    ckpt, trained, method, seed = load(args.checkpoint)
+    settings = experiment.resolve_settings(script.SETTINGS | trained, args)
+    device = experiment.pick_device(args.gpu)
+    D, G = build(script, settings, ckpt, args.checkpoint, device)
+    name = os.path.splitext(os.path.basename(args.checkpoint))[0]
+    out = args.out or os.path.join("results", f"evaluate_{args.dataset}_{name}.json")
+    test_x, test_y = load_test(args)
+    started = time.time()
+    record = ckpt["record"]
+    if record["iters_done"] < settings["iters"]:
+        print(f"note: {args.checkpoint} is unfinished ({record['iters_done']} of {settings['iters']} iterations)")
+    report = {"experiment": "evaluate", "checkpoint": os.path.abspath(args.checkpoint), "dataset": args.dataset,
+              "method": method, "seed": seed, "trained_settings": trained, "settings": settings,
+              "model": {k: v for k, v in record.items() if k != "history"},
+              "provenance": experiment.provenance(device, experiment.command_line(args)),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    report["table"], report["eval"] = experiment.evaluate_trained({"model": D}, settings, test_x, test_y, device)
+    print(experiment.format_table(report["table"]))
+    if args.strong_eval or args.robustbench:
+        report["strong_eval"] = experiment.strong_eval_report({"model": D}, G, settings, test_x, test_y, device,
+                                                              autoattack_suite, os.path.dirname(os.path.abspath(args.checkpoint)))
+    report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
+    experiment.write_json(out, report)
+    print(f"results written to {out}")
+    if args.robustbench:
+        info_path = os.path.splitext(out)[0] + "_model_info.json"
+        experiment.write_json(info_path, model_info(report, D, paper_table))
+        print(f"RobustBench model_info written to {info_path}")
+    return report
+
+
+def fraction(eps):
+    """eps as RobustBench writes it: "8/255" where it is a whole number of 255ths (or 256ths, the paper's), else decimal."""
+    for denominator in (255, 256):
+        if abs(eps * denominator - round(eps * denominator)) < 1e-9:
+            return f"{round(eps * denominator)}/{denominator}"
+    return f"{eps:g}"
+
+
+def model_info(report, D, paper_table):
+    """RobustBench's model_info entry (model_info/<dataset>/Linf/<name>.json) of an evaluated model."""
+    strong, settings = report["strong_eval"], report["settings"]
+    accuracy = strong["models"]["model"]["accuracy"]
+    row = PAPER_ROWS.get(report["method"])
+    paper = experiment.paper_rows(paper_table) if paper_table else None
+    notes = [f"AutoAttack {strong['autoattack']['version']}, batch norm {strong['bn']}, on the first {strong['n_test']} "
+             f"test images; clean accuracy on the same images"]
+    if strong["models"]["model"]["autoattack_warnings"]:
+        notes.append("AutoAttack warned: " + " | ".join(strong["models"]["model"]["autoattack_warnings"]))
+    return PAPER | {
+        "additional_data": False,
+        "number_forward_passes": 1, "dataset": report["dataset"], "threat_model": "Linf",
+        "architecture": f"{type(D).__name__}: {(type(D).__doc__ or '').splitlines()[0]}",
+        "eps": fraction(settings["eps"]), "clean_acc": f"{accuracy['clean']:.2f}",
+        "reported": f"{paper[row][2]:.2f}" if paper and row in paper else "",  # the paper's PGD, its strongest attack
+        "autoattack_acc": f"{accuracy['autoattack']:.2f}", "footnote": "; ".join(notes),
+        "unreliable": any(c["flag"] for c in strong["models"]["model"]["checks"].values()),
+    }
+
+
+if __name__ == "__main__":
+    experiment.exit_on_error(main)

@@ -1,0 +1,63 @@
+"""evaluate.py re-scores a checkpoint the training scripts wrote: the same numbers on the same images,
+RobustBench's model_info, and one-line errors for what it cannot score."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from test_mnist_script import OFFLINE, assert_clean_error, quick_run  # noqa: F401 (quick_run: the session's quick models)
+
+
+def evaluate(*args):
+    env = os.environ | OFFLINE | {"PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--gpu", "cpu", *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+@pytest.mark.parametrize("model", ["B", "C"])
+def test_rescoring_a_quick_checkpoint_gives_the_training_runs_numbers(model, quick_run, fake_mnist, tmp_path):
+    out, ckpt, _ = quick_run
+    with open(out) as f:
+        run = json.load(f)
+    result = evaluate(os.path.join(ckpt, f"{model}.pt"), "--dataset", "mnist", "--data-dir", fake_mnist,
+                      "--eval-n", str(run["eval"]["n_test"]), "--out", str(tmp_path / "eval.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "eval.json").read_text())
+    row, trained = report["table"]["model"], run["table"][model]
+    assert report["eval"]["n_test"] == run["eval"]["n_test"] and report["method"] == run["models"][model]["method"]
+    assert row["clean"] == trained["clean"] and row["fgs"] == trained["fgs"]  # no randomness in either
+    assert abs(row["pgd"] - trained["pgd"]) <= 5.0  # PGD's random start draws differently here
+    assert report["settings"]["eps"] == run["settings"]["eps"] and report["settings"]["pgd_steps"] == run["settings"]["pgd_steps"]
+    assert report["provenance"]["command"].startswith("evaluate.py") and report["model"]["iters_done"] == run["settings"]["iters"]
+
+
+def test_robustbench_model_info(quick_run, fake_mnist, tmp_path):
+    _, ckpt, _ = quick_run
+    result = evaluate(os.path.join(ckpt, "C.pt"), "--dataset", "mnist", "--data-dir", fake_mnist, "--eval-n", "30",
+                      "--robustbench", "--set", "strong_steps=5", "--set", "square_queries=20", "--out", str(tmp_path / "eval.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "eval.json").read_text())
+    info = json.loads((tmp_path / "eval_model_info.json").read_text())
+    accuracy = report["strong_eval"]["models"]["model"]["accuracy"]
+    assert info["threat_model"] == "Linf" and info["eps"] == "0.3" and info["dataset"] == "mnist"
+    assert float(info["clean_acc"]) == accuracy["clean"] and float(info["autoattack_acc"]) == accuracy["autoattack"]
+    assert float(info["autoattack_acc"]) <= float(info["clean_acc"])
+    assert info["architecture"].startswith("D1") and "Adversarial Networks" in info["name"] and info["reported"] == "56.51"
+    assert "generator_C" in report["strong_eval"]["attacks"]  # C's own generator attacks it
+    assert "not the standard numbers" in info["footnote"] and "first 30 test images" in info["footnote"]
+
+
+@pytest.mark.parametrize("make,fragment", [
+    (lambda ckpt, tmp: (str(tmp / "none.pt"), "mnist"), "does not exist"),
+    (lambda ckpt, tmp: (os.path.join(ckpt, "A.pt"), "cifar10"), "is --dataset right"),
+    (lambda ckpt, tmp: (str(tmp / "junk.pt"), "mnist"), "unreadable"),
+])
+def test_what_cannot_be_scored_gets_one_line(make, fragment, quick_run, fake_mnist, tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    path, dataset = make(quick_run[1], tmp_path)
+    result = evaluate(path, "--dataset", dataset, "--data-dir", fake_mnist, "--out", str(tmp_path / "eval.json"))
+    assert_clean_error(result, fragment)
+    assert not (tmp_path / "eval.json").exists()
