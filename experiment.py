@@ -1,7 +1,8 @@
 """The machinery of this repository's experiments: settings and their checks, the command line, the
 resumable training loop, provenance, progress, the runner that trains a data set's six models and
-evaluates them, and the per-GPU spread. The method itself (networks, attacks, training steps,
-evaluation) is in core.py; the layering is scripts -> experiment -> core.
+evaluates them (once per seed with --seeds), and the jobs through submitit (SLURM, or one per GPU
+here). The method itself (networks, attacks, training steps, evaluation) is in core.py; the layering
+is scripts -> experiment -> core.
 
 Errors the user can fix (bad input, missing data, a stale checkpoint) are UserErrors, which
 `exit_on_error` prints as one line on stderr with exit code 2.
