@@ -725,11 +725,13 @@ def run_local(folder, gpus, trainings, evaluation):
     executor = submitit.LocalExecutor(folder)
     executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
     pending, running, failed = list(trainings), {}, []
-    while pending or running:
+    while running or (pending and not failed):  # after a failure, the running jobs end and nothing new starts
         for gpu in gpus:
             if gpu not in running and pending and not failed:
                 label, job = pending.pop(0)
                 running[gpu] = label, submit_local(executor, gpu, job)
+                print(f"training {label}: local job {running[gpu][1].job_id}" + ("" if gpu is None else f" on GPU {gpu}")
+                      + f", log {running[gpu][1].paths.stderr}", flush=True)
         time.sleep(0.5)
         for gpu, (label, job) in list(running.items()):
             if job.done():
@@ -740,11 +742,12 @@ def run_local(folder, gpus, trainings, evaluation):
     if evaluation is None:
         return None
     job = submit_local(executor, gpus[0], evaluation)
+    print(f"evaluation: local job {job.job_id}, log {job.paths.stderr}", flush=True)
     job.wait()
     failed = job_failure(str(evaluation), job)
     if failed:
         raise UserError(failed[0])
-    print(job.stdout(), end="")
+    print("".join(line for line in job.stdout().splitlines(keepends=True) if not line.startswith("submitit ")), end="")
     return job.result()
 
 

@@ -73,10 +73,10 @@ def test_seed_statistics_in_the_json_summarise_the_seeds_tables(local_jobs_run):
 
 def test_a_failed_training_stops_the_run_before_the_evaluation(fake_mnist, tmp_path):
     out = tmp_path / "mnist.json"
-    result = run("mnist.py", "--gpu", "cpu", "--slurm", "cluster=local", "--quick", "--models", "A", "--set", "d_lr=1e30",
+    result = run("mnist.py", "--gpu", "cpu", "--slurm", "cluster=local", "--quick", "--models", "A,A'", "--set", "d_lr=1e30",
                  "--data-dir", fake_mnist, "--out", str(out), "--ckpt-dir", str(tmp_path / "ckpt"))
     assert_clean_error(result, "training A seed 0 failed", "NaN", "log:")
-    assert not out.exists() and len(job_ids(tmp_path / "ckpt" / "jobs")) == 1  # no evaluation job ran
+    assert not out.exists() and len(job_ids(tmp_path / "ckpt" / "jobs")) == 1  # neither A' (one CPU slot) nor the evaluation ran
 
 
 def task_pid(job):
