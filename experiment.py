@@ -1,24 +1,28 @@
 """The machinery of this repository's experiments: settings and their checks, the command line, the
 resumable training loop, provenance, progress, the runner that trains a data set's six models and
-evaluates them, and the per-GPU spread. The method itself (networks, attacks, training steps,
-evaluation) is in core.py; the layering is scripts -> experiment -> core.
+evaluates them (once per seed with --seeds), and the jobs through submitit (SLURM, or one per GPU
+here). The method itself (networks, attacks, training steps, evaluation) is in core.py; the layering
+is scripts -> experiment -> core.
 
 Errors the user can fix (bad input, missing data, a stale checkpoint) are UserErrors, which
 `exit_on_error` prints as one line on stderr with exit code 2.
 """
 import argparse
 import contextlib
+import importlib
 import importlib.metadata
 import json
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import submitit
 import torch
 
 import core
@@ -192,9 +196,13 @@ def lr_at(it, settings):
 # =====================================================================================================
 
 def experiment_parser(description, models=True):
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gpu", default=None, help="CUDA device index, a list such as 0,1,2,3 (one training process "
-                   "per GPU), or cpu (default: GPU 0 if present, else cpu)")
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)  # job_argv rewrites options by their full names
+    p.add_argument("--gpu", default=None, help="CUDA device index, a list such as 0,1,2,3 (one training job "
+                   "per model, one GPU each), or cpu (default: GPU 0 if present, else cpu)")
+    p.add_argument("--slurm", nargs="?", const="", default=None, metavar="KEY=VALUE,...",
+                   help=f"submit the run to SLURM through submitit, one GPU per job; keys: {', '.join(SLURM_KEYS)}, "
+                   "and cluster=local to run the same jobs as processes on this machine")
     p.add_argument("--data-dir", default="data", help="where torchvision finds or downloads the data set")
     p.add_argument("--out", default=None, help="results JSON (default: results/<experiment>.json)")
     p.add_argument("--ckpt-dir", default=None, help="checkpoints (default: checkpoints/<experiment>)")
@@ -210,7 +218,10 @@ def experiment_parser(description, models=True):
     p.add_argument("--strong-eval", action="store_true", help="also run the strong evaluation: PGD-100x5, PGD-CW, "
                    "AutoAttack, C's generator, the per-example worst case and gradient-masking checks")
     if models:
+        p.add_argument("--seeds", default=None, help="repeat the run once per seed, e.g. 0,1,2 (the copies use s+1); "
+                       "the JSON keeps each seed's table and the mean, standard deviation and n of every cell")
         p.add_argument("--no-eval", action="store_true", help="train only (e.g. to spread models over machines)")
+        p.add_argument("--eval-only", action="store_true", help="train nothing: evaluate the finished checkpoints")
     return p
 
 
@@ -228,6 +239,19 @@ def parse_models(text):
     if bad or not names:
         raise UserError(f"--models {text}: choose from A, B, C, A', B', C'")
     return names
+
+
+def parse_seeds(text):
+    """--seeds text -> list of distinct seeds, or None where the option is absent."""
+    if text is None:
+        return None
+    try:
+        seeds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text}: give distinct integers such as 0,1,2")
+    return seeds
 
 
 def parse_gpus(gpu):
@@ -347,7 +371,11 @@ def format_seconds(s):
 
 class StopFlag:
     """Turns SIGINT/SIGTERM into a flag the training loop reads between iterations, so that a killed
-    run saves a consistent checkpoint (never one taken halfway through a minimax step)."""
+    run saves a consistent checkpoint (never one taken halfway through a minimax step).
+
+    In a submitit job the preemption signal (SLURM's warning before the time limit, or a preemption)
+    is flagged too and, once the checkpoint is saved, handed to submitit's handler, which requeues the
+    job; SIGTERM is left to submitit there, since SLURM sends it along with a preemption."""
 
     def __init__(self):
         self.raised = None
@@ -355,7 +383,8 @@ class StopFlag:
     def __enter__(self):
         self.saved = {}
         if hasattr(signal, "SIGTERM") and _in_main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            preempt = preemption_signal()
+            for sig in (signal.SIGINT, preempt) if preempt else (signal.SIGINT, signal.SIGTERM):
                 self.saved[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -365,6 +394,16 @@ class StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self.saved.items():
             signal.signal(sig, handler)
+        if self.raised is not None and self.raised == preemption_signal() and callable(self.saved[self.raised]):
+            self.saved[self.raised](self.raised, None)  # submitit requeues the job and exits
+
+
+def preemption_signal():
+    """The signal by which submitit tells one of its jobs to checkpoint (USR2 unless SUBMITIT_PREEMPT_SIGNAL
+    names another), or None outside a submitit job."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    return getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
 
 
 def _in_main_thread():
@@ -377,6 +416,7 @@ def _in_main_thread():
 # =====================================================================================================
 
 METHODS = {"A": "standard", "B": "pgd", "C": "advnet"}
+TABLE_COLUMNS = ["clean", "fgs", "pgd", "fgs_A'", "pgd_A'", "fgs_B'", "pgd_B'", "fgs_C'", "pgd_C'"]  # the paper's order
 
 
 def restore(ckpt, path, fp, modules):
@@ -577,20 +617,46 @@ def dataset_main(doc, script, configure, build_D, build_G, paper_table, autoatta
 
 def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None, autoattack=None):
     """Trains the chosen models (resumably), evaluates the 9-column table (and with --strong-eval the
-    strong evaluation) and writes the results JSON.
+    strong evaluation) and writes the results JSON; with --seeds, once per seed, and the JSON adds the
+    mean, standard deviation and n of every cell. With --slurm or --gpu 0,1,... the trainings and the
+    evaluation run as jobs instead (launch_experiment).
 
     `load_data()` gives (train_images, train_labels, test_images, test_labels): uint8 (N, C, H, W)
     and int64. Models outside --models are not trained, but their finished checkpoints are evaluated.
     `autoattack` (the module autoattack_suite) adds AutoAttack to --strong-eval."""
-    devices = parse_gpus(args.gpu)
-    chosen = parse_models(args.models)
-    if len(devices) > 1:
-        train_on_gpus(devices, chosen, args)
-        chosen = []  # all trained by now: this process only evaluates
-    device = devices[0]
-    out = args.out or os.path.join("results", f"{name}.json")
+    seeds = parse_seeds(args.seeds)
+    chosen = [] if args.eval_only else parse_models(args.models)
     ckpt_dir = args.ckpt_dir or os.path.join("checkpoints", name)
-    train_x, train_y, test_x, test_y = load_data()
+    if args.slurm is not None or len(parse_gpus(args.gpu)) > 1:
+        return launch_experiment(args, seeds or [settings["seed"]], chosen, ckpt_dir)
+    device = pick_device(args.gpu)
+    out = args.out or os.path.join("results", f"{name}.json")
+    data = load_data()
+    started = time.time()
+    runs = {seed: run_seed(name, settings | {"seed": seed}, args, data, build_D, build_G, device,
+                           os.path.join(ckpt_dir, f"seed{seed}"), chosen, paper, autoattack)
+            for seed in seeds} if seeds else {None: run_seed(name, settings, args, data, build_D, build_G, device,
+                                                             ckpt_dir, chosen, paper, autoattack)}
+    if args.no_eval:
+        return runs
+    if seeds:
+        report = {"experiment": name, "settings": settings, "provenance": provenance(device, command_line(args)),
+                  "seed_list": seeds, "runs": {str(seed): run for seed, run in runs.items()}}
+        report["table_stats"] = seed_statistics({seed: run["table"] for seed, run in runs.items()})
+        report["table"] = {row: {col: cell["mean"] for col, cell in cols.items()} for row, cols in report["table_stats"].items()}
+        report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
+        print(format_statistics(report["table_stats"], paper))
+    else:
+        report = runs[None]
+    write_json(out, report)
+    print(f"results written to {out}")
+    return report
+
+
+def run_seed(name, settings, args, data, build_D, build_G, device, ckpt_dir, chosen, paper, autoattack):
+    """One run of the experiment with settings["seed"]: trains the chosen models, and unless --no-eval
+    evaluates them; returns that run's report (the results JSON of a single-seed run)."""
+    train_x, train_y, test_x, test_y = data
     started = time.time()
     report = {"experiment": name, "settings": settings, "seeds": {}, "provenance": provenance(device, command_line(args)),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": {}}
@@ -610,42 +676,239 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
         print(f"trained {', '.join(finished) or 'nothing'}; checkpoints in {ckpt_dir}; run without --no-eval to evaluate")
         return report
     report["table"], report["eval"] = evaluate_trained(finished, settings, test_x, test_y, device)
-    print(format_table(report["table"], paper))
+    print(f"seed {settings['seed']} (copies {settings['seed'] + 1})\n{format_table(report['table'], paper)}")
     if args.strong_eval:
         report["strong_eval"] = strong_eval_report(finished, generators.get("C"), settings, test_x, test_y, device,
                                                    autoattack, ckpt_dir)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     report["wall_seconds"] = round(time.time() - started, 1)
-    write_json(out, report)
-    print(f"results written to {out}")
     return report
 
 
-def child_argv(argv, gpu, models):
-    """The command line of one per-GPU training process: the user's, with its own --gpu and --models."""
-    own = {"--gpu", "--models"}
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in own:
-            skip = True
-        elif arg.split("=")[0] not in own and arg != "--no-eval":
+def seed_statistics(tables):
+    """{seed: table} -> row -> column -> {mean, std, n} over the seeds whose table has that cell; std is
+    the sample standard deviation (divisor n - 1), None where n is 1."""
+    cells = {}
+    for table in tables.values():
+        for row, values in table.items():
+            for column, value in values.items():
+                cells.setdefault(row, {}).setdefault(column, []).append(value)
+    return {row: {column: mean_std(values) for column, values in columns.items()} for row, columns in cells.items()}
+
+
+def mean_std(values):
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "std": std, "n": n}
+
+
+def format_statistics(stats, paper=None):
+    """The across-seed table: mean ± standard deviation of every cell (n seeds), and the paper's rows where given."""
+    cell = lambda c: f"{c['mean']:.2f}±{c['std']:.2f}" if c["std"] is not None else f"{c['mean']:.2f}"
+    ns = sorted({c["n"] for cols in stats.values() for c in cols.values()})
+    lines = [f"mean ± standard deviation over the seeds (n = {', '.join(map(str, ns))}), accuracy in percent",
+             f"{'model':<8}" + "".join(f"{c:>14}" for c in TABLE_COLUMNS)]
+    for row, cols in stats.items():
+        lines.append(f"{row:<8}" + "".join(f"{cell(cols[c]):>14}" if c in cols else f"{'-':>14}" for c in TABLE_COLUMNS))
+        if paper and row in paper:
+            lines.append(f"{'  paper':<8}" + "".join(f"{v:>14.2f}" for v in paper[row]))
+    return "\n".join(lines)
+
+
+# =====================================================================================================
+# Jobs through submitit: on a SLURM cluster (--slurm), or one process per GPU here (--gpu 0,1,...)
+# =====================================================================================================
+
+SLURM_KEYS = {  # --slurm key -> (submitit.SlurmExecutor parameter, type); each job also gets one GPU
+    "partition": ("partition", str),             # SLURM partition
+    "time": ("time", int),                       # minutes per job allocation; at the limit it is requeued and resumes
+    "mem": ("mem", str),                         # host memory per job, SLURM's syntax (32G)
+    "cpus": ("cpus_per_task", int),              # CPU cores per job
+    "account": ("account", str),
+    "qos": ("qos", str),
+    "constraint": ("constraint", str),           # node features, e.g. a GPU type
+    "requeues": ("max_num_timeout", int),        # how often a job may reach its time limit and be requeued
+}
+SLURM_DEFAULTS = dict(time=240, mem="32G", cpus_per_task=4, max_num_timeout=30)
+LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # local jobs have no time limit; submitit's default is 2 minutes
+LAUNCH_OPTIONS = ["--gpu", "--slurm", "--models", "--seeds", "--no-eval", "--eval-only"]
+
+
+class ScriptJob(submitit.helpers.Checkpointable):
+    """One job: a script's main() on a command line. Requeued after its time limit or a preemption, it
+    runs the same command again, which resumes from the checkpoints (checkpoint() of Checkpointable)."""
+
+    def __init__(self, script, argv):
+        self.script, self.argv = script, list(argv)
+
+    def __call__(self):
+        # the jobs find this repository on their PYTHONPATH (use_repository_path)
+        module = importlib.import_module(os.path.splitext(os.path.basename(self.script))[0])
+        return module.main(self.argv)
+
+    def __str__(self):
+        return " ".join([os.path.basename(self.script)] + self.argv)
+
+
+def parse_slurm(text):
+    """--slurm's comma-separated key=value pairs -> ("slurm" or "local", {SlurmExecutor parameter: value})."""
+    cluster, params = "slurm", dict(SLURM_DEFAULTS)
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = pair.partition("=")
+        if key == "cluster" and value in ("slurm", "local"):
+            cluster = value
+        elif not sep or key not in SLURM_KEYS:
+            raise UserError(f"--slurm {pair}: write key=value with a key from {', '.join(SLURM_KEYS)}, or cluster=local")
+        else:
+            parameter, kind = SLURM_KEYS[key]
+            try:
+                params[parameter] = kind(value)
+            except ValueError:
+                raise UserError(f"--slurm {pair}: expected a {kind.__name__}") from None
+    return cluster, params
+
+
+def job_argv(argv, add):
+    """The user's command line without the options that launch jobs or pick what each job does
+    (LAUNCH_OPTIONS, with their values), then `add`."""
+    kept, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg in LAUNCH_OPTIONS:
+            if i < len(argv) and not argv[i].startswith("-") and arg not in ("--no-eval", "--eval-only"):
+                i += 1  # its value
+        elif arg.split("=")[0] not in LAUNCH_OPTIONS:
             kept.append(arg)
-    return kept + ["--gpu", str(gpu), "--models", ",".join(models), "--no-eval"]
+    return kept + add
 
 
-def train_on_gpus(devices, models, args):
-    """One process per GPU, the models dealt round-robin; each model stays resumable on its own."""
-    procs = []
-    for i, device in enumerate(devices):
-        share = models[i::len(devices)]
-        if share:
-            cmd = [sys.executable, args.script] + child_argv(args.argv, device.index, share)
-            procs.append((device, subprocess.Popen(cmd)))
-    failed = [f"GPU {d.index} (exit {p.wait()})" for d, p in procs if p.wait() != 0]
+def use_repository_path():
+    """Jobs unpickle ScriptJob and import the scripts by name: this folder goes on their PYTHONPATH
+    (local jobs and sbatch inherit this process's environment)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([here] + [p for p in paths if p])
+
+
+def launch_experiment(args, seeds, chosen, ckpt_dir):
+    """--slurm, or --gpu 0,1,...: one training job per model and seed (each on one GPU, resumable), then
+    an evaluation job, which starts once every training has finished and writes the results JSON."""
+    multi = args.seeds is not None
+    cpu = str(args.gpu).lower() == "cpu"
+    job_gpu = ["--gpu", "cpu" if cpu else "0"]  # a job sees only its own GPU, as device 0
+    trainings = [(f"{m} seed {s}", ScriptJob(args.script, job_argv(args.argv, job_gpu + ["--models", m, "--no-eval"]
+                                                                    + (["--seeds", str(s)] if multi else []))))
+                 for s in seeds for m in chosen]
+    evaluation = None if args.no_eval else ScriptJob(args.script, job_argv(args.argv, job_gpu + ["--eval-only"]
+                                                                             + (["--seeds", args.seeds] if multi else [])))
+    return run_jobs(args, os.path.join(ckpt_dir, "jobs"), trainings, evaluation)
+
+
+def launch_script(args, ckpt_root):
+    """--slurm for a script that runs as one job (ensemble.py, generators_study.py)."""
+    cpu = str(args.gpu).lower() == "cpu"
+    job = ScriptJob(args.script, job_argv(args.argv, ["--gpu", "cpu" if cpu else "0"]))
+    return run_jobs(args, os.path.join(ckpt_root, "jobs"), [], job)
+
+
+def run_jobs(args, folder, trainings, evaluation):
+    """The jobs on SLURM (submitted; this command returns) or on this machine (waited for); their logs
+    and submitit's files go to `folder`, which all of them must see."""
+    cluster, params = parse_slurm(args.slurm) if args.slurm is not None else ("local", {})
+    use_repository_path()
+    if cluster == "local":
+        devices = parse_gpus(args.gpu)
+        return run_local(folder, [d.index for d in devices] if devices[0].type == "cuda" else [None], trainings, evaluation)
+    if shutil.which("sbatch") is None or shutil.which("srun") is None:
+        raise UserError("--slurm: no SLURM on this machine (sbatch is not on PATH); run it on the cluster's login "
+                        "node, or use --gpu 0,1,... to run the jobs here")
+    cpu = str(args.gpu).lower() == "cpu"
+    return submit_slurm(folder, params, 0 if cpu else 1, trainings, evaluation)
+
+
+def submit_slurm(folder, params, gpus, trainings, evaluation):
+    """Submits the trainings, then the evaluation with a dependency: SLURM starts it once all of them
+    have ended well (a requeued training keeps its job id, so the evaluation waits for it too)."""
+    executor = submitit.SlurmExecutor(folder, max_num_timeout=params.pop("max_num_timeout"))
+    executor.update_parameters(**params, gpus_per_node=gpus)
+    jobs = []
+    for label, job in trainings:
+        executor.update_parameters(job_name=f"train {label}")
+        jobs.append(executor.submit(job))
+        print(f"submitted training {label}: SLURM job {jobs[-1].job_id}")
+    if evaluation is not None:
+        executor.update_parameters(job_name="evaluate", additional_parameters={"dependency": "afterok:" + ":".join(
+            j.job_id for j in jobs)} if jobs else {})
+        jobs.append(executor.submit(evaluation))
+        print(f"submitted {evaluation}: SLURM job {jobs[-1].job_id}" + (", after the trainings" if trainings else ""))
+    print(f"logs in {folder}/; squeue --me to follow; the same command again resubmits what is unfinished")
+    return [j.job_id for j in jobs]
+
+
+def run_local(folder, gpus, trainings, evaluation):
+    """Runs the jobs as processes on this machine, at most one per GPU at a time (each sees only its own:
+    CUDA_VISIBLE_DEVICES), then the evaluation job once every training has succeeded. `gpus`: [None]
+    for the CPU. Prints the evaluation job's output; returns its result."""
+    executor = submitit.LocalExecutor(folder)
+    executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
+    pending, running, failed = list(trainings), {}, []
+    while running or (pending and not failed):  # after a failure, the running jobs end and nothing new starts
+        for gpu in gpus:
+            if gpu not in running and pending and not failed:
+                label, job = pending.pop(0)
+                running[gpu] = label, submit_local(executor, gpu, job)
+                print(f"training {label}: local job {running[gpu][1].job_id}" + ("" if gpu is None else f" on GPU {gpu}")
+                      + f", log {running[gpu][1].paths.stderr}", flush=True)
+        time.sleep(0.5)
+        for gpu, (label, job) in list(running.items()):
+            if job.done():
+                del running[gpu]
+                failed += job_failure(f"training {label}", job)
     if failed:
-        raise UserError(f"training failed on {', '.join(failed)}; see its output above; rerun to resume")
+        raise UserError("; ".join(failed) + "; rerun the same command to resume")
+    if evaluation is None:
+        return None
+    job = submit_local(executor, gpus[0], evaluation)
+    print(f"evaluation: local job {job.job_id}, log {job.paths.stderr}", flush=True)
+    job.wait()
+    failed = job_failure(str(evaluation), job)
+    if failed:
+        raise UserError(failed[0])
+    print("".join(line for line in job.stdout().splitlines(keepends=True) if not line.startswith("submitit ")), end="")
+    return job.result()
+
+
+def submit_local(executor, gpu, job):
+    executor.update_parameters(gpus_per_node=0 if gpu is None else 1, visible_gpus=() if gpu is None else [physical_gpu(gpu)])
+    return executor.submit(job)
+
+
+def physical_gpu(index):
+    """The GPU that this process calls cuda:index, as CUDA_VISIBLE_DEVICES must name it for a child process."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return index
+    ids = [v.strip() for v in visible.split(",")]
+    if not ids[index].isdigit():
+        raise UserError(f"CUDA_VISIBLE_DEVICES={visible} names GPUs by UUID; give their indices to run local jobs")
+    return int(ids[index])
+
+
+def job_failure(what, job):
+    """[] for a job that succeeded, else one line: its error (a UserError's own line) and its log."""
+    try:
+        job.result()
+        return []
+    except submitit.core.utils.FailedJobError as err:  # its message: a header, the traceback and the logs, between rules
+        parts = str(err).split("-" * 22)
+        traceback = (parts[1] if len(parts) > 2 else str(err)).strip().splitlines()
+        cause = traceback[-1].removeprefix("experiment.UserError: ") if traceback else "see its log"
+    except submitit.core.utils.UncompletedJobError:
+        cause = "stopped without a result"
+    return [f"{what} failed ({cause}); log: {job.paths.stderr}"]
 
 
 def split_models(models):
@@ -745,7 +1008,7 @@ def format_strong(report):
 
 def format_table(table, paper=None):
     """Our accuracies, and the paper's beside them where given ({row: [values in column order]})."""
-    columns = ["clean", "fgs", "pgd", "fgs_A'", "pgd_A'", "fgs_B'", "pgd_B'", "fgs_C'", "pgd_C'"]
+    columns = TABLE_COLUMNS
     width = max([8] + [len(row) + 1 for row in table])
     lines = [f"{'model':<{width}}" + "".join(f"{c:>9}" for c in columns)]
     for row, values in table.items():

@@ -33,6 +33,8 @@ N_EXAMPLES = 8                                   # example perturbations saved p
 
 def main(argv=None):
     args = experiment.parse_cli(experiment.experiment_parser(__doc__, models=False), argv, __file__)
+    if args.slurm is not None:  # the whole script as one job
+        return experiment.launch_script(args, args.ckpt_dir or "checkpoints")
     name, settings, load = cifar10.configure(args)
     device = experiment.pick_device(args.gpu)
     cifar_dir = os.path.join(args.ckpt_dir or "checkpoints", name)

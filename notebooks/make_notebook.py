@@ -77,6 +77,7 @@ RUN_FIELDS = {"settings.eps": NUMBER, "settings.iters": NUMBER, "provenance.devi
 DATASET_FIELDS = RUN_FIELDS | {"seeds": dict, "eval.n_test": NUMBER, "table": dict}
 STRONG_FIELDS = {"n_test": NUMBER, "bn": str, "precision": str, "models": dict}
 STRONG_ACCURACY = ["clean", "pgd10", "pgd_ce", "pgd_cw", "robust"]
+STATS_FIELDS = {"mean": NUMBER, "std": (int, float, type(None)), "n": int}
 GENERATOR_FIELDS = RUN_FIELDS | {"settings.seed": NUMBER, "attack_training": dict, "n_test": NUMBER,
                                  "table5": dict, "table6": dict, "examples": str}
 
@@ -146,6 +147,18 @@ def check_dataset(data, prefix=""):
     check_strong(need(data, prefix[:-1], dict) if prefix else data)  # prefix "datasets.<name>.": that entry
 
 
+def check_dataset_file(data):
+    "A data set's file: one run, or with --seeds one run per seed and the statistics of every cell."
+    if "runs" not in data:
+        return check_dataset(data)
+    for seed in need(data, "runs", dict):
+        check_dataset(data, f"runs.{seed}.")
+    check_table(data, "table")
+    for row, columns in need(data, "table_stats", dict).items():
+        for column in columns:
+            check_fields(data, STATS_FIELDS, f"table_stats.{row}.{column}.")
+
+
 def check_ensemble(data):
     for name in need(data, "datasets", dict):
         check_dataset(data, f"datasets.{name}.")
@@ -159,7 +172,7 @@ def check_generators(data):
     check_strong(data)
 
 
-CHECKS = {**{name: check_dataset for name in DATASETS}, "ensemble": check_ensemble, "generators": check_generators}
+CHECKS = {**{name: check_dataset_file for name in DATASETS}, "ensemble": check_ensemble, "generators": check_generators}
 
 
 def load_result(path):
@@ -190,6 +203,15 @@ def load_all(folder):
     return sorted(results, key=lambda r: (order.index(r.experiment), r.quick, r.file)), problems
 
 
+def runs_of(result):
+    "(name, run) pairs: one per data set of the ensemble file, one per seed of a --seeds file, else the file."
+    if result.experiment == "ensemble":
+        return list(result.data["datasets"].items())
+    if "runs" in result.data:
+        return [(f"{result.experiment} seed {seed}", run) for seed, run in result.data["runs"].items()]
+    return [(result.experiment, result.data)]
+
+
 def hide_superseded_quick(results):
     "Smoke tests of experiments that have a full result, unless RESULTS_DIR asks for everything."
     full = {r.experiment for r in results if not r.quick}
@@ -217,8 +239,10 @@ TABLES_INTRO = r"""
 
 Per model: our accuracy, the paper's, and the difference ours − paper, with `*` where it exceeds 3
 points. `-`: a column the run did not evaluate. The line above each table gives the settings that
-produced ours. Fashion-MNIST is not in the paper: its rows are set against the paper's MNIST ones
-(another data set and ε), which shows the pattern, not a reproduction.
+produced ours. A run made with `--seeds` shows one settings line per seed, the mean over the seeds
+as ours, with its sample standard deviation (`± sd`) beneath, and the number of seeds n. Fashion-MNIST
+is not in the paper: its rows are set against the paper's MNIST ones (another data set and ε), which
+shows the pattern, not a reproduction.
 """
 
 TABLES = r"""
@@ -267,8 +291,8 @@ def format_cells(values, form):
     return "".join(f"{'-':>8} " if v is None else form(v) for v in values)
 
 
-def comparison(ours, paper, columns):
-    "Each of our rows, then the paper's and ours - paper where the paper has it; rows in the paper's order."
+def comparison(ours, paper, columns, spread=None):
+    "Each of our rows (and its standard deviation over seeds, if given), then the paper's and ours - paper where the paper has it; rows in the paper's order."
     order = list(paper) + [row for row in ours if row not in paper]
     rows = [row for row in order if row in ours]
     width = max(map(len, rows))
@@ -280,6 +304,8 @@ def comparison(ours, paper, columns):
     for row in rows:
         mine = [ours[row].get(c) for c in columns]
         lines.append(label(row, "ours") + format_cells(mine, value_cell))
+        if spread and row in spread:
+            lines.append(label("", "± sd") + format_cells([spread[row].get(c) for c in columns], value_cell))
         if row in paper:
             theirs = [paper[row].get(c) for c in columns]
             diffs = [None if a is None or b is None else a - b for a, b in zip(mine, theirs)]
@@ -290,13 +316,27 @@ def comparison(ours, paper, columns):
     return "\n".join(line.rstrip() for line in lines)
 
 
+def spread_of(data):
+    "row -> column -> standard deviation over the seeds (None for one seed) of a --seeds file, else None."
+    stats = data.get("table_stats")
+    return {row: {c: cell["std"] for c, cell in cols.items()} for row, cols in stats.items()} if stats else None
+
+
+def seed_counts(data):
+    "The numbers of seeds behind the cells of a --seeds file, e.g. '3' (or '2/3' where some seed lacks a cell)."
+    return "/".join(map(str, sorted({cell["n"] for cols in data["table_stats"].values() for cell in cols.values()})))
+
+
 def print_dataset(result):
     data = result.data
     paper, caption = paper_table(result.experiment)
     print(f"\n=== {result.experiment}: {result.file}{quick_tag(result)}")
-    print(settings_line(data, seeds_text(data["seeds"]), data["eval"]["n_test"]))
+    for name, run in runs_of(result):
+        print(settings_line(run, seeds_text(run["seeds"]), run["eval"]["n_test"]))
+    if "runs" in data:
+        print(f"ours: the mean over n = {seed_counts(data)} seeds; ± sd: their sample standard deviation")
     print(caption)
-    print(comparison(data["table"], paper, COLUMNS))
+    print(comparison(data["table"], paper, COLUMNS, spread_of(data)))
 
 
 dataset_results = [r for r in shown if r.experiment in DATASETS]
@@ -310,7 +350,8 @@ BARS_INTRO = r"""
 ## Accuracy per attack
 
 Bars: our accuracy per column for A, B, C, and EAT when the ensemble results cover the data set (a
-smoke test is only ever paired with a smoke test). Black ticks: the paper's numbers.
+smoke test is only ever paired with a smoke test). Black ticks: the paper's numbers. A run made with
+`--seeds`: bars are the means over its n seeds (the title says n), whiskers ± one standard deviation.
 """
 
 BARS = r"""
@@ -322,7 +363,7 @@ def eat_row(dataset, quick):
 
 
 def plot_accuracy_bars(result):
-    rows = dict(result.data["table"])
+    rows, spread = dict(result.data["table"]), spread_of(result.data) or {}
     eat = eat_row(result.experiment, result.quick)
     if eat is not None:
         rows["EAT"] = eat
@@ -331,11 +372,14 @@ def plot_accuracy_bars(result):
     x, width = np.arange(len(COLUMNS)), 0.8 / len(rows)
     for i, (name, values) in enumerate(rows.items()):
         offset = x + (i - (len(rows) - 1) / 2) * width
-        ax.bar(offset, [values.get(c, np.nan) for c in COLUMNS], width, label=name, color=COLORS.get(name))
+        errors = [spread[name].get(c) or np.nan for c in COLUMNS] if name in spread else None
+        ax.bar(offset, [values.get(c, np.nan) for c in COLUMNS], width, yerr=errors, capsize=2, label=name,
+               color=COLORS.get(name))
         if name in paper:
             ax.scatter(offset, [paper[name][c] for c in COLUMNS], marker="_", s=120, color="k", zorder=3, label="paper")
     ax.set(xticks=x, xticklabels=COLUMNS, ylim=(0, 100), ylabel="test accuracy (%)")
-    ax.set_title(f"{result.file}{quick_tag(result)}\n{caption}", fontsize=9)
+    seeds = f"; bars: mean of n = {seed_counts(result.data)} seeds, whiskers ± sd" if spread else ""
+    ax.set_title(f"{result.file}{quick_tag(result)}{seeds}\n{caption}", fontsize=9)
     legend = dict(zip(*reversed(ax.get_legend_handles_labels())))  # one "paper" entry
     ax.legend(legend.values(), legend.keys(), loc="upper left", bbox_to_anchor=(1.0, 1.0))
     plt.show()
@@ -387,11 +431,6 @@ which should fall to about 0, and model C's white-box accuracy with batch norm's
 
 STRONG = r"""
 AUTOATTACK = ["apgd_ce", "apgd_t", "fab_t", "square"]
-
-
-def runs_of(result):
-    "(data set, run) pairs: the ensemble file holds one run per data set, the others one run."
-    return result.data["datasets"].items() if result.experiment == "ensemble" else [(result.experiment, result.data)]
 
 
 def strong_runs():
@@ -607,7 +646,8 @@ def plot_curves(models, panels, title):
 def plot_result_curves(result):
     data, title = result.data, f"{result.file}{quick_tag(result)}"
     if result.experiment in DATASETS:
-        plot_curves(data["models"], TRAINING_PANELS, title)
+        for name, run in runs_of(result):
+            plot_curves(run["models"], TRAINING_PANELS, title + (f": {name}" if "runs" in data else ""))
     elif result.experiment == "ensemble":
         for dataset, entry in data["datasets"].items():
             plot_curves(entry["models"], TRAINING_PANELS, f"{title}: {dataset}")

@@ -126,3 +126,20 @@ def test_a_smoke_test_is_hidden_behind_a_full_result_unless_results_dir_is_set(q
     shown, hidden = namespace["hide_superseded_quick"](namespace["loaded"])
     assert [r.file for r in shown] == ["mnist.json"]
     assert hidden == ["mnist_quick.json: smoke test not shown (mnist has a full result)"]
+
+
+def test_a_seeds_result_shows_means_standard_deviations_and_n(fake_mnist, tmp_path, monkeypatch):
+    """A real `mnist.py --quick --seeds 0,1` run (models A and A'): each seed's settings, the means, the
+    standard deviations beneath them, and n."""
+    out = tmp_path / "results" / "mnist_quick.json"
+    run = subprocess.run([sys.executable, "mnist.py", "--quick", "--seeds", "0,1", "--models", "A,A'", "--gpu", "cpu",
+                          "--data-dir", fake_mnist, "--out", str(out), "--ckpt-dir", str(tmp_path / "ckpt")],
+                         cwd=ROOT, env=environment(None), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    text, kinds = executed_outputs(str(out.parent), monkeypatch)
+    assert "error" not in kinds and "Traceback" not in text
+    assert "seeds A=0 A'=1" in text and "seeds A=1 A'=2" in text and "the mean over n = 2 seeds" in text
+    stats = json.loads(out.read_text())["table_stats"]["A"]
+    means, stds = (" ".join(f"{stats[c][k]:8.2f}" for c in ("clean", "fgs", "pgd")) for k in ("mean", "std"))
+    assert f"A  ours  {means}" in text and f"± sd  {stds}" in text
+    assert kinds.count("display_data") >= 3  # the bars, and each seed's training curves

@@ -77,9 +77,18 @@ def test_augmented_batches_keep_labels():
     assert torch.equal(y0, y1) and x1.shape == x0.shape and not torch.equal(x0, x1)
 
 
-def test_each_gpu_process_gets_its_own_gpu_and_models():
-    argv = ["--gpu", "0,1", "--iters=5", "--models=A,B", "--set", "eps=0.1", "--no-eval"]
-    assert experiment.child_argv(argv, 1, ["B"]) == ["--iters=5", "--set", "eps=0.1", "--gpu", "1", "--models", "B", "--no-eval"]
+def test_each_job_gets_its_own_gpu_models_and_seed():
+    argv = ["--gpu", "0,1", "--iters=5", "--models=A,B", "--set", "eps=0.1", "--no-eval", "--slurm", "--seeds", "3,4"]
+    assert experiment.job_argv(argv, ["--gpu", "0", "--models", "B", "--seeds", "4"]) == [
+        "--iters=5", "--set", "eps=0.1", "--gpu", "0", "--models", "B", "--seeds", "4"]
+    assert experiment.job_argv(["--slurm", "partition=gpu,time=60", "--quick"], ["--eval-only"]) == ["--quick", "--eval-only"]
+
+
+def test_a_local_job_names_the_physical_gpu(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert experiment.physical_gpu(1) == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")  # this process's cuda:1 is the machine's GPU 6
+    assert experiment.physical_gpu(1) == 6
 
 
 @pytest.mark.parametrize("script", ["cifar10.py", "svhn.py", "cifar100.py"])
