@@ -46,33 +46,44 @@ def autocast(device, cache=True):
 
 
 def fp32_switches():
-    """(owner, attribute, value) triples that make float32 matmuls and convolutions IEEE. Where torch has
-    the fp32_precision API, only it is used: touching the legacy allow_tf32 flags in a program that set
-    the new API raises, while the new API works whichever one the program used. CPU (mkldnn) included,
-    since a program may have asked for bf16 there."""
+    """(owner, attribute, value) triples that make float32 matmuls and convolutions IEEE, each with the
+    switches it inherits from when it says "none". Where torch has the fp32_precision API, only it is
+    used: touching the legacy allow_tf32 flags in a program that set the new API raises, while the new
+    API reads whichever one the program used. CPU (mkldnn) included: a program may ask for bf16 there."""
     b = torch.backends
     if hasattr(b.cuda.matmul, "fp32_precision"):
-        return [(b.cuda.matmul, "fp32_precision", "ieee"), (b.cudnn.conv, "fp32_precision", "ieee"),
-                (b.mkldnn.matmul, "fp32_precision", "ieee"), (b.mkldnn.conv, "fp32_precision", "ieee")]
-    return [(b.cuda.matmul, "allow_tf32", False), (b.cudnn, "allow_tf32", False)]
+        return [(b.cuda.matmul, "fp32_precision", "ieee", [b]), (b.cudnn.conv, "fp32_precision", "ieee", [b.cudnn, b]),
+                (b.mkldnn.matmul, "fp32_precision", "ieee", [b.mkldnn, b]),
+                (b.mkldnn.conv, "fp32_precision", "ieee", [b.mkldnn, b])]
+    return [(b.cuda.matmul, "allow_tf32", False, []), (b.cudnn, "allow_tf32", False, [])]
+
+
+def reduced_precision(owner, name, value, parents):
+    """Whether a switch lets float32 math round more than IEEE: its own setting, else the first parent's
+    that is not "none". Only those are switched: flipping one that is already full precision costs
+    oneDNN its cached primitives (it halved the CPU's adversarial-network step)."""
+    for setting in [getattr(owner, name)] + [getattr(parent, name) for parent in parents]:
+        if setting != "none":
+            return setting != value
+    return False
 
 
 @contextlib.contextmanager
 def full_precision(device):
-    """IEEE float32 inside the block, whatever encloses it: autocast off and no TF32 (cuDNN convolutions
-    use TF32 by default); every switch gets back exactly the value it had. For the regulariser's finite
-    difference, whose two gradients differ by far less than bf16 or TF32 rounding (bench.py measures
-    it), and for the strong evaluation."""
-    switches = fp32_switches()
-    saved = [getattr(owner, name) for owner, name, _ in switches]
+    """IEEE float32 inside the block, whatever encloses it: autocast off and no TF32 or bf16 for float32
+    math (cuDNN convolutions use TF32 by default); every switch changed gets back exactly the value it
+    had. For the regulariser's finite difference, whose two gradients differ by far less than bf16 or
+    TF32 rounding (bench.py measures it), and for the strong evaluation."""
+    switched = [(owner, name, value, getattr(owner, name)) for owner, name, value, parents in fp32_switches()
+                if reduced_precision(owner, name, value, parents)]
     try:
-        for owner, name, value in switches:
+        for owner, name, value, _ in switched:
             setattr(owner, name, value)
         with torch.autocast(device.type, enabled=False):
             yield
     finally:
-        for (owner, name, _), value in zip(switches, saved):
-            setattr(owner, name, value)
+        for owner, name, _, saved in switched:
+            setattr(owner, name, saved)
 
 
 def to_device(model, device):
