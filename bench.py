@@ -52,9 +52,7 @@ SCRIPT_MODELS = ["standard", "standard", "pgd", "pgd", "advnet", "advnet"]  # A,
 
 def training_path(device):
     """The path the training loop takes on `device` (core.autocast, core.to_device)."""
-    if device.type == "cuda":
-        return "bf16_channels_last"
-    return "bf16" if core.native_bf16(device) else "eager_fp32"
+    return "bf16_channels_last" if device.type == "cuda" else "eager_fp32"
 
 
 def paths_for(device, bench):

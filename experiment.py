@@ -320,7 +320,7 @@ def provenance(device, command):
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             pass
-    precision = "bf16 autocast" if core.native_bf16(device) else "float32"
+    precision = "bf16 autocast" if device.type == "cuda" else "float32"
     return {"versions": versions, "device": device_name(device), "precision": precision, "git_commit": commit, "git_dirty": dirty,
             "command": command, "host": platform.node()}
 
