@@ -549,7 +549,7 @@ def graphed_or_eager(step, settings, device):
         try:
             return graphed(x, y)
         except RuntimeError as err:
-            if graphed.replays:  # captured and replayed before: a real failure, not the capture's
+            if graphed.graph is None or graphed.replays:  # a warm-up or a replay failed, not the capture
                 raise
             raise UserError(f"cuda_graphs=true: the step could not be captured as a CUDA graph ({err}); "
                             "run without --set cuda_graphs=true") from None
