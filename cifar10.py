@@ -54,10 +54,7 @@ def build_G(settings):
 
 
 # ======================================================================================= run
-def configure(args):
-    """(name, settings, load) of the run that `args` (--quick, --iters, --seed, --set, --data-dir) ask for."""
-    settings = experiment.resolve_settings(SETTINGS, args)
-    return "cifar10" + ("_quick" if args.quick else ""), settings, lambda: load_data(args.data_dir)
+configure = experiment.configure_with("cifar10", SETTINGS, load_data)
 
 
 def main(argv=None):

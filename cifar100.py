@@ -21,10 +21,7 @@ def load_data(data_dir):
 
 
 # ======================================================================================= run
-def configure(args):
-    """(name, settings, load) of the run that `args` (--quick, --iters, --seed, --set, --data-dir) ask for."""
-    settings = experiment.resolve_settings(SETTINGS, args)
-    return "cifar100" + ("_quick" if args.quick else ""), settings, lambda: load_data(args.data_dir)
+configure = experiment.configure_with("cifar100", SETTINGS, load_data)
 
 
 def main(argv=None):

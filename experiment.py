@@ -608,6 +608,14 @@ def prepare_models(specs, settings, build_D, build_G, data, device):
 # Running an experiment: train the six models, evaluate, write the results JSON
 # =====================================================================================================
 
+def configure_with(name, settings, load_data):
+    """The configure(args) of a script whose data need only --data-dir: args -> (name, settings, load)."""
+    def configure(args):
+        resolved = resolve_settings(settings, args)
+        return name + ("_quick" if args.quick else ""), resolved, lambda: load_data(args.data_dir)
+    return configure
+
+
 def dataset_main(doc, script, configure, build_D, build_G, paper_table, autoattack=None, argv=None):
     """The whole command of a data-set script: parse its command line, then run_experiment."""
     args = parse_cli(experiment_parser(doc), argv, script)

@@ -224,6 +224,14 @@ def quick_tag(result):
     return "  [QUICK SMOKE TEST: a pipeline check, not a result]" if result.quick else ""
 
 
+def for_each(results, show, none_line):
+    "show(result) for each result, or none_line when there are none."
+    for result in results:
+        show(result)
+    if not results:
+        print(none_line)
+
+
 loaded, problems = load_all(RESULTS_DIR)
 shown, hidden = hide_superseded_quick(loaded)
 missing = [f"{name}.json ({COMMANDS[name]} --gpu 0)" for name in CHECKS if not (RESULTS_DIR / f"{name}.json").exists()]
@@ -340,10 +348,7 @@ def print_dataset(result):
 
 
 dataset_results = [r for r in shown if r.experiment in DATASETS]
-for result in dataset_results:
-    print_dataset(result)
-if not dataset_results:
-    print("no data-set results to show")
+for_each(dataset_results, print_dataset, "no data-set results to show")
 """
 
 BARS_INTRO = r"""
@@ -385,10 +390,7 @@ def plot_accuracy_bars(result):
     plt.show()
 
 
-for result in dataset_results:
-    plot_accuracy_bars(result)
-if not dataset_results:
-    print("no data-set results to plot")
+for_each(dataset_results, plot_accuracy_bars, "no data-set results to plot")
 """
 
 ENSEMBLE_INTRO = r"""
@@ -410,10 +412,7 @@ def print_ensemble(result):
 
 
 ensemble_results = [r for r in shown if r.experiment == "ensemble"]
-for result in ensemble_results:
-    print_ensemble(result)
-if not ensemble_results:
-    print("no ensemble results to show")
+for_each(ensemble_results, print_ensemble, "no ensemble results to show")
 """
 
 STRONG_INTRO = r"""
@@ -525,10 +524,7 @@ def print_generators(result):
 
 
 generator_results = [r for r in shown if r.experiment == "generators"]
-for result in generator_results:
-    print_generators(result)
-if not generator_results:
-    print("no generator-study results to show")
+for_each(generator_results, print_generators, "no generator-study results to show")
 """
 
 EXAMPLES_INTRO = r"""
@@ -597,10 +593,7 @@ def show_examples(result):
         print(f"{result.data['examples']} (the examples of {result.file}): {err}")
 
 
-for result in generator_results:
-    show_examples(result)
-if not generator_results:
-    print("no generator examples to show")
+for_each(generator_results, show_examples, "no generator examples to show")
 """
 
 CURVES_INTRO = r"""
@@ -658,10 +651,7 @@ def plot_result_curves(result):
         plot_curves(cotrained, TRAINING_PANELS, f"{title}: D co-trained with each generator")
 
 
-for result in shown:
-    plot_result_curves(result)
-if not shown:
-    print("no training histories to plot")
+for_each(shown, plot_result_curves, "no training histories to plot")
 """
 
 CELLS = [("title", "markdown", TITLE), ("setup", "code", SETUP),
