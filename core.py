@@ -745,15 +745,20 @@ def strong_evaluation(models, images, labels, eps, device, attacks, surrogates=N
     surrogates = surrogates or {}
     sweep_eps = sorted({round(eps * f, 6) for f in sweep} | {LARGE_EPS})
     counts = {name: {} for name in models}
+    stages = len(models) * (len(attacks) + 1)  # per batch and model: each attack, then the eps sweep
 
     def add(name, key, hits):
         counts[name][key] = counts[name].get(key, 0) + int(hits.sum())
 
-    def crafted(name, model, x, y, done):
+    def report(start, n, stage, note):
+        """Counts a batch's finished stages as that share of its images: one batch can take an hour."""
+        if progress:
+            progress.update(start + n * stage // stages, note)
+
+    def crafted(name, model, x, y, start, first_stage):
         """Each attack's batch, crafted when asked for; the progress line names the attack under way."""
-        for attack, craft in attacks.items():
-            if progress:
-                progress.update(done, f"{name}: {attack}")
+        for k, (attack, craft) in enumerate(attacks.items()):
+            report(start, len(x), first_stage + k, f"{name}: {attack}")
             yield attack, craft(model, x, y)
 
     with scoring_mode(list(models.values()) + list(surrogates.values()), bn), full_precision(device):
@@ -763,16 +768,18 @@ def strong_evaluation(models, images, labels, eps, device, attacks, surrogates=N
             transfers = {f"transfer_{s}": attacks["pgd_ce"](sm, x, y) for s, sm in surrogates.items()}
             for x_adv in transfers.values():
                 check_threat_model(x_adv, x, eps)
-            for name, model in models.items():
+            for m, (name, model) in enumerate(models.items()):
                 right = predict(model, x) == y
                 robust = right.clone()
                 add(name, "clean", right)
-                for attack, x_adv in itertools.chain(crafted(name, model, x, y, start), transfers.items()):
+                first_stage = m * (len(attacks) + 1)
+                for attack, x_adv in itertools.chain(crafted(name, model, x, y, start, first_stage), transfers.items()):
                     check_threat_model(x_adv, x, eps)
                     right = predict(model, x_adv) == y
                     robust &= right
                     add(name, attack, right)
                 add(name, "robust", robust)
+                report(start, len(x), first_stage + len(attacks), f"{name}: eps sweep")
                 for e in sweep_eps:
                     add(name, f"eps_{e:g}", predict(model, pgd(model, x, y, e, 2.5 * e / sweep_steps, sweep_steps)) == y)
                 add(name, "zero_gradient_percent", zero_gradient(model, x, y))

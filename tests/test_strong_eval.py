@@ -73,6 +73,31 @@ def test_cw_margin_is_positive_exactly_when_misclassified():
     assert core.cw_margin(logits, y).tolist() == [-2.0, 2.0]
 
 
+class Recorder:
+    def __init__(self):
+        self.updates = []
+
+    def update(self, done, extra=None):
+        self.updates.append((done, extra))
+
+
+def test_progress_moves_within_a_batch_and_names_each_stage():
+    """A strong evaluation of a few hundred images is one batch that can run for an hour: its count
+    must move as the attacks finish, not stay at 0 until the end."""
+    torch.manual_seed(0)
+    models = {"M": tiny_bn_model().eval(), "N": tiny_bn_model().eval()}
+    images, labels = torch.randint(0, 256, (40, 1, 14, 14), dtype=torch.uint8), torch.randint(0, 10, (40,))
+    attacks = {"pgd_ce": lambda m, x, y: x, "fgs": lambda m, x, y: core.fgs(m, x, y, EPS)}
+    progress = Recorder()
+    core.strong_evaluation(models, images, labels, EPS, torch.device("cpu"), attacks, batch_size=500, sweep_steps=2,
+                           progress=progress)
+    done = [d for d, _ in progress.updates]
+    assert done == sorted(done) and done[-1] == 40
+    assert len({d for d in done if 0 < d < 40}) >= 4
+    notes = [e for _, e in progress.updates if e]
+    assert notes == [f"{m}: {stage}" for m in models for stage in ("pgd_ce", "fgs", "eps sweep")]
+
+
 # ------------------------------------------------------------------ masking checks on tiny models
 class RoundedInput(nn.Module):
     """Hard rounding of the input to 4 grey levels: the model's function is almost unchanged, but its
