@@ -295,7 +295,7 @@ def device_name(device):
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
 
 
-def git_commit():
+def read_git_commit():
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
@@ -306,13 +306,16 @@ def git_commit():
         return None, None
 
 
+GIT_AT_START = read_git_commit()  # the code this process runs, though the checkout may move on during a long run
+
+
 def command_line(args):
     """The command that produced a result, as the user typed it (from parse_cli's args)."""
     return " ".join([os.path.basename(args.script)] + args.argv)
 
 
 def provenance(device, command):
-    commit, dirty = git_commit()
+    commit, dirty = GIT_AT_START
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                 "cuda": torch.version.cuda}
     for package in ("torchvision", "pyautoattack"):  # used by the scripts and autoattack_suite; this file imports neither
@@ -470,7 +473,7 @@ def training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_
 
     batches = make_batches()
     start = record["iters_done"]
-    commit, dirty = git_commit()  # a model may be trained over several invocations: each one is recorded
+    commit, dirty = GIT_AT_START  # a model may be trained over several invocations: each one is recorded
     record.setdefault("sessions", []).append({"from_iter": start, "git_commit": commit, "git_dirty": dirty,
                                               "device": device_name(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     progress = Progress(s["iters"], f"{name} ({method})", start=start)

@@ -151,3 +151,16 @@ def test_every_numeric_setting_of_every_script_has_a_range_its_default_meets():
         experiment.check_ranges(mnist.SETTINGS | {"eps": 2})
     with pytest.raises(KeyError, match="unlisted"):
         experiment.check_ranges(mnist.SETTINGS | {"unlisted": 1})
+
+
+def test_provenance_names_the_commit_the_process_started_from(monkeypatch):
+    """A run lasts hours; commits made meanwhile in its checkout must not be credited with its later
+    models or its results (the code it runs was read at its start)."""
+    run = experiment.subprocess.run
+
+    def no_git_now(command, *args, **kwargs):
+        assert command[0] != "git", "git read after the process started"
+        return run(command, *args, **kwargs)
+    monkeypatch.setattr(experiment.subprocess, "run", no_git_now)
+    prov = experiment.provenance(torch.device("cpu"), "mnist.py --quick")
+    assert (prov["git_commit"], prov["git_dirty"]) == experiment.GIT_AT_START
