@@ -184,6 +184,8 @@ def load_result(path):
         raise BadResult(f"not valid JSON ({err})") from None
     label = need(data, "experiment", str)
     experiment = label.removesuffix("_quick")
+    if experiment == "bench":
+        raise BadResult("bench.py's speed measurements, not accuracies (README: Measure speed)")
     if experiment not in CHECKS:
         raise BadResult(f"unknown experiment '{label}'")
     CHECKS[experiment](data)

@@ -67,8 +67,8 @@ def quick_results(fake_mnist, tmp_path_factory, shared_checkpoints):
 
 @pytest.fixture
 def malformed_results(quick_results, tmp_path):
-    """The quick result, a truncated JSON file, a valid one without its table, and one whose strong
-    evaluation lacks a model's checks."""
+    """The quick result, a truncated JSON file, a valid one without its table, one whose strong
+    evaluation lacks a model's checks, and bench.py's file."""
     shutil.copy(quick_results / "mnist_quick.json", tmp_path)
     (tmp_path / "mnist.json").write_text('{"experiment": "mnist"')
     report = json.loads((quick_results / "mnist_quick.json").read_text())
@@ -76,6 +76,7 @@ def malformed_results(quick_results, tmp_path):
     (tmp_path / "svhn.json").write_text(json.dumps(report | {"experiment": "svhn"}))
     del report["table"]
     (tmp_path / "cifar10.json").write_text(json.dumps(report | {"experiment": "cifar10"}))
+    (tmp_path / "bench.json").write_text(json.dumps({"experiment": "bench"}))  # beside the results, as committed
     return tmp_path
 
 
@@ -103,6 +104,7 @@ def test_malformed_results_are_named_in_one_line_each(malformed_results, monkeyp
     assert "mnist.json: not shown: not valid JSON (Expecting" in text
     assert "cifar10.json: not shown: missing key 'table'" in text
     assert "svhn.json: not shown: missing key 'strong_eval.models.B.checks'" in text
+    assert "bench.json: not shown: bench.py's speed measurements, not accuracies" in text
     assert "mnist_quick.json  [QUICK SMOKE TEST" in text and kinds.count("display_data") >= 3  # bars, eps sweep, curves
     assert "masking flags of C: " in text and "model C of mnist_quick.json (mnist), white box, by batch-norm mode" in text
 
