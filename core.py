@@ -745,7 +745,8 @@ def strong_evaluation(models, images, labels, eps, device, attacks, surrogates=N
     surrogates = surrogates or {}
     sweep_eps = sorted({round(eps * f, 6) for f in sweep} | {LARGE_EPS})
     counts = {name: {} for name in models}
-    stages = len(models) * (len(attacks) + 1)  # per batch and model: each attack, then the eps sweep
+    per_model = len(attacks) + 1  # a batch's stages per model: each attack, then the eps sweep
+    stages = len(models) * per_model
 
     def add(name, key, hits):
         counts[name][key] = counts[name].get(key, 0) + int(hits.sum())
@@ -772,7 +773,7 @@ def strong_evaluation(models, images, labels, eps, device, attacks, surrogates=N
                 right = predict(model, x) == y
                 robust = right.clone()
                 add(name, "clean", right)
-                first_stage = m * (len(attacks) + 1)
+                first_stage = m * per_model
                 for attack, x_adv in itertools.chain(crafted(name, model, x, y, start, first_stage), transfers.items()):
                     check_threat_model(x_adv, x, eps)
                     right = predict(model, x_adv) == y

@@ -804,24 +804,32 @@ def use_repository_path():
         os.environ["PYTHONPATH"] = os.pathsep.join([here] + [p for p in paths if p])
 
 
+def jobs_on_cpu(args):
+    """Whether the jobs are to run on the CPU: only where --gpu says cpu, since a SLURM login node
+    without a GPU submits jobs that will have one."""
+    return str(args.gpu).lower() == "cpu"
+
+
+def job_gpu(args):
+    """A job's --gpu: a job sees only its own GPU, as device 0."""
+    return ["--gpu", "cpu" if jobs_on_cpu(args) else "0"]
+
+
 def launch_experiment(args, seeds, chosen, ckpt_dir):
     """--slurm, or --gpu 0,1,...: one training job per model and seed (each on one GPU, resumable), then
     an evaluation job, which starts once every training has finished and writes the results JSON."""
     multi = args.seeds is not None
-    cpu = str(args.gpu).lower() == "cpu"
-    job_gpu = ["--gpu", "cpu" if cpu else "0"]  # a job sees only its own GPU, as device 0
-    trainings = [(f"{m} seed {s}", ScriptJob(args.script, job_argv(args.argv, job_gpu + ["--models", m, "--no-eval"]
+    trainings = [(f"{m} seed {s}", ScriptJob(args.script, job_argv(args.argv, job_gpu(args) + ["--models", m, "--no-eval"]
                                                                     + (["--seeds", str(s)] if multi else []))))
                  for s in seeds for m in chosen]
-    evaluation = None if args.no_eval else ScriptJob(args.script, job_argv(args.argv, job_gpu + ["--eval-only"]
+    evaluation = None if args.no_eval else ScriptJob(args.script, job_argv(args.argv, job_gpu(args) + ["--eval-only"]
                                                                              + (["--seeds", args.seeds] if multi else [])))
     return run_jobs(args, os.path.join(ckpt_dir, "jobs"), trainings, evaluation)
 
 
 def launch_script(args, ckpt_root):
     """--slurm for a script that runs as one job (ensemble.py, generators_study.py)."""
-    cpu = str(args.gpu).lower() == "cpu"
-    job = ScriptJob(args.script, job_argv(args.argv, ["--gpu", "cpu" if cpu else "0"]))
+    job = ScriptJob(args.script, job_argv(args.argv, job_gpu(args)))
     return run_jobs(args, os.path.join(ckpt_root, "jobs"), [], job)
 
 
@@ -836,8 +844,7 @@ def run_jobs(args, folder, trainings, evaluation):
     if shutil.which("sbatch") is None or shutil.which("srun") is None:
         raise UserError("--slurm: no SLURM on this machine (sbatch is not on PATH); run it on the cluster's login "
                         "node, or use --gpu 0,1,... to run the jobs here")
-    cpu = str(args.gpu).lower() == "cpu"
-    return submit_slurm(folder, params, 0 if cpu else 1, trainings, evaluation)
+    return submit_slurm(folder, params, 0 if jobs_on_cpu(args) else 1, trainings, evaluation)
 
 
 def submit_slurm(folder, params, gpus, trainings, evaluation):
@@ -1019,11 +1026,10 @@ def format_strong(report):
 
 def format_table(table, paper=None):
     """Our accuracies, and the paper's beside them where given ({row: [values in column order]})."""
-    columns = TABLE_COLUMNS
     width = max([8] + [len(row) + 1 for row in table])
-    lines = [f"{'model':<{width}}" + "".join(f"{c:>9}" for c in columns)]
+    lines = [f"{'model':<{width}}" + "".join(f"{c:>9}" for c in TABLE_COLUMNS)]
     for row, values in table.items():
-        lines.append(f"{row:<{width}}" + "".join(f"{values[c]:>9.2f}" if c in values else f"{'-':>9}" for c in columns))
+        lines.append(f"{row:<{width}}" + "".join(f"{values[c]:>9.2f}" if c in values else f"{'-':>9}" for c in TABLE_COLUMNS))
         if paper and row in paper:
             lines.append(f"{'  paper':<{width}}" + "".join(f"{v:>9.2f}" for v in paper[row]))
     return "\n".join(lines)
