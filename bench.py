@@ -51,8 +51,10 @@ SCRIPT_MODELS = ["standard", "standard", "pgd", "pgd", "advnet", "advnet"]  # A,
 
 
 def training_path(device):
-    """The path the training loop takes on `device` (core.autocast, core.to_device)."""
-    return "bf16_channels_last" if device.type == "cuda" else "eager_fp32"
+    """The path the training loop takes on `device` by default (precision auto, core.to_device)."""
+    if device.type == "cuda":
+        return "bf16_channels_last"
+    return "bf16" if core.amp_dtype(device) else "eager_fp32"
 
 
 def paths_for(device, bench):
@@ -85,16 +87,11 @@ def runnable_step(method, script, settings, shape, device, path, warmup):
     D, G = D.to(device, memory_format=layout), G.to(device, memory_format=layout)
     if flags.get("compile"):
         D.compile(), G.compile()
-    step, _ = core.make_step(method, D, G, settings)
+    step, _ = core.make_step(method, D, G, settings | {"precision": "bf16" if flags["bf16"] else "float32"})
     batches = batch_source(method, shape, settings["batch_size"], device)
     if flags.get("graphs"):
         return core.GraphedStep(step, device, warmup), batches
-    precision = lambda: torch.autocast(device.type, dtype=torch.bfloat16) if flags["bf16"] else contextlib.nullcontext()
-
-    def run(x, y):
-        with precision():
-            return step(x, y)
-    return run, batches
+    return step, batches
 
 
 def measure(method, script, settings, shape, device, path, bench):
@@ -183,22 +180,25 @@ def regulariser_errors(script, settings, shape, device):
     h = core.fd_step(settings)
 
     def regulariser(D, G, x, precision):
+        """The regulariser's gradient in `precision`; inside a bf16 region, so that lifting
+        core.full_precision leaves the adversarial term in bf16 too."""
         parts = []
         for gamma in (1.0, 0.0):
-            with precision():
-                grads = core.discriminator_grads(D, G, G.inputs(x, y), x, y, settings["eps"], 1.0, gamma, h, "fd")[0]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                grads = core.discriminator_grads(D, G, G.inputs(x, y), x, y, settings["eps"], 1.0, gamma, h, "fd",
+                                                 precision)[0]
             parts.append(torch.cat([g.double().flatten() for g in grads]))
         return parts[0] - parts[1]
 
     def error(full_precision):
         kept, core.full_precision = core.full_precision, full_precision
         try:
-            measured = regulariser(D, G, x, lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+            measured = regulariser(D, G, x, "bf16")
         finally:
             core.full_precision = kept
         return round(((measured - reference).norm() / reference.norm()).item(), 6)
 
-    reference = regulariser(copy.deepcopy(D).double(), copy.deepcopy(G).double(), x.double(), contextlib.nullcontext)
+    reference = regulariser(copy.deepcopy(D).double(), copy.deepcopy(G).double(), x.double(), "float32")
     return {"float32_adversarial_term": error(core.full_precision),
             "bf16_throughout": error(lambda device: contextlib.nullcontext())}
 

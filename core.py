@@ -28,17 +28,45 @@ from torch.func import functional_call
 # Device and precision: the one place that decides them
 # =====================================================================================================
 
-def autocast(device, cache=True):
-    """bf16 autocast on CUDA (its wide exponent needs no loss scaling); float32 on the CPU. A CUDA graph
-    capture needs `cache=False`: cached casts of the weights would outlive the captured region.
+PRECISIONS = ("auto", "float32", "bf16")
 
-    The CPU keeps float32 although bench.py measured its steps 1.3-2.8x faster in bf16 (this CPU has
-    AVX-512 BF16): the same Fashion-MNIST C (seed 0, 1000 iterations, G1 k=8) trained under CPU bf16
-    had a far weaker generator (D's accuracy on x + eps*G(x) 0.862 against 0.782 in float32) and a
-    less robust D (PGD-10 19.0 % against 37.5 %, FGS 35.5 % against 54.0 %, first 200 test images)."""
+
+def native_bf16(device):
+    """Whether `device` computes in bf16 natively: CUDA, or a CPU with AVX-512 BF16 or AMX (elsewhere
+    the CPU emulates bf16, slower than float32)."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
-    return contextlib.nullcontext()
+        return True
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def amp_dtype(device, precision="auto"):
+    """The dtype autocast gives forward passes on `device`: torch.bfloat16, or None for float32.
+    "auto" is bf16 on CUDA (its wide exponent needs no loss scaling) and float32 on the CPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.bfloat16 if bf16 else None
+
+
+def precision_name(device, precision="auto"):
+    """What a run's forward passes computed in, for its provenance."""
+    return "bf16 autocast" if amp_dtype(device, precision) else "float32"
+
+
+def autocast(device, precision="auto"):
+    """The region of forward passes and their losses in `precision`, whatever region encloses it: bf16
+    autocast, or autocast off for float32. Backward passes and optimiser steps run in
+    `autocast(device, "float32")`, so that each backward op keeps its forward op's dtype (autocast
+    recasts the backward of a float32 matmul to bf16) and a step taken inside a caller's autocast region
+    is the same step. Optimiser steps are left outside these regions.
+
+    The cast cache is off. With it, autocast casts each weight once per region and reuses that cast
+    after an in-place optimiser update (G's steps 2 to 5 of a minibatch ran with step 1's weights), and
+    keeps a cast of every attack iterate, a leaf that requires grad, until the region ends."""
+    dtype = amp_dtype(device, precision)
+    if dtype is None:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
 
 
 def fp32_switches():
@@ -329,11 +357,13 @@ LOSSES = {"ce": lambda logits, y: F.cross_entropy(logits, y, reduction="sum"),
 
 
 def input_grad(model, x, y, loss="ce"):
-    """Gradient of the summed loss ("ce" or "cw") with respect to the input only (parameter grads untouched)."""
+    """Gradient of the summed loss ("ce" or "cw") with respect to the input only (parameter grads
+    untouched). The forward pass runs in whatever autocast encloses the attack, the backward pass never."""
     x = x.detach().requires_grad_(True)
     with bn_stats_frozen(model):
         value = LOSSES[loss](model(x), y)
-    return torch.autograd.grad(value, x)[0]
+    with autocast(x.device, "float32"):
+        return torch.autograd.grad(value, x)[0]
 
 
 @torch.no_grad()
@@ -415,60 +445,69 @@ def set_grads(params, grads):
         p.grad = g
 
 
-def standard_step(D, opt_D, x, y):
-    logits = D(x)
-    loss = F.cross_entropy(logits, y)
+def standard_step(D, opt_D, x, y, precision="auto"):
+    with autocast(x.device, precision):
+        logits = D(x)
+        loss = F.cross_entropy(logits, y)
     opt_D.zero_grad(set_to_none=True)
-    loss.backward()
+    with autocast(x.device, "float32"):
+        loss.backward()
     opt_D.step()
     return {"loss": loss.detach(), "acc": correct(logits, y).detach()}
 
 
-def pgd_training_step(D, opt_D, x, y, eps, alpha=None, steps=10, with_clean=False):
-    """Madry et al.: train on PGD examples only (the authors' code); `with_clean` adds the clean loss."""
-    x_adv = pgd(D, x, y, eps, alpha, steps)
-    logits_adv = D(x_adv)
-    loss = F.cross_entropy(logits_adv, y)
-    stats = {"loss_adv": loss.detach(), "acc_adv": correct(logits_adv, y).detach()}
-    if with_clean:
-        logits = D(x)
-        loss_clean = F.cross_entropy(logits, y)
-        loss = loss + loss_clean
-        stats.update(loss_clean=loss_clean.detach(), acc=correct(logits, y).detach())
+def pgd_training_step(D, opt_D, x, y, eps, alpha=None, steps=10, with_clean=False, precision="auto"):
+    """Madry et al.: train on PGD examples only (the authors' code); `with_clean` adds the clean loss.
+    The examples are crafted in the step's precision."""
+    with autocast(x.device, precision):
+        x_adv = pgd(D, x, y, eps, alpha, steps)
+        logits_adv = D(x_adv)
+        loss = F.cross_entropy(logits_adv, y)
+        stats = {"loss_adv": loss.detach(), "acc_adv": correct(logits_adv, y).detach()}
+        if with_clean:
+            logits = D(x)
+            loss_clean = F.cross_entropy(logits, y)
+            loss = loss + loss_clean
+            stats.update(loss_clean=loss_clean.detach(), acc=correct(logits, y).detach())
     opt_D.zero_grad(set_to_none=True)
-    loss.backward()
+    with autocast(x.device, "float32"):
+        loss.backward()
     opt_D.step()
     stats["loss"] = loss.detach()
     return stats
 
 
-def generator_step(D, G, opt_G, g_in, x, y, eps, lam=1.0):
-    """One gradient-ascent step of G on lam * CE(D(x + eps*G), y); D's parameter grads are not computed."""
-    with bn_stats_frozen(D):
+def generator_step(D, G, opt_G, g_in, x, y, eps, lam=1.0, precision="auto"):
+    """One gradient-ascent step of G on lam * CE(D(x + eps*G), y); D's parameter grads are not computed.
+    Returns the loss before the step."""
+    with autocast(x.device, precision), bn_stats_frozen(D):
         loss_adv = F.cross_entropy(D(x + eps * G(g_in)), y)
     g_params = list(G.parameters())
-    set_grads(g_params, torch.autograd.grad(-lam * loss_adv, g_params))
+    with autocast(x.device, "float32"):
+        set_grads(g_params, torch.autograd.grad(-lam * loss_adv, g_params))
     opt_G.step()
     return loss_adv.detach()
 
 
-def discriminator_grads(D, G, g_in, x, y, eps, lam=1.0, gamma=0.01, h=1e-3, hvp="fd"):
+def discriminator_grads(D, G, g_in, x, y, eps, lam=1.0, gamma=0.01, h=1e-3, hvp="fd", precision="auto"):
     """Gradient of F + (gamma/2)||grad_phi F||^2 with respect to D's parameters (paper Eq. 5).
 
     F = CE(D(x), y) + lam * CE(D(x + eps*G(x)), y). Only the adversarial term depends on phi, so the
     Hessian-vector product needs only it: hvp="fd" uses the paper's finite difference
     [grad_theta F(phi + h v) - grad_theta F(phi)] / h with v = grad_phi F (one plain ascent step of G);
     hvp="exact" differentiates ||grad_phi F||^2 by double backpropagation. A negative gamma gives the
-    sign of the authors' code. The adversarial term runs in full float32 even under bf16 autocast:
-    the two gradients of the difference are too close for bf16. Returns (grads, logits_clean,
+    sign of the authors' code. Only the clean term runs in `precision`: the adversarial term runs in
+    full float32, as the two gradients of the difference are too close for bf16. Returns (grads, logits_clean,
     logits_adv, loss_clean, loss_adv).
     """
     if hvp not in ("fd", "exact"):
         raise ValueError(f"hvp must be 'fd' or 'exact', not {hvp!r}")
     d_params, g_params = list(D.parameters()), list(G.parameters())
-    logits = D(x)
-    loss_clean = F.cross_entropy(logits, y)
-    g_clean = torch.autograd.grad(loss_clean, d_params)
+    with autocast(x.device, precision):
+        logits = D(x)
+        loss_clean = F.cross_entropy(logits, y)
+    with autocast(x.device, "float32"):
+        g_clean = torch.autograd.grad(loss_clean, d_params)
     with full_precision(x.device):  # the adversarial term and its regulariser, forward and backward
         logits_adv = D(x + eps * G(g_in))
         loss_adv = F.cross_entropy(logits_adv, y)
@@ -488,17 +527,20 @@ def discriminator_grads(D, G, g_in, x, y, eps, lam=1.0, gamma=0.01, h=1e-3, hvp=
     return grads, logits.detach(), logits_adv.detach(), loss_clean.detach(), loss_adv.detach()
 
 
-def adversarial_network_step(D, G, opt_D, opt_G, x, y, eps, lam=1.0, gamma=0.01, h=1e-3, g_steps=5, hvp="fd"):
+def adversarial_network_step(D, G, opt_D, opt_G, x, y, eps, lam=1.0, gamma=0.01, h=1e-3, g_steps=5, hvp="fd",
+                             precision="auto"):
     """The method (paper section 3.2): `g_steps` ascent steps of G on this minibatch, then one D step
-    at the updated G on the regularised objective."""
+    at the updated G on the regularised objective. `g_gain`: how much G's steps raised D's adversarial
+    loss on this minibatch (after the last step, in float32, less before the first)."""
     g_in = G.inputs(x, y)
-    for _ in range(g_steps):
-        generator_step(D, G, opt_G, g_in, x, y, eps, lam)
-    grads, logits, logits_adv, loss_clean, loss_adv = discriminator_grads(D, G, g_in, x, y, eps, lam, gamma, h, hvp)
+    before = [generator_step(D, G, opt_G, g_in, x, y, eps, lam, precision) for _ in range(g_steps)]
+    grads, logits, logits_adv, loss_clean, loss_adv = discriminator_grads(D, G, g_in, x, y, eps, lam, gamma, h, hvp,
+                                                                          precision)
     set_grads(list(D.parameters()), grads)
     opt_D.step()
-    return {"loss": loss_clean + lam * loss_adv, "loss_clean": loss_clean, "loss_adv": loss_adv,
-            "acc": correct(logits, y), "acc_adv": correct(logits_adv, y)}
+    stats = {"loss": loss_clean + lam * loss_adv, "loss_clean": loss_clean, "loss_adv": loss_adv,
+             "acc": correct(logits, y), "acc_adv": correct(logits_adv, y)}
+    return stats | ({"g_gain": loss_adv - before[0]} if before else {})
 
 
 def decay_groups(model, weight_decay):
@@ -540,6 +582,7 @@ def fd_step(settings):
 
 def make_step(method, D, G, settings):
     """Returns step(x, y) -> stats and the modules a checkpoint holds, and puts D and G in their modes.
+    The steps compute their forward passes in `settings["precision"]` (see `autocast`).
 
     standard, pgd, advnet: models A, B, C. eat: standard training on a static adversarial set (the
     batches hold it). generator: G alone, by gradient ascent against the fixed D (paper Table 5)."""
@@ -548,19 +591,21 @@ def make_step(method, D, G, settings):
     D.train(method != "generator"), G.train()
     if method == "generator":
         opt_G = make_opt_G()
-        return (lambda x, y: {"loss_adv": generator_step(D, G, opt_G, G.inputs(x, y), x, y, s["eps"])}), \
+        return (lambda x, y: {"loss_adv": generator_step(D, G, opt_G, G.inputs(x, y), x, y, s["eps"],
+                                                         precision=s["precision"])}), \
             {"G": G, "opt_G": opt_G}
     opt_D = make_optimizer("sgd", decay_groups(D, s["d_weight_decay"]), s["d_lr"], s["d_momentum"])
     if method in ("standard", "eat"):
-        return (lambda x, y: standard_step(D, opt_D, x, y)), {"D": D, "opt_D": opt_D}
+        return (lambda x, y: standard_step(D, opt_D, x, y, s["precision"])), {"D": D, "opt_D": opt_D}
     if method == "pgd":
         alpha = s["pgd_alpha"] or None
-        return (lambda x, y: pgd_training_step(D, opt_D, x, y, s["eps"], alpha, s["pgd_steps"], s["pgd_train_clean"])), \
+        return (lambda x, y: pgd_training_step(D, opt_D, x, y, s["eps"], alpha, s["pgd_steps"], s["pgd_train_clean"],
+                                               s["precision"])), \
             {"D": D, "opt_D": opt_D}
     if method == "advnet":
         opt_G = make_opt_G()
         return (lambda x, y: adversarial_network_step(D, G, opt_D, opt_G, x, y, s["eps"], s["lam"], s["gamma"],
-                                                      fd_step(s), s["g_steps"], s["hvp"])), \
+                                                      fd_step(s), s["g_steps"], s["hvp"], s["precision"])), \
             {"D": D, "G": G, "opt_D": opt_D, "opt_G": opt_G}
     raise ValueError(f"unknown method {method!r}")
 
@@ -570,7 +615,8 @@ class GraphedStep:
     thousands (a CIFAR adversarial-network step dispatches about 3,600 operators), following PyTorch's
     whole-network capture recipe. The step must read nothing back to the host (the steps above don't),
     its optimisers must be fused or capturable, and learning rates must change in place
-    (`set_learning_rate`).
+    (`set_learning_rate`). The step applies its own precision: `autocast`'s cast cache is off, as a
+    capture needs (a cached cast would outlive the captured region).
 
     Calling it runs the step eagerly on a side stream for the first `warmup` calls (cuDNN autotuning,
     optimiser state, lazy initialisation), captures it on the next call's batch, and from then on
@@ -586,7 +632,7 @@ class GraphedStep:
             self.calls += 1
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side), autocast(self.device):
+            with torch.cuda.stream(side):
                 stats = self.step(x, y)
             torch.cuda.current_stream(self.device).wait_stream(side)
             return stats
@@ -601,7 +647,7 @@ class GraphedStep:
     def capture(self, x, y):
         self.static_x, self.static_y = x.clone(), y.clone()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), autocast(self.device, cache=False):
+        with torch.cuda.graph(self.graph):
             self.static_stats = self.step(self.static_x, self.static_y)
 
 
@@ -632,11 +678,13 @@ class StaticAdversarialSet:
 EAT_KINDS = ["clean", "fgs_predicted", "pgd", "fgs_least_likely"]
 
 
-def build_eat_set(model, images, labels, eps, device, batch_size=500, pgd_steps=10, pgd_alpha=None, progress=None):
+def build_eat_set(model, images, labels, eps, device, batch_size=500, pgd_steps=10, pgd_alpha=None, progress=None,
+                  precision="auto"):
     """From one fixed (undefended) model: FGS with its predicted label (no label leakage), PGD with the
-    true label, and the least-likely-class step (Eq. 8), beside the clean images; built on the device."""
+    true label, and the least-likely-class step (Eq. 8), beside the clean images; built on the device,
+    the attacks' forward passes in `precision`."""
     deltas = torch.empty((3, *images.shape), dtype=torch.float16, device=device)
-    with scoring_mode([model]), autocast(device):
+    with scoring_mode([model]), autocast(device, precision):
         for start in range(0, len(images), batch_size):
             part = slice(start, start + batch_size)
             x, y = to_float(images[part].to(device)), labels[part].to(device)
@@ -663,10 +711,11 @@ def attack_batches(surrogate, x, y, eps, pgd_steps, pgd_alpha):
 
 
 def evaluate_table(targets, surrogates, images, labels, eps, device, batch_size=500, pgd_steps=10, pgd_alpha=None,
-                   progress=None, bn="running"):
+                   progress=None, bn="running", precision="auto"):
     """Accuracy in percent of each target: clean, white-box FGS/PGD, and black-box FGS/PGD crafted on
     each surrogate (keys "fgs_A'", ...). Black-box examples are crafted once per surrogate and batch
-    and scored on every target. Models are scored in `scoring_mode(bn)` and given their own mode back."""
+    and scored on every target. Models are scored in `scoring_mode(bn)` and given their own mode back;
+    forward passes run in `precision`."""
     hits = {t: {} for t in targets}
 
     def score(target, column, x_in, y):
@@ -675,7 +724,7 @@ def evaluate_table(targets, surrogates, images, labels, eps, device, batch_size=
         hits[target][column] = hits[target].get(column, 0) + hit
 
     models = list(targets.values()) + list(surrogates.values())
-    with scoring_mode(models, bn), autocast(device):
+    with scoring_mode(models, bn), autocast(device, precision):
         for start in range(0, len(images), batch_size):
             x = to_float(images[start:start + batch_size].to(device))
             y = labels[start:start + batch_size].to(device)
@@ -692,11 +741,11 @@ def evaluate_table(targets, surrogates, images, labels, eps, device, batch_size=
     return {t: {c: round(100.0 * int(n) / len(images), 2) for c, n in cols.items()} for t, cols in hits.items()}
 
 
-def transfer_accuracy(targets, craft, images, labels, eps, device, batch_size=500):
+def transfer_accuracy(targets, craft, images, labels, eps, device, batch_size=500, precision="auto"):
     """Accuracy in percent of each target on `craft(x, y)`, crafted once per batch (threat model
-    checked) and scored on every target, all in eval mode."""
+    checked) and scored on every target, all in eval mode, forward passes in `precision`."""
     hits = dict.fromkeys(targets, 0)
-    with scoring_mode(list(targets.values())), autocast(device):
+    with scoring_mode(list(targets.values())), autocast(device, precision):
         for start in range(0, len(images), batch_size):
             x = to_float(images[start:start + batch_size].to(device))
             y = labels[start:start + batch_size].to(device)

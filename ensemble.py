@@ -35,8 +35,8 @@ NEEDED = ["A", "C", "A'", "B'", "C'"]  # A makes the EAT set, C is the compariso
 
 def run_dataset(key, args, device):
     script, paper_key, configure = DATASETS[key]
-    provenance = experiment.provenance(device, experiment.command_line(args))  # the code as it was when the run began
     name, settings, load = configure(args)
+    provenance = experiment.provenance(device, experiment.command_line(args), settings["precision"])
     ckpt_dir = os.path.join(args.ckpt_dir or "checkpoints", name)  # the data set's own: its models are reused
     train_x, train_y, test_x, test_y = load()
     models, generators, records = {}, {}, {}
@@ -52,7 +52,8 @@ def run_dataset(key, args, device):
         t0 = time.time()
         eat_set = core.build_eat_set(models["A"], source_x, source_y, settings["eps"], device, settings["eval_batch"],
                                      settings["pgd_steps"], settings["pgd_alpha"] or None,
-                                     experiment.Progress(len(source_x), f"{key}: EAT set from A", "img"))
+                                     experiment.Progress(len(source_x), f"{key}: EAT set from A", "img"),
+                                     settings["precision"])
         eat_info.update(n_images=len(eat_set), seconds=round(time.time() - t0, 1))
         return eat_set, eat_set.labels
 

@@ -103,7 +103,7 @@ def main(argv=None):
     report = {"experiment": "evaluate", "checkpoint": os.path.abspath(args.checkpoint), "dataset": args.dataset,
               "method": method, "seed": seed, "trained_settings": trained, "settings": settings,
               "model": {k: v for k, v in record.items() if k != "history"},
-              "provenance": experiment.provenance(device, experiment.command_line(args)),
+              "provenance": experiment.provenance(device, experiment.command_line(args), settings["precision"]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     report["table"], report["eval"] = experiment.evaluate_trained({"model": D}, settings, test_x, test_y, device)
     print(experiment.format_table(report["table"]))

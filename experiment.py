@@ -71,6 +71,7 @@ COMMON_SETTINGS = dict(
     log_every=100,           # iterations between history entries (and NaN checks)
     ckpt_minutes=5.0,        # minutes between checkpoints
     augment=False,           # random pad-and-crop by up to 4 px and horizontal flip, on the device (CIFAR)
+    precision="auto",        # forward passes: bf16 (autocast), float32, or auto (bf16 on CUDA, float32 on the CPU)
     compile=False,           # torch.compile D and G: a minute or two of compiling, then faster steps on a GPU
     cuda_graphs=False,       # capture each model's whole step as one CUDA graph and replay it (CUDA only; off until a GPU run justifies it)
     concurrent_models=False, # train a run's models at once, one iteration of each in turn, each on its own CUDA stream
@@ -148,6 +149,8 @@ def resolve_settings(base, args, preset=None):
         raise UserError("hvp=exact needs double backpropagation, which compiled networks do not support; drop compile")
     if s["compile"] and s["cuda_graphs"]:
         raise UserError("compile and cuda_graphs are two ways to cut the launches: set one of them")
+    if s["precision"] not in core.PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(core.PRECISIONS)}, not {s['precision']!r}")
     if s["bn_eval"] not in core.BN_MODES:
         raise UserError(f"bn_eval must be one of {', '.join(core.BN_MODES)}, not {s['bn_eval']!r}")
     return s
@@ -174,7 +177,7 @@ def check_ranges(settings):
 
 
 RUNTIME_SETTINGS = {"test_n", "eval_batch", "log_every", "ckpt_minutes", "bn_eval", "strong_n", "strong_steps",
-                    "strong_restarts", "square_queries", "compile",
+                    "strong_restarts", "square_queries", "compile", "precision",
                     "cuda_graphs", "concurrent_models"}
 
 
@@ -314,7 +317,7 @@ def command_line(args):
     return " ".join([os.path.basename(args.script)] + args.argv)
 
 
-def provenance(device, command):
+def provenance(device, command, precision="auto"):
     commit, dirty = GIT_AT_START
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                 "cuda": torch.version.cuda}
@@ -323,8 +326,8 @@ def provenance(device, command):
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             pass
-    precision = "bf16 autocast" if device.type == "cuda" else "float32"
-    return {"versions": versions, "device": device_name(device), "precision": precision, "git_commit": commit, "git_dirty": dirty,
+    return {"versions": versions, "device": device_name(device), "precision": core.precision_name(device, precision),
+            "git_commit": commit, "git_dirty": dirty,
             "command": command, "host": platform.node()}
 
 
@@ -475,7 +478,8 @@ def training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_
     start = record["iters_done"]
     commit, dirty = GIT_AT_START  # a model may be trained over several invocations: each one is recorded
     record.setdefault("sessions", []).append({"from_iter": start, "git_commit": commit, "git_dirty": dirty,
-                                              "device": device_name(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                                              "device": device_name(device), "precision": core.precision_name(device, s["precision"]),
+                                              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     progress = Progress(s["iters"], f"{name} ({method})", start=start)
     sums, count, t_start, t_saved, lr_now = {}, 0, time.time(), time.time(), None
     seconds_before = record["train_seconds"]
@@ -538,12 +542,10 @@ def run_in_turn(runs, device, streams=True):
 
 
 def graphed_or_eager(step, settings, device):
-    """The step as the loop calls it: under autocast, or captured as a CUDA graph (`cuda_graphs`)."""
+    """The step as the loop calls it: as it is (it applies its own precision), or captured as a CUDA
+    graph (`cuda_graphs`)."""
     if not settings["cuda_graphs"]:
-        def eager(x, y):
-            with core.autocast(device):
-                return step(x, y)
-        return eager
+        return step
     if device.type != "cuda":
         raise UserError("cuda_graphs=true needs a CUDA device; drop it on the CPU")
     graphed = core.GraphedStep(step, device)
@@ -651,7 +653,7 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     if args.no_eval:
         return runs
     if seeds:
-        report = {"experiment": name, "settings": settings, "provenance": provenance(device, command_line(args)),
+        report = {"experiment": name, "settings": settings, "provenance": provenance(device, command_line(args), settings["precision"]),
                   "seed_list": seeds, "runs": {str(seed): run for seed, run in runs.items()}}
         report["table_stats"] = seed_statistics({seed: run["table"] for seed, run in runs.items()})
         report["table"] = {row: {col: cell["mean"] for col, cell in cols.items()} for row, cols in report["table_stats"].items()}
@@ -669,7 +671,7 @@ def run_seed(name, settings, args, data, build_D, build_G, device, ckpt_dir, cho
     evaluates them; returns that run's report (the results JSON of a single-seed run)."""
     train_x, train_y, test_x, test_y = data
     started = time.time()
-    report = {"experiment": name, "settings": settings, "seeds": {}, "provenance": provenance(device, command_line(args)),
+    report = {"experiment": name, "settings": settings, "seeds": {}, "provenance": provenance(device, command_line(args), settings["precision"]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": {}}
     finished, generators, specs = {}, {}, {}
     for model_name in ["A", "B", "C", "A'", "B'", "C'"]:
@@ -944,7 +946,7 @@ def evaluate_trained(models, settings, test_x, test_y, device):
     t0 = time.time()
     score = lambda chosen, against, bn, progress=None: core.evaluate_table(
         chosen, against, test_x[:n], test_y[:n], settings["eps"], device, settings["eval_batch"], settings["pgd_steps"],
-        settings["pgd_alpha"] or None, progress, bn)
+        settings["pgd_alpha"] or None, progress, bn, settings["precision"])
     torch.manual_seed(settings["seed"])  # PGD's random start: the same numbers for the same run
     table = score(targets, surrogates, settings["bn_eval"], Progress(n, "evaluate", "img"))
     columns = ["clean", "fgs", "pgd"] + [f"{a}_{s}" for s in surrogates for a in ("fgs", "pgd")]

@@ -53,7 +53,7 @@ def main(argv=None):
     fixed = {m: cifar_model(m) for m in ("A", "A'", "B", "B'", "C")}
     targets = {m: fixed[m][0] for m in ("A", "A'", "B", "C")}
     report = {"experiment": "generators" + ("_quick" if args.quick else ""), "settings": settings, "attack_training": ATTACK_TRAINING,
-              "provenance": experiment.provenance(device, experiment.command_line(args)), "n_test": n, "models": {}}
+              "provenance": experiment.provenance(device, experiment.command_line(args), settings["precision"]), "n_test": n, "models": {}}
 
     # ------------------------------------------------------------- Table 5: generators against fixed A
     table5, examples = {}, {}
@@ -66,7 +66,7 @@ def main(argv=None):
         with core.scoring_mode([G]):
             attack = lambda x, y: core.generator_attack(G, x, y, settings["eps"])
             table5[g_name] = core.transfer_accuracy(targets, attack, test_x, test_y, settings["eps"], device,
-                                                    settings["eval_batch"])
+                                                    settings["eval_batch"], settings["precision"])
             x, y = core.to_float(test_x[:N_EXAMPLES].to(device)), test_y[:N_EXAMPLES].to(device)
             with torch.no_grad():  # one draw of G's input (G2's z is random): the three images belong together
                 perturbation = settings["eps"] * G(G.inputs(x, y))

@@ -151,11 +151,12 @@ STEPS = [("standard", "G1", {}), ("pgd", "G1", {}), ("advnet", "G1", {}), ("advn
          ("advnet", "G3", {"g_opt": "sgd"})]
 
 
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
 @pytest.mark.parametrize("method, generator, changes", STEPS)
-def test_a_training_step_and_its_batch_read_nothing_back_to_the_host(method, generator, changes):
+def test_a_training_step_and_its_batch_read_nothing_back_to_the_host(method, generator, changes, precision):
     settings = dict(eps=8 / 256, g_opt="adam", g_lr=0.002, g_momentum=0.9, g_beta1=0.5, g_beta2=0.999, d_lr=0.1,
                     d_momentum=0.9, d_weight_decay=1e-5, lam=1.0, gamma=0.01, fd_h=0.0, g_steps=2, hvp="fd",
-                    pgd_alpha=0.0, pgd_steps=2, pgd_train_clean=False) | changes
+                    pgd_alpha=0.0, pgd_steps=2, pgd_train_clean=False, precision=precision) | changes
     torch.manual_seed(0)
     D = core.D2()
     G = {"G1": core.G1(k=4, channels=3), "G2": core.G2(k=4), "G3": core.G3(k=4)}[generator]
