@@ -1,0 +1,148 @@
+"""Does bf16 autocast train the same model C as float32? Fashion-MNIST model C (G1 k=8, 1000
+iterations) with each seed in three arms: float32; bf16 (autocast around forward passes only, its
+cast cache off); and bf16 with the cast-cache bug, trained by the code before its fix (see README:
+those checkpoints come from a scratch checkout, since this code keeps no switch for the bug).
+Every model is scored in float32 on the same test images (clean, FGS, PGD-10) and with AutoAttack's
+standard cascade on the first `strong_n`, and the paper's three columns again with their attacks
+crafted under bf16 autocast, as CUDA's tables were. G's five-step loss gain (`g_gain`) comes from
+each model's training history. Writes results/precision_study.json.
+
+    python precision_study.py --gpu cpu --data-dir data                  # train both arms, score all three
+    python precision_study.py --gpu cpu --arms bf16 --seeds 1,2 --no-eval   # spread trainings over processes
+"""
+import os
+import time
+
+import torch
+
+import autoattack_suite
+import core
+import experiment
+import mnist
+
+# ======================================================================================= settings
+SETTINGS = mnist.SETTINGS | mnist.FASHION | dict(  # Fashion-MNIST, eps 0.1, the paper's MNIST protocol otherwise
+    iters=1000,              # D updates per model: the committed Fashion-MNIST runs' reduced CPU schedule
+    g_width=8,               # G1's width k, as those runs
+    test_n=1000,             # test images scored (clean, FGS, PGD-10), the first n
+    strong_n=200,            # of those, the first n attacked by AutoAttack's standard cascade
+)
+ARMS = {  # name -> (precision it trains in, or None: trained by the code before the fix, what it is)
+    "float32": ("float32", "float32 throughout"),
+    "bf16": ("bf16", "bf16 autocast around forward passes and losses, cast cache off (core.autocast)"),
+    "bf16_cache_bug": (None, "bf16 autocast around the whole step with its cast cache on: the code before the "
+                             "fix, as CUDA ran it (G's steps 2 to 5 of a minibatch saw step 1's weights)"),
+}
+SEEDS = [0, 1, 2]
+SCORES = ["clean", "fgs", "pgd", "autoattack", "g_gain_first", "g_gain_last", "train_seconds"]
+
+
+def checkpoint(ckpt_dir, arm, seed):
+    return os.path.join(ckpt_dir, arm, f"seed{seed}", "C.pt")
+
+
+def g_gains(record):
+    """G's five-step loss gain over the first and the last logging window of training."""
+    gains = [h["g_gain"] for h in record["history"] if "g_gain" in h]
+    return {"g_gain_first": gains[0], "g_gain_last": gains[-1]} if gains else {}
+
+
+def score(D, settings, test_x, test_y, device, state_dir):
+    """The paper's white-box columns in float32 and under bf16 autocast, and AutoAttack's cascade in float32."""
+    n, eps = settings["test_n"], settings["eps"]
+    scored = {}
+    for precision in ("float32", "bf16"):
+        torch.manual_seed(settings["seed"])  # PGD's random start: the same draws for every model
+        scored[precision] = core.evaluate_table({"C": D}, {}, test_x[:n], test_y[:n], eps, device, settings["eval_batch"],
+                                                settings["pgd_steps"], None, None, "running", precision)["C"]
+    strong = settings["strong_n"]
+    scored["float32"]["autoattack"] = experiment.autoattack_cascade(autoattack_suite, D, test_x[:strong], test_y[:strong],
+                                                                    settings, device, state_dir)[0]
+    return scored
+
+
+def summary(runs):
+    """arm -> score -> mean, std (experiment.mean_std), n, and the lowest and highest over the seeds."""
+    table = {}
+    for arm, by_seed in runs.items():
+        values = {s: [r["float32"][s] for r in by_seed.values() if s in r["float32"]] for s in SCORES}
+        table[arm] = {s: experiment.mean_std(v) | {"low": min(v), "high": max(v)} for s, v in values.items() if v}
+    return table
+
+
+def within_spread(stats, arm, reference="float32"):
+    """Per score: does `arm`'s mean lie within the reference arm's seeds (their lowest to highest)?"""
+    return {s: stats[reference][s]["low"] <= stats[arm][s]["mean"] <= stats[reference][s]["high"]
+            for s in stats[arm] if s in stats[reference]}
+
+
+def table_differences(runs):
+    """arm -> seed -> column -> the paper's column crafted under bf16 autocast less in float32, in points."""
+    return {arm: {seed: {c: round(r["bf16_table"][c] - r["float32"][c], 2) for c in ("clean", "fgs", "pgd")}
+                  for seed, r in by_seed.items()} for arm, by_seed in runs.items()}
+
+
+def format_summary(stats):
+    cell = lambda c: f"{c['mean']:.2f}" + (f"±{c['std']:.2f}" if c["std"] is not None else "")
+    lines = [f"{'arm':<16}" + "".join(f"{s:>16}" for s in SCORES)]
+    lines += [f"{arm:<16}" + "".join(f"{cell(cols[s]) if s in cols else '-':>16}" for s in SCORES) for arm, cols in stats.items()]
+    return "mean ± standard deviation over the seeds; accuracy in percent, scored in float32\n" + "\n".join(lines)
+
+
+def main(argv=None):
+    parser = experiment.experiment_parser(__doc__, models=False)
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"arms to train and score, of {', '.join(ARMS)}")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds of model C, e.g. 0,1,2")
+    parser.add_argument("--no-eval", action="store_true", help="train only")
+    parser.add_argument("--eval-only", action="store_true", help="train nothing: score the finished checkpoints")
+    args = experiment.parse_cli(parser, argv, __file__)
+    settings = experiment.resolve_settings(SETTINGS, args)
+    arms = [a for a in args.arms.split(",") if a]
+    if not arms or any(a not in ARMS for a in arms):
+        raise experiment.UserError(f"--arms {args.arms}: choose from {', '.join(ARMS)}")
+    seeds = experiment.parse_seeds(args.seeds)
+    name = "precision_study" + ("_quick" if args.quick else "")
+    ckpt_dir = args.ckpt_dir or os.path.join("checkpoints", name)
+    device = experiment.pick_device(args.gpu)
+    train_x, train_y, test_x, test_y = mnist.load_data(args.data_dir, fashion=True)
+    started = time.time()
+    models = {}
+    for arm in arms:
+        precision = ARMS[arm][0]
+        for seed in seeds:
+            path = checkpoint(ckpt_dir, arm, seed)
+            if precision is None and not os.path.exists(path):
+                print(f"{arm} seed {seed}: no checkpoint at {path} (trained by the code before the fix; see README)")
+                continue
+            trains = precision is not None and not args.eval_only
+            D, _, record = experiment.prepare_model(f"C {arm} seed {seed}", "advnet", seed, settings | {"precision": precision or "bf16"},
+                                                    mnist.build_D, mnist.build_G, lambda: (train_x, train_y), device, path, trains)
+            if record["iters_done"] >= settings["iters"]:
+                models[(arm, seed)] = D, record
+    if args.no_eval:
+        return None
+    runs = {arm: {} for arm in arms if any(key[0] == arm for key in models)}
+    for (arm, seed), (D, record) in models.items():
+        print(f"scoring {arm} seed {seed}")
+        scored = score(D, settings, test_x, test_y, device, os.path.dirname(checkpoint(ckpt_dir, arm, seed)))
+        runs[arm][str(seed)] = {"checkpoint": checkpoint(ckpt_dir, arm, seed), "float32": scored["float32"] | g_gains(record)
+                                | {"train_seconds": round(record["train_seconds"], 1)}, "bf16_table": scored["bf16"],
+                                "model": record}
+    stats = summary(runs)
+    report = {"experiment": name, "settings": settings, "arms": {a: ARMS[a][1] for a in arms}, "seeds": seeds,
+              "provenance": experiment.provenance(device, experiment.command_line(args), "float32"),
+              "scoring": {"n_test": settings["test_n"], "autoattack_n": settings["strong_n"],
+                          "autoattack": experiment.autoattack_version(settings)},
+              "runs": runs, "summary": stats, "bf16_table_minus_float32": table_differences(runs)}
+    if "float32" in stats:
+        report["within_float32_spread"] = {arm: within_spread(stats, arm) for arm in stats if arm != "float32"}
+    report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
+    out = args.out or os.path.join("results", f"{name}.json")
+    experiment.write_json(out, report)
+    print(format_summary(stats))
+    print(f"results written to {out}")
+    return report
+
+
+if __name__ == "__main__":
+    experiment.exit_on_error(main)
