@@ -26,6 +26,7 @@ import submitit
 import torch
 
 import core
+import reports
 
 class UserError(Exception):
     """A problem the user can fix (bad input, missing data, stale checkpoint): shown as one line."""
@@ -419,7 +420,6 @@ def _in_main_thread():
 # =====================================================================================================
 
 METHODS = {"A": "standard", "B": "pgd", "C": "advnet"}
-TABLE_COLUMNS = ["clean", "fgs", "pgd", "fgs_A'", "pgd_A'", "fgs_B'", "pgd_B'", "fgs_C'", "pgd_C'"]  # the paper's order
 
 
 def restore(ckpt, path, fp, modules):
@@ -623,7 +623,7 @@ def dataset_main(doc, script, configure, build_D, build_G, paper_table, autoatta
     """The whole command of a data-set script: parse its command line, then run_experiment."""
     args = parse_cli(experiment_parser(doc), argv, script)
     name, settings, load = configure(args)
-    return run_experiment(name, settings, args, load, build_D, build_G, paper_rows(paper_table), autoattack)
+    return run_experiment(name, settings, args, load, build_D, build_G, reports.paper_rows(paper_table), autoattack)
 
 
 def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None, autoattack=None):
@@ -653,10 +653,10 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     if seeds:
         report = {"experiment": name, "settings": settings, "provenance": provenance(device, command_line(args)),
                   "seed_list": seeds, "runs": {str(seed): run for seed, run in runs.items()}}
-        report["table_stats"] = seed_statistics({seed: run["table"] for seed, run in runs.items()})
+        report["table_stats"] = reports.seed_statistics({seed: run["table"] for seed, run in runs.items()})
         report["table"] = {row: {col: cell["mean"] for col, cell in cols.items()} for row, cols in report["table_stats"].items()}
         report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
-        print(format_statistics(report["table_stats"], paper))
+        print(reports.format_statistics(report["table_stats"], paper))
     else:
         report = runs[None]
     write_json(out, report)
@@ -687,44 +687,13 @@ def run_seed(name, settings, args, data, build_D, build_G, device, ckpt_dir, cho
         print(f"trained {', '.join(finished) or 'nothing'}; checkpoints in {ckpt_dir}; run without --no-eval to evaluate")
         return report
     report["table"], report["eval"] = evaluate_trained(finished, settings, test_x, test_y, device)
-    print(f"seed {settings['seed']} (copies {settings['seed'] + 1})\n{format_table(report['table'], paper)}")
+    print(f"seed {settings['seed']} (copies {settings['seed'] + 1})\n{reports.format_table(report['table'], paper)}")
     if args.strong_eval:
         report["strong_eval"] = strong_eval_report(finished, generators.get("C"), settings, test_x, test_y, device,
                                                    autoattack, ckpt_dir)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     report["wall_seconds"] = round(time.time() - started, 1)
     return report
-
-
-def seed_statistics(tables):
-    """{seed: table} -> row -> column -> {mean, std, n} over the seeds whose table has that cell; std is
-    the sample standard deviation (divisor n - 1), None where n is 1."""
-    cells = {}
-    for table in tables.values():
-        for row, values in table.items():
-            for column, value in values.items():
-                cells.setdefault(row, {}).setdefault(column, []).append(value)
-    return {row: {column: mean_std(values) for column, values in columns.items()} for row, columns in cells.items()}
-
-
-def mean_std(values):
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-    return {"mean": mean, "std": std, "n": n}
-
-
-def format_statistics(stats, paper=None):
-    """The across-seed table: mean ± standard deviation of every cell (n seeds), and the paper's rows where given."""
-    cell = lambda c: f"{c['mean']:.2f}±{c['std']:.2f}" if c["std"] is not None else f"{c['mean']:.2f}"
-    ns = sorted({c["n"] for cols in stats.values() for c in cols.values()})
-    lines = [f"mean ± standard deviation over the seeds (n = {', '.join(map(str, ns))}), accuracy in percent",
-             f"{'model':<8}" + "".join(f"{c:>14}" for c in TABLE_COLUMNS)]
-    for row, cols in stats.items():
-        lines.append(f"{row:<8}" + "".join(f"{cell(cols[c]):>14}" if c in cols else f"{'-':>14}" for c in TABLE_COLUMNS))
-        if paper and row in paper:
-            lines.append(f"{'  paper':<8}" + "".join(f"{v:>14.2f}" for v in paper[row]))
-    return "\n".join(lines)
 
 
 # =====================================================================================================
@@ -987,7 +956,7 @@ def strong_eval_report(models, generator, settings, test_x, test_y, device, auto
             report["models"][name]["accuracy"]["autoattack"] = accuracy
             report["models"][name]["autoattack_warnings"] = warnings
     report["seconds"] = round(time.time() - t0, 1)
-    print(format_strong(report))
+    print(reports.format_strong(report))
     return report
 
 
@@ -1008,43 +977,3 @@ def autoattack_cascade(autoattack, model, images, labels, settings, device, stat
     with core.scoring_mode([model], settings["bn_eval"]), core.full_precision(device):
         robust, warnings = autoattack.cascade(model, x, y, settings, settings["eval_batch"], state)
     return round(100.0 * robust.float().mean().item(), 2), warnings
-
-
-def format_strong(report):
-    """The strong evaluation as text: one row per attack (accuracy in percent), then each model's masking flags."""
-    models = report["models"]
-    keys = list(next(iter(models.values()))["accuracy"])
-    lines = [f"strong evaluation, first {report['n_test']} test images, BN {report['bn']}: accuracy in percent",
-             f"{'attack':<22}" + "".join(f"{m:>9}" for m in models)]
-    lines += [f"{k:<22}" + "".join(f"{r['accuracy'][k]:>9.2f}" for r in models.values()) for k in keys]
-    for name, r in models.items():
-        flags = [f"{c} ({v['why']})" for c, v in r["checks"].items() if v["flag"]]
-        lines.append(f"masking flags of {name}: {'; '.join(flags) if flags else 'none'}")
-        lines += [f"AutoAttack's warning on {name}: {w}" for w in r.get("autoattack_warnings", [])]
-    return "\n".join(lines)
-
-
-def format_table(table, paper=None):
-    """Our accuracies, and the paper's beside them where given ({row: [values in column order]})."""
-    width = max([8] + [len(row) + 1 for row in table])
-    lines = [f"{'model':<{width}}" + "".join(f"{c:>9}" for c in TABLE_COLUMNS)]
-    for row, values in table.items():
-        lines.append(f"{row:<{width}}" + "".join(f"{values[c]:>9.2f}" if c in values else f"{'-':>9}" for c in TABLE_COLUMNS))
-        if paper and row in paper:
-            lines.append(f"{'  paper':<{width}}" + "".join(f"{v:>9.2f}" for v in paper[row]))
-    return "\n".join(lines)
-
-
-def paper_tables(section):
-    """A section of paper_tables.json (kept beside this file), or None where the file is absent."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_tables.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)[section]
-
-
-def paper_rows(table):
-    """The paper's rows of one of its accuracy tables (e.g. "cifar10"), or None."""
-    tables = paper_tables("tables")
-    return tables[table]["rows"] if tables else None

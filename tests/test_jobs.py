@@ -12,6 +12,7 @@ import pytest
 
 import core
 import experiment
+import reports
 from conftest import ROOT
 from test_mnist_script import OFFLINE, assert_clean_error
 
@@ -28,12 +29,12 @@ def job_ids(folder):
 
 def test_seed_statistics_match_a_hand_computation():
     tables = {0: {"A": {"clean": 90.0, "fgs": 10.0}}, 1: {"A": {"clean": 94.0, "fgs": 20.0}}, 2: {"A": {"clean": 98.0}}}
-    stats = experiment.seed_statistics(tables)
+    stats = reports.seed_statistics(tables)
     # clean: mean (90 + 94 + 98) / 3 = 94, std sqrt((16 + 0 + 16) / 2) = 4; fgs: mean 15, std sqrt((25 + 25) / 1)
     assert stats["A"]["clean"] == {"mean": 94.0, "std": 4.0, "n": 3}
     assert stats["A"]["fgs"]["mean"] == 15.0 and stats["A"]["fgs"]["n"] == 2
     assert stats["A"]["fgs"]["std"] == pytest.approx(7.0710678, abs=1e-6)
-    assert experiment.seed_statistics({5: {"A": {"clean": 91.0}}})["A"]["clean"] == {"mean": 91.0, "std": None, "n": 1}
+    assert reports.seed_statistics({5: {"A": {"clean": 91.0}}})["A"]["clean"] == {"mean": 91.0, "std": None, "n": 1}
 
 
 @pytest.fixture(scope="module")
