@@ -21,6 +21,7 @@ import autoattack_suite
 import cifar10
 import core
 import experiment
+import jobs
 import mnist
 import reports
 import svhn
@@ -78,7 +79,7 @@ def main(argv=None):
     parser.add_argument("--datasets", default="mnist,svhn,cifar10", help=f"comma-separated, from {', '.join(DATASETS)}")
     args = experiment.parse_cli(parser, argv, __file__)
     if args.slurm is not None:  # the whole script as one job
-        return experiment.launch_script(args, args.ckpt_dir or "checkpoints")
+        return jobs.launch_script(args, args.ckpt_dir or "checkpoints")
     keys = [k.strip() for k in args.datasets.split(",") if k.strip()]
     unknown = [k for k in keys if k not in DATASETS]
     if unknown or not keys:

@@ -20,6 +20,7 @@ import autoattack_suite
 import cifar10
 import core
 import experiment
+import jobs
 import reports
 
 GENERATORS = {  # name in paper_tables.json -> builder from the CIFAR-10 settings
@@ -35,7 +36,7 @@ N_EXAMPLES = 8                                   # example perturbations saved p
 def main(argv=None):
     args = experiment.parse_cli(experiment.experiment_parser(__doc__, models=False), argv, __file__)
     if args.slurm is not None:  # the whole script as one job
-        return experiment.launch_script(args, args.ckpt_dir or "checkpoints")
+        return jobs.launch_script(args, args.ckpt_dir or "checkpoints")
     name, settings, load = cifar10.configure(args)
     device = experiment.pick_device(args.gpu)
     cifar_dir = os.path.join(args.ckpt_dir or "checkpoints", name)
