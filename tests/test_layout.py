@@ -1,5 +1,5 @@
 """The layering the design asks for: scripts -> experiment -> jobs, reports, errors, core, each module
-importing only the modules below it; core.py copyable on its own."""
+importing only the modules below it; core.py copyable on its own; the notebook reading only results files."""
 import ast
 import glob
 import graphlib
@@ -53,3 +53,8 @@ def test_no_import_cycles():
     except graphlib.CycleError as err:
         raise AssertionError(f"import cycle: {' -> '.join(err.args[1])}") from None
 
+
+def test_the_notebook_imports_nothing_of_this_repository():
+    """It reads only the results files, so it shows what was run, not what the code does now."""
+    ours = imported_modules(os.path.join("notebooks", "results.py")) & set(repository_imports())
+    assert not ours, ours
