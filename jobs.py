@@ -1,7 +1,9 @@
 """Where a run's work goes: this process's devices (--gpu), or jobs through submitit, on a SLURM
 cluster (--slurm) or one process per GPU here (--gpu 0,1,...). A job runs a script's main() on a
-command line (ScriptJob), so it resumes from the checkpoints when it is requeued. experiment.py
-launches them; this module imports only errors.py of this repository."""
+command line (ScriptJob), so it resumes from the checkpoints when it is requeued; the training loop's
+side of a requeue (saving at the preemption signal) is experiment.StopFlag. experiment.run_experiment
+launches a data-set script's jobs, ensemble.py and generators_study.py themselves as one job
+(launch_script). This module imports only errors.py of this repository."""
 import importlib
 import os
 import shutil
