@@ -11,6 +11,7 @@ import os
 import autoattack_suite
 import core
 import experiment
+import reports
 
 # ======================================================================================= settings
 SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's MNIST settings; the shared ones are in experiment.py
@@ -64,7 +65,7 @@ def main(argv=None):
     name, settings, load = configure(args, args.fashion)
     if args.fashion:
         print("paper rows below are MNIST at eps 0.3: compare the pattern, not the numbers")
-    return experiment.run_experiment(name, settings, args, load, build_D, build_G, experiment.paper_rows("mnist"),
+    return experiment.run_experiment(name, settings, args, load, build_D, build_G, reports.paper_rows("mnist"),
                                autoattack_suite)
 
 
