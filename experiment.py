@@ -9,6 +9,7 @@ Errors the user can fix (bad input, missing data, a stale checkpoint) are UserEr
 """
 import argparse
 import contextlib
+import fcntl
 import importlib
 import importlib.metadata
 import json
@@ -528,7 +529,48 @@ def train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_p
 
 def training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop, train=True):
     """train_model's work as a generator that yields after every iteration and returns the record, so
-    that several models can be trained in turn; `stop` (a StopFlag) is shared by them."""
+    that several models can be trained in turn; `stop` (a StopFlag) is shared by them. With `train`,
+    it holds the model's training_lock throughout."""
+    with training_lock(ckpt_path, name) if train else contextlib.nullcontext():
+        return (yield from locked_training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop,
+                                               train))
+
+
+@contextlib.contextmanager
+def training_lock(ckpt_path, name):
+    """An exclusive lock on `<ckpt_path>.lock`, so that two processes (a second terminal, a resubmitted
+    job) never train one model into one checkpoint: the second stops with a line naming the holder,
+    whose pid, host and start time the file holds. flock: the kernel releases it when the holder ends,
+    however it ends (kill -9 too); NFS supports it. Where the folder is not writable, neither is the
+    checkpoint, so there is nothing to guard."""
+    path = ckpt_path + ".lock"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        lock = open(path, "a+")
+    except OSError:
+        yield
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = " ".join(lock.read().split()) or "one that has not yet written its name"
+            raise UserError(f"{name}: {ckpt_path} is being trained by another process ({holder}); let it finish or "
+                            "stop it, or give this run another --ckpt-dir") from None
+        except OSError as err:  # a file system without locks
+            print(f"warning: {path} cannot be locked ({err.strerror}); nothing stops another process from training "
+                  f"{name} into the same checkpoint", file=sys.stderr)
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {platform.node()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+
+
+def locked_training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop, train):
     s, fp = settings, fingerprint(settings, method, seed)
     step, modules = core.make_step(method, D, G, s)
     step = graphed_or_eager(step, s, device)

@@ -1,11 +1,76 @@
-"""Writers of checkpoints and results (issue 21): writes are fsynced before and after their rename."""
+"""Writers of checkpoints and results (issue 21): one process trains a model at a time, and writes are
+fsynced before and after their rename."""
+import errno
 import os
+import platform
+import signal
 import stat
+import subprocess
+import sys
+import time
 
 import torch
 
 import core
 import experiment
+import mnist
+from conftest import ROOT
+
+
+def mnist_command(data, ckpt, *args):
+    return [sys.executable, os.path.join(ROOT, "mnist.py"), "--gpu", "cpu", "--quick", "--models", "A", "--data-dir", data,
+            "--ckpt-dir", ckpt, *args]
+
+
+def test_a_second_process_training_the_same_model_stops_and_names_the_first(fake_mnist, tmp_path):
+    ckpt, out = str(tmp_path / "ckpt"), tmp_path / "results.json"
+    out.write_text('{"keep": true}')
+    env = os.environ | {"PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    long_run = ["--iters", "100000", "--set", "ckpt_minutes=0"]  # checkpoints every 5 iterations, for a long time
+    first = subprocess.Popen(mnist_command(fake_mnist, ckpt, "--no-eval", *long_run), env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(os.path.join(ckpt, "A.pt")):  # it trains, so it holds the lock
+            assert first.poll() is None and time.time() < deadline, first.stderr.read() if first.poll() is not None else "slow"
+            time.sleep(0.2)
+        first.send_signal(signal.SIGSTOP)  # paused mid-training, it holds its lock and leaves the CPU to the second
+        second = subprocess.run(mnist_command(fake_mnist, ckpt, "--out", str(out), *long_run), env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: A: "), second.stderr
+        for fragment in (os.path.join(ckpt, "A.pt"), f"pid {first.pid}", platform.node(), "since 20"):
+            assert fragment in lines[0], lines[0]
+        assert out.read_text() == '{"keep": true}'
+
+        # evaluation needs no lock: the first process's latest checkpoint loads while it trains
+        settings = experiment.resolve_settings(mnist.SETTINGS, experiment.experiment_parser("").parse_args(
+            ["--quick", *long_run]))
+        _, _, record = experiment.prepare_model("A", "standard", 0, settings, mnist.build_D, mnist.build_G, None,
+                                                torch.device("cpu"), os.path.join(ckpt, "A.pt"), train=False)
+        assert 0 < record["iters_done"] < 100000
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # kill -9 leaves no stale lock, and the checkpoint is the first process's alone
+    with experiment.training_lock(os.path.join(ckpt, "A.pt"), "A"):
+        pass
+    record = core.load_checkpoint(os.path.join(ckpt, "A.pt"))["record"]
+    assert [s["from_iter"] for s in record["sessions"]] == [0] and record["iters_done"] > 0
+
+
+def test_a_file_system_without_locks_trains_unlocked_with_a_warning(tmp_path, monkeypatch, capsys):
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with experiment.training_lock(str(tmp_path / "A.pt"), "A"):
+        pass
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and "A.pt" in err and "No locks available" in err and len(err.splitlines()) == 1
 
 
 def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
