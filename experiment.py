@@ -413,7 +413,11 @@ def write_json(path, data):
         with open(tmp, "w") as f:
             json.dump(data, f, indent=1)
             f.write("\n")
-    core.atomic_write(path, write)
+    try:
+        core.atomic_write(path, write)
+    except OSError as err:  # a full disk, say: atomic_write has kept what was there
+        raise UserError(f"{path} not written ({err.strerror or err}); what it held is kept, and so are the checkpoints: "
+                        "free some space and run the same command again") from None
 
 
 # =====================================================================================================
@@ -589,8 +593,13 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
         return record
 
     def save():
-        core.save_checkpoint(ckpt_path, {"fingerprint": fp, "record": record, "rng": core.rng_state(device),
-                                         **{k: m.state_dict() for k, m in modules.items()}})
+        try:
+            core.save_checkpoint(ckpt_path, {"fingerprint": fp, "record": record, "rng": core.rng_state(device),
+                                             **{k: m.state_dict() for k, m in modules.items()}})
+        except OSError as err:  # a full disk, say: atomic_write has kept the last good checkpoint
+            raise UserError(f"{name}: training reached iteration {record['iters_done']} of {s['iters']}, but its checkpoint "
+                            f"could not be saved ({err.strerror or err}); {kept_checkpoint(ckpt_path)}: free some space "
+                            "and run the same command to resume") from None
 
     batches = make_batches()
     start = record["iters_done"]
@@ -613,8 +622,7 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
         if (it + 1) % s["log_every"] == 0 or last or stop.raised:
             means = {k: v.item() / count for k, v in sums.items()}  # the one host sync per interval
             if not all(math.isfinite(v) for v in means.values()):
-                kept = f"last good checkpoint kept ({record['iters_done']} iterations)" if os.path.exists(ckpt_path) else "no checkpoint written"
-                raise UserError(f"{name}: loss became NaN/inf before iteration {it + 1}; stopped, {kept}; "
+                raise UserError(f"{name}: loss became NaN/inf before iteration {it + 1}; stopped, {kept_checkpoint(ckpt_path)}; "
                                 f"try a smaller learning rate with --set")
             record["history"].append({"iter": it + 1, "lr": lr_at(it, s), **{k: round(v, 5) for k, v in means.items()}})
             record["iters_done"] = it + 1
@@ -628,6 +636,13 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
                 raise KeyboardInterrupt(f"{name}: stopped at iteration {it + 1}; checkpoint saved to {ckpt_path}")
         yield
     return record
+
+
+def kept_checkpoint(path):
+    """What a run that stops on an error leaves for the next one to resume from, for its message."""
+    if not os.path.exists(path):
+        return "no checkpoint was written"
+    return f"{path} keeps iteration {core.load_checkpoint(path)['record']['iters_done']}"
 
 
 def run_in_turn(runs, device, streams=True):

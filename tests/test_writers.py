@@ -1,6 +1,7 @@
-"""Writers of checkpoints and results (issue 21): one process trains a model at a time, and writes are
-fsynced before and after their rename."""
+"""Writers of checkpoints and results (issue 21): one process trains a model at a time, a full disk
+keeps the last good checkpoint, and writes are fsynced before and after their rename."""
 import errno
+import json
 import os
 import platform
 import signal
@@ -15,6 +16,9 @@ import core
 import experiment
 import mnist
 from conftest import ROOT
+from test_data_checks import run_main
+
+DISK_FULL = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def mnist_command(data, ckpt, *args):
@@ -71,6 +75,51 @@ def test_a_file_system_without_locks_trains_unlocked_with_a_warning(tmp_path, mo
         pass
     err = capsys.readouterr().err
     assert err.startswith("warning: ") and "A.pt" in err and "No locks available" in err and len(err.splitlines()) == 1
+
+
+def test_disk_full_at_a_save_keeps_the_last_good_checkpoint(fake_mnist, tmp_path, monkeypatch, capsys):
+    ckpt = tmp_path / "ckpt"
+    argv = ["--gpu", "cpu", "--quick", "--models", "A", "--no-eval", "--data-dir", fake_mnist, "--ckpt-dir", str(ckpt),
+            "--set", "ckpt_minutes=0"]  # --quick: 10 iterations, a checkpoint at 5 and at 10
+    real_save, saved = torch.save, []
+
+    def disk_fills(state, path):
+        if saved:  # the second save: the disk fills up halfway through
+            with open(path, "wb") as f:
+                f.write(b"half a checkpoint")
+            raise DISK_FULL
+        real_save(state, path)
+        saved.append(open(path, "rb").read())
+
+    monkeypatch.setattr(torch, "save", disk_fills)
+    code, err = run_main(mnist.main, argv, capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: A: ") and not any(line.startswith("error") for line in lines[:-1]), err
+    for fragment in ("No space left on device", "reached iteration 10 of 10", f"{ckpt / 'A.pt'} keeps iteration 5"):
+        assert fragment in lines[-1], lines[-1]
+    assert (ckpt / "A.pt").read_bytes() == saved[0]
+    assert not [name for name in os.listdir(ckpt) if ".tmp" in name]
+    monkeypatch.undo()  # space freed: the same command resumes from the kept checkpoint
+    mnist.main(argv)
+    record = core.load_checkpoint(str(ckpt / "A.pt"))["record"]
+    assert record["iters_done"] == 10 and [s["from_iter"] for s in record["sessions"]] == [0, 5]
+
+
+def test_results_that_cannot_be_written_keep_the_earlier_file(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "results.json"
+    out.write_text('{"keep": true}')
+
+    def disk_fills(data, f, **kwargs):
+        f.write('{"half": ')
+        raise DISK_FULL
+
+    monkeypatch.setattr(json, "dump", disk_fills)
+    code, err = run_main(lambda argv: experiment.write_json(str(out), {"new": True}), [], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert str(out) in lines[0] and "No space left on device" in lines[0] and "kept" in lines[0], lines[0]
+    assert out.read_text() == '{"keep": true}' and os.listdir(tmp_path) == ["results.json"]
 
 
 def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
