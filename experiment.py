@@ -408,6 +408,16 @@ def provenance(device, command):
             "command": command, "host": platform.node()}
 
 
+@contextlib.contextmanager
+def merge_lock(path):
+    """An exclusive lock on `<path>.lock`, waited for, around reading a results file and writing it back
+    with entries added: processes that merge into one file at once keep each other's entries."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def write_json(path, data):
     def write(tmp):
         with open(tmp, "w") as f:

@@ -1,5 +1,6 @@
 """Writers of checkpoints and results (issue 21): one process trains a model at a time, a full disk
-keeps the last good checkpoint, and writes are fsynced before and after their rename."""
+keeps the last good checkpoint, writes are fsynced before and after their rename, and ensemble.json
+keeps the entries other runs wrote meanwhile."""
 import errno
 import json
 import os
@@ -8,11 +9,13 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import torch
 
 import core
+import ensemble
 import experiment
 import mnist
 from conftest import ROOT
@@ -142,3 +145,44 @@ def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_
         write(str(path))
         file, folder = path.stat().st_ino, path.parent.stat().st_ino
         assert events == [("fsync", file, False), ("replace", file, False), ("fsync", folder, True)], events
+
+
+def test_ensemble_keeps_the_entries_another_run_wrote_meanwhile(tmp_path, monkeypatch):
+    out = str(tmp_path / "ensemble.json")
+    experiment.write_json(out, {"experiment": "ensemble", "datasets": {"cifar10": {"table": "earlier"}}})
+
+    def run_dataset(key, args, device):  # while this run trains, another one finishes SVHN and writes its entry
+        with open(out) as f:
+            report = json.load(f)
+        report["datasets"]["svhn"] = {"table": "other run"}
+        experiment.write_json(out, report)
+        return {"table": "this run"}
+
+    monkeypatch.setattr(ensemble, "run_dataset", run_dataset)
+    ensemble.main(["--gpu", "cpu", "--datasets", "mnist", "--out", out])
+    with open(out) as f:
+        entries = json.load(f)["datasets"]
+    assert {k: v["table"] for k, v in entries.items()} == {"cifar10": "earlier", "svhn": "other run", "mnist": "this run"}
+
+
+def test_ensemble_merge_waits_for_another_process_merging(tmp_path):
+    out = str(tmp_path / "ensemble.json")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys; lock = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(lock, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()", out + ".lock"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        entered = threading.Event()
+
+        def merge():
+            with experiment.merge_lock(out):
+                entered.set()
+
+        waiter = threading.Thread(target=merge)
+        waiter.start()
+        assert not entered.wait(1.0), "merged while another process held the lock"
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    waiter.join(10)
+    assert entered.is_set()
