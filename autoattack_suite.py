@@ -82,7 +82,7 @@ def guarded(model, device):
 @contextlib.contextmanager
 def atomic_state_writes():
     """pyautoattack writes its state file in place (open "w"): a kill or a power cut mid-write would
-    leave it torn. Meanwhile its writes go through core.atomic_write, with the same content."""
+    leave it torn. Within this context its writes go through core.atomic_write, with the same content."""
     state_class = package().state.EvaluationState
     in_place = state_class.to_disk
 
@@ -155,7 +155,7 @@ def cascade(model, x, y, settings, batch_size, state_path, left=tuple(NAMES.valu
     said = state_path.with_suffix(".warnings.json")
     state = read_state(state_path)
     if state is None:
-        state_path.unlink(missing_ok=True)  # one cut short before its clean pass ended, which pyautoattack cannot read
+        state_path.unlink(missing_ok=True)  # an unusable one (cut before its clean pass ended) would fail pyautoattack's read
         os.makedirs(state_path.parent, exist_ok=True)
         aa = standard(model, settings, x.device)
         aa.attacks_to_run = list(left)
