@@ -87,20 +87,28 @@ def main(argv=None):
         raise experiment.UserError(f"--datasets {args.datasets}: choose from {', '.join(DATASETS)}")
     device = experiment.pick_device(args.gpu)
     out = args.out or os.path.join("results", "ensemble" + ("_quick" if args.quick else "") + ".json")
-    report = {"experiment": "ensemble" + ("_quick" if args.quick else ""), "datasets": {}}
-    if os.path.exists(out):  # one entry per data set: a run of some data sets keeps the others' entries
-        try:
-            with open(out) as f:
-                report["datasets"] = json.load(f)["datasets"]
-        except (ValueError, KeyError):
-            raise experiment.UserError(f"{out} is not an ensemble results file; move it away or pass --out") from None
+    read_entries(out)  # a file of another kind stops the run before any training
+    entries = {}
     for key in keys:
         t0 = time.time()
-        report["datasets"][key] = run_dataset(key, args, device) | {"wall_seconds": round(time.time() - t0, 1)}
-    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    experiment.write_json(out, report)
+        entries[key] = run_dataset(key, args, device) | {"wall_seconds": round(time.time() - t0, 1)}
+    with experiment.merge_lock(out):  # one entry per data set: the entries other runs wrote meanwhile are kept
+        report = {"experiment": "ensemble" + ("_quick" if args.quick else ""), "datasets": read_entries(out) | entries,
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        experiment.write_json(out, report)
     print(f"results written to {out}")
     return report
+
+
+def read_entries(out):
+    """The data sets' entries that `out` holds ({} if there is no such file)."""
+    if not os.path.exists(out):
+        return {}
+    try:
+        with open(out) as f:
+            return json.load(f)["datasets"]
+    except (ValueError, KeyError):
+        raise experiment.UserError(f"{out} is not an ensemble results file; move it away or pass --out") from None
 
 
 if __name__ == "__main__":

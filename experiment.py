@@ -8,6 +8,7 @@ experiment -> jobs, reports, errors, core; tests/test_layout.py checks it.
 """
 import argparse
 import contextlib
+import fcntl
 import importlib.metadata
 import json
 import math
@@ -247,16 +248,95 @@ def pick_device(gpu=None):
     return jobs.parse_gpus(gpu)[0]
 
 
-def open_dataset(make, name, where):
-    """Calls `make(download)`: first from disk, then downloading; offline, a clear error says `where`."""
+def open_dataset(make, name, where, files, n_classes, image_shape):
+    """`make(download)` -> (train_images, train_labels, test_images, test_labels), as torchvision reads
+    them from `files` (what -> [paths]: "train images", "train labels", "test images", "test labels",
+    and any others it reads); downloaded where a file is missing (offline, a clear error says `where`).
+    A damaged file, or data that fail check_dataset, is a UserError that names the file."""
+    paths = list(dict.fromkeys(path for group in files.values() for path in group))
+    missing = [os.path.basename(path) for path in paths if not os.path.isfile(path)]
     try:
-        return make(download=False)
-    except (RuntimeError, FileNotFoundError, OSError):
-        pass
+        data = make(download=bool(missing))
+    except Exception as err:  # torchvision raises several types for a failed download or a bad file
+        if missing:
+            raise UserError(f"{name} is not on disk ({', '.join(missing)} missing) and could not be downloaded "
+                            f"({type(err).__name__}); {where}") from None
+        raise UserError(damaged_file(name, paths, err)) from None
+    check_dataset(name, data, files, n_classes, image_shape)
+    return data
+
+
+def damaged_file(name, paths, err):
+    """The one line for data files that are all there but torchvision could not read: the first file
+    that does not read as its format, else torchvision's own error."""
+    for path in paths:
+        problem = file_problem(path)
+        if problem:
+            return f"{name}: {path} is {problem}; replace it with the original file"
+    return (f"{name}: torchvision could not read the files in {os.path.dirname(paths[0])} ({type(err).__name__}: "
+            f"{' '.join(str(err).split())}), though each one reads as its format: one may be damaged inside, or from another release")
+
+
+def file_problem(path):
+    """What is wrong with one data file, read as its format says (MNIST's IDX by its name, SVHN's .mat,
+    else CIFAR's pickle), or None."""
     try:
-        return make(download=True)
-    except Exception as err:  # torchvision raises several types for a failed download
-        raise UserError(f"{name} is not on disk and could not be downloaded ({type(err).__name__}); {where}") from None
+        if path.endswith("-ubyte"):
+            return idx_problem(path)
+        if path.endswith(".mat"):
+            import scipy.io
+            scipy.io.loadmat(path)
+        else:
+            import pickle
+            with open(path, "rb") as f:
+                pickle.load(f, encoding="latin1")
+    except Exception as err:
+        return f"unreadable ({type(err).__name__}: {' '.join(str(err).split())})"
+    return None
+
+
+def idx_problem(path):
+    """MNIST's IDX format: bytes 0 0 8 d (unsigned bytes, d dimensions: the 3 or 1 of idx3 or idx1 in the
+    name), d sizes as big-endian int32, then exactly their product of bytes. What is wrong, or None."""
+    ndim = 3 if "-idx3-" in os.path.basename(path) else 1
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * ndim)
+    if not header:
+        return "empty"
+    if len(header) < 4 + 4 * ndim or header[:4] != bytes([0, 0, 8, ndim]):
+        return (f"not an IDX file of {ndim}-dimensional unsigned bytes (it begins {header[:4].hex(' ')}, "
+                f"not 00 00 08 0{ndim})")
+    sizes = [int.from_bytes(header[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    expected, size = len(header) + math.prod(sizes), os.path.getsize(path)
+    if size != expected:
+        return (f"{'truncated' if size < expected else 'too long'}: its header declares {' x '.join(map(str, sizes))} "
+                f"bytes ({expected:,} with the header), but the file has {size:,}")
+    return None
+
+
+def check_dataset(name, data, files, n_classes, image_shape):
+    """Each set's images are uint8 of `image_shape` (C, H, W) and as many as its labels, which lie in
+    [0, n_classes): the training and test sets agree with each other and with the networks."""
+    shape = lambda dims: "x".join(map(str, dims))
+    for key, split, images, labels in (("train", "training", *data[:2]), ("test", "test", *data[2:])):
+        in_images, in_labels = named(files[f"{key} images"]), named(files[f"{key} labels"])
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != tuple(image_shape) or not len(images):
+            raise UserError(f"{name}: {in_images}: {len(images)} {split} images of {images.dtype}, {shape(images.shape[1:])}; "
+                            f"expected uint8 images of {shape(image_shape)}")
+        if len(labels) != len(images):
+            raise UserError(f"{name}: {in_labels}: {len(labels)} {split} labels for the {len(images)} images of {in_images}")
+        outside = ((labels < 0) | (labels >= n_classes)).nonzero()
+        if len(outside):
+            i = outside[0].item()
+            raise UserError(f"{name}: {in_labels}: label {labels[i].item()} of {split} image {i} is outside "
+                            f"[0, {n_classes}): the file is damaged; replace it with the original file")
+
+
+def named(paths):
+    """Data files as an error message names them: the path of one, or the names of several and their folder."""
+    if len(paths) == 1:
+        return paths[0]
+    return f"{', '.join(os.path.basename(p) for p in paths)} (in {os.path.dirname(paths[0])})"
 
 
 # =====================================================================================================
@@ -300,12 +380,26 @@ def provenance(device, command, precision="auto"):
             "command": command, "host": platform.node()}
 
 
+@contextlib.contextmanager
+def merge_lock(path):
+    """An exclusive lock on `<path>.lock`, waited for, around reading a results file and writing it back
+    with entries added: processes that merge into one file at once keep each other's entries."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def write_json(path, data):
     def write(tmp):
         with open(tmp, "w") as f:
             json.dump(data, f, indent=1)
             f.write("\n")
-    core.atomic_write(path, write)
+    try:
+        core.atomic_write(path, write)
+    except OSError as err:  # a full disk, say: atomic_write has kept what was there
+        raise UserError(f"{path} not written ({err.strerror or err}); what it held is kept, and so are the checkpoints: "
+                        "free some space and run the same command again") from None
 
 
 # =====================================================================================================
@@ -420,7 +514,48 @@ def train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_p
 
 def training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop, train=True):
     """train_model's work as a generator that yields after every iteration and returns the record, so
-    that several models can be trained in turn; `stop` (a StopFlag) is shared by them."""
+    that several models can be trained in turn; `stop` (a StopFlag) is shared by them. With `train`,
+    it holds the model's training_lock throughout."""
+    with training_lock(ckpt_path, name) if train else contextlib.nullcontext():
+        return (yield from locked_training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop,
+                                               train))
+
+
+@contextlib.contextmanager
+def training_lock(ckpt_path, name):
+    """An exclusive lock on `<ckpt_path>.lock`, so that two processes (a second terminal, a resubmitted
+    job) never train one model into one checkpoint: the second stops with a line naming the holder,
+    whose pid, host and start time the file holds. flock: the kernel releases it when the holder ends,
+    however it ends (kill -9 too); NFS supports it. Where the folder is not writable, neither is the
+    checkpoint, so there is nothing to guard."""
+    path = ckpt_path + ".lock"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        lock = open(path, "a+")
+    except OSError:
+        yield
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = " ".join(lock.read().split()) or "one that has not yet written its name"
+            raise UserError(f"{name}: {ckpt_path} is being trained by another process ({holder}); let it finish or "
+                            "stop it, or give this run another --ckpt-dir") from None
+        except OSError as err:  # a file system without locks
+            print(f"warning: {path} cannot be locked ({err.strerror}); nothing stops another process from training "
+                  f"{name} into the same checkpoint", file=sys.stderr)
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {platform.node()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+
+
+def locked_training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop, train):
     s, fp = settings, fingerprint(settings, method, seed)
     step, modules = core.make_step(method, D, G, s)
     step = graphed_or_eager(step, s, device)
@@ -439,8 +574,13 @@ def training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_
         return record
 
     def save():
-        core.save_checkpoint(ckpt_path, {"fingerprint": fp, "record": record, "rng": core.rng_state(device),
-                                         **{k: m.state_dict() for k, m in modules.items()}})
+        try:
+            core.save_checkpoint(ckpt_path, {"fingerprint": fp, "record": record, "rng": core.rng_state(device),
+                                             **{k: m.state_dict() for k, m in modules.items()}})
+        except OSError as err:  # a full disk, say: atomic_write has kept the last good checkpoint
+            raise UserError(f"{name}: training reached iteration {record['iters_done']} of {s['iters']}, but its checkpoint "
+                            f"could not be saved ({err.strerror or err}); {kept_checkpoint(ckpt_path)}: free some space "
+                            "and run the same command to resume") from None
 
     batches = make_batches()
     start = record["iters_done"]
@@ -464,8 +604,7 @@ def training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_
         if (it + 1) % s["log_every"] == 0 or last or stop.raised:
             means = {k: v.item() / count for k, v in sums.items()}  # the one host sync per interval
             if not all(math.isfinite(v) for v in means.values()):
-                kept = f"last good checkpoint kept ({record['iters_done']} iterations)" if os.path.exists(ckpt_path) else "no checkpoint written"
-                raise UserError(f"{name}: loss became NaN/inf before iteration {it + 1}; stopped, {kept}; "
+                raise UserError(f"{name}: loss became NaN/inf before iteration {it + 1}; stopped, {kept_checkpoint(ckpt_path)}; "
                                 f"try a smaller learning rate with --set")
             record["history"].append({"iter": it + 1, "lr": lr_at(it, s), **{k: round(v, 5) for k, v in means.items()}})
             record["iters_done"] = it + 1
@@ -479,6 +618,13 @@ def training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_
                 raise KeyboardInterrupt(f"{name}: stopped at iteration {it + 1}; checkpoint saved to {ckpt_path}")
         yield
     return record
+
+
+def kept_checkpoint(path):
+    """What a run that stops on an error leaves for the next one to resume from, for its message."""
+    if not os.path.exists(path):
+        return "no checkpoint was written"
+    return f"{path} keeps iteration {core.load_checkpoint(path)['record']['iters_done']}"
 
 
 def run_in_turn(runs, device, streams=True):

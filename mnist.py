@@ -39,7 +39,8 @@ def load_data(data_dir, fashion):
         return train.data.unsqueeze(1), train.targets, test.data.unsqueeze(1), test.targets
 
     where = f"put the uncompressed files {', '.join(FILES)} in {folder}/"
-    return experiment.open_dataset(make, dataset.__name__, where)
+    files = dict(zip(["train images", "train labels", "test images", "test labels"], ([os.path.join(folder, f)] for f in FILES)))
+    return experiment.open_dataset(make, dataset.__name__, where, files, n_classes=10, image_shape=(1, 28, 28))
 
 
 def build_D(settings):
