@@ -33,17 +33,13 @@ def ascent_sign(model, y):
     return (w[1 - y] - w[y]).sign().view(-1, 1, 8, 8)
 
 
-def test_the_closed_form_has_no_zero_directions():
-    model, (x, y) = two_class_linear(), batch()
-    assert (ascent_sign(model, y) != 0).all()
-
-
 @pytest.mark.parametrize("loss", ["ce", "cw"])
 def test_pgd_with_enough_steps_ends_at_the_corner_of_the_ball(loss):
     """From any start in the ball, 8 steps of eps/4 reach the far face; 10 steps end exactly at
     clamp(x + eps * sign(w_other - w_y), 0, 1). Fails for descent instead of ascent, a missing or wrong
     projection, or gradients taken at the clean image's label-free loss."""
     model, (x, y) = two_class_linear(), batch()
+    assert (ascent_sign(model, y) != 0).all(), "every pixel must have a direction for the corner to be unique"
     corner = (x + EPS * ascent_sign(model, y)).clamp(0, 1)
     torch.manual_seed(2)
     assert torch.equal(core.pgd(model, x, y, EPS, steps=10, loss=loss), corner)
