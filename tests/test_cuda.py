@@ -160,10 +160,10 @@ def smooth_data():
     return torch.from_numpy(learnable_images(labels.numpy())).unsqueeze(1), labels
 
 
-def smooth_run(path, device, iters, graphs, stop_at=None):
+def smooth_run(path, device, iters, graphs, stop_at=None, precision="auto"):
     """D, G after `iters` iterations of the loop from seed 0, on 256 learnable images in batches of 64; a SIGINT
     arrives during iteration `stop_at`."""
-    settings = SMOOTH_SETTINGS | dict(iters=iters, cuda_graphs=graphs)
+    settings = SMOOTH_SETTINGS | dict(iters=iters, cuda_graphs=graphs, precision=precision)
     images, labels = smooth_data()
     D, G = experiment.build_models(0, settings, lambda s: SmoothD(), lambda s: SmoothG(), device)
     batches = core.Batches(images, labels, settings["batch_size"], 0, device)
@@ -241,14 +241,13 @@ def stale_generator_steps(iterations):
 @pytest.mark.parametrize("iters, differing", [(6, {3, 4, 5}), (10, {5, 6, 7})], ids=["graphed vs eager", "resume"])
 def test_stale_cast_check_separates_the_bug_from_bf16_rounding_on_the_cpu(iters, differing, tmp_path):
     """The CUDA tests' comparison, run on the CPU: a stale cast in the iterations where the CUDA runs differ breaks
-    the tolerance; bf16 autocast in every iteration, far more rounding than graphed and eager runs can differ by,
-    stays within it (if the steps set their own precision inside, this run is float32, and trivially within)."""
+    the tolerance; the steps in bf16 in every iteration, far more rounding than graphed and eager runs can differ by,
+    stays within it."""
     cpu = torch.device("cpu")
     exact = smooth_run(tmp_path / "exact.pt", cpu, iters, graphs=False)
     with stale_generator_steps(differing):
         stale = smooth_run(tmp_path / "stale.pt", cpu, iters, graphs=False)
-    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
-        rounded = smooth_run(tmp_path / "bf16.pt", cpu, iters, graphs=False)
+    rounded = smooth_run(tmp_path / "bf16.pt", cpu, iters, graphs=False, precision="bf16")
     caught, noise = weight_difference(stale, exact), weight_difference(rounded, exact)
     assert all(caught[k] > TOLERANCE[k] for k in TOLERANCE), (caught, TOLERANCE)
     assert all(noise[k] < TOLERANCE[k] for k in TOLERANCE), (noise, TOLERANCE)
