@@ -249,7 +249,7 @@ def lr_at(it, settings):
     """D's learning rate: `d_lr`, times `d_lr_drop_factor` from the fraction `d_lr_drop_at` of the run on,
     and `d_lr` times `d_lr_drop2_factor` from the fraction `d_lr_drop2_at` on."""
     s, at = settings, lambda fraction: int(fraction * settings["iters"])
-    if it >= at(s["d_lr_drop2_at"]):
+    if it >= at(s.get("d_lr_drop2_at", NEUTRAL_SETTINGS["d_lr_drop2_at"])):
         return s["d_lr"] * s["d_lr_drop2_factor"]
     return s["d_lr"] * (s["d_lr_drop_factor"] if it >= at(s["d_lr_drop_at"]) else 1.0)
 
