@@ -2,13 +2,16 @@
 change training), kept snapshots across a resume, and the scoring of snapshots (over_training.py,
 evaluate.py)."""
 import json
+import os
 
 import pytest
 import torch
 
 import core
+import evaluate
 import experiment
 import mnist
+import over_training
 from conftest import learnable_images
 
 # g_steps=1 and pgd_steps=3: what is tested does not depend on them, and the CPU time does
@@ -147,3 +150,50 @@ def test_validation_settings_are_checked(pairs, fragment):
     with pytest.raises(experiment.UserError, match=fragment):
         experiment.resolve_settings(mnist.SETTINGS, Args(*pairs))
     experiment.resolve_settings(mnist.SETTINGS, Args("eval_every=500", "val_n=500", "keep_every=1000"))
+
+
+# ---------------------------------------------------------------- scoring the snapshots
+def test_every_snapshot_is_scored_and_named_by_its_own_iteration(fake_mnist, tmp_path, monkeypatch):
+    ckpt_dir, out = str(tmp_path / "ckpt"), str(tmp_path / "over_training.json")
+    mnist.main(["--quick", "--gpu", "cpu", "--data-dir", fake_mnist, "--ckpt-dir", ckpt_dir, "--models", "C", "--no-eval",
+                "--set", "val_n=32", "--set", "eval_every=5", "--set", "keep_every=5", "--set", "g_steps=1"])
+    scoring = ["--quick", "--gpu", "cpu", "--data-dir", fake_mnist, "--eval-n", "40", "--set", "strong_n=20"]
+    over_training.main([os.path.join(ckpt_dir, "C.pt"), "--dataset", "mnist", "--out", out] + scoring)
+    report = json.loads(open(out).read())
+    assert report["scoring"]["test_n"] == 40 and report["scoring"]["strong_n"] == 20 and report["dataset"] == "mnist"
+    model = report["models"]["C"]
+    assert model["method"] == "advnet" and model["model"]["held_out"]["val_n"] == 32
+    assert [e["iter"] for e in model["snapshots"]] == [5, 10]  # read from each snapshot, not from the running checkpoint
+    assert model["best_snapshot"]["iter"] in (5, 10)
+    for entry in model["snapshots"]:
+        assert entry["checkpoint"].endswith(f"C.iter{entry['iter']}.pt") and entry["validation"]["iter"] == entry["iter"]
+        assert set(over_training.ATTACKS + ["autoattack"]) <= set(entry) and entry["autoattack_n"] == 20
+        assert entry["autoattack"] <= entry["autoattack_clean"]
+    # evaluate.py scores a snapshot too, says which iteration it scored, and agrees on the deterministic columns
+    first = evaluate.main([model["snapshots"][0]["checkpoint"], "--dataset", "mnist", "--gpu", "cpu", "--data-dir", fake_mnist,
+                           "--eval-n", "40", "--out", str(tmp_path / "eval.json")])
+    assert first["iteration"] == 5 and first["model"]["iters_done"] == 5
+    assert first["table"]["model"]["clean"] == model["snapshots"][0]["clean"]
+    assert first["table"]["model"]["fgs"] == model["snapshots"][0]["fgs"]
+    # the same command again reuses what it scored
+    monkeypatch.setattr(over_training, "score_snapshot", lambda *a: pytest.fail("scored again"))
+    again = over_training.main([os.path.join(ckpt_dir, "C.pt"), "--dataset", "mnist", "--out", out] + scoring)
+    assert again["models"]["C"]["snapshots"] == model["snapshots"]
+
+
+def test_a_checkpoint_without_snapshots_is_a_clear_error(reference, fake_mnist, tmp_path):
+    folder, _ = reference
+    state = core.load_checkpoint(str(folder / "advnet.pt"))
+    state["record"]["snapshots"] = []
+    torch.save(state, tmp_path / "C.pt")
+    with pytest.raises(experiment.UserError, match="keep_every"):
+        over_training.main([str(tmp_path / "C.pt"), "--dataset", "mnist", "--gpu", "cpu", "--data-dir", fake_mnist,
+                            "--out", str(tmp_path / "out.json")])
+
+
+def test_ensemble_refuses_a_split_it_cannot_hold_out_of_the_eat_set(fake_mnist, tmp_path):
+    import ensemble
+    with pytest.raises(experiment.UserError, match="EAT set"):
+        ensemble.main(["--quick", "--gpu", "cpu", "--datasets", "mnist", "--data-dir", fake_mnist, "--set", "val_n=10",
+                       "--ckpt-dir", str(tmp_path), "--out", str(tmp_path / "ensemble.json")])
+    assert os.listdir(tmp_path) == []  # stopped before anything was trained
