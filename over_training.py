@@ -124,9 +124,10 @@ def reusable(earlier, name, fingerprint, it):
 
 def write(out, report, mine):
     """The report with this process's models `mine` and what another process has written meanwhile of
-    the others (scored the same way)."""
-    others = {k: v for k, v in earlier_scores(out, report["scoring"]).items() if k not in mine}
-    experiment.write_json(out, report | {"models": others | mine})
+    the others (scored the same way), read and written under the file's merge lock."""
+    with experiment.merge_lock(out):
+        others = {k: v for k, v in earlier_scores(out, report["scoring"]).items() if k not in mine}
+        experiment.write_json(out, report | {"models": others | mine})
 
 
 def format_curves(models):
