@@ -12,8 +12,9 @@ then score the snapshots:
 Each snapshot that a checkpoint's record lists (<model>.iter<N>.pt beside it) is scored in IEEE float32,
 batch norm as `bn_eval` says, on the first `test_n` test images (1000 unless --eval-n): clean, FGS,
 PGD-10 (the paper's attack), PGD-CE with `strong_steps` steps and `strong_restarts` random restarts
-(100 x 5) and, for a model trained with a generator (C), that generator's attack; and on the first
-`strong_n` of them (200) clean and AutoAttack's standard cascade. The JSON is written after every
+(100 x 5) and, for a model trained with a generator (C), that generator's attack; on the first
+`strong_n` of them (200), AutoAttack's standard cascade, beside the other attacks' accuracy on those
+same images (each image is attacked once; the accuracies are counted over both). The JSON is written after every
 snapshot: the same command again scores only what is missing, and two processes scoring different
 models into one file keep each other's entries.
 """
@@ -45,14 +46,16 @@ def parse_args(argv):
     p.add_argument("--dataset", required=True, choices=list(evaluate.DATASETS), help="the data set they were trained on")
     p.add_argument("--gpu", default=None, help="CUDA device index or cpu (default: GPU 0 if present, else cpu)")
     p.add_argument("--data-dir", default="data", help="where torchvision finds or downloads the data set")
-    p.add_argument("--out", default=os.path.join("results", "over_training.json"), help="results JSON")
+    p.add_argument("--out", default=None, help="results JSON (default results/over_training.json, with --quick "
+                   "results/over_training_quick.json)")
     p.add_argument("--eval-n", type=int, default=None, help=f"score the first N test images (setting test_n, default "
                    f"{SCORING['test_n']}; 0 = all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scoring setting, e.g. strong_n")
     p.add_argument("--quick", action="store_true", help="a pipeline check: scoring as --quick runs score (few images, "
                    "short attacks, AutoAttack reduced)")
     args = experiment.parse_cli(p, argv, __file__)
-    args.scoring = QUICK_SCORING if args.quick else SCORING
+    args.scoring, args.name = (QUICK_SCORING, "over_training_quick") if args.quick else (SCORING, "over_training")
+    args.out = args.out or os.path.join("results", f"{args.name}.json")
     args.quick, args.iters, args.seed, args.bn_eval = False, None, None, None  # what resolve_settings asks of a training command
     return args
 
@@ -79,9 +82,26 @@ def snapshots(path, ckpt):
     return found
 
 
+def correct(D, craft, images, labels, eps, device, batch_size):
+    """Per image, whether D classifies craft(D, x, y) right; crafted per batch, threat model checked."""
+    right = []
+    for start in range(0, len(images), batch_size):
+        x = core.to_float(images[start:start + batch_size].to(device))
+        y = labels[start:start + batch_size].to(device)
+        x_adv = craft(D, x, y)
+        core.check_threat_model(x_adv, x, eps)
+        right.append(core.predict(D, x_adv) == y)
+    return torch.cat(right)
+
+
+def percent(right):
+    return round(100.0 * right.float().mean().item(), 2)
+
+
 def score_snapshot(script, path, settings, test_x, test_y, device):
-    """One snapshot's accuracies in percent (ATTACKS on the first test_n images, AutoAttack's cascade on
-    the first strong_n), the iteration read from the snapshot itself."""
+    """One snapshot's accuracies in percent: ATTACKS on the first test_n images (`accuracy`), and the
+    same attacks with AutoAttack's cascade on the first strong_n of them (`on_autoattack_images`), so
+    that AutoAttack is set against the others on the same images. The iteration is the snapshot's own."""
     ckpt = evaluate.load(path)[0]
     D, G = evaluate.build(script, settings, ckpt, path, device)
     eps, n = settings["eps"], settings["test_n"] or len(test_x)
@@ -89,21 +109,22 @@ def score_snapshot(script, path, settings, test_x, test_y, device):
     attacks = {"clean": lambda model, x, y: x} | core.strong_attacks(eps, settings["strong_steps"], settings["strong_restarts"])
     if G is not None:
         attacks["generator"] = lambda model, x, y: core.generator_attack(G, x, y, eps)
-    it = ckpt["record"]["iters_done"]
-    entry, t0 = {"iter": it, "checkpoint": os.path.abspath(path), "n_test": n}, time.time()
-    score = lambda craft, k: core.transfer_accuracy({"D": D}, lambda x, y: craft(D, x, y), test_x[:k], test_y[:k], eps,
-                                                    device, settings["eval_batch"], "float32", settings["bn_eval"])["D"]
-    with core.scoring_mode([G] if G is not None else []), core.full_precision(device):
+    it, t0, right = ckpt["record"]["iters_done"], time.time(), {}
+    with core.scoring_mode([D], settings["bn_eval"]), core.scoring_mode([G] if G is not None else []), \
+            core.full_precision(device):
         for name in [a for a in ATTACKS if a in attacks]:
             print(f"{os.path.basename(path)}: {name} on {n} images", file=sys.stderr, flush=True)
             torch.manual_seed(settings["seed"])  # PGD's random starts: the same for every snapshot
-            entry[name] = score(attacks[name], n)
-        entry |= {"autoattack_n": m, "autoattack_clean": score(attacks["clean"], m)}
+            right[name] = correct(D, attacks[name], test_x[:n], test_y[:n], eps, device, settings["eval_batch"])
     print(f"{os.path.basename(path)}: AutoAttack's cascade on {m} images", file=sys.stderr, flush=True)
-    entry["autoattack"], entry["autoattack_warnings"] = experiment.autoattack_cascade(
-        autoattack_suite, D, test_x[:m], test_y[:m], settings, device, os.path.dirname(os.path.abspath(path)))
+    autoattack, warnings = experiment.autoattack_cascade(autoattack_suite, D, test_x[:m], test_y[:m], settings, device,
+                                                         os.path.dirname(os.path.abspath(path)))
     validation = [v for v in ckpt["record"].get("val_history", []) if v["iter"] == it]
-    return entry | {"validation": validation[0] if validation else None, "seconds": round(time.time() - t0, 1)}
+    return {"iter": it, "checkpoint": os.path.abspath(path), "n_test": n,
+            "accuracy": {k: percent(r) for k, r in right.items()}, "autoattack_n": m,
+            "on_autoattack_images": {k: percent(r[:m]) for k, r in right.items()} | {"autoattack": autoattack},
+            "autoattack_warnings": warnings, "validation": validation[0] if validation else None,
+            "seconds": round(time.time() - t0, 1)}
 
 
 def earlier_scores(out, scoring):
@@ -133,13 +154,16 @@ def write(out, report, mine):
 def format_curves(models):
     lines = []
     for name, model in models.items():
-        keys = [k for k in ATTACKS + ["autoattack"] if k in model["snapshots"][0]]
-        lines += [f"{name}: accuracy in percent ({', '.join(keys[:-1])} on the first {model['snapshots'][0]['n_test']}; "
-                  f"autoattack on the first {model['snapshots'][0]['autoattack_n']})",
-                  f"{'iteration':>10}" + "".join(f"{k:>11}" for k in keys) + f"{'val pgd':>11}"]
+        first = model["snapshots"][0]
+        keys = list(first["on_autoattack_images"])
+        lines += [f"{name}: accuracy in percent on the first {first['autoattack_n']} test images (on the first "
+                  f"{first['n_test']} in brackets); validation PGD on the held-out split",
+                  f"{'iteration':>10}" + "".join(f"{k:>18}" for k in keys) + f"{'validation pgd':>16}"]
         for e in model["snapshots"]:
+            cells = [f"{e['on_autoattack_images'][k]:.2f}" + (f" ({e['accuracy'][k]:.2f})" if k in e["accuracy"] else "")
+                     for k in keys]
             val = e["validation"]["pgd"] if e["validation"] else "-"
-            lines.append(f"{e['iter']:>10}" + "".join(f"{e[k]:>11.2f}" for k in keys) + f"{val:>11}")
+            lines.append(f"{e['iter']:>10}" + "".join(f"{c:>18}" for c in cells) + f"{val:>16}")
         best = model["best_snapshot"]
         lines.append("best snapshot on validation PGD: " + (f"iteration {best['iter']}" if best else "none scored"))
     return "\n".join(lines)
@@ -158,7 +182,7 @@ def main(argv=None):
         "precision": "float32 (no autocast, no TF32)"}
     test_x, test_y = load_test(args)
     started = time.time()
-    report = {"experiment": "over_training", "dataset": args.dataset, "scoring": scoring, "attacks": ATTACKS + ["autoattack"],
+    report = {"experiment": args.name, "dataset": args.dataset, "scoring": scoring, "attacks": ATTACKS + ["autoattack"],
               "provenance": experiment.provenance(device, experiment.command_line(args), "float32"),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     earlier, mine = earlier_scores(args.out, scoring), {}

@@ -1,6 +1,7 @@
 """Robust accuracy over training: the held-out validation split, its periodic scoring (which must not
 change training), kept snapshots across a resume, and the scoring of snapshots (over_training.py,
 evaluate.py)."""
+import copy
 import json
 import os
 
@@ -12,7 +13,7 @@ import evaluate
 import experiment
 import mnist
 import over_training
-from conftest import learnable_images
+from conftest import ROOT, learnable_images
 
 # g_steps=1 and pgd_steps=3: what is tested does not depend on them, and the CPU time does
 SETTINGS = mnist.SETTINGS | dict(iters=8, g_width=4, g_steps=1, pgd_steps=3, log_every=3, ckpt_minutes=0.0, batch_size=16,
@@ -153,13 +154,25 @@ def test_validation_settings_are_checked(pairs, fragment):
 
 
 # ---------------------------------------------------------------- scoring the snapshots
-def test_every_snapshot_is_scored_and_named_by_its_own_iteration(fake_mnist, tmp_path, monkeypatch):
-    ckpt_dir, out = str(tmp_path / "ckpt"), str(tmp_path / "over_training.json")
+SCORING = ["--quick", "--gpu", "cpu", "--eval-n", "40", "--set", "strong_n=20"]
+
+
+@pytest.fixture(scope="module")
+def scored(fake_mnist, tmp_path_factory):
+    """A quick C trained with a validation split and a snapshot every 5 iterations, and over_training.py's
+    scores of its snapshots: (checkpoint folder, results file)."""
+    folder = tmp_path_factory.mktemp("over_training")
+    ckpt_dir, out = str(folder / "ckpt"), str(folder / "results" / "over_training_quick.json")
     mnist.main(["--quick", "--gpu", "cpu", "--data-dir", fake_mnist, "--ckpt-dir", ckpt_dir, "--models", "C", "--no-eval",
                 "--set", "val_n=32", "--set", "eval_every=5", "--set", "keep_every=5", "--set", "g_steps=1"])
-    scoring = ["--quick", "--gpu", "cpu", "--data-dir", fake_mnist, "--eval-n", "40", "--set", "strong_n=20"]
-    over_training.main([os.path.join(ckpt_dir, "C.pt"), "--dataset", "mnist", "--out", out] + scoring)
+    over_training.main([os.path.join(ckpt_dir, "C.pt"), "--dataset", "mnist", "--data-dir", fake_mnist, "--out", out] + SCORING)
+    return ckpt_dir, out
+
+
+def test_every_snapshot_is_scored_and_named_by_its_own_iteration(scored, fake_mnist, tmp_path, monkeypatch):
+    ckpt_dir, out = scored
     report = json.loads(open(out).read())
+    assert report["experiment"] == "over_training_quick"
     assert report["scoring"]["test_n"] == 40 and report["scoring"]["strong_n"] == 20 and report["dataset"] == "mnist"
     model = report["models"]["C"]
     assert model["method"] == "advnet" and model["model"]["held_out"]["val_n"] == 32
@@ -167,18 +180,55 @@ def test_every_snapshot_is_scored_and_named_by_its_own_iteration(fake_mnist, tmp
     assert model["best_snapshot"]["iter"] in (5, 10)
     for entry in model["snapshots"]:
         assert entry["checkpoint"].endswith(f"C.iter{entry['iter']}.pt") and entry["validation"]["iter"] == entry["iter"]
-        assert set(over_training.ATTACKS + ["autoattack"]) <= set(entry) and entry["autoattack_n"] == 20
-        assert entry["autoattack"] <= entry["autoattack_clean"]
-    # evaluate.py scores a snapshot too, says which iteration it scored, and agrees on the deterministic columns
-    first = evaluate.main([model["snapshots"][0]["checkpoint"], "--dataset", "mnist", "--gpu", "cpu", "--data-dir", fake_mnist,
-                           "--eval-n", "40", "--out", str(tmp_path / "eval.json")])
-    assert first["iteration"] == 5 and first["model"]["iters_done"] == 5
-    assert first["table"]["model"]["clean"] == model["snapshots"][0]["clean"]
-    assert first["table"]["model"]["fgs"] == model["snapshots"][0]["fgs"]
+        assert set(entry["accuracy"]) == set(over_training.ATTACKS) and entry["autoattack_n"] == 20
+        on_20 = entry["on_autoattack_images"]
+        assert set(on_20) == set(over_training.ATTACKS + ["autoattack"]) and on_20["autoattack"] <= on_20["clean"]
+    # evaluate.py scores a snapshot too, says which iteration it scored, and agrees on the deterministic columns,
+    # on the first 40 images and on the first 20 (where AutoAttack is set against the other attacks)
+    for n, key in (("40", "accuracy"), ("20", "on_autoattack_images")):
+        first = evaluate.main([model["snapshots"][0]["checkpoint"], "--dataset", "mnist", "--gpu", "cpu", "--data-dir",
+                               fake_mnist, "--eval-n", n, "--out", str(tmp_path / "eval.json")])
+        assert first["iteration"] == 5 and first["model"]["iters_done"] == 5
+        assert {k: first["table"]["model"][k] for k in ("clean", "fgs")} == {k: model["snapshots"][0][key][k] for k in ("clean", "fgs")}
     # the same command again reuses what it scored
     monkeypatch.setattr(over_training, "score_snapshot", lambda *a: pytest.fail("scored again"))
-    again = over_training.main([os.path.join(ckpt_dir, "C.pt"), "--dataset", "mnist", "--out", out] + scoring)
+    again = over_training.main([os.path.join(ckpt_dir, "C.pt"), "--dataset", "mnist", "--data-dir", fake_mnist, "--out", out]
+                               + SCORING)
     assert again["models"]["C"]["snapshots"] == model["snapshots"]
+
+
+def test_the_notebook_plots_each_attack_over_training_and_names_a_malformed_file(scored, tmp_path, monkeypatch, capsys):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    report = json.loads(open(scored[1]).read())
+    for e in report["models"]["C"]["snapshots"]:  # PGD-10 on the first 40 apart from PGD-10 on the first 20, which the
+        e["accuracy"]["pgd10"] += 1.0              # quick models give alike: the table must use the latter
+    (tmp_path / "over_training_quick.json").write_text(json.dumps(report))
+    broken = copy.deepcopy(report) | {"experiment": "over_training"}
+    del broken["models"]["C"]["snapshots"][1]["on_autoattack_images"]["autoattack"]
+    (tmp_path / "over_training.json").write_text(json.dumps(broken))
+    monkeypatch.setenv("RESULTS_DIR", str(tmp_path))
+    monkeypatch.chdir(os.path.join(ROOT, "notebooks"))
+    plt.close("all")
+    namespace = {"__name__": "results_notebook"}
+    for cell in json.load(open("results.ipynb"))["cells"]:
+        if cell["cell_type"] == "code":  # as run_nbval runs them, less the magics
+            exec("\n".join(line for line in "".join(cell["source"]).splitlines() if not line.startswith("%")), namespace)
+    text = capsys.readouterr().out
+    assert "over_training.json: not shown: models.C.snapshots[1]: missing key 'on_autoattack_images.autoattack'" in text
+    model = report["models"]["C"]
+    for e in model["snapshots"]:  # the table: PGD-10 and AutoAttack on the same images, and their gap
+        on = e["on_autoattack_images"]
+        assert f"{e['iter']:>10}{on['pgd10']:>10.2f}{on['autoattack']:>12.2f}{on['pgd10'] - on['autoattack']:>8.2f}" in text
+    ours = [plt.figure(n) for n in plt.get_fignums() if "over_training_quick.json" in str(plt.figure(n).get_suptitle())]
+    assert len(ours) == 1 and ours[0].axes[0].get_title() == "C (advnet)"
+    lines = {line.get_label(): list(line.get_ydata()) for line in ours[0].axes[0].lines}
+    for key, label in [("pgd10", "PGD-10 (paper's)"), ("pgd_ce", "PGD-CE 100×5"), ("generator", "own generator")]:
+        assert lines[f"{label}, first 40"] == [e["accuracy"][key] for e in model["snapshots"]]
+    assert lines["AutoAttack, first 20"] == [e["on_autoattack_images"]["autoattack"] for e in model["snapshots"]]
+    assert lines["PGD, validation split"] == [v["pgd"] for v in model["model"]["val_history"]]
+    plt.close("all")
 
 
 def test_a_checkpoint_without_snapshots_is_a_clear_error(reference, fake_mnist, tmp_path):
