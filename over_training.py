@@ -182,13 +182,14 @@ def main(argv=None):
         "precision": "float32 (no autocast, no TF32)"}
     test_x, test_y = load_test(args)
     started = time.time()
+    provenance = experiment.provenance(device, experiment.command_line(args), "float32")
     report = {"experiment": args.name, "dataset": args.dataset, "scoring": scoring, "attacks": ATTACKS + ["autoattack"],
-              "provenance": experiment.provenance(device, experiment.command_line(args), "float32"),
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "provenance": provenance, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     earlier, mine = earlier_scores(args.out, scoring), {}
     for name, (path, ckpt, trained, method, seed) in loaded.items():
         s = settings[name]
         mine[name] = {"checkpoint": os.path.abspath(path), "method": method, "seed": seed, "fingerprint": ckpt["fingerprint"],
+                      "provenance": provenance,  # the file's own is its last writer's: another process may score other models
                       "trained_settings": trained, "autoattack": experiment.autoattack_version(s),
                       "model": {k: v for k, v in ckpt["record"].items() if k != "history"},
                       "best_snapshot": ckpt["record"].get("best_snapshot"), "snapshots": []}
