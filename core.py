@@ -741,11 +741,11 @@ def evaluate_table(targets, surrogates, images, labels, eps, device, batch_size=
     return {t: {c: round(100.0 * int(n) / len(images), 2) for c, n in cols.items()} for t, cols in hits.items()}
 
 
-def transfer_accuracy(targets, craft, images, labels, eps, device, batch_size=500, precision="auto"):
+def transfer_accuracy(targets, craft, images, labels, eps, device, batch_size=500, precision="auto", bn="running"):
     """Accuracy in percent of each target on `craft(x, y)`, crafted once per batch (threat model
-    checked) and scored on every target, all in eval mode, forward passes in `precision`."""
+    checked) and scored on every target, all in `scoring_mode(bn)`, forward passes in `precision`."""
     hits = dict.fromkeys(targets, 0)
-    with scoring_mode(list(targets.values())), autocast(device, precision):
+    with scoring_mode(list(targets.values()), bn), autocast(device, precision):
         for start in range(0, len(images), batch_size):
             x = to_float(images[start:start + batch_size].to(device))
             y = labels[start:start + batch_size].to(device)

@@ -1,5 +1,6 @@
 """Scores any model checkpoint this repository writes (A, B, C and their copies, EAT, the generator
-study's co-trained models) on a data set's test images: clean, FGS and PGD (white box), and with
+study's co-trained models, and the snapshots <model>.iter<N>.pt that keep_every keeps; the JSON names
+the iteration scored) on a data set's test images: clean, FGS and PGD (white box), and with
 --strong-eval the strong evaluation of the data-set scripts (the same code path: PGD-100x5, PGD-CW,
 AutoAttack's cascade and attacks, the checkpoint's own generator where it has one, masking checks).
 Writes a results JSON with provenance; --robustbench also writes RobustBench's model_info JSON.
@@ -99,10 +100,10 @@ def main(argv=None):
     test_x, test_y = load_test(args)
     started = time.time()
     record = ckpt["record"]
-    if record["iters_done"] < settings["iters"]:
-        print(f"note: {args.checkpoint} is unfinished ({record['iters_done']} of {settings['iters']} iterations)")
+    print(f"scoring {args.checkpoint}: iteration {record['iters_done']} of {settings['iters']}"
+          + (" (unfinished, or a kept snapshot)" if record["iters_done"] < settings["iters"] else ""))
     report = {"experiment": "evaluate", "checkpoint": os.path.abspath(args.checkpoint), "dataset": args.dataset,
-              "method": method, "seed": seed, "trained_settings": trained, "settings": settings,
+              "method": method, "seed": seed, "iteration": record["iters_done"], "trained_settings": trained, "settings": settings,
               "model": {k: v for k, v in record.items() if k != "history"},
               "provenance": experiment.provenance(device, experiment.command_line(args), settings["precision"]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
