@@ -15,6 +15,8 @@ The warnings of its checks (randomised or dynamic defence, probabilities for log
 target classes, zero gradients, Square stronger than the rest) are returned for the results JSON.
 """
 import contextlib
+import dataclasses
+import datetime
 import hashlib
 import json
 import logging
@@ -77,9 +79,32 @@ def guarded(model, device):
         raise RuntimeError("AutoAttack changed the model's train/eval mode")
 
 
+@contextlib.contextmanager
+def atomic_state_writes():
+    """pyautoattack writes its state file in place (open "w"): a kill or a power cut mid-write would
+    leave it torn. Within this context its writes go through core.atomic_write, with the same content."""
+    state_class = package().state.EvaluationState
+    in_place = state_class.to_disk
+
+    def to_disk(self, force=False):
+        if self.path is None or (not force and (datetime.datetime.now() - self._last_saved).total_seconds() < self._SAVE_TIMEOUT):
+            return
+        self._last_saved = datetime.datetime.now()
+        state = dataclasses.asdict(self) | {"_run_attacks": list(self._run_attacks)}
+        if self.robust_flags is not None:
+            state["_robust_flags"] = self.robust_flags.cpu().tolist()
+        core.atomic_write(self.path, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(state, default=str)))
+
+    state_class.to_disk = to_disk
+    try:
+        yield
+    finally:
+        state_class.to_disk = in_place
+
+
 def run(aa, model, x, y, batch_size, state_path=None):
     """AutoAttack's run_standard_evaluation, guarded: (x_adv, warnings), x_adv checked against the threat model."""
-    with guarded(model, x.device) as warnings:
+    with guarded(model, x.device) as warnings, atomic_state_writes():
         x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state_path)
     core.check_threat_model(x_adv, x, aa.epsilon)
     return x_adv, warnings
@@ -130,6 +155,7 @@ def cascade(model, x, y, settings, batch_size, state_path, left=tuple(NAMES.valu
     said = state_path.with_suffix(".warnings.json")
     state = read_state(state_path)
     if state is None:
+        state_path.unlink(missing_ok=True)  # an unusable one (cut before its clean pass ended) would fail pyautoattack's read
         os.makedirs(state_path.parent, exist_ok=True)
         aa = standard(model, settings, x.device)
         aa.attacks_to_run = list(left)

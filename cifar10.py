@@ -27,7 +27,7 @@ SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's CIFAR-10 settings;
 
 
 # ======================================================================================= data
-def load_cifar(dataset, data_dir, folder, files):
+def load_cifar(dataset, data_dir, folder, train_files, test_files, meta, n_classes):
     """CIFAR-10 or CIFAR-100 (torchvision class `dataset`) as uint8 (N, 3, 32, 32) tensors and labels."""
     import torch
 
@@ -35,14 +35,19 @@ def load_cifar(dataset, data_dir, folder, files):
         train, test = (dataset(data_dir, train=t, download=download) for t in (True, False))
         return core.from_hwc(train.data), torch.tensor(train.targets), core.from_hwc(test.data), torch.tensor(test.targets)
 
-    where = f"put {', '.join(files)} (from the python version's archive) in {os.path.join(data_dir, folder)}/"
-    return experiment.open_dataset(make, dataset.__name__, where)
+    names = train_files + test_files + [meta]
+    where = f"put {', '.join(names)} (from the python version's archive) in {os.path.join(data_dir, folder)}/"
+    paths = lambda names: [os.path.join(data_dir, folder, name) for name in names]
+    files = {"train images": paths(train_files), "train labels": paths(train_files), "test images": paths(test_files),
+             "test labels": paths(test_files), "metadata": paths([meta])}
+    return experiment.open_dataset(make, dataset.__name__, where, files, n_classes, image_shape=(3, 32, 32))
 
 
 def load_data(data_dir):
     import torchvision
-    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
-    return load_cifar(torchvision.datasets.CIFAR10, data_dir, "cifar-10-batches-py", files)
+    train_files = [f"data_batch_{i}" for i in range(1, 6)]
+    return load_cifar(torchvision.datasets.CIFAR10, data_dir, "cifar-10-batches-py", train_files, ["test_batch"],
+                      "batches.meta", n_classes=10)
 
 
 def build_D(settings):

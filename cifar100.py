@@ -17,7 +17,7 @@ SETTINGS = CIFAR10_SETTINGS | dict(   # identical to CIFAR-10 (paper appendix) b
 # ======================================================================================= data
 def load_data(data_dir):
     import torchvision
-    return load_cifar(torchvision.datasets.CIFAR100, data_dir, "cifar-100-python", ["train", "test", "meta"])
+    return load_cifar(torchvision.datasets.CIFAR100, data_dir, "cifar-100-python", ["train"], ["test"], "meta", n_classes=100)
 
 
 # ======================================================================================= run

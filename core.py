@@ -886,15 +886,32 @@ def masking_checks(result, points=2.0, large_eps_accuracy=5.0, zero_gradient_per
 # =====================================================================================================
 
 def atomic_write(path, write):
-    """`write(tmp_path)`, then rename: a killed run never leaves a half-written file under `path`."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
+    """`write(tmp_path)`, then rename: neither a killed run nor a power cut leaves a half-written file
+    under `path`. The file's bytes reach the disk before the rename and the rename before this returns
+    (fsync of each), else a crash could leave the new name on an empty file. The temporary name is
+    random, so that writers on several machines of a shared file system never share one (pids do)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp{os.urandom(6).hex()}"
     try:
         write(tmp)
+        with open(tmp, "r+b") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    sync_folder(folder)
+
+
+def sync_folder(folder):
+    """fsync of a folder, which makes a rename in it durable (POSIX; elsewhere a folder cannot be opened)."""
+    if os.name == "posix":
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def save_checkpoint(path, state):

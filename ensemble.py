@@ -21,7 +21,9 @@ import autoattack_suite
 import cifar10
 import core
 import experiment
+import jobs
 import mnist
+import reports
 import svhn
 
 DATASETS = {  # name -> (script, paper table, (args -> (name, settings, load)))
@@ -61,9 +63,9 @@ def run_dataset(key, args, device):
                                             eat_data, device, os.path.join(ckpt_dir, "EAT.pt"))
     scored = {"EAT": eat, "C": models["C"], **{k: models[k] for k in ("A'", "B'", "C'")}}
     table, evaluation = experiment.evaluate_trained(scored, settings, test_x, test_y, device)
-    paper = experiment.paper_rows(paper_key)
+    paper = reports.paper_rows(paper_key)
     print(f"{key}" + (" (paper rows: MNIST)" if key == "fashion_mnist" else ""))
-    print(experiment.format_table(table, {r: paper[r] for r in ("EAT", "C")} if paper else None))
+    print(reports.format_table(table, {r: paper[r] for r in ("EAT", "C")} if paper else None))
     entry = {"settings": settings, "checkpoints": ckpt_dir, "provenance": provenance,
              "seeds": {"EAT": settings["seed"]}, "models": {"EAT": eat_record}, "eat_set": eat_info,
              "table": table, "eval": evaluation}
@@ -78,27 +80,35 @@ def main(argv=None):
     parser.add_argument("--datasets", default="mnist,svhn,cifar10", help=f"comma-separated, from {', '.join(DATASETS)}")
     args = experiment.parse_cli(parser, argv, __file__)
     if args.slurm is not None:  # the whole script as one job
-        return experiment.launch_script(args, args.ckpt_dir or "checkpoints")
+        return jobs.launch_script(args, args.ckpt_dir or "checkpoints")
     keys = [k.strip() for k in args.datasets.split(",") if k.strip()]
     unknown = [k for k in keys if k not in DATASETS]
     if unknown or not keys:
         raise experiment.UserError(f"--datasets {args.datasets}: choose from {', '.join(DATASETS)}")
     device = experiment.pick_device(args.gpu)
     out = args.out or os.path.join("results", "ensemble" + ("_quick" if args.quick else "") + ".json")
-    report = {"experiment": "ensemble" + ("_quick" if args.quick else ""), "datasets": {}}
-    if os.path.exists(out):  # one entry per data set: a run of some data sets keeps the others' entries
-        try:
-            with open(out) as f:
-                report["datasets"] = json.load(f)["datasets"]
-        except (ValueError, KeyError):
-            raise experiment.UserError(f"{out} is not an ensemble results file; move it away or pass --out") from None
+    read_entries(out)  # a file of another kind stops the run before any training
+    entries = {}
     for key in keys:
         t0 = time.time()
-        report["datasets"][key] = run_dataset(key, args, device) | {"wall_seconds": round(time.time() - t0, 1)}
-    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    experiment.write_json(out, report)
+        entries[key] = run_dataset(key, args, device) | {"wall_seconds": round(time.time() - t0, 1)}
+    with experiment.merge_lock(out):  # one entry per data set: the entries other runs wrote meanwhile are kept
+        report = {"experiment": "ensemble" + ("_quick" if args.quick else ""), "datasets": read_entries(out) | entries,
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        experiment.write_json(out, report)
     print(f"results written to {out}")
     return report
+
+
+def read_entries(out):
+    """The data sets' entries that `out` holds ({} if there is no such file)."""
+    if not os.path.exists(out):
+        return {}
+    try:
+        with open(out) as f:
+            return json.load(f)["datasets"]
+    except (ValueError, KeyError):
+        raise experiment.UserError(f"{out} is not an ensemble results file; move it away or pass --out") from None
 
 
 if __name__ == "__main__":

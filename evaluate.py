@@ -23,6 +23,7 @@ import core
 import experiment
 import generators_study
 import mnist
+import reports
 import svhn
 
 DATASETS = {  # name -> (script that built the networks, args -> test (images, labels), paper table)
@@ -106,7 +107,7 @@ def main(argv=None):
               "provenance": experiment.provenance(device, experiment.command_line(args), settings["precision"]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     report["table"], report["eval"] = experiment.evaluate_trained({"model": D}, settings, test_x, test_y, device)
-    print(experiment.format_table(report["table"]))
+    print(reports.format_table(report["table"]))
     if args.strong_eval or args.robustbench:
         report["strong_eval"] = experiment.strong_eval_report({"model": D}, G, settings, test_x, test_y, device,
                                                               autoattack_suite, os.path.dirname(os.path.abspath(args.checkpoint)))
@@ -133,7 +134,7 @@ def model_info(report, D, paper_table):
     strong, settings = report["strong_eval"], report["settings"]
     accuracy = strong["models"]["model"]["accuracy"]
     row = PAPER_ROWS.get(report["method"])
-    paper = experiment.paper_rows(paper_table) if paper_table else None
+    paper = reports.paper_rows(paper_table) if paper_table else None
     notes = [f"AutoAttack {strong['autoattack']['version']}, batch norm {strong['bn']}, on the first {strong['n_test']} "
              f"test images; clean accuracy on the same images"]
     if strong["models"]["model"]["autoattack_warnings"]:

@@ -1,21 +1,19 @@
 """The machinery of this repository's experiments: settings and their checks, the command line, the
-resumable training loop, provenance, progress, the runner that trains a data set's six models and
-evaluates them (once per seed with --seeds), and the jobs through submitit (SLURM, or one per GPU
-here). The method itself (networks, attacks, training steps, evaluation) is in core.py; the layering
-is scripts -> experiment -> core.
-
-Errors the user can fix (bad input, missing data, a stale checkpoint) are UserErrors, which
-`exit_on_error` prints as one line on stderr with exit code 2.
+resumable training loop, provenance, progress, and the runner that trains a data set's six models and
+evaluates them (once per seed with --seeds). The method itself (networks, attacks, training steps,
+evaluation) is in core.py. Below this module, and importing none of it: jobs.py (where the work runs:
+this process's device, or jobs through submitit, --slurm or --gpu 0,1,...), reports.py (the text
+tables) and errors.py (UserError, printed as one line by exit_on_error). The layering is scripts ->
+experiment -> jobs, reports, errors, core; tests/test_layout.py checks it.
 """
 import argparse
 import contextlib
-import importlib
+import fcntl
 import importlib.metadata
 import json
 import math
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,21 +24,9 @@ import submitit
 import torch
 
 import core
-
-class UserError(Exception):
-    """A problem the user can fix (bad input, missing data, stale checkpoint): shown as one line."""
-
-
-def exit_on_error(main):
-    """Runs `main()`; a UserError or an interruption becomes one line on stderr and a non-zero exit."""
-    try:
-        main()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt as err:
-        print(f"\ninterrupted: {err or 'no checkpoint in progress'}; run the same command to resume", file=sys.stderr)
-        sys.exit(130)
+import jobs
+import reports
+from errors import UserError, exit_on_error  # the scripts use them as experiment.UserError and experiment.exit_on_error
 
 
 # =====================================================================================================
@@ -204,7 +190,7 @@ def experiment_parser(description, models=True):
     p.add_argument("--gpu", default=None, help="CUDA device index, a list such as 0,1,2,3 (one training job "
                    "per model, one GPU each), or cpu (default: GPU 0 if present, else cpu)")
     p.add_argument("--slurm", nargs="?", const="", default=None, metavar="KEY=VALUE,...",
-                   help=f"submit the run to SLURM through submitit, one GPU per job; keys: {', '.join(SLURM_KEYS)}, "
+                   help=f"submit the run to SLURM through submitit, one GPU per job; keys: {', '.join(jobs.SLURM_KEYS)}, "
                    "and cluster=local to run the same jobs as processes on this machine")
     p.add_argument("--data-dir", default="data", help="where torchvision finds or downloads the data set")
     p.add_argument("--out", default=None, help="results JSON (default: results/<experiment>.json)")
@@ -257,37 +243,100 @@ def parse_seeds(text):
     return seeds
 
 
-def parse_gpus(gpu):
-    """`--gpu` text -> list of devices: None (GPU 0 if any, else CPU), "cpu", "N" or "N,M,..."."""
-    if gpu is None:
-        return [torch.device("cuda:0" if torch.cuda.is_available() else "cpu")]
-    if str(gpu).lower() == "cpu":
-        return [torch.device("cpu")]
-    indices = str(gpu).split(",")
-    if not all(i.strip().isdigit() for i in indices):
-        raise UserError(f"--gpu {gpu}: give GPU indices such as 0 or 0,1,2,3, or cpu")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    absent = [i for i in indices if int(i) >= count]
-    if absent:
-        raise UserError(f"--gpu {gpu}: this machine has {count} CUDA device(s); use --gpu cpu or indices below {count}")
-    return [torch.device(f"cuda:{int(i)}") for i in indices]
-
-
 def pick_device(gpu=None):
     """The one device of a single-process run (the first one listed)."""
-    return parse_gpus(gpu)[0]
+    return jobs.parse_gpus(gpu)[0]
 
 
-def open_dataset(make, name, where):
-    """Calls `make(download)`: first from disk, then downloading; offline, a clear error says `where`."""
+def open_dataset(make, name, where, files, n_classes, image_shape):
+    """`make(download)` -> (train_images, train_labels, test_images, test_labels), as torchvision reads
+    them from `files` (what -> [paths]: "train images", "train labels", "test images", "test labels",
+    and any others it reads); downloaded where a file is missing (offline, a clear error says `where`).
+    A damaged file, or data that fail check_dataset, is a UserError that names the file."""
+    paths = list(dict.fromkeys(path for group in files.values() for path in group))
+    missing = [os.path.basename(path) for path in paths if not os.path.isfile(path)]
     try:
-        return make(download=False)
-    except (RuntimeError, FileNotFoundError, OSError):
-        pass
+        data = make(download=bool(missing))
+    except Exception as err:  # torchvision raises several types for a failed download or a bad file
+        if missing:
+            raise UserError(f"{name} is not on disk ({', '.join(missing)} missing) and could not be downloaded "
+                            f"({type(err).__name__}); {where}") from None
+        raise UserError(damaged_file(name, paths, err)) from None
+    check_dataset(name, data, files, n_classes, image_shape)
+    return data
+
+
+def damaged_file(name, paths, err):
+    """The one line for data files that are all there but torchvision could not read: the first file
+    that does not read as its format, else torchvision's own error."""
+    for path in paths:
+        problem = file_problem(path)
+        if problem:
+            return f"{name}: {path} is {problem}; replace it with the original file"
+    return (f"{name}: torchvision could not read the files in {os.path.dirname(paths[0])} ({type(err).__name__}: "
+            f"{' '.join(str(err).split())}), though each one reads as its format: one may be damaged inside, or from another release")
+
+
+def file_problem(path):
+    """What is wrong with one data file, read as its format says (MNIST's IDX by its name, SVHN's .mat,
+    else CIFAR's pickle), or None."""
     try:
-        return make(download=True)
-    except Exception as err:  # torchvision raises several types for a failed download
-        raise UserError(f"{name} is not on disk and could not be downloaded ({type(err).__name__}); {where}") from None
+        if path.endswith("-ubyte"):
+            return idx_problem(path)
+        if path.endswith(".mat"):
+            import scipy.io
+            scipy.io.loadmat(path)
+        else:
+            import pickle
+            with open(path, "rb") as f:
+                pickle.load(f, encoding="latin1")
+    except Exception as err:
+        return f"unreadable ({type(err).__name__}: {' '.join(str(err).split())})"
+    return None
+
+
+def idx_problem(path):
+    """MNIST's IDX format: bytes 0 0 8 d (unsigned bytes, d dimensions: the 3 or 1 of idx3 or idx1 in the
+    name), d sizes as big-endian int32, then exactly their product of bytes. What is wrong, or None."""
+    ndim = 3 if "-idx3-" in os.path.basename(path) else 1
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * ndim)
+    if not header:
+        return "empty"
+    if len(header) < 4 + 4 * ndim or header[:4] != bytes([0, 0, 8, ndim]):
+        return (f"not an IDX file of {ndim}-dimensional unsigned bytes (it begins {header[:4].hex(' ')}, "
+                f"not 00 00 08 0{ndim})")
+    sizes = [int.from_bytes(header[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    expected, size = len(header) + math.prod(sizes), os.path.getsize(path)
+    if size != expected:
+        return (f"{'truncated' if size < expected else 'too long'}: its header declares {' x '.join(map(str, sizes))} "
+                f"bytes ({expected:,} with the header), but the file has {size:,}")
+    return None
+
+
+def check_dataset(name, data, files, n_classes, image_shape):
+    """Each set's images are uint8 of `image_shape` (C, H, W) and as many as its labels, which lie in
+    [0, n_classes): the training and test sets agree with each other and with the networks."""
+    shape = lambda dims: "x".join(map(str, dims))
+    for key, split, images, labels in (("train", "training", *data[:2]), ("test", "test", *data[2:])):
+        in_images, in_labels = named(files[f"{key} images"]), named(files[f"{key} labels"])
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != tuple(image_shape) or not len(images):
+            raise UserError(f"{name}: {in_images}: {len(images)} {split} images of {images.dtype}, {shape(images.shape[1:])}; "
+                            f"expected uint8 images of {shape(image_shape)}")
+        if len(labels) != len(images):
+            raise UserError(f"{name}: {in_labels}: {len(labels)} {split} labels for the {len(images)} images of {in_images}")
+        outside = ((labels < 0) | (labels >= n_classes)).nonzero()
+        if len(outside):
+            i = outside[0].item()
+            raise UserError(f"{name}: {in_labels}: label {labels[i].item()} of {split} image {i} is outside "
+                            f"[0, {n_classes}): the file is damaged; replace it with the original file")
+
+
+def named(paths):
+    """Data files as an error message names them: the path of one, or the names of several and their folder."""
+    if len(paths) == 1:
+        return paths[0]
+    return f"{', '.join(os.path.basename(p) for p in paths)} (in {os.path.dirname(paths[0])})"
 
 
 # =====================================================================================================
@@ -331,12 +380,26 @@ def provenance(device, command, precision="auto"):
             "command": command, "host": platform.node()}
 
 
+@contextlib.contextmanager
+def merge_lock(path):
+    """An exclusive lock on `<path>.lock`, waited for, around reading a results file and writing it back
+    with entries added: processes that merge into one file at once keep each other's entries."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def write_json(path, data):
     def write(tmp):
         with open(tmp, "w") as f:
             json.dump(data, f, indent=1)
             f.write("\n")
-    core.atomic_write(path, write)
+    try:
+        core.atomic_write(path, write)
+    except OSError as err:  # a full disk, say: atomic_write has kept what was there
+        raise UserError(f"{path} not written ({err.strerror or err}); what it held is kept, and so are the checkpoints: "
+                        "free some space and run the same command again") from None
 
 
 # =====================================================================================================
@@ -422,7 +485,6 @@ def _in_main_thread():
 # =====================================================================================================
 
 METHODS = {"A": "standard", "B": "pgd", "C": "advnet"}
-TABLE_COLUMNS = ["clean", "fgs", "pgd", "fgs_A'", "pgd_A'", "fgs_B'", "pgd_B'", "fgs_C'", "pgd_C'"]  # the paper's order
 
 
 def restore(ckpt, path, fp, modules):
@@ -452,7 +514,48 @@ def train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_p
 
 def training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop, train=True):
     """train_model's work as a generator that yields after every iteration and returns the record, so
-    that several models can be trained in turn; `stop` (a StopFlag) is shared by them."""
+    that several models can be trained in turn; `stop` (a StopFlag) is shared by them. With `train`,
+    it holds the model's training_lock throughout."""
+    with training_lock(ckpt_path, name) if train else contextlib.nullcontext():
+        return (yield from locked_training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop,
+                                               train))
+
+
+@contextlib.contextmanager
+def training_lock(ckpt_path, name):
+    """An exclusive lock on `<ckpt_path>.lock`, so that two processes (a second terminal, a resubmitted
+    job) never train one model into one checkpoint: the second stops with a line naming the holder,
+    whose pid, host and start time the file holds. flock: the kernel releases it when the holder ends,
+    however it ends (kill -9 too); NFS supports it. Where the folder is not writable, neither is the
+    checkpoint, so there is nothing to guard."""
+    path = ckpt_path + ".lock"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        lock = open(path, "a+")
+    except OSError:
+        yield
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = " ".join(lock.read().split()) or "one that has not yet written its name"
+            raise UserError(f"{name}: {ckpt_path} is being trained by another process ({holder}); let it finish or "
+                            "stop it, or give this run another --ckpt-dir") from None
+        except OSError as err:  # a file system without locks
+            print(f"warning: {path} cannot be locked ({err.strerror}); nothing stops another process from training "
+                  f"{name} into the same checkpoint", file=sys.stderr)
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {platform.node()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+
+
+def locked_training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop, train):
     s, fp = settings, fingerprint(settings, method, seed)
     step, modules = core.make_step(method, D, G, s)
     step = graphed_or_eager(step, s, device, [m for m in modules.values() if isinstance(m, torch.optim.Optimizer)])
@@ -471,8 +574,13 @@ def training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_
         return record
 
     def save():
-        core.save_checkpoint(ckpt_path, {"fingerprint": fp, "record": record, "rng": core.rng_state(device),
-                                         **{k: m.state_dict() for k, m in modules.items()}})
+        try:
+            core.save_checkpoint(ckpt_path, {"fingerprint": fp, "record": record, "rng": core.rng_state(device),
+                                             **{k: m.state_dict() for k, m in modules.items()}})
+        except OSError as err:  # a full disk, say: atomic_write has kept the last good checkpoint
+            raise UserError(f"{name}: training reached iteration {record['iters_done']} of {s['iters']}, but its checkpoint "
+                            f"could not be saved ({err.strerror or err}); {kept_checkpoint(ckpt_path)}: free some space "
+                            "and run the same command to resume") from None
 
     batches = make_batches()
     start = record["iters_done"]
@@ -496,8 +604,7 @@ def training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_
         if (it + 1) % s["log_every"] == 0 or last or stop.raised:
             means = {k: v.item() / count for k, v in sums.items()}  # the one host sync per interval
             if not all(math.isfinite(v) for v in means.values()):
-                kept = f"last good checkpoint kept ({record['iters_done']} iterations)" if os.path.exists(ckpt_path) else "no checkpoint written"
-                raise UserError(f"{name}: loss became NaN/inf before iteration {it + 1}; stopped, {kept}; "
+                raise UserError(f"{name}: loss became NaN/inf before iteration {it + 1}; stopped, {kept_checkpoint(ckpt_path)}; "
                                 f"try a smaller learning rate with --set")
             record["history"].append({"iter": it + 1, "lr": lr_at(it, s), **{k: round(v, 5) for k, v in means.items()}})
             record["iters_done"] = it + 1
@@ -511,6 +618,13 @@ def training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_
                 raise KeyboardInterrupt(f"{name}: stopped at iteration {it + 1}; checkpoint saved to {ckpt_path}")
         yield
     return record
+
+
+def kept_checkpoint(path):
+    """What a run that stops on an error leaves for the next one to resume from, for its message."""
+    if not os.path.exists(path):
+        return "no checkpoint was written"
+    return f"{path} keeps iteration {core.load_checkpoint(path)['record']['iters_done']}"
 
 
 def run_in_turn(runs, device, streams=True):
@@ -625,14 +739,14 @@ def dataset_main(doc, script, configure, build_D, build_G, paper_table, autoatta
     """The whole command of a data-set script: parse its command line, then run_experiment."""
     args = parse_cli(experiment_parser(doc), argv, script)
     name, settings, load = configure(args)
-    return run_experiment(name, settings, args, load, build_D, build_G, paper_rows(paper_table), autoattack)
+    return run_experiment(name, settings, args, load, build_D, build_G, reports.paper_rows(paper_table), autoattack)
 
 
 def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None, autoattack=None):
     """Trains the chosen models (resumably), evaluates the 9-column table (and with --strong-eval the
     strong evaluation) and writes the results JSON; with --seeds, once per seed, and the JSON adds the
     mean, standard deviation and n of every cell. With --slurm or --gpu 0,1,... the trainings and the
-    evaluation run as jobs instead (launch_experiment).
+    evaluation run as jobs instead (jobs.launch_experiment).
 
     `load_data()` gives (train_images, train_labels, test_images, test_labels): uint8 (N, C, H, W)
     and int64. Models outside --models are not trained, but their finished checkpoints are evaluated.
@@ -640,8 +754,8 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     seeds = parse_seeds(args.seeds)
     chosen = [] if args.eval_only else parse_models(args.models)
     ckpt_dir = args.ckpt_dir or os.path.join("checkpoints", name)
-    if args.slurm is not None or len(parse_gpus(args.gpu)) > 1:
-        return launch_experiment(args, seeds or [settings["seed"]], chosen, ckpt_dir)
+    if args.slurm is not None or len(jobs.parse_gpus(args.gpu)) > 1:
+        return jobs.launch_experiment(args, seeds or [settings["seed"]], chosen, ckpt_dir)
     device = pick_device(args.gpu)
     out = args.out or os.path.join("results", f"{name}.json")
     data = load_data()
@@ -655,10 +769,10 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     if seeds:
         report = {"experiment": name, "settings": settings, "provenance": provenance(device, command_line(args), settings["precision"]),
                   "seed_list": seeds, "runs": {str(seed): run for seed, run in runs.items()}}
-        report["table_stats"] = seed_statistics({seed: run["table"] for seed, run in runs.items()})
+        report["table_stats"] = reports.seed_statistics({seed: run["table"] for seed, run in runs.items()})
         report["table"] = {row: {col: cell["mean"] for col, cell in cols.items()} for row, cols in report["table_stats"].items()}
         report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
-        print(format_statistics(report["table_stats"], paper))
+        print(reports.format_statistics(report["table_stats"], paper))
     else:
         report = runs[None]
     write_json(out, report)
@@ -689,7 +803,7 @@ def run_seed(name, settings, args, data, build_D, build_G, device, ckpt_dir, cho
         print(f"trained {', '.join(finished) or 'nothing'}; checkpoints in {ckpt_dir}; run without --no-eval to evaluate")
         return report
     report["table"], report["eval"] = evaluate_trained(finished, settings, test_x, test_y, device)
-    print(f"seed {settings['seed']} (copies {settings['seed'] + 1})\n{format_table(report['table'], paper)}")
+    print(f"seed {settings['seed']} (copies {settings['seed'] + 1})\n{reports.format_table(report['table'], paper)}")
     if args.strong_eval:
         report["strong_eval"] = strong_eval_report(finished, generators.get("C"), settings, test_x, test_y, device,
                                                    autoattack, ckpt_dir)
@@ -698,238 +812,9 @@ def run_seed(name, settings, args, data, build_D, build_G, device, ckpt_dir, cho
     return report
 
 
-def seed_statistics(tables):
-    """{seed: table} -> row -> column -> {mean, std, n} over the seeds whose table has that cell; std is
-    the sample standard deviation (divisor n - 1), None where n is 1."""
-    cells = {}
-    for table in tables.values():
-        for row, values in table.items():
-            for column, value in values.items():
-                cells.setdefault(row, {}).setdefault(column, []).append(value)
-    return {row: {column: mean_std(values) for column, values in columns.items()} for row, columns in cells.items()}
-
-
-def mean_std(values):
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-    return {"mean": mean, "std": std, "n": n}
-
-
-def format_statistics(stats, paper=None):
-    """The across-seed table: mean ± standard deviation of every cell (n seeds), and the paper's rows where given."""
-    cell = lambda c: f"{c['mean']:.2f}±{c['std']:.2f}" if c["std"] is not None else f"{c['mean']:.2f}"
-    ns = sorted({c["n"] for cols in stats.values() for c in cols.values()})
-    lines = [f"mean ± standard deviation over the seeds (n = {', '.join(map(str, ns))}), accuracy in percent",
-             f"{'model':<8}" + "".join(f"{c:>14}" for c in TABLE_COLUMNS)]
-    for row, cols in stats.items():
-        lines.append(f"{row:<8}" + "".join(f"{cell(cols[c]):>14}" if c in cols else f"{'-':>14}" for c in TABLE_COLUMNS))
-        if paper and row in paper:
-            lines.append(f"{'  paper':<8}" + "".join(f"{v:>14.2f}" for v in paper[row]))
-    return "\n".join(lines)
-
-
 # =====================================================================================================
-# Jobs through submitit: on a SLURM cluster (--slurm), or one process per GPU here (--gpu 0,1,...)
+# Evaluating the trained models: the paper's table, and the strong evaluation
 # =====================================================================================================
-
-SLURM_KEYS = {  # --slurm key -> (submitit.SlurmExecutor parameter, type); each job also gets one GPU
-    "partition": ("partition", str),             # SLURM partition
-    "time": ("time", int),                       # minutes per job allocation; at the limit it is requeued and resumes
-    "mem": ("mem", str),                         # host memory per job, SLURM's syntax (32G)
-    "cpus": ("cpus_per_task", int),              # CPU cores per job
-    "account": ("account", str),
-    "qos": ("qos", str),
-    "constraint": ("constraint", str),           # node features, e.g. a GPU type
-    "requeues": ("max_num_timeout", int),        # how often a job may reach its time limit and be requeued
-}
-SLURM_DEFAULTS = dict(time=240, mem="32G", cpus_per_task=4, max_num_timeout=30)
-LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # local jobs have no time limit; submitit's default is 2 minutes
-LAUNCH_OPTIONS = ["--gpu", "--slurm", "--models", "--seeds", "--no-eval", "--eval-only"]
-
-
-class ScriptJob(submitit.helpers.Checkpointable):
-    """One job: a script's main() on a command line. Requeued after its time limit or a preemption, it
-    runs the same command again, which resumes from the checkpoints (checkpoint() of Checkpointable)."""
-
-    def __init__(self, script, argv):
-        self.script, self.argv = script, list(argv)
-
-    def __call__(self):
-        # the jobs find this repository on their PYTHONPATH (use_repository_path)
-        module = importlib.import_module(os.path.splitext(os.path.basename(self.script))[0])
-        return module.main(self.argv)
-
-    def __str__(self):
-        return " ".join([os.path.basename(self.script)] + self.argv)
-
-
-def parse_slurm(text):
-    """--slurm's comma-separated key=value pairs -> ("slurm" or "local", {SlurmExecutor parameter: value})."""
-    cluster, params = "slurm", dict(SLURM_DEFAULTS)
-    for pair in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = pair.partition("=")
-        if key == "cluster" and value in ("slurm", "local"):
-            cluster = value
-        elif not sep or key not in SLURM_KEYS:
-            raise UserError(f"--slurm {pair}: write key=value with a key from {', '.join(SLURM_KEYS)}, or cluster=local")
-        else:
-            parameter, kind = SLURM_KEYS[key]
-            try:
-                params[parameter] = kind(value)
-            except ValueError:
-                raise UserError(f"--slurm {pair}: expected a {kind.__name__}") from None
-    return cluster, params
-
-
-def job_argv(argv, add):
-    """The user's command line without the options that launch jobs or pick what each job does
-    (LAUNCH_OPTIONS, with their values), then `add`."""
-    kept, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        i += 1
-        if arg in LAUNCH_OPTIONS:
-            if i < len(argv) and not argv[i].startswith("-") and arg not in ("--no-eval", "--eval-only"):
-                i += 1  # its value
-        elif arg.split("=")[0] not in LAUNCH_OPTIONS:
-            kept.append(arg)
-    return kept + add
-
-
-def use_repository_path():
-    """Jobs unpickle ScriptJob and import the scripts by name: this folder goes on their PYTHONPATH
-    (local jobs and sbatch inherit this process's environment)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if here not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([here] + [p for p in paths if p])
-
-
-def jobs_on_cpu(args):
-    """Whether the jobs are to run on the CPU: only where --gpu says cpu, since a SLURM login node
-    without a GPU submits jobs that will have one."""
-    return str(args.gpu).lower() == "cpu"
-
-
-def job_gpu(args):
-    """A job's --gpu: a job sees only its own GPU, as device 0."""
-    return ["--gpu", "cpu" if jobs_on_cpu(args) else "0"]
-
-
-def launch_experiment(args, seeds, chosen, ckpt_dir):
-    """--slurm, or --gpu 0,1,...: one training job per model and seed (each on one GPU, resumable), then
-    an evaluation job, which starts once every training has finished and writes the results JSON."""
-    multi = args.seeds is not None
-    trainings = [(f"{m} seed {s}", ScriptJob(args.script, job_argv(args.argv, job_gpu(args) + ["--models", m, "--no-eval"]
-                                                                    + (["--seeds", str(s)] if multi else []))))
-                 for s in seeds for m in chosen]
-    evaluation = None if args.no_eval else ScriptJob(args.script, job_argv(args.argv, job_gpu(args) + ["--eval-only"]
-                                                                             + (["--seeds", args.seeds] if multi else [])))
-    return run_jobs(args, os.path.join(ckpt_dir, "jobs"), trainings, evaluation)
-
-
-def launch_script(args, ckpt_root):
-    """--slurm for a script that runs as one job (ensemble.py, generators_study.py)."""
-    job = ScriptJob(args.script, job_argv(args.argv, job_gpu(args)))
-    return run_jobs(args, os.path.join(ckpt_root, "jobs"), [], job)
-
-
-def run_jobs(args, folder, trainings, evaluation):
-    """The jobs on SLURM (submitted; this command returns) or on this machine (waited for); their logs
-    and submitit's files go to `folder`, which all of them must see."""
-    cluster, params = parse_slurm(args.slurm) if args.slurm is not None else ("local", {})
-    use_repository_path()
-    if cluster == "local":
-        devices = parse_gpus(args.gpu)
-        return run_local(folder, [d.index for d in devices] if devices[0].type == "cuda" else [None], trainings, evaluation)
-    if shutil.which("sbatch") is None or shutil.which("srun") is None:
-        raise UserError("--slurm: no SLURM on this machine (sbatch is not on PATH); run it on the cluster's login "
-                        "node, or use --gpu 0,1,... to run the jobs here")
-    return submit_slurm(folder, params, 0 if jobs_on_cpu(args) else 1, trainings, evaluation)
-
-
-def submit_slurm(folder, params, gpus, trainings, evaluation):
-    """Submits the trainings, then the evaluation with a dependency: SLURM starts it once all of them
-    have ended well (a requeued training keeps its job id, so the evaluation waits for it too)."""
-    executor = submitit.SlurmExecutor(folder, max_num_timeout=params.pop("max_num_timeout"))
-    executor.update_parameters(**params, gpus_per_node=gpus)
-    jobs = []
-    for label, job in trainings:
-        executor.update_parameters(job_name=f"train {label}")
-        jobs.append(executor.submit(job))
-        print(f"submitted training {label}: SLURM job {jobs[-1].job_id}")
-    if evaluation is not None:
-        executor.update_parameters(job_name="evaluate", additional_parameters={"dependency": "afterok:" + ":".join(
-            j.job_id for j in jobs)} if jobs else {})
-        jobs.append(executor.submit(evaluation))
-        print(f"submitted {evaluation}: SLURM job {jobs[-1].job_id}" + (", after the trainings" if trainings else ""))
-    print(f"logs in {folder}/; squeue --me to follow; the same command again resubmits what is unfinished")
-    return [j.job_id for j in jobs]
-
-
-def run_local(folder, gpus, trainings, evaluation):
-    """Runs the jobs as processes on this machine, at most one per GPU at a time (each sees only its own:
-    CUDA_VISIBLE_DEVICES), then the evaluation job once every training has succeeded. `gpus`: [None]
-    for the CPU. Prints the evaluation job's output; returns its result."""
-    executor = submitit.LocalExecutor(folder)
-    executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
-    pending, running, failed = list(trainings), {}, []
-    while running or (pending and not failed):  # after a failure, the running jobs end and nothing new starts
-        for gpu in gpus:
-            if gpu not in running and pending and not failed:
-                label, job = pending.pop(0)
-                running[gpu] = label, submit_local(executor, gpu, job)
-                print(f"training {label}: local job {running[gpu][1].job_id}" + ("" if gpu is None else f" on GPU {gpu}")
-                      + f", log {running[gpu][1].paths.stderr}", flush=True)
-        time.sleep(0.5)
-        for gpu, (label, job) in list(running.items()):
-            if job.done():
-                del running[gpu]
-                failed += job_failure(f"training {label}", job)
-    if failed:
-        raise UserError("; ".join(failed) + "; rerun the same command to resume")
-    if evaluation is None:
-        return None
-    job = submit_local(executor, gpus[0], evaluation)
-    print(f"evaluation: local job {job.job_id}, log {job.paths.stderr}", flush=True)
-    job.wait()
-    failed = job_failure(str(evaluation), job)
-    if failed:
-        raise UserError(failed[0])
-    print("".join(line for line in job.stdout().splitlines(keepends=True) if not line.startswith("submitit ")), end="")
-    return job.result()
-
-
-def submit_local(executor, gpu, job):
-    executor.update_parameters(gpus_per_node=0 if gpu is None else 1, visible_gpus=() if gpu is None else [physical_gpu(gpu)])
-    return executor.submit(job)
-
-
-def physical_gpu(index):
-    """The GPU that this process calls cuda:index, as CUDA_VISIBLE_DEVICES must name it for a child process."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return index
-    ids = [v.strip() for v in visible.split(",")]
-    if not ids[index].isdigit():
-        raise UserError(f"CUDA_VISIBLE_DEVICES={visible} names GPUs by UUID; give their indices to run local jobs")
-    return int(ids[index])
-
-
-def job_failure(what, job):
-    """[] for a job that succeeded, else one line: its error (a UserError's own line) and its log."""
-    try:
-        job.result()
-        return []
-    except submitit.core.utils.FailedJobError as err:  # its message: a header, the traceback and the logs, between rules
-        parts = str(err).split("-" * 22)
-        traceback = (parts[1] if len(parts) > 2 else str(err)).strip().splitlines()
-        cause = traceback[-1].removeprefix("experiment.UserError: ") if traceback else "see its log"
-    except submitit.core.utils.UncompletedJobError:
-        cause = "stopped without a result"
-    return [f"{what} failed ({cause}); log: {job.paths.stderr}"]
-
 
 def split_models(models):
     """(targets, surrogates): the models scored, and the seed copies (A', B', C') that attack them."""
@@ -989,7 +874,7 @@ def strong_eval_report(models, generator, settings, test_x, test_y, device, auto
             report["models"][name]["accuracy"]["autoattack"] = accuracy
             report["models"][name]["autoattack_warnings"] = warnings
     report["seconds"] = round(time.time() - t0, 1)
-    print(format_strong(report))
+    print(reports.format_strong(report))
     return report
 
 
@@ -1010,43 +895,3 @@ def autoattack_cascade(autoattack, model, images, labels, settings, device, stat
     with core.scoring_mode([model], settings["bn_eval"]), core.full_precision(device):
         robust, warnings = autoattack.cascade(model, x, y, settings, settings["eval_batch"], state)
     return round(100.0 * robust.float().mean().item(), 2), warnings
-
-
-def format_strong(report):
-    """The strong evaluation as text: one row per attack (accuracy in percent), then each model's masking flags."""
-    models = report["models"]
-    keys = list(next(iter(models.values()))["accuracy"])
-    lines = [f"strong evaluation, first {report['n_test']} test images, BN {report['bn']}: accuracy in percent",
-             f"{'attack':<22}" + "".join(f"{m:>9}" for m in models)]
-    lines += [f"{k:<22}" + "".join(f"{r['accuracy'][k]:>9.2f}" for r in models.values()) for k in keys]
-    for name, r in models.items():
-        flags = [f"{c} ({v['why']})" for c, v in r["checks"].items() if v["flag"]]
-        lines.append(f"masking flags of {name}: {'; '.join(flags) if flags else 'none'}")
-        lines += [f"AutoAttack's warning on {name}: {w}" for w in r.get("autoattack_warnings", [])]
-    return "\n".join(lines)
-
-
-def format_table(table, paper=None):
-    """Our accuracies, and the paper's beside them where given ({row: [values in column order]})."""
-    width = max([8] + [len(row) + 1 for row in table])
-    lines = [f"{'model':<{width}}" + "".join(f"{c:>9}" for c in TABLE_COLUMNS)]
-    for row, values in table.items():
-        lines.append(f"{row:<{width}}" + "".join(f"{values[c]:>9.2f}" if c in values else f"{'-':>9}" for c in TABLE_COLUMNS))
-        if paper and row in paper:
-            lines.append(f"{'  paper':<{width}}" + "".join(f"{v:>9.2f}" for v in paper[row]))
-    return "\n".join(lines)
-
-
-def paper_tables(section):
-    """A section of paper_tables.json (kept beside this file), or None where the file is absent."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_tables.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)[section]
-
-
-def paper_rows(table):
-    """The paper's rows of one of its accuracy tables (e.g. "cifar10"), or None."""
-    tables = paper_tables("tables")
-    return tables[table]["rows"] if tables else None

@@ -20,6 +20,8 @@ import autoattack_suite
 import cifar10
 import core
 import experiment
+import jobs
+import reports
 
 GENERATORS = {  # name in paper_tables.json -> builder from the CIFAR-10 settings
     "G1_k8": lambda s: core.G1(k=8, channels=3),
@@ -34,7 +36,7 @@ N_EXAMPLES = 8                                   # example perturbations saved p
 def main(argv=None):
     args = experiment.parse_cli(experiment.experiment_parser(__doc__, models=False), argv, __file__)
     if args.slurm is not None:  # the whole script as one job
-        return experiment.launch_script(args, args.ckpt_dir or "checkpoints")
+        return jobs.launch_script(args, args.ckpt_dir or "checkpoints")
     name, settings, load = cifar10.configure(args)
     device = experiment.pick_device(args.gpu)
     cifar_dir = os.path.join(args.ckpt_dir or "checkpoints", name)
@@ -107,7 +109,7 @@ def save_npz(path, arrays):
 
 
 def print_tables(table5, table6):
-    paper5, paper6 = experiment.paper_tables("generator_attack"), experiment.paper_tables("generator_cotrain")
+    paper5, paper6 = reports.paper_tables("generator_attack"), reports.paper_tables("generator_cotrain")
     print("Table 5: accuracy under each generator's attack (paper in brackets)")
     targets = ["A", "A'", "B", "C"]
     print(f"{'generator':<13}" + "".join(f"{t:>16}" for t in targets))
@@ -115,7 +117,7 @@ def print_tables(table5, table6):
         print(f"{g_name:<13}" + "".join(f"{row[t]:>8.2f} ({paper5['targets'][t][i]:5.2f})" if paper5 else f"{row[t]:>16.2f}"
                                         for t in targets))
     print("Table 6: adversarial networks co-trained with each generator")
-    print(experiment.format_table(table6, paper6["rows"] if paper6 else None))
+    print(reports.format_table(table6, paper6["rows"] if paper6 else None))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import os
 import autoattack_suite
 import core
 import experiment
+import reports
 
 # ======================================================================================= settings
 SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's MNIST settings; the shared ones are in experiment.py
@@ -38,7 +39,8 @@ def load_data(data_dir, fashion):
         return train.data.unsqueeze(1), train.targets, test.data.unsqueeze(1), test.targets
 
     where = f"put the uncompressed files {', '.join(FILES)} in {folder}/"
-    return experiment.open_dataset(make, dataset.__name__, where)
+    files = dict(zip(["train images", "train labels", "test images", "test labels"], ([os.path.join(folder, f)] for f in FILES)))
+    return experiment.open_dataset(make, dataset.__name__, where, files, n_classes=10, image_shape=(1, 28, 28))
 
 
 def build_D(settings):
@@ -64,7 +66,7 @@ def main(argv=None):
     name, settings, load = configure(args, args.fashion)
     if args.fashion:
         print("paper rows below are MNIST at eps 0.3: compare the pattern, not the numbers")
-    return experiment.run_experiment(name, settings, args, load, build_D, build_G, experiment.paper_rows("mnist"),
+    return experiment.run_experiment(name, settings, args, load, build_D, build_G, reports.paper_rows("mnist"),
                                autoattack_suite)
 
 

@@ -19,6 +19,7 @@ import autoattack_suite
 import core
 import experiment
 import mnist
+import reports
 
 # ======================================================================================= settings
 SETTINGS = mnist.SETTINGS | mnist.FASHION | dict(  # Fashion-MNIST, eps 0.1, the paper's MNIST protocol otherwise
@@ -62,11 +63,11 @@ def score(D, settings, test_x, test_y, device, state_dir):
 
 
 def summary(runs):
-    """arm -> score -> mean, std (experiment.mean_std), n, and the lowest and highest over the seeds."""
+    """arm -> score -> mean, std (reports.mean_std), n, and the lowest and highest over the seeds."""
     table = {}
     for arm, by_seed in runs.items():
         values = {s: [r["float32"][s] for r in by_seed.values() if s in r["float32"]] for s in SCORES}
-        table[arm] = {s: experiment.mean_std(v) | {"low": min(v), "high": max(v)} for s, v in values.items() if v}
+        table[arm] = {s: reports.mean_std(v) | {"low": min(v), "high": max(v)} for s, v in values.items() if v}
     return table
 
 

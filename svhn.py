@@ -50,7 +50,10 @@ def load_data(data_dir, extra_n, seed):
         return images["train"], labels["train"], images["test"], labels["test"]
 
     where = f"put {', '.join(f'{s}_32x32.mat' for s in splits)} in {root}/"
-    return experiment.open_dataset(make, "SVHN", where)
+    paths = lambda names: [os.path.join(root, f"{name}_32x32.mat") for name in names]
+    train = paths(["train"] + (["extra"] if extra_n else []))
+    files = {"train images": train, "train labels": train, "test images": paths(["test"]), "test labels": paths(["test"])}
+    return experiment.open_dataset(make, "SVHN", where, files, n_classes=10, image_shape=(3, 32, 32))
 
 
 # ======================================================================================= run

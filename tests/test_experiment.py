@@ -66,7 +66,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         x, y = batches(it)
         return (x * float("nan"), y) if it >= 7 else (x, y)
 
-    with pytest.raises(experiment.UserError, match="NaN"):
+    with pytest.raises(experiment.UserError, match="NaN.*standard.pt keeps iteration 6"):
         train(tmp_path, "standard", poison)
     ckpt = core.load_checkpoint(str(tmp_path / "standard.pt"))
     assert ckpt["record"]["iters_done"] == 6

@@ -12,6 +12,8 @@ import pytest
 
 import core
 import experiment
+import jobs
+import reports
 from conftest import ROOT
 from test_mnist_script import OFFLINE, assert_clean_error
 
@@ -28,12 +30,12 @@ def job_ids(folder):
 
 def test_seed_statistics_match_a_hand_computation():
     tables = {0: {"A": {"clean": 90.0, "fgs": 10.0}}, 1: {"A": {"clean": 94.0, "fgs": 20.0}}, 2: {"A": {"clean": 98.0}}}
-    stats = experiment.seed_statistics(tables)
+    stats = reports.seed_statistics(tables)
     # clean: mean (90 + 94 + 98) / 3 = 94, std sqrt((16 + 0 + 16) / 2) = 4; fgs: mean 15, std sqrt((25 + 25) / 1)
     assert stats["A"]["clean"] == {"mean": 94.0, "std": 4.0, "n": 3}
     assert stats["A"]["fgs"]["mean"] == 15.0 and stats["A"]["fgs"]["n"] == 2
     assert stats["A"]["fgs"]["std"] == pytest.approx(7.0710678, abs=1e-6)
-    assert experiment.seed_statistics({5: {"A": {"clean": 91.0}}})["A"]["clean"] == {"mean": 91.0, "std": None, "n": 1}
+    assert reports.seed_statistics({5: {"A": {"clean": 91.0}}})["A"]["clean"] == {"mean": 91.0, "std": None, "n": 1}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def test_a_failed_training_stops_the_run_before_the_evaluation(fake_mnist, tmp_p
     out = tmp_path / "mnist.json"
     result = run("mnist.py", "--gpu", "cpu", "--slurm", "cluster=local", "--quick", "--models", "A,A'", "--set", "d_lr=1e30",
                  "--data-dir", fake_mnist, "--out", str(out), "--ckpt-dir", str(tmp_path / "ckpt"))
-    assert_clean_error(result, "training A seed 0 failed", "NaN", "log:")
+    assert_clean_error(result, "training A seed 0 failed (A: loss became NaN", "log:")  # the UserError's own line, no class name
     assert not out.exists() and len(job_ids(tmp_path / "ckpt" / "jobs")) == 1  # neither A' (one CPU slot) nor the evaluation ran
 
 
@@ -89,11 +91,11 @@ def task_pid(job):
 @pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"), reason="needs Linux /proc")
 def test_a_preempted_job_saves_requeues_and_resumes(fake_mnist, tmp_path):
     import submitit
-    experiment.use_repository_path()
+    jobs.use_repository_path()
     executor = submitit.LocalExecutor(str(tmp_path / "jobs"))
-    executor.update_parameters(timeout_min=experiment.LOCAL_TIMEOUT_MIN)
+    executor.update_parameters(timeout_min=jobs.LOCAL_TIMEOUT_MIN)
     ckpt = tmp_path / "ckpt" / "A.pt"
-    job = executor.submit(experiment.ScriptJob(os.path.join(ROOT, "mnist.py"), [
+    job = executor.submit(jobs.ScriptJob(os.path.join(ROOT, "mnist.py"), [
         "--gpu", "cpu", "--quick", "--iters", "300", "--set", "log_every=1", "--set", "ckpt_minutes=0", "--models", "A",
         "--no-eval", "--data-dir", fake_mnist, "--ckpt-dir", str(ckpt.parent)]))
     while not ckpt.exists():  # saved after every iteration: training has begun

@@ -1,6 +1,5 @@
-"""notebooks/results.ipynb: committed without outputs and as make_notebook.py writes it; run by nbval
-(a cell that raises fails) on a real --quick result, on malformed results files, and on results/."""
-import importlib.util
+"""notebooks/results.ipynb: committed without outputs, holding the cells of its source notebooks/results.py;
+run by nbval (a cell that raises fails) on a real --quick result, on malformed results files, and on results/."""
 import json
 import os
 import shutil
@@ -80,14 +79,13 @@ def malformed_results(quick_results, tmp_path):
     return tmp_path
 
 
-def test_committed_notebook_has_no_outputs_and_is_what_make_notebook_writes():
-    spec = importlib.util.spec_from_file_location("make_notebook", os.path.join(NOTEBOOKS, "make_notebook.py"))
-    make_notebook = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_notebook)
-    with open(NOTEBOOK, encoding="utf-8") as f:
-        assert f.read() == make_notebook.notebook_text(), "run: python notebooks/make_notebook.py"
-    cells = code_cells(read_notebook())
-    assert cells and all(cell["outputs"] == [] and cell["execution_count"] is None for cell in cells)
+def test_committed_notebook_holds_the_cells_of_its_source_and_no_outputs():
+    import jupytext
+    cells = lambda notebook: [(cell["cell_type"], "".join(cell["source"])) for cell in notebook["cells"]]
+    source = jupytext.read(os.path.join(NOTEBOOKS, "results.py"))
+    assert cells(read_notebook()) == cells(source), "results.ipynb and results.py disagree: jupytext --sync notebooks/results.py"
+    code = code_cells(read_notebook())
+    assert code and all(cell["outputs"] == [] and cell["execution_count"] is None for cell in code)
 
 
 def test_nbval_on_a_real_quick_result(quick_results):
@@ -119,10 +117,11 @@ def test_a_smoke_test_is_hidden_behind_a_full_result_unless_results_dir_is_set(q
     (tmp_path / "mnist.json").write_text(json.dumps(report | {"experiment": "mnist"}))
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path))
     monkeypatch.chdir(NOTEBOOKS)
-    cells = {cell["id"]: "".join(cell["source"]) for cell in read_notebook()["cells"]}
     namespace = {"__name__": "results_notebook"}
-    for cell_id in ("setup", "loading"):
-        exec("\n".join(line for line in cells[cell_id].splitlines() if not line.startswith("%")), namespace)
+    for cell in code_cells(read_notebook()):  # up to the cell that loads the results
+        exec("\n".join(line for line in "".join(cell["source"]).splitlines() if not line.startswith("%")), namespace)
+        if "shown" in namespace:
+            break
     assert [r.file for r in namespace["shown"]] == ["mnist.json", "mnist_quick.json"]
     namespace["SHOW_ALL_QUICK"] = False  # as when the notebook reads results/
     shown, hidden = namespace["hide_superseded_quick"](namespace["loaded"])

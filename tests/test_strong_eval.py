@@ -198,6 +198,38 @@ def test_interrupted_cascade_resumes_with_the_same_result(tmp_path, monkeypatch)
     assert torch.equal(resumed, whole) and whole.any()
 
 
+def test_cascade_state_is_never_written_in_place(tmp_path, monkeypatch):
+    """pyautoattack opens its state file with "w": a kill or power cut then would leave it torn. Every
+    write is a core.atomic_write (to a temporary name, fsynced, renamed) instead."""
+    real_open, written, real_atomic = pathlib.Path.open, [], core.atomic_write
+
+    def no_writes_in_place(self, mode="r", *args, **kwargs):
+        assert not (self.suffix == ".json" and "w" in mode), f"{self} written in place"
+        return real_open(self, mode, *args, **kwargs)
+
+    def atomic_write(path, write):
+        written.append(pathlib.Path(path))
+        real_atomic(path, write)
+
+    monkeypatch.setattr(pathlib.Path, "open", no_writes_in_place)
+    monkeypatch.setattr(core, "atomic_write", atomic_write)
+    images, labels = learnable_set(10, 7)
+    autoattack_suite.cascade(trained_mlp(0), core.to_float(images), labels, aa_settings(), 10, tmp_path / "state.json")
+    assert autoattack_suite.read_state(tmp_path / "state.json")[1] == set(autoattack_suite.NAMES.values())
+    assert {tmp_path / "state.json", tmp_path / "state.warnings.json"} <= set(written)
+
+
+def test_a_state_cut_short_before_the_clean_pass_ended_starts_afresh(tmp_path):
+    """The first state pyautoattack writes has no robust flags yet; cut there, it cannot be resumed from."""
+    images, labels = learnable_set(10, 7)
+    x, model = core.to_float(images), trained_mlp(0)
+    whole, _ = autoattack_suite.cascade(model, x, labels, aa_settings(), 10, tmp_path / "whole.json")
+    cut = json.loads((tmp_path / "whole.json").read_text()) | {"_robust_flags": None, "_run_attacks": []}
+    (tmp_path / "cut.json").write_text(json.dumps(cut))
+    again, _ = autoattack_suite.cascade(model, x, labels, aa_settings(), 10, tmp_path / "cut.json")
+    assert torch.equal(again, whole)
+
+
 class ModeSwitching(nn.Module):
     """A model that puts itself in eval mode when called: the guard must notice the change."""
 

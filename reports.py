@@ -1,0 +1,79 @@
+"""The results as text tables: ours beside the paper's (whose numbers are in paper_tables.json), the
+mean ± standard deviation of every cell over --seeds, and the strong evaluation's accuracy per attack.
+Pure functions of the results' dicts; they import nothing of this repository."""
+import json
+import math
+import os
+
+TABLE_COLUMNS = ["clean", "fgs", "pgd", "fgs_A'", "pgd_A'", "fgs_B'", "pgd_B'", "fgs_C'", "pgd_C'"]  # the paper's order
+
+
+def paper_tables(section):
+    """A section of paper_tables.json (kept beside this file), or None where the file is absent."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_tables.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)[section]
+
+
+def paper_rows(table):
+    """The paper's rows of one of its accuracy tables (e.g. "cifar10"), or None."""
+    tables = paper_tables("tables")
+    return tables[table]["rows"] if tables else None
+
+
+def format_table(table, paper=None):
+    """Our accuracies, and the paper's beside them where given ({row: [values in column order]})."""
+    width = max([8] + [len(row) + 1 for row in table])
+    lines = [f"{'model':<{width}}" + "".join(f"{c:>9}" for c in TABLE_COLUMNS)]
+    for row, values in table.items():
+        lines.append(f"{row:<{width}}" + "".join(f"{values[c]:>9.2f}" if c in values else f"{'-':>9}" for c in TABLE_COLUMNS))
+        if paper and row in paper:
+            lines.append(f"{'  paper':<{width}}" + "".join(f"{v:>9.2f}" for v in paper[row]))
+    return "\n".join(lines)
+
+
+def seed_statistics(tables):
+    """{seed: table} -> row -> column -> {mean, std, n} over the seeds whose table has that cell; std is
+    the sample standard deviation (divisor n - 1), None where n is 1."""
+    cells = {}
+    for table in tables.values():
+        for row, values in table.items():
+            for column, value in values.items():
+                cells.setdefault(row, {}).setdefault(column, []).append(value)
+    return {row: {column: mean_std(values) for column, values in columns.items()} for row, columns in cells.items()}
+
+
+def mean_std(values):
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "std": std, "n": n}
+
+
+def format_statistics(stats, paper=None):
+    """The across-seed table: mean ± standard deviation of every cell (n seeds), and the paper's rows where given."""
+    cell = lambda c: f"{c['mean']:.2f}±{c['std']:.2f}" if c["std"] is not None else f"{c['mean']:.2f}"
+    ns = sorted({c["n"] for cols in stats.values() for c in cols.values()})
+    lines = [f"mean ± standard deviation over the seeds (n = {', '.join(map(str, ns))}), accuracy in percent",
+             f"{'model':<8}" + "".join(f"{c:>14}" for c in TABLE_COLUMNS)]
+    for row, cols in stats.items():
+        lines.append(f"{row:<8}" + "".join(f"{cell(cols[c]):>14}" if c in cols else f"{'-':>14}" for c in TABLE_COLUMNS))
+        if paper and row in paper:
+            lines.append(f"{'  paper':<8}" + "".join(f"{v:>14.2f}" for v in paper[row]))
+    return "\n".join(lines)
+
+
+def format_strong(report):
+    """The strong evaluation as text: one row per attack (accuracy in percent), then each model's masking flags."""
+    models = report["models"]
+    keys = list(next(iter(models.values()))["accuracy"])
+    lines = [f"strong evaluation, first {report['n_test']} test images, BN {report['bn']}: accuracy in percent",
+             f"{'attack':<22}" + "".join(f"{m:>9}" for m in models)]
+    lines += [f"{k:<22}" + "".join(f"{r['accuracy'][k]:>9.2f}" for r in models.values()) for k in keys]
+    for name, r in models.items():
+        flags = [f"{c} ({v['why']})" for c, v in r["checks"].items() if v["flag"]]
+        lines.append(f"masking flags of {name}: {'; '.join(flags) if flags else 'none'}")
+        lines += [f"AutoAttack's warning on {name}: {w}" for w in r.get("autoattack_warnings", [])]
+    return "\n".join(lines)
