@@ -42,6 +42,7 @@ import cifar10
 import cifar100
 import core
 import experiment
+import jobs
 import mnist
 import svhn
 
@@ -427,7 +428,7 @@ def pytest_part(run, result):
     after `pytest_seconds` or what is left of the budget; its log goes beside the JSON."""
     log = os.path.splitext(run.out)[0] + "_pytest.log"
     xml = os.path.splitext(run.out)[0] + "_pytest.xml"
-    visible = str(experiment.physical_gpu(run.device.index)) if run.cuda else ""
+    visible = str(jobs.physical_gpu(run.device.index)) if run.cuda else ""
     command = [sys.executable, "-m", "pytest", "tests/test_cuda.py", "-v", "-p", "no:cacheprovider", f"--junitxml={xml}"]
     limit = max(1.0, min(run.settings["pytest_seconds"], run.left()))
     stopped = None
