@@ -16,6 +16,7 @@ import json
 import os
 import time
 
+import torch
 
 import autoattack_suite
 import cifar10
@@ -35,6 +36,16 @@ DATASETS = {  # name -> (script, paper table, (args -> (name, settings, load)))
 NEEDED = ["A", "C", "A'", "B'", "C'"]  # A makes the EAT set, C is the comparison row, the rest attack
 
 
+def build_eat_set(model, images, labels, settings, device, progress=None):
+    """core.build_eat_set with the run's settings. Its PGD starts are drawn from the run's seed, apart from the
+    global RNG: a resumed run, which builds the set again, gets the very set the interrupted one trained on,
+    and the RNG state its checkpoint restored (CIFAR's EAT draws its augmentation from it) stays untouched."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(settings["seed"])
+        return core.build_eat_set(model, images, labels, settings["eps"], device, settings["eval_batch"],
+                                  settings["pgd_steps"], settings["pgd_alpha"] or None, progress, settings["precision"])
+
+
 def run_dataset(key, args, device):
     script, paper_key, configure = DATASETS[key]
     name, settings, load = configure(args)
@@ -52,10 +63,8 @@ def run_dataset(key, args, device):
 
     def eat_data():
         t0 = time.time()
-        eat_set = core.build_eat_set(models["A"], source_x, source_y, settings["eps"], device, settings["eval_batch"],
-                                     settings["pgd_steps"], settings["pgd_alpha"] or None,
-                                     experiment.Progress(len(source_x), f"{key}: EAT set from A", "img"),
-                                     settings["precision"])
+        eat_set = build_eat_set(models["A"], source_x, source_y, settings, device,
+                                experiment.Progress(len(source_x), f"{key}: EAT set from A", "img"))
         eat_info.update(n_images=len(eat_set), seconds=round(time.time() - t0, 1))
         return eat_set, eat_set.labels
 

@@ -44,10 +44,39 @@ def test_eat_set_has_four_times_the_images_with_their_labels_within_eps():
     distance = (everything - sources).abs().flatten(1).amax(1)
     assert distance.max() <= EPS + 1e-6 and everything.min() >= 0 and everything.max() <= 1
     assert (distance[n:] > EPS / 2).all(), "every adversarial copy is actually perturbed"
-    # each kind is what it claims: FGS with the predicted label moves every changed pixel by exactly eps
-    with core.autocast(torch.device("cpu")):  # the precision the set was built in
-        fgs = core.fgs(model, core.to_float(images), core.predict(model, core.to_float(images)), EPS)
-    assert torch.allclose(everything[n:2 * n], fgs, atol=1e-3)
+
+
+def signed_gradient_step(model, x, labels, eps):
+    """x + eps * sign(grad_x CE(model(x), labels)), clamped to [0, 1]: written here, not taken from core."""
+    x = x.clone().requires_grad_(True)
+    grad, = torch.autograd.grad(nn.functional.cross_entropy(model(x), labels, reduction="sum"), x)
+    return (x + eps * grad.sign()).clamp(0, 1).detach()
+
+
+def test_each_quarter_of_the_eat_set_is_its_own_attack_image_for_image():
+    """From a model that is wrong on about a third of the images: FGS with the model's predicted label (not
+    the true one: no label leaking), PGD with the true label, the step towards the least likely class.
+    Fails for the FGS quarter crafted with true labels, PGD with predicted labels, the least-likely step
+    reversed, or the quarters in another order."""
+    images, labels = learnable_set(128)
+    model = tiny_trained_model(images, labels)
+    true = torch.where(torch.arange(128) % 3 == 0, (labels + 1) % 10, labels)  # the model learned `labels`
+    x = core.to_float(images)
+    predicted = model(x).argmax(1)
+    assert 0.25 < (predicted != true).float().mean() < 0.4
+    torch.manual_seed(5)
+    eat = core.build_eat_set(model, images, true, EPS, torch.device("cpu"), batch_size=128, pgd_steps=3)
+    torch.manual_seed(5)  # the PGD quarter's random start: the first draw, as in build_eat_set's one batch
+    pgd = core.pgd(model, x, true, EPS, steps=3)
+    expected = {"clean": x, "fgs_predicted": signed_gradient_step(model, x, predicted, EPS), "pgd": pgd,
+                "fgs_least_likely": signed_gradient_step(model, x, model(x).argmin(1), -EPS)}
+    assert list(expected) == core.EAT_KINDS
+    leaked = signed_gradient_step(model, x, true, EPS)
+    assert (leaked != expected["fgs_predicted"]).flatten(1).any(1).sum() > 30, "true labels must make a difference"
+    stored = eat[torch.arange(4 * 128)]
+    assert torch.equal(eat.labels, true.repeat(4))
+    for k, kind in enumerate(core.EAT_KINDS):  # stored as float16 differences: 0.2 * 2^-11 = 1e-4 at most
+        assert torch.allclose(stored[k * 128:(k + 1) * 128], expected[kind], atol=2e-4, rtol=0), kind
 
 
 def test_batches_read_the_eat_set():

@@ -2,7 +2,12 @@
 the same number format there as on CUDA, so these tests check the CUDA path's numerics too.
 
 The bug they guard against: autocast's cast cache kept each weight's bf16 copy for the whole region,
-so with the step inside one region G's steps 2 to 5 ran with step 1's weights."""
+so with the step inside one region G's steps 2 to 5 ran with step 1's weights. The steps are run with
+nothing around them, inside an autocast region that is off (float32 code around them), and inside a
+caller's bf16 region with the cache on (the code before the fix opened one around every step).
+Within any enclosing region autocast's cache outlives the steps' own regions: only a cache that is off
+keeps the steps right there."""
+import contextlib
 import copy
 import functools
 
@@ -16,6 +21,8 @@ import mnist
 
 CPU = torch.device("cpu")
 EPS = 0.1
+ENCLOSING = {"nothing": contextlib.nullcontext, "autocast off": lambda: core.autocast(CPU, "float32"),
+             "bf16 autocast, cache on": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
 
 
 def rss_bytes():
@@ -46,13 +53,13 @@ def float32_adversarial_loss(D, G, x, y):
         return F.cross_entropy(D(x + EPS * G(x)), y).item()
 
 
-def generator_losses(precision, enclosing=None, steps=5):
-    """D's float32 loss on x + eps*G(x) after each of G's steps, taken in `precision` (inside an
-    `enclosing` autocast region, as a caller's training loop might open one)."""
+def generator_losses(precision, enclosing="nothing", steps=5):
+    """D's float32 loss on x + eps*G(x) after each of G's steps, taken in `precision` inside the
+    `enclosing` region."""
     D, G, x, y = fitted_pair()
     opt_G = core.make_optimizer("adam", G.parameters(), 0.002, betas=(0.5, 0.999))
     losses = []
-    with enclosing or core.autocast(CPU, "float32"):
+    with ENCLOSING[enclosing]():
         for _ in range(steps):
             core.generator_step(D, G, opt_G, x, x, y, EPS, precision=precision)
             losses.append(float32_adversarial_loss(D, G, x, y))
@@ -69,13 +76,12 @@ def test_autocast_casts_a_weight_afresh_after_it_changes():
     assert before.dtype == torch.bfloat16 and not torch.equal(before, after)
 
 
-@pytest.mark.parametrize("enclosing", [None, "a caller's autocast region with its cache on"])
+@pytest.mark.parametrize("enclosing", ENCLOSING)
 def test_each_generator_step_sees_the_one_before(enclosing):
     """Five G steps under bf16 raise D's loss as much as five float32 steps (within 15 % of the gain;
     with stale casts the gain was 6 % of float32's) and every step raises it further."""
-    region = torch.autocast("cpu", dtype=torch.bfloat16) if enclosing else None
     float32 = generator_losses("float32")
-    bf16 = generator_losses("bf16", region)
+    bf16 = generator_losses("bf16", enclosing)
     start = float32_adversarial_loss(*fitted_pair())
     gain32, gain16 = float32[-1] - start, bf16[-1] - start
     assert gain32 > 0.05, float32  # the probe is informative: float32 steps raise the loss
@@ -83,7 +89,7 @@ def test_each_generator_step_sees_the_one_before(enclosing):
     assert all(b > a for a, b in zip(bf16, bf16[1:])), bf16
 
 
-def c_step(precision, enclosing=None):
+def c_step(precision, enclosing="nothing"):
     """One whole C step (5 G steps, D's regularised step) run as the training loop runs it: the change
     it makes to D's logits on the batch (eval mode), and its statistics."""
     D, G, x, y = fitted_pair()
@@ -91,7 +97,7 @@ def c_step(precision, enclosing=None):
     D_before = copy.deepcopy(D).eval()
     step, _ = core.make_step("advnet", D, G, settings)
     step = experiment.graphed_or_eager(step, settings, CPU)
-    with enclosing or core.autocast(CPU, "float32"):
+    with ENCLOSING[enclosing]():
         stats = step(x, y)
     with torch.no_grad():
         return D.eval()(x) - D_before(x), stats
@@ -101,14 +107,14 @@ def relative_error(measured, reference):
     return ((measured - reference).norm() / reference.norm()).item()
 
 
-@pytest.mark.parametrize("enclosing", [None, "a caller's autocast region with its cache on"])
+@pytest.mark.parametrize("enclosing", ENCLOSING)
 def test_a_c_step_under_bf16_moves_d_and_g_as_float32_does(enclosing):
     """D's update, seen in its logits, is within 30 % of float32's (bf16: 10 %; with stale casts, 74 %),
     and G's five steps raise D's loss as much (g_gain within 15 %; with stale casts, 8 % of float32's).
     G's parameters themselves are no measure: Adam's first steps are nearly sign steps, so rounding
     flips the many components whose gradient is near zero, and G's update is 60 % off float32's."""
     d32, stats32 = c_step("float32")
-    d16, stats16 = c_step("bf16", torch.autocast("cpu", dtype=torch.bfloat16) if enclosing else None)
+    d16, stats16 = c_step("bf16", enclosing)
     assert relative_error(d16, d32) < 0.3
     gain32, gain16 = stats32["g_gain"].item(), stats16["g_gain"].item()
     assert gain32 > 0.05 and abs(gain16 - gain32) < 0.15 * gain32, (gain32, gain16)

@@ -73,6 +73,108 @@ def test_cw_margin_is_positive_exactly_when_misclassified():
     assert core.cw_margin(logits, y).tolist() == [-2.0, 2.0]
 
 
+# ------------------------------------------------------------------ the worst case, with known outcomes
+class FlagReader(nn.Module):
+    """A 1x3 image: pixel 0 encodes a class c, pixel 1 is a flag, pixel 2 an example's id. Predicts c while
+    the flag stays near its clean value, c + 1 once an attack has raised it by eps."""
+
+    def forward(self, x):
+        c = (x[:, 0, 0, 0] * 10).floor().long()
+        flipped = x[:, 0, 0, 1] > FLAG + EPS / 2
+        logits = F.one_hot(torch.where(flipped, c + 1, c) % 10, 10).float()
+        return logits + 0 * x.flatten(1).sum(1, keepdim=True)  # on the input's graph, with a zero gradient
+
+
+FLAG = 128 / 255
+N_STUB = 40
+FOOLED = {"fgs": {i for i in range(N_STUB) if i % 3 == 0}, "pgd_ce": {i for i in range(N_STUB) if i % 5 == 1},
+          "pgd_cw": {i for i in range(N_STUB) if i % 7 == 2}}
+FOOLED_BY_TRANSFER = {i for i in range(N_STUB) if i % 11 == 3}
+WRONG_ON_CLEAN = {i for i in range(N_STUB) if i % 4 == 2}
+
+
+def stub_data():
+    ids = torch.arange(N_STUB)
+    classes = ids % 10
+    images = torch.stack([(classes * 255 + 128) // 10, torch.full_like(ids, 128), ids * 5], 1).view(N_STUB, 1, 1, 3)
+    labels = torch.where(torch.tensor([i in WRONG_ON_CLEAN for i in range(N_STUB)]), (classes + 5) % 10, classes)
+    return images.to(torch.uint8), labels
+
+
+def raise_flag(fooled):
+    """An attack that fools exactly the examples whose id is in `fooled` (it raises their flag by eps)."""
+    def craft(x):
+        ids = (x[:, 0, 0, 2] * 255 / 5).round().long()
+        hit = torch.tensor([int(i) in fooled for i in ids])
+        x_adv = x.clone()
+        x_adv[hit, 0, 0, 1] += EPS
+        return x_adv
+    return craft
+
+
+def test_robust_is_exactly_the_per_example_and_of_clean_every_attack_and_transfer():
+    """Stub attacks with known per-example outcomes, over three batches: each attack's accuracy and `robust`
+    are exact; robust is neither the minimum over attacks nor anything the eps sweep adds. Fails for a worst
+    case that also counts the sweep (too low), that leaves out the transfers or an attack (too high)."""
+    target, surrogate = FlagReader(), FlagReader()
+    attacks = {name: (lambda fooled: lambda m, x, y: raise_flag(FOOLED_BY_TRANSFER if m is surrogate else fooled)(x))(f)
+               for name, f in FOOLED.items()}
+    images, labels = stub_data()
+    result = core.strong_evaluation({"M": target}, images, labels, EPS, torch.device("cpu"), attacks, {"S'": surrogate},
+                                    batch_size=16, sweep=(1.0,), sweep_steps=1)["M"]
+    percent = lambda right: round(100.0 * len(right) / N_STUB, 2)
+    right_clean = set(range(N_STUB)) - WRONG_ON_CLEAN
+    assert result["clean"] == percent(right_clean)
+    for name, fooled in FOOLED.items():
+        assert result[name] == percent(right_clean - fooled), name
+    assert result["transfer_S'"] == percent(right_clean - FOOLED_BY_TRANSFER)
+    robust = right_clean - set().union(*FOOLED.values(), FOOLED_BY_TRANSFER)
+    assert result["robust"] == percent(robust), result
+    assert result["robust"] < min(result[k] for k in [*FOOLED, "transfer_S'"]), "the AND must differ from the minimum"
+    assert result["eps_0.5"] < result["robust"], "the sweep's large eps must be able to lower robust for this to mean anything"
+
+
+# ------------------------------------------------------------------ each masking check at its threshold
+QUIET = {"clean": 90.0, "eps_0.5": 0.0, "fgs": 50.0, "pgd10": 45.0, "pgd_ce": 40.0, "pgd_cw": 41.0, "apgd_ce": 40.0,
+         "square": 45.0, "transfer_A'": 60.0, "eps_0.05": 60.0, "eps_0.1": 40.0, "eps_0.2": 10.0,
+         "zero_gradient_percent": 0.0, "robust": 38.0}  # eps_0.5 first: the curve must be sorted by eps, not read in order
+
+
+def at_and_past(check, points, large, zero):
+    """(changes at the check's threshold: no flag; changes just past it: a flag) for a QUIET result."""
+    best = 40.0  # the best gradient attack of QUIET
+    return {"iterative_beats_single_step": ({"pgd_ce": 50.0 + points}, {"pgd_ce": 50.01 + points}),
+            "accuracy_falls_with_eps": ({"eps_0.1": 60.0 + points}, {"eps_0.1": 60.01 + points}),
+            "large_eps_reaches_zero": ({"eps_0.5": large}, {"eps_0.5": large + 0.01}),
+            "transfer_not_below_white_box": ({"transfer_A'": best - points}, {"transfer_A'": best - points - 0.01}),
+            "gradient_free_not_better": ({"square": best - points}, {"square": best - points - 0.01}),
+            "input_gradients_nonzero": ({"zero_gradient_percent": zero}, {"zero_gradient_percent": zero + 0.01})}[check]
+
+
+CHECKS = ["iterative_beats_single_step", "accuracy_falls_with_eps", "large_eps_reaches_zero",
+          "transfer_not_below_white_box", "gradient_free_not_better", "input_gradients_nonzero"]
+
+
+@pytest.mark.parametrize("thresholds", [{}, dict(points=3.0, large_eps_accuracy=1.0, zero_gradient_percent=0.5)],
+                         ids=["defaults", "given"])
+@pytest.mark.parametrize("check", CHECKS)
+def test_each_masking_check_fires_just_past_its_threshold_and_alone(check, thresholds):
+    """Fails for a check that never fires, fires at its threshold, ignores its threshold argument, or fires
+    for another check's reason."""
+    limits = dict(points=2.0, large_eps_accuracy=5.0, zero_gradient_percent=1.0) | thresholds
+    assert set(core.masking_checks(QUIET, **thresholds)) == set(CHECKS)
+    assert not any(c["flag"] for c in core.masking_checks(QUIET, **thresholds).values())
+    at, past = at_and_past(check, limits["points"], limits["large_eps_accuracy"], limits["zero_gradient_percent"])
+    assert not any(c["flag"] for c in core.masking_checks(QUIET | at, **thresholds).values()), at
+    flags = {name for name, c in core.masking_checks(QUIET | past, **thresholds).items() if c["flag"]}
+    assert flags == {check}, (past, flags)
+
+
+def test_gradient_free_check_is_quiet_without_square():
+    result = {k: v for k, v in QUIET.items() if k != "square"} | {"pgd_ce": 40.0}
+    assert not core.masking_checks(result)["gradient_free_not_better"]["flag"]
+
+
 class Recorder:
     def __init__(self):
         self.updates = []
