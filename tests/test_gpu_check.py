@@ -195,3 +195,13 @@ def test_projection_adds_up_the_measured_steps_per_combination():
     assert projected["scripts"]["generators_study.py"]["eager"]["total"] == pytest.approx(generators, abs=1e-3)
     del steps["cifar/generator"]["graphed"]
     assert gpu_check.project({"steps": steps, "concurrent": concurrent}, evaluation)["all_scripts_hours"]["graphed"] is None
+
+
+def test_pytest_stopped_at_its_time_limit_leaves_its_log_and_a_note(tmp_path):
+    """On a GPU the compiled tests may outlast pytest_seconds: the subprocess is interrupted, not waited for."""
+    run = gpu_check.Run(CPU, gpu_check.SETTINGS | {"pytest_seconds": 2.0}, True, str(tmp_path / "check.json"), "test")
+    result = {}
+    gpu_check.pytest_part(run, result)
+    assert result["stopped"] == "stopped after 2 s" and result["returncode"] is not None
+    assert (tmp_path / result["log"]).exists()
+    assert gpu_check.pytest_verdicts(result, run.settings)["pytest"]["verdict"] == "not run"
