@@ -569,7 +569,7 @@ def training_lock(ckpt_path, name):
 def locked_training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop, train):
     s, fp = settings, fingerprint(settings, method, seed)
     step, modules = core.make_step(method, D, G, s)
-    step = graphed_or_eager(step, s, device)
+    step = graphed_or_eager(step, s, device, [m for m in modules.values() if isinstance(m, torch.optim.Optimizer)])
     record = {"method": method, "iters_done": 0, "train_seconds": 0.0, "history": []}
     if os.path.exists(ckpt_path):
         try:
@@ -748,14 +748,14 @@ def run_in_turn(runs, device, streams=True):
     return records
 
 
-def graphed_or_eager(step, settings, device):
+def graphed_or_eager(step, settings, device, optimizers=()):
     """The step as the loop calls it: as it is (it applies its own precision), or captured as a CUDA
-    graph (`cuda_graphs`)."""
+    graph (`cuda_graphs`) with the `optimizers` it steps."""
     if not settings["cuda_graphs"]:
         return step
     if device.type != "cuda":
         raise UserError("cuda_graphs=true needs a CUDA device; drop it on the CPU")
-    graphed = core.GraphedStep(step, device)
+    graphed = core.GraphedStep(step, device, optimizers=optimizers)
 
     def replayed(x, y):
         try:
