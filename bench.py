@@ -68,12 +68,17 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+BATCHES_PER_EPOCH = 50  # core.Batches draws each epoch's order on the host and copies it over, which waits for the GPU:
+                        # once in 781 iterations on CIFAR, so a benchmark of one batch per epoch would time a wait per step
+
+
 def batch_source(method, shape, batch_size, device):
-    """A fixed random batch; for EAT, a batch read through a StaticAdversarialSet, as training reads it."""
-    images = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, 10, (batch_size,), device=device)
+    """Random batches drawn as training draws them; for EAT, read through a StaticAdversarialSet."""
+    n = BATCHES_PER_EPOCH * batch_size
+    images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (n,), device=device)
     if method == "eat":
-        deltas = torch.zeros((3, batch_size, *shape), dtype=torch.float16, device=device)
+        deltas = torch.zeros((3, n, *shape), dtype=torch.float16, device=device)
         data = core.StaticAdversarialSet(images, labels, deltas, 0.03)
         return core.Batches(data, data.labels, batch_size, 0, device)
     return core.Batches(images, labels, batch_size, 0, device)
@@ -82,15 +87,18 @@ def batch_source(method, shape, batch_size, device):
 def runnable_step(method, script, settings, shape, device, path, warmup):
     """(step(x, y) -> stats as the path runs it, batches) for a freshly built model."""
     flags = PATHS[path]
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as core.to_device sets it for training
     D, G = script.build_D(settings), script.build_G(settings)
     layout = torch.channels_last if flags["channels_last"] else torch.contiguous_format
     D, G = D.to(device, memory_format=layout), G.to(device, memory_format=layout)
     if flags.get("compile"):
         D.compile(), G.compile()
-    step, _ = core.make_step(method, D, G, settings | {"precision": "bf16" if flags["bf16"] else "float32"})
+    step, modules = core.make_step(method, D, G, settings | {"precision": "bf16" if flags["bf16"] else "float32"})
     batches = batch_source(method, shape, settings["batch_size"], device)
     if flags.get("graphs"):
-        return core.GraphedStep(step, device, warmup), batches
+        optimizers = [m for m in modules.values() if isinstance(m, torch.optim.Optimizer)]
+        return core.GraphedStep(step, device, warmup, optimizers), batches
     return step, batches
 
 
@@ -108,11 +116,13 @@ def measure(method, script, settings, shape, device, path, bench):
     return {"it_per_s": round(1 / seconds, 3), "images_per_s": round(settings["batch_size"] / seconds, 1)}
 
 
-def measure_concurrent(script, settings, shape, device, bench):
-    """Seconds per round of the script's six models, each a graphed step driven by the training loop's
-    experiment.run_in_turn, each on its own CUDA stream: one iteration of every model per round."""
+def measure_concurrent(script, settings, shape, device, bench, path="graphed", timed_rounds=None):
+    """Seconds per round of the script's six models, each a step along `path` driven by the training
+    loop's experiment.run_in_turn, each on its own CUDA stream: one iteration of every model per round.
+    `timed_rounds` rounds are timed (default: bench["iters"])."""
     torch.manual_seed(0)
-    runs = [runnable_step(method, script, settings, shape, device, "graphed", bench["warmup"]) for method in SCRIPT_MODELS]
+    timed_rounds = timed_rounds or bench["iters"]
+    runs = [runnable_step(method, script, settings, shape, device, path, bench["warmup"]) for method in SCRIPT_MODELS]
 
     def iterations(run, batches, first, count):
         for it in range(first, first + count):
@@ -125,9 +135,9 @@ def measure_concurrent(script, settings, shape, device, bench):
     rounds(0, bench["warmup"] + 1)
     sync(device)
     t0 = time.perf_counter()
-    rounds(bench["warmup"] + 1, bench["iters"])
+    rounds(bench["warmup"] + 1, timed_rounds)
     sync(device)
-    return (time.perf_counter() - t0) / bench["iters"]
+    return (time.perf_counter() - t0) / timed_rounds
 
 
 HOST_SYNCS = {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero"}  # read a value back
@@ -170,11 +180,11 @@ def count_step(method, script, settings, shape, device):
 
 def regulariser_errors(script, settings, shape, device):
     """Relative L2 error, against float64 on the same batch, of the regulariser's gradient
-    (gamma/h)[grad F(phi + h v) - grad F(phi)] at the paper's h under bf16 autocast: as implemented
-    (adversarial term in float32), and with core.full_precision lifted, as if that term ran in bf16
-    (and TF32) like the rest."""
+    (gamma/h)[grad F(phi + h v) - grad F(phi)] at the paper's h: in float32 (float32's own error at this
+    h, the floor), and under bf16 autocast as implemented (adversarial term in IEEE float32) and with
+    core.full_precision lifted, as if that term ran in bf16 (and TF32) like the rest."""
     torch.manual_seed(0)
-    D, G = script.build_D(settings).to(device), script.build_G(settings).to(device)
+    D, G = core.to_device(script.build_D(settings), device), core.to_device(script.build_G(settings), device)
     x = torch.rand(settings["batch_size"], *shape, device=device)
     y = torch.randint(0, 10, (settings["batch_size"],), device=device)
     h = core.fd_step(settings)
@@ -190,17 +200,17 @@ def regulariser_errors(script, settings, shape, device):
             parts.append(torch.cat([g.double().flatten() for g in grads]))
         return parts[0] - parts[1]
 
-    def error(full_precision):
+    def error(precision, full_precision=core.full_precision):
         kept, core.full_precision = core.full_precision, full_precision
         try:
-            measured = regulariser(D, G, x, "bf16")
+            measured = regulariser(D, G, x, precision)
         finally:
             core.full_precision = kept
         return round(((measured - reference).norm() / reference.norm()).item(), 6)
 
     reference = regulariser(copy.deepcopy(D).double(), copy.deepcopy(G).double(), x.double(), "float32")
-    return {"float32_adversarial_term": error(core.full_precision),
-            "bf16_throughout": error(lambda device: contextlib.nullcontext())}
+    return {"float32": error("float32"), "float32_adversarial_term": error("bf16"),
+            "bf16_throughout": error("bf16", lambda device: contextlib.nullcontext())}
 
 
 def project(rows, network, path):

@@ -706,17 +706,17 @@ class GraphedStep:
     """A training step captured once as a CUDA graph and replayed: one launch per iteration instead of
     thousands (a CIFAR adversarial-network step dispatches about 3,600 operators), following PyTorch's
     whole-network capture recipe. The step must read nothing back to the host (the steps above don't),
-    its optimisers must be fused or capturable, and learning rates must change in place
-    (`set_learning_rate`). The step applies its own precision: `autocast`'s cast cache is off, as a
-    capture needs (a cached cast would outlive the captured region).
+    its `optimizers` must keep their step counts and learning rates on the device (`make_optimizer`),
+    and learning rates must change in place (`set_learning_rate`). The step applies its own precision:
+    `autocast`'s cast cache is off, as a capture needs (a cached cast would outlive the captured region).
 
     Calling it runs the step eagerly on a side stream for the first `warmup` calls (cuDNN autotuning,
     optimiser state, lazy initialisation), captures it on the next call's batch, and from then on
     copies each batch into the static inputs and replays. It returns the step's statistics as static
     tensors, overwritten by the next call: accumulate them on the device and read them rarely."""
 
-    def __init__(self, step, device, warmup=3):
-        self.step, self.device, self.warmup = step, device, warmup
+    def __init__(self, step, device, warmup=3, optimizers=()):
+        self.step, self.device, self.warmup, self.optimizers = step, device, warmup, list(optimizers)
         self.graph, self.calls, self.replays = None, 0, 0
 
     def __call__(self, x, y):
@@ -739,8 +739,26 @@ class GraphedStep:
     def capture(self, x, y):
         self.static_x, self.static_y = x.clone(), y.clone()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.device(self.device), capturable(self.optimizers), torch.cuda.graph(self.graph):
             self.static_stats = self.step(self.static_x, self.static_y)
+
+
+@contextlib.contextmanager
+def capturable(optimizers):
+    """The optimisers' groups say `capturable` inside the block, and get their own flag back after it.
+    torch refuses to capture an Adam step whose groups do not say so, although the fused kernels
+    (`make_optimizer`) read their step counts and learning rate from the device either way. Only for
+    the capture: replays run no Python, a checkpoint would carry the flag on, and torch warns about
+    every eager step of a capturable optimiser."""
+    groups = [group for optimizer in optimizers for group in optimizer.param_groups if "capturable" in group]
+    saved = [group["capturable"] for group in groups]
+    for group in groups:
+        group["capturable"] = True
+    try:
+        yield
+    finally:
+        for group, flag in zip(groups, saved):
+            group["capturable"] = flag
 
 
 class StaticAdversarialSet:
@@ -834,11 +852,11 @@ def evaluate_table(targets, surrogates, images, labels, eps, device, batch_size=
     return {t: {c: round(100.0 * int(n) / len(images), 2) for c, n in cols.items()} for t, cols in hits.items()}
 
 
-def transfer_accuracy(targets, craft, images, labels, eps, device, batch_size=500, precision="auto"):
+def transfer_accuracy(targets, craft, images, labels, eps, device, batch_size=500, precision="auto", bn="running"):
     """Accuracy in percent of each target on `craft(x, y)`, crafted once per batch (threat model
-    checked) and scored on every target, all in eval mode, forward passes in `precision`."""
+    checked) and scored on every target, all in `scoring_mode(bn)`, forward passes in `precision`."""
     hits = dict.fromkeys(targets, 0)
-    with scoring_mode(list(targets.values())), autocast(device, precision):
+    with scoring_mode(list(targets.values()), bn), autocast(device, precision):
         for start in range(0, len(images), batch_size):
             x = to_float(images[start:start + batch_size].to(device))
             y = labels[start:start + batch_size].to(device)

@@ -51,6 +51,9 @@ def build_eat_set(model, images, labels, settings, device, progress=None):
 def run_dataset(key, args, device):
     script, paper_key, configure = DATASETS[key]
     name, settings, load = configure(args)
+    if settings["val_n"]:
+        raise experiment.UserError("ensemble.py: val_n would hold images out of the models' training but not out of the "
+                                   "EAT set built from them; run it without val_n (and eval_every)")
     provenance = experiment.provenance(device, experiment.command_line(args), settings["precision"])
     ckpt_dir = os.path.join(args.ckpt_dir or "checkpoints", name)  # the data set's own: its models are reused
     train_x, train_y, test_x, test_y = load()

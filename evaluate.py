@@ -1,5 +1,6 @@
 """Scores any model checkpoint this repository writes (A, B, C and their copies, EAT, the generator
-study's co-trained models) on a data set's test images: clean, FGS and PGD (white box), and with
+study's co-trained models, and the snapshots <model>.iter<N>.pt that keep_every keeps; the JSON names
+the iteration scored) on a data set's test images: clean, FGS and PGD (white box), and with
 --strong-eval the strong evaluation of the data-set scripts (the same code path: PGD-100x5, PGD-CW,
 AutoAttack's cascade and attacks, the checkpoint's own generator where it has one, masking checks).
 Writes a results JSON with provenance; --robustbench also writes RobustBench's model_info JSON.
@@ -15,6 +16,7 @@ otherwise; --protocol, if given, must be the checkpoint's. --set changes the eva
 --set strong_n=0 for every scored image).
 """
 import argparse
+import copy
 import json
 import os
 import time
@@ -92,15 +94,17 @@ def build(script, settings, ckpt, path, device):
     return D.eval(), G.eval() if "G" in ckpt else None
 
 
-def trained_settings(script, authors, trained, method, args):
+def trained_settings(script, authors, trained, method, args, scoring=None):
     """The settings a checkpoint is scored with: its script's, under the protocol of its fingerprint (which
-    leaves out the paper's), the fingerprint's own values over them, then this command's."""
+    leaves out the paper's), the fingerprint's own values over them, `scoring` over those, then this command's."""
     protocol = trained.get("protocol", "paper")
-    if args.protocol not in (None, protocol):
+    if getattr(args, "protocol", None) not in (None, protocol):
         raise experiment.UserError(f"{args.checkpoint} was trained under the {protocol} protocol, not {args.protocol}: "
                                    f"drop --protocol (the checkpoint says which)")
+    args = copy.copy(args)
     args.protocol = protocol
-    return experiment.model_settings(experiment.resolve_settings(script.SETTINGS, args, trained, authors), method)
+    resolved = experiment.resolve_settings(script.SETTINGS, args, trained | (scoring or {}), authors)
+    return experiment.model_settings(resolved, method)
 
 
 def main(argv=None):
@@ -115,11 +119,11 @@ def main(argv=None):
     test_x, test_y = load_test(args)
     started = time.time()
     record = ckpt["record"]
-    if record["iters_done"] < settings["iters"]:
-        print(f"note: {args.checkpoint} is unfinished ({record['iters_done']} of {settings['iters']} iterations)")
+    print(f"scoring {args.checkpoint}: iteration {record['iters_done']} of {settings['iters']}"
+          + (" (unfinished, or a kept snapshot)" if record["iters_done"] < settings["iters"] else ""))
     report = {"experiment": "evaluate", "checkpoint": os.path.abspath(args.checkpoint), "dataset": args.dataset,
-              "protocol": settings["protocol"], "method": method, "seed": seed, "trained_settings": trained,
-              "settings": settings,
+              "protocol": settings["protocol"], "method": method, "seed": seed, "iteration": record["iters_done"],
+              "trained_settings": trained, "settings": settings,
               "model": {k: v for k, v in record.items() if k != "history"},
               "provenance": experiment.provenance(device, experiment.command_line(args), settings["precision"]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

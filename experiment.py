@@ -76,6 +76,9 @@ COMMON_SETTINGS = dict(
     strong_restarts=5,       # --strong-eval: random restarts of PGD-CE
     square_queries=5000,     # --strong-eval: queries of the Square attack (AutoAttack standard: 5000)
     eat_n=0,                 # ensemble.py: training images the EAT set is built from (the first n); 0 = all
+    val_n=0,                 # training images held out as a validation split (drawn by HELD_OUT_SEED, the same for every model); 0 = none
+    eval_every=0,            # iterations between scorings of the validation split (clean, FGS, PGD; C: its generator), float32; 0 = never
+    keep_every=0,            # iterations between kept checkpoints, <model>.iter<N>.pt beside the running one; 0 = none
     eat_bn="running",        # ensemble.py: batch norm of A while it crafts the EAT set: running, or batch (on minibatches of batch_size)
     protocol="paper",        # paper, or authors: set by --protocol, which resolves the settings (resolve_settings)
     protocol_source="",      # --protocol authors: the authors' code the values come from, and what is extrapolated
@@ -114,7 +117,8 @@ SETTING_RANGES = dict(
     g_weight_decay="[0, inf)", augment_pad="[0, inf)",
     lam="[0, inf)", gamma="(-inf, inf)", fd_h="[0, inf)", pgd_steps="[1, inf)", pgd_alpha="[0, 1]", test_n="[0, inf)",
     eval_batch="[1, inf)", log_every="[1, inf)", ckpt_minutes="[0, inf)", strong_n="[0, inf)", strong_steps="[1, inf)",
-    strong_restarts="[1, inf)", square_queries="[1, inf)", eat_n="[0, inf)",
+    strong_restarts="[1, inf)", square_queries="[1, inf)", eat_n="[0, inf)", val_n="[0, inf)", eval_every="[0, inf)",
+    keep_every="[0, inf)",
 )
 
 
@@ -194,6 +198,11 @@ def check_model_settings(s):
     for key in ("bn_eval", "eat_bn"):
         if s[key] not in core.BN_MODES:
             raise UserError(f"{key} must be one of {', '.join(core.BN_MODES)}, not {s[key]!r}")
+    if s["eval_every"] and not s["val_n"]:
+        raise UserError("eval_every needs a validation split held out of the training set: set val_n too (e.g. val_n=1000)")
+    if s["eval_every"] and s["keep_every"] % s["eval_every"]:
+        raise UserError(f"keep_every={s['keep_every']} is not a multiple of eval_every={s['eval_every']}: every kept "
+                        "snapshot is scored on the validation split, so that the best one can be named")
 
 
 def model_settings(settings, method):
@@ -229,7 +238,7 @@ def check_ranges(settings):
 
 RUNTIME_SETTINGS = {"test_n", "eval_batch", "log_every", "ckpt_minutes", "bn_eval", "strong_n", "strong_steps",
                     "strong_restarts", "square_queries", "compile", "precision",
-                    "cuda_graphs", "concurrent_models", "protocol_source"}
+                    "cuda_graphs", "concurrent_models", "eval_every", "keep_every", "protocol_source"}
 
 
 def fingerprint(settings, method, seed):
@@ -242,6 +251,8 @@ def fingerprint(settings, method, seed):
         kept.pop("eat_n", None)
     if method != "eat":
         kept.pop("eat_bn", None)
+    if not kept.get("val_n"):  # nothing held out: how every checkpoint older than val_n was trained
+        kept.pop("val_n", None)
     return json.dumps(kept | {"method": method, "model_seed": seed})
 
 
@@ -634,7 +645,7 @@ def training_lock(ckpt_path, name):
 def locked_training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop, train):
     s, fp = model_settings(settings, method), fingerprint(settings, method, seed)
     step, modules = core.make_step(method, D, G, s)
-    step = graphed_or_eager(step, s, device)
+    step = graphed_or_eager(step, s, device, [m for m in modules.values() if isinstance(m, torch.optim.Optimizer)])
     record = {"method": method, "iters_done": 0, "train_seconds": 0.0, "history": []}
     if os.path.exists(ckpt_path):
         try:
@@ -649,16 +660,17 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
     if record["iters_done"] >= s["iters"] or not train:
         return record
 
-    def save():
+    def save(path=ckpt_path):
         try:
-            core.save_checkpoint(ckpt_path, {"fingerprint": fp, "record": record, "rng": core.rng_state(device),
-                                             **{k: m.state_dict() for k, m in modules.items()}})
+            core.save_checkpoint(path, {"fingerprint": fp, "record": record, "rng": core.rng_state(device),
+                                        **{k: m.state_dict() for k, m in modules.items()}})
         except OSError as err:  # a full disk, say: atomic_write has kept the last good checkpoint
-            raise UserError(f"{name}: training reached iteration {record['iters_done']} of {s['iters']}, but its checkpoint "
+            raise UserError(f"{name}: training reached iteration {record['iters_done']} of {s['iters']}, but {path} "
                             f"could not be saved ({err.strerror or err}); {kept_checkpoint(ckpt_path)}: free some space "
                             "and run the same command to resume") from None
 
     batches = make_batches()
+    note_held_out(record, batches, s)
     start = record["iters_done"]
     commit, dirty = GIT_AT_START  # a model may be trained over several invocations: each one is recorded
     record.setdefault("sessions", []).append({"from_iter": start, "git_commit": commit, "git_dirty": dirty,
@@ -680,7 +692,7 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
             sums[k] = sums.get(k, 0) + v.float()
             counts[k] = counts.get(k, 0) + 1
         last = it + 1 == s["iters"]
-        if (it + 1) % s["log_every"] == 0 or last or stop.raised:
+        if (it + 1) % s["log_every"] == 0 or last or stop.raised or milestone(it + 1, s):
             means = {k: v.item() / counts[k] for k, v in sums.items()}  # the one host sync per interval
             if not all(math.isfinite(v) for v in means.values()):
                 raise UserError(f"{name}: loss became NaN/inf before iteration {it + 1}; stopped, {kept_checkpoint(ckpt_path)}; "
@@ -690,13 +702,94 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
             record["train_seconds"] = seconds_before + time.time() - t_start
             sums, counts = {}, {}
             progress.update(it + 1, " ".join(f"{k}={v:.3f}" for k, v in means.items() if k in ("loss", "acc", "acc_adv")))
+            validate_if_due(name, method, D, G, batches, s, device, it + 1, record)
             if last or stop.raised or time.time() - t_saved >= 60 * s["ckpt_minutes"]:
                 save()
                 t_saved = time.time()
+            keep_if_due(ckpt_path, s, it + 1, record, save)
             if stop.raised:
                 raise KeyboardInterrupt(f"{name}: stopped at iteration {it + 1}; checkpoint saved to {ckpt_path}")
         yield
     return record
+
+
+def milestone(it, settings):
+    """Whether iteration `it` (counted from 1) is one where the validation split is scored or a snapshot kept."""
+    return any(settings[k] and it % settings[k] == 0 for k in ("eval_every", "keep_every"))
+
+
+def note_held_out(record, batches, settings):
+    """The record says which images training did not see: the results JSON carries it."""
+    if getattr(batches, "held_out", None):
+        record["held_out"] = {"val_n": len(batches.held_out[1]), "seed": HELD_OUT_SEED, "train_n": len(batches.images)}
+
+
+def validate_if_due(name, method, D, G, batches, settings, device, it, record):
+    """At every `eval_every` iterations, the validation scores of the model as it is (`validate`) join
+    `record["val_history"]`; G's attack only where G is trained with D (C). A generator trained
+    against a fixed D (method "generator") leaves D as it was: nothing to score."""
+    if not settings["eval_every"] or it % settings["eval_every"] or method == "generator":
+        return
+    if getattr(batches, "held_out", None) is None:
+        raise ValueError("eval_every: the batches hold no validation split (make them with batch_maker and val_n)")
+    scores = validate(D, G if method == "advnet" else None, batches.held_out, settings, device)
+    record.setdefault("val_history", []).append({"iter": it, **scores})
+    print(f"{name}: validation at iteration {it}, {len(batches.held_out[1])} images: "
+          + ", ".join(f"{k} {v}" for k, v in scores.items() if k != "seconds") + f" ({scores['seconds']} s)", file=sys.stderr)
+
+
+def validate(D, G, held_out, settings, device):
+    """Accuracy in percent of D on the held-out (images, labels): clean, FGS and PGD (`pgd_steps`), and
+    under G's attack where G is given, in IEEE float32, batch norm as `bn_eval` says for D and in eval
+    mode for G; `seconds` it took. Training goes on as if it had not run: the attacks draw their random
+    starts from the global RNG seeded afresh with the run's seed (the same scores for the same weights,
+    in a resumed run too), and its state is given back, as scoring_mode gives back modes and BN statistics."""
+    s, (images, labels) = settings, held_out
+    saved, t0 = core.rng_state(device), time.time()
+    try:
+        torch.manual_seed(s["seed"])
+        with core.full_precision(device):
+            scores = core.evaluate_table({"D": D}, {}, images, labels, s["eps"], device, s["eval_batch"], s["pgd_steps"],
+                                         s["pgd_alpha"] or None, bn=s["bn_eval"], precision="float32")["D"]
+            if G is not None:
+                with core.scoring_mode([G]):
+                    scores["generator"] = core.transfer_accuracy(
+                        {"D": D}, lambda x, y: core.generator_attack(G, x, y, s["eps"]), images, labels, s["eps"], device,
+                        s["eval_batch"], "float32", s["bn_eval"])["D"]
+    finally:
+        core.set_rng_state(saved, device)
+    return scores | {"seconds": round(time.time() - t0, 2)}
+
+
+def snapshot_path(ckpt_path, it):
+    """Where the checkpoint `ckpt_path` as it was at iteration `it` is kept: C.pt -> C.iter1000.pt."""
+    stem, ext = os.path.splitext(ckpt_path)
+    return f"{stem}.iter{it}{ext}"
+
+
+def keep_if_due(ckpt_path, settings, it, record, save):
+    """At every `keep_every` iterations, the checkpoint is also kept as snapshot_path(ckpt_path, it), which
+    nothing removes (a run resumed from before it writes the same one again). The snapshot is written
+    before the running checkpoint that lists it in `record["snapshots"]`, so that a run killed between
+    the two writes redoes both."""
+    if not settings["keep_every"] or it % settings["keep_every"]:
+        return
+    if it not in record.setdefault("snapshots", []):
+        record["snapshots"].append(it)
+    record["best_snapshot"] = best_snapshot(record)
+    save(snapshot_path(ckpt_path, it))
+    save()
+
+
+def best_snapshot(record):
+    """The kept snapshot with the highest validation PGD accuracy (the earliest among equals), or None
+    where no snapshot was scored: {iter, val_pgd, val_clean}."""
+    scores = {v["iter"]: v for v in record.get("val_history", [])}
+    scored = [scores[it] for it in record.get("snapshots", []) if it in scores]
+    if not scored:
+        return None
+    best = max(scored, key=lambda v: v["pgd"])
+    return {"iter": best["iter"], "val_pgd": best["pgd"], "val_clean": best["clean"]}
 
 
 def kept_checkpoint(path):
@@ -734,14 +827,14 @@ def run_in_turn(runs, device, streams=True):
     return records
 
 
-def graphed_or_eager(step, settings, device):
+def graphed_or_eager(step, settings, device, optimizers=()):
     """The step as the loop calls it: as it is (it applies its own precision), or captured as a CUDA
-    graph (`cuda_graphs`)."""
+    graph (`cuda_graphs`) with the `optimizers` it steps."""
     if not settings["cuda_graphs"]:
         return step
     if device.type != "cuda":
         raise UserError("cuda_graphs=true needs a CUDA device; drop it on the CPU")
-    graphed = core.GraphedStep(step, device)
+    graphed = core.GraphedStep(step, device, optimizers=optimizers)
 
     def replayed(x, y):
         try:
@@ -764,17 +857,37 @@ def build_models(seed, settings, build_D, build_G, device):
     return D, G
 
 
+HELD_OUT_SEED = 2019  # draws the validation split: one split for every model and seed, the copies included
+
+
+def held_out_split(images, labels, n):
+    """((training images, labels), (held-out images, labels)): `n` images drawn by HELD_OUT_SEED are
+    held out, the rest kept in their order."""
+    if not isinstance(images, torch.Tensor):
+        raise UserError("val_n holds out images of a data set's training images, not of a derived training set (EAT's)")
+    if n >= len(images):
+        raise UserError(f"val_n={n} would hold out all {len(images)} training images")
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(HELD_OUT_SEED))
+    held, kept = order[:n].sort().values, order[n:].sort().values
+    return (images[kept], labels[kept]), (images[held], labels[held])
+
+
 def batch_maker(seed, settings, data, device):
     """make_batches for train_model: `data()` gives the training (images, labels), asked for only when
-    there is training to do."""
+    there is training to do. With `val_n`, those images are held out (held_out_split) and the batches
+    carry them, on the device, as `held_out` (else None)."""
     def make_batches():
         images, labels = data()
-        pad = settings["augment_pad"]
+        held_out, pad = None, settings["augment_pad"]
+        if settings["val_n"]:
+            (images, labels), held_out = held_out_split(images, labels, settings["val_n"])
         try:
-            return core.Batches(images, labels, settings["batch_size"], seed, device,
-                                (lambda x: core.crop_flip(x, pad)) if settings["augment"] else None)
+            batches = core.Batches(images, labels, settings["batch_size"], seed, device,
+                                   (lambda x: core.crop_flip(x, pad)) if settings["augment"] else None)
         except ValueError as err:  # a training set smaller than one batch
             raise UserError(str(err)) from None
+        batches.held_out = held_out and tuple(t.to(device) for t in held_out)
+        return batches
     return make_batches
 
 

@@ -84,6 +84,11 @@ STRONG_ACCURACY = ["clean", "pgd10", "pgd_ce", "pgd_cw", "robust"]
 STATS_FIELDS = {"mean": NUMBER, "std": (int, float, type(None)), "n": int}
 GENERATOR_FIELDS = RUN_FIELDS | {"settings.seed": NUMBER, "attack_training": dict, "n_test": NUMBER,
                                  "table5": dict, "table6": dict, "examples": str}
+OVER_TRAINING_FIELDS = {"dataset": str, "scoring.test_n": NUMBER, "scoring.strong_n": NUMBER, "provenance.command": str,
+                        "models": dict}
+SNAPSHOT_FIELDS = {"iter": NUMBER, "n_test": NUMBER, "autoattack_n": NUMBER, "accuracy.clean": NUMBER,
+                   "accuracy.pgd10": NUMBER, "accuracy.pgd_ce": NUMBER, "on_autoattack_images.pgd10": NUMBER,
+                   "on_autoattack_images.autoattack": NUMBER}
 
 
 class BadResult(Exception):
@@ -92,7 +97,7 @@ class BadResult(Exception):
 
 class Result(NamedTuple):
     file: str        # name in RESULTS_DIR
-    experiment: str  # mnist ... cifar100, ensemble, generators
+    experiment: str  # mnist ... cifar100, ensemble, generators, over_training
     quick: bool      # a --quick smoke test
     data: dict
     protocol: str    # paper (the settings of the paper's text; files older than --protocol) or authors
@@ -177,7 +182,21 @@ def check_generators(data):
     check_strong(data)
 
 
-CHECKS = {**{name: check_dataset_file for name in DATASETS}, "ensemble": check_ensemble, "generators": check_generators}
+def check_over_training(data):
+    check_fields(data, OVER_TRAINING_FIELDS)
+    for name in data["models"]:
+        snapshots = need(data, f"models.{name}.snapshots", list)
+        if not snapshots:
+            raise BadResult(f"'models.{name}.snapshots' is empty")
+        for i, entry in enumerate(snapshots):
+            try:
+                check_fields(entry, SNAPSHOT_FIELDS)
+            except BadResult as err:
+                raise BadResult(f"models.{name}.snapshots[{i}]: {err}") from None
+
+
+CHECKS = {**{name: check_dataset_file for name in DATASETS}, "ensemble": check_ensemble, "generators": check_generators,
+          "over_training": check_over_training}
 
 
 def load_result(path):
@@ -209,7 +228,7 @@ def load_all(folder):
             results.append(load_result(path))
         except BadResult as err:
             problems.append(f"{path.name}: not shown: {err}")
-    order = DATASETS + ["ensemble", "generators"]
+    order = DATASETS + ["ensemble", "generators", "over_training"]
     return sorted(results, key=lambda r: (order.index(r.experiment), r.protocol != "paper", r.quick, r.file)), problems
 
 
@@ -252,7 +271,8 @@ def for_each(results, show, none_line):
 
 loaded, problems = load_all(RESULTS_DIR)
 shown, hidden = hide_superseded_quick(loaded)
-missing = [f"{name}.json ({COMMANDS[name]} --gpu 0)" for name in CHECKS if not (RESULTS_DIR / f"{name}.json").exists()]
+# over_training.json is not listed: it scores checkpoints trained for it (README: Robust accuracy over training)
+missing = [f"{name}.json ({COMMANDS[name]} --gpu 0)" for name in COMMANDS if not (RESULTS_DIR / f"{name}.json").exists()]
 print(f"results folder: {RESULTS_DIR.resolve()}" + ("" if RESULTS_DIR.is_dir() else " (does not exist)"))
 print("shown:", ", ".join(r.file + (" (quick smoke test)" if r.quick else "") for r in shown) or "nothing")
 print("missing:", ", ".join(missing) or "nothing")
@@ -659,7 +679,7 @@ def plot_result_curves(result):
     elif result.experiment == "ensemble":
         for dataset, entry in data["datasets"].items():
             plot_curves(entry["models"], TRAINING_PANELS, f"{title}: {dataset}")
-    else:
+    elif result.experiment == "generators":
         attackers = {name: m for name, m in data["models"].items() if name.endswith("_vs_A")}
         cotrained = {name: m for name, m in data["models"].items() if name not in attackers}
         plot_curves(attackers, [("loss_adv", "A's loss on x + ε·G(x)", 1)], f"{title}: generators attacking A")
@@ -667,3 +687,62 @@ def plot_result_curves(result):
 
 
 for_each(shown, plot_result_curves, "no training histories to plot")
+
+
+# %% [markdown]
+# ## Robust accuracy over training
+#
+# `over_training.py`: each kept snapshot of a model scored on the same test images. Solid lines: the
+# first `test_n` images (clean, FGS, the paper's PGD-10, PGD-CE with 100 steps and 5 restarts, C's own
+# generator); black: AutoAttack's standard cascade on the first `strong_n` of them. Dashed grey: PGD on
+# the held-out validation split during training (`val_history`); dotted: the snapshot that scored
+# best there. The table sets AutoAttack against PGD-10 on the same images, the gap that grows if a
+# model looks robust only to the weaker attack.
+
+# %%
+OVER_TRAINING_LINES = [("clean", "clean"), ("fgs", "FGS"), ("pgd10", "PGD-10 (paper's)"), ("pgd_ce", "PGD-CE 100×5"),
+                       ("generator", "own generator")]
+
+
+def plot_over_training(result):
+    models, title = result.data["models"], f"{result.file}{quick_tag(result)} ({result.protocol} protocol)"
+    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.2), sharey=True, squeeze=False)
+    for ax, (name, model) in zip(axes[0], models.items()):
+        snapshots = model["snapshots"]
+        iters = [e["iter"] for e in snapshots]
+        for key, label in OVER_TRAINING_LINES:
+            if all(key in e["accuracy"] for e in snapshots):
+                ax.plot(iters, [e["accuracy"][key] for e in snapshots], marker=".",
+                        label=f"{label}, first {snapshots[0]['n_test']}")
+        ax.plot(iters, [e["on_autoattack_images"]["autoattack"] for e in snapshots], marker="o", color="black",
+                label=f"AutoAttack, first {snapshots[0]['autoattack_n']}")
+        validation = [(v["iter"], v["pgd"]) for v in model.get("model", {}).get("val_history", [])]
+        if validation:
+            ax.plot(*zip(*validation), linestyle="--", color="grey", label="PGD, validation split")
+        if model.get("best_snapshot"):
+            ax.axvline(model["best_snapshot"]["iter"], color="grey", linestyle=":", linewidth=1)
+        ax.set(title=f"{name} ({model.get('method', '?')})", xlabel="iteration", ylim=(0, 100))
+    axes[0][0].set_ylabel("accuracy (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"{title}: {result.data['dataset']}")
+    fig.tight_layout()
+    plt.show()
+
+
+def print_over_training(result):
+    print(f"\n=== {result.file}{quick_tag(result)}: {result.data['dataset']}, {result.protocol} protocol, "
+          f"{result.data['provenance']['command']}")
+    for name, model in result.data["models"].items():
+        m = model["snapshots"][0]["autoattack_n"]
+        print(f"{name}: on the first {m} test images, accuracy (%)")
+        print(f"{'iteration':>10}{'PGD-10':>10}{'AutoAttack':>12}{'gap':>8}")
+        for e in model["snapshots"]:
+            on = e["on_autoattack_images"]
+            print(f"{e['iter']:>10}{on['pgd10']:>10.2f}{on['autoattack']:>12.2f}{on['pgd10'] - on['autoattack']:>8.2f}")
+        best = model.get("best_snapshot")
+        print("best snapshot on validation PGD: " + (f"iteration {best['iter']}" if best else "none scored"))
+
+
+over_training_results = [r for r in shown if r.experiment == "over_training"]
+for_each(over_training_results, lambda r: (print_over_training(r), plot_over_training(r)),
+         "no over-training results to show (README: Robust accuracy over training)")

@@ -1,0 +1,213 @@
+"""Robust accuracy over training: every kept snapshot of one or more models scored on the same test
+images, by the paper's attacks and by stronger ones, to see whether a model's robustness holds up
+under a strong attack as training goes on. Writes results/over_training.json.
+
+Train with snapshots (keep_every) and a validation split scored as training goes (val_n, eval_every),
+then score the snapshots:
+
+    python mnist.py --fashion --gpu cpu --models B,C --iters 5000 --set g_width=8 --no-eval \\
+        --set keep_every=1000 --set eval_every=1000 --set val_n=1000 --ckpt-dir checkpoints/over_training
+    python over_training.py checkpoints/over_training/B.pt checkpoints/over_training/C.pt --dataset fashion_mnist
+
+Each snapshot that a checkpoint's record lists (<model>.iter<N>.pt beside it) is scored in IEEE float32,
+batch norm as `bn_eval` says, on the first `test_n` test images (1000 unless --eval-n): clean, FGS,
+PGD-10 (the paper's attack), PGD-CE with `strong_steps` steps and `strong_restarts` random restarts
+(100 x 5) and, for a model trained with a generator (C), that generator's attack; on the first
+`strong_n` of them (200), AutoAttack's standard cascade, beside the other attacks' accuracy on those
+same images (each image is attacked once; the accuracies are counted over both). The JSON is written after every
+snapshot: the same command again scores only what is missing, and two processes scoring different
+models into one file keep each other's entries.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+import autoattack_suite
+import core
+import evaluate
+import experiment
+
+SCORING = dict(test_n=1000, strong_n=200)  # over the trained settings; strong_steps=100, strong_restarts=5 and
+                                           # square_queries=5000 (AutoAttack's standard) come from COMMON_SETTINGS
+SCORING_KEYS = ["test_n", "strong_n", "strong_steps", "strong_restarts", "square_queries", "bn_eval"]
+QUICK_SCORING = {k: experiment.QUICK_SETTINGS[k] for k in ("test_n", "strong_n", "strong_steps", "strong_restarts",
+                                                           "square_queries")}
+ATTACKS = ["clean", "fgs", "pgd10", "pgd_ce", "generator"]  # scored on the first test_n; then autoattack on strong_n
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="running checkpoints (e.g. checkpoints/over_training/C.pt) whose kept "
+                   "snapshots are scored; the model is named by the file (C)")
+    p.add_argument("--dataset", required=True, choices=list(evaluate.DATASETS), help="the data set they were trained on")
+    p.add_argument("--gpu", default=None, help="CUDA device index or cpu (default: GPU 0 if present, else cpu)")
+    p.add_argument("--data-dir", default="data", help="where torchvision finds or downloads the data set")
+    p.add_argument("--out", default=None, help="results JSON (default results/over_training.json, with --quick "
+                   "results/over_training_quick.json)")
+    p.add_argument("--eval-n", type=int, default=None, help=f"score the first N test images (setting test_n, default "
+                   f"{SCORING['test_n']}; 0 = all)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scoring setting, e.g. strong_n")
+    p.add_argument("--quick", action="store_true", help="a pipeline check: scoring as --quick runs score (few images, "
+                   "short attacks, AutoAttack reduced)")
+    args = experiment.parse_cli(p, argv, __file__)
+    args.scoring, args.name = (QUICK_SCORING, "over_training_quick") if args.quick else (SCORING, "over_training")
+    args.out = args.out or os.path.join("results", f"{args.name}.json")
+    args.quick, args.iters, args.seed, args.bn_eval = False, None, None, None  # what resolve_settings asks of a training command
+    return args
+
+
+def model_settings(script, authors, trained, method, args):
+    """A checkpoint's training settings under its protocol, with the scoring settings over them (the same for every model)."""
+    return evaluate.trained_settings(script, authors, trained, method, args, args.scoring)
+
+
+def snapshots(path, ckpt):
+    """(iteration, path) of each snapshot the running checkpoint at `path` lists, each one checked to be
+    of the same training run (its fingerprint)."""
+    listed = ckpt["record"].get("snapshots", [])
+    if not listed:
+        raise experiment.UserError(f"{path} lists no kept snapshots: train it with --set keep_every=N")
+    found = []
+    for it in listed:
+        snapshot = experiment.snapshot_path(path, it)
+        if not os.path.exists(snapshot):
+            raise experiment.UserError(f"{snapshot}, a snapshot {path} lists, is missing")
+        if core.load_checkpoint(snapshot).get("fingerprint") != ckpt["fingerprint"]:
+            raise experiment.UserError(f"{snapshot} was trained with other settings than {path}")
+        found.append((it, snapshot))
+    return found
+
+
+def correct(D, craft, images, labels, eps, device, batch_size):
+    """Per image, whether D classifies craft(D, x, y) right; crafted per batch, threat model checked."""
+    right = []
+    for start in range(0, len(images), batch_size):
+        x = core.to_float(images[start:start + batch_size].to(device))
+        y = labels[start:start + batch_size].to(device)
+        x_adv = craft(D, x, y)
+        core.check_threat_model(x_adv, x, eps)
+        right.append(core.predict(D, x_adv) == y)
+    return torch.cat(right)
+
+
+def percent(right):
+    return round(100.0 * right.float().mean().item(), 2)
+
+
+def score_snapshot(script, path, settings, test_x, test_y, device):
+    """One snapshot's accuracies in percent: ATTACKS on the first test_n images (`accuracy`), and the
+    same attacks with AutoAttack's cascade on the first strong_n of them (`on_autoattack_images`), so
+    that AutoAttack is set against the others on the same images. The iteration is the snapshot's own."""
+    ckpt = evaluate.load(path)[0]
+    D, G = evaluate.build(script, settings, ckpt, path, device)
+    eps, n = settings["eps"], settings["test_n"] or len(test_x)
+    m = min(settings["strong_n"] or n, n)
+    attacks = {"clean": lambda model, x, y: x} | core.strong_attacks(eps, settings["strong_steps"], settings["strong_restarts"])
+    if G is not None:
+        attacks["generator"] = lambda model, x, y: core.generator_attack(G, x, y, eps)
+    it, t0, right = ckpt["record"]["iters_done"], time.time(), {}
+    with core.scoring_mode([D], settings["bn_eval"]), core.scoring_mode([G] if G is not None else []), \
+            core.full_precision(device):
+        for name in [a for a in ATTACKS if a in attacks]:
+            print(f"{os.path.basename(path)}: {name} on {n} images", file=sys.stderr, flush=True)
+            torch.manual_seed(settings["seed"])  # PGD's random starts: the same for every snapshot
+            right[name] = correct(D, attacks[name], test_x[:n], test_y[:n], eps, device, settings["eval_batch"])
+    print(f"{os.path.basename(path)}: AutoAttack's cascade on {m} images", file=sys.stderr, flush=True)
+    autoattack, warnings = experiment.autoattack_cascade(autoattack_suite, D, test_x[:m], test_y[:m], settings, device,
+                                                         os.path.dirname(os.path.abspath(path)))
+    validation = [v for v in ckpt["record"].get("val_history", []) if v["iter"] == it]
+    return {"iter": it, "checkpoint": os.path.abspath(path), "n_test": n,
+            "accuracy": {k: percent(r) for k, r in right.items()}, "autoattack_n": m,
+            "on_autoattack_images": {k: percent(r[:m]) for k, r in right.items()} | {"autoattack": autoattack},
+            "autoattack_warnings": warnings, "validation": validation[0] if validation else None,
+            "seconds": round(time.time() - t0, 1)}
+
+
+def earlier_scores(out, scoring, protocol):
+    """The models of an earlier results file scored the same way, under the same protocol (its entries are
+    reused), else {}."""
+    try:
+        with open(out) as f:
+            earlier = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    same = earlier.get("scoring") == scoring and earlier.get("protocol", "paper") == protocol  # none: the paper's
+    return earlier.get("models", {}) if same else {}
+
+
+def reusable(earlier, name, fingerprint, it):
+    model = earlier.get(name, {})
+    found = [e for e in model.get("snapshots", []) if e["iter"] == it] if model.get("fingerprint") == fingerprint else []
+    return found[0] if found else None
+
+
+def write(out, report, mine):
+    """The report with this process's models `mine` and what another process has written meanwhile of
+    the others (scored the same way), read and written under the file's merge lock."""
+    with experiment.merge_lock(out):
+        others = {k: v for k, v in earlier_scores(out, report["scoring"], report["protocol"]).items() if k not in mine}
+        experiment.write_json(out, report | {"models": others | mine})
+
+
+def format_curves(models):
+    lines = []
+    for name, model in models.items():
+        first = model["snapshots"][0]
+        keys = list(first["on_autoattack_images"])
+        lines += [f"{name}: accuracy in percent on the first {first['autoattack_n']} test images (on the first "
+                  f"{first['n_test']} in brackets); validation PGD on the held-out split",
+                  f"{'iteration':>10}" + "".join(f"{k:>18}" for k in keys) + f"{'validation pgd':>16}"]
+        for e in model["snapshots"]:
+            cells = [f"{e['on_autoattack_images'][k]:.2f}" + (f" ({e['accuracy'][k]:.2f})" if k in e["accuracy"] else "")
+                     for k in keys]
+            val = e["validation"]["pgd"] if e["validation"] else "-"
+            lines.append(f"{e['iter']:>10}" + "".join(f"{c:>18}" for c in cells) + f"{val:>16}")
+        best = model["best_snapshot"]
+        lines.append("best snapshot on validation PGD: " + (f"iteration {best['iter']}" if best else "none scored"))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    script, load_test, _, authors = evaluate.DATASETS[args.dataset]
+    loaded = {os.path.splitext(os.path.basename(p))[0]: (p, *evaluate.load(p)) for p in args.checkpoints}
+    if len(loaded) != len(args.checkpoints):
+        raise experiment.UserError("two checkpoints share a name: score them into different --out files")
+    settings = {name: model_settings(script, authors, trained, method, args) for name, (_, _, trained, method, _) in loaded.items()}
+    if len({s["protocol"] for s in settings.values()}) > 1:  # each protocol scores its own way (batch norm, batch size)
+        raise experiment.UserError("the checkpoints were trained under different protocols: score each protocol's into its own --out")
+    found = {name: snapshots(path, ckpt) for name, (path, ckpt, *_) in loaded.items()}
+    device = experiment.pick_device(args.gpu)
+    scoring = {"dataset": args.dataset} | {k: next(iter(settings.values()))[k] for k in SCORING_KEYS} | {
+        "precision": "float32 (no autocast, no TF32)"}
+    test_x, test_y = load_test(args)
+    started = time.time()
+    provenance = experiment.provenance(device, experiment.command_line(args), "float32")
+    report = {"experiment": args.name, "protocol": next(iter(settings.values()))["protocol"], "dataset": args.dataset,
+              "scoring": scoring, "attacks": ATTACKS + ["autoattack"],
+              "provenance": provenance, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    earlier, mine = earlier_scores(args.out, scoring, report["protocol"]), {}
+    for name, (path, ckpt, trained, method, seed) in loaded.items():
+        s = settings[name]
+        mine[name] = {"checkpoint": os.path.abspath(path), "method": method, "seed": seed, "fingerprint": ckpt["fingerprint"],
+                      "provenance": provenance,  # the file's own is its last writer's: another process may score other models
+                      "trained_settings": trained, "autoattack": experiment.autoattack_version(s),
+                      "model": {k: v for k, v in ckpt["record"].items() if k != "history"},
+                      "best_snapshot": ckpt["record"].get("best_snapshot"), "snapshots": []}
+        for it, snapshot in found[name]:
+            entry = reusable(earlier, name, ckpt["fingerprint"], it)
+            mine[name]["snapshots"].append(entry or score_snapshot(script, snapshot, s, test_x, test_y, device))
+            write(args.out, report | {"wall_seconds": round(time.time() - started, 1)}, mine)
+    report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
+    write(args.out, report, mine)
+    print(format_curves(mine))
+    print(f"results written to {args.out}")
+    return report | {"models": mine}
+
+
+if __name__ == "__main__":
+    experiment.exit_on_error(main)
