@@ -19,6 +19,7 @@ import evaluate
 import experiment
 import generators_study
 import mnist
+import over_training
 import svhn
 from conftest import learnable_images, write_fake_mnist, write_fake_svhn
 from test_training import smooth_problem
@@ -554,6 +555,22 @@ def test_evaluate_reads_the_protocol_from_the_checkpoint(mnist_authors, fake_mni
               "models": {"model": {"accuracy": {"clean": 50.0, "autoattack": 10.0}, "autoattack_warnings": [], "checks": {}}}}
     info = evaluate.model_info(report | {"strong_eval": strong}, core.D1(), "mnist")
     assert "authors protocol" in info["footnote"] and "whxbergkamp/RobustDL_GAN mnist/" in info["footnote"]
+
+
+def test_over_training_scores_snapshots_under_their_protocol(fake_mnist_55k_split, tmp_path):
+    ckpt = str(tmp_path / "ckpt")
+    mnist.main(QUICK + ["--models", "C", "--no-eval", "--set", "keep_every=5", "--data-dir", fake_mnist_55k_split,
+                        "--ckpt-dir", ckpt])
+    out = str(tmp_path / "over_training.json")
+    report = over_training.main([os.path.join(ckpt, "C.pt"), "--dataset", "mnist", "--gpu", "cpu", "--quick",
+                                 "--data-dir", fake_mnist_55k_split, "--eval-n", "16", "--out", out])
+    assert report["protocol"] == "authors" and report["scoring"]["bn_eval"] == "batch"
+    assert [e["iter"] for e in report["models"]["C"]["snapshots"]] == [5, 10]
+    _, paper, _ = mnist.configure(parse("--quick"))
+    train(tmp_path / "A.pt", paper)
+    with pytest.raises(experiment.UserError, match="different protocols"):
+        over_training.main([os.path.join(ckpt, "C.pt"), str(tmp_path / "A.pt"), "--dataset", "mnist", "--gpu", "cpu",
+                            "--quick", "--data-dir", fake_mnist_55k_split, "--out", out])
 
 
 def test_notebook_names_the_protocol_beside_the_table(mnist_authors, tmp_path, monkeypatch):
