@@ -2,9 +2,10 @@
 with seed s, and the copies A', B', C' with seed s+1; evaluate white-box and black-box FGS/PGD;
 write results/cifar10.json and print the table beside the paper's.
 
-    python cifar10.py --gpu 0           # the paper's protocol (200k iterations per model)
-    python cifar10.py --gpu 0,1,2,3     # the six trainings spread over four GPUs, then evaluation
-    python cifar10.py --quick           # a smoke test of the whole pipeline
+    python cifar10.py --gpu 0                      # the paper's protocol (200k iterations per model)
+    python cifar10.py --gpu 0 --protocol authors   # the settings of the authors' code instead
+    python cifar10.py --gpu 0,1,2,3                # the six trainings spread over four GPUs, then evaluation
+    python cifar10.py --quick                      # a smoke test of the whole pipeline
 """
 import os
 
@@ -23,6 +24,32 @@ SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's CIFAR-10 settings;
     g_opt="adam",            # G's optimiser
     g_lr=0.002,              # G's learning rate eta_G (Adam, betas 0.5, 0.999)
     augment=True,            # random pad-and-crop by up to 4 px and horizontal flip, before G sees the image
+)
+# --protocol authors: the defaults of the authors' CIFAR-10 code (GitHub whxbergkamp/RobustDL_GAN, cifar10/;
+# files below relative to it), where they differ from the paper's above; with experiment.AUTHORS_SETTINGS.
+# Their data reader (adversarial_networks/inputs.py) is not in the repository: x/255 is inferred.
+AUTHORS = dict(
+    protocol_source="whxbergkamp/RobustDL_GAN cifar10/",
+    g_net="authors",         # adversarial_networks/models/resnet18_2.py: generator, stride-2 convs to 2k and 4k
+                             # (core.AuthorsG1); its resnet_v1 is D2
+    augment_pad=2,           # adversarial_networks/train_*.py: resize_image_with_crop_or_pad(x, 32+4, 32+4), 2 px a side
+    test_n=9984,             # adversarial_networks/run_attacks_black_box_cifar10.py: int(test_size/batch_size) batches of 64
+    A=dict(                  # run_standard_cifar10.py + adversarial_networks/train_standard_cifar10.py: lr 0.1, x0.1 at 100k
+        d_lr_drop2_at=0.75,  # elif batch_idx<150000: train_op2, else: train_op3 (optimizer3, learning_rate*0.01)
+        d_weight_decay=1e-4, # '--weight-decay', default=1E-4
+    ),
+    B=dict(                  # run_pgd_cifar10.py + adversarial_networks/train_pgd_cifar10.py: lr 0.1, x0.1 at 100k
+        d_weight_decay=1e-4, # '--weight-decay', default=1E-4
+    ),
+    C=dict(                  # run_gan_cifar10.py + adversarial_networks/train_gan_cifar10.py: D lr 0.1, x0.1 at 100k,
+                             # wd 1e-5 ('--weight-decay', default=1E-5; README's example passes 1E-4), G Adam 0.002 (0.5, 0.999)
+        g_weight_decay=1e-5, # g_decay = weight_decay * 0.5 * sum(...), in g_grads and so in g_grads6
+        fd_h=0.01,           # g_step_size = learning_rate/10, D's initial 0.1
+    ),
+    EAT=dict(                # run_eat_cifar10.py + adversarial_networks/train_eat_standard_cifar10.py: lr 0.1, x0.1 at 100k
+        d_lr_drop2_at=0.75,  # elif batch_idx<150000 ... else: optimizer3 (learning_rate*0.01)
+        d_weight_decay=1e-4, # '--weight-decay', default=1E-4
+    ),
 )
 
 
@@ -51,15 +78,16 @@ def load_data(data_dir):
 
 
 def build_D(settings):
-    return core.D2(n_classes=settings["n_classes"], in_channels=3)
+    return core.D2(n_classes=settings["n_classes"], in_channels=3, input_scale=255 / settings["pixel_scale"])  # theirs too
 
 
 def build_G(settings):
-    return core.G1(k=settings["g_width"], channels=3)
+    net = core.AuthorsG1 if settings["g_net"] == "authors" else core.G1
+    return net(k=settings["g_width"], channels=3, input_scale=255 / settings["pixel_scale"])
 
 
 # ======================================================================================= run
-configure = experiment.configure_with("cifar10", SETTINGS, load_data)
+configure = experiment.configure_with("cifar10", SETTINGS, load_data, AUTHORS)
 
 
 def main(argv=None):

@@ -6,12 +6,15 @@ Trains A, B, C (seed s) and A', B', C' (seed s+1), evaluates, writes results/cif
 """
 import autoattack_suite
 import experiment
-from cifar10 import build_D, build_G, load_cifar, SETTINGS as CIFAR10_SETTINGS
+from cifar10 import build_D, build_G, load_cifar, AUTHORS as CIFAR10_AUTHORS, SETTINGS as CIFAR10_SETTINGS
 
 # ======================================================================================= settings
 SETTINGS = CIFAR10_SETTINGS | dict(   # identical to CIFAR-10 (paper appendix) but for the outputs
     n_classes=100,           # D2's outputs
 )
+# --protocol authors: the authors have no CIFAR-100 code; their CIFAR-10 settings are applied
+AUTHORS = CIFAR10_AUTHORS | dict(protocol_source="whxbergkamp/RobustDL_GAN cifar10/, extrapolated to CIFAR-100 "
+                                                 "(the authors' CIFAR-100 code is not in the repository)")
 
 
 # ======================================================================================= data
@@ -21,7 +24,7 @@ def load_data(data_dir):
 
 
 # ======================================================================================= run
-configure = experiment.configure_with("cifar100", SETTINGS, load_data)
+configure = experiment.configure_with("cifar100", SETTINGS, load_data, AUTHORS)
 
 
 def main(argv=None):

@@ -174,25 +174,29 @@ def crop_flip(x, pad=4):
 
 
 # =====================================================================================================
-# Networks (paper appendix, Figures 2-4). Inputs in [0, 1], scaled to [-1, 1] inside.
+# Networks (paper appendix, Figures 2-4), and where the authors' code builds others, theirs beside them
+# (GitHub whxbergkamp/RobustDL_GAN). Inputs in [0, 1], scaled to [-1, 1] inside.
 # =====================================================================================================
 
-def signed(x):
-    return x * 2 - 1
+def signed(x, scale=1.0):
+    """[0, 1] images as the network reads them, in [-1, 1]. `scale` rescales them first: the authors
+    read SVHN as pixel / 256 (scale 255/256), while our images, and so every attack's eps, stay pixel / 255."""
+    return x * (2 * scale) - 1
 
 
 class D1(nn.Module):
     """MNIST CNN: conv5x5(32)-pool-conv5x5(64)-pool-FC, ReLU, no batch norm."""
 
-    def __init__(self, in_shape=(1, 28, 28), n_classes=10):
+    def __init__(self, in_shape=(1, 28, 28), n_classes=10, input_scale=1.0):
         super().__init__()
         c, h, w = in_shape
+        self.input_scale = input_scale
         self.conv1 = nn.Conv2d(c, 32, 5, padding=2)
         self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
         self.fc = nn.Linear(64 * (h // 4) * (w // 4), n_classes)
 
     def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(signed(x))), 2)
+        x = F.max_pool2d(F.relu(self.conv1(signed(x, self.input_scale))), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         return self.fc(x.flatten(1))
 
@@ -219,31 +223,52 @@ def conv_bn_relu(c_in, c_out, stride=1):
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
 
 
-class D2(nn.Module):
-    """ResNet-20 style: conv(16), 3 stages x 3 blocks (16/32/64, strides 1/2/2), global avg pool, FC.
-    The first block of every stage has a projection shortcut, as in the authors' code."""
+def resnet20_stages():
+    """D2's 3 stages x 3 blocks (16/32/64 channels, strides 1/2/2); the first block of every stage has a
+    projection shortcut, as in the authors' code."""
+    layers, c_in = [], 16
+    for c_out, stride in ((16, 1), (32, 2), (64, 2)):
+        layers += [ResidualBlock(c_in, c_out, stride, project=True), ResidualBlock(c_out, c_out), ResidualBlock(c_out, c_out)]
+        c_in = c_out
+    return layers
 
-    def __init__(self, n_classes=10, in_channels=3):
+
+class D2(nn.Module):
+    """ResNet-20 style: conv(16)-BN-ReLU, 3 stages x 3 blocks (16/32/64, strides 1/2/2), global avg pool, FC.
+    The authors' CIFAR-10 D (cifar10/adversarial_networks/models/resnet18_2.py, resnet_v1) is this one."""
+
+    def __init__(self, n_classes=10, in_channels=3, input_scale=1.0):
         super().__init__()
-        layers = [conv_bn_relu(in_channels, 16)]
-        c_in = 16
-        for c_out, stride in ((16, 1), (32, 2), (64, 2)):
-            layers += [ResidualBlock(c_in, c_out, stride, project=True), ResidualBlock(c_out, c_out), ResidualBlock(c_out, c_out)]
-            c_in = c_out
-        self.features = nn.Sequential(*layers)
+        self.input_scale = input_scale
+        self.features = nn.Sequential(conv_bn_relu(in_channels, 16), *resnet20_stages())
         self.fc = nn.Linear(64, n_classes)
 
     def forward(self, x):
-        return self.fc(self.features(signed(x)).mean((2, 3)))
+        return self.fc(self.features(signed(x, self.input_scale)).mean((2, 3)))
+
+
+class SvhnD(nn.Module):
+    """The authors' SVHN D (svhn/adversarial_networks/models/resnet18.py, resnet_v1): D2 without BN-ReLU
+    after the stem conv, and with a BN-ReLU after the last stage."""
+
+    def __init__(self, n_classes=10, in_channels=3, input_scale=1.0):
+        super().__init__()
+        self.input_scale = input_scale
+        self.features = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), *resnet20_stages(),
+                                      nn.BatchNorm2d(64), nn.ReLU())
+        self.fc = nn.Linear(64, n_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(signed(x, self.input_scale)).mean((2, 3)))
 
 
 class Decoder(nn.Module):
     """The part all generators share: 6 residual blocks at 4k channels, two stride-2 deconvs, conv, tanh.
     Upsamples by 4: 7x7 -> 28x28 for MNIST, 8x8 -> 32x32 for SVHN/CIFAR."""
 
-    def __init__(self, c_in, k, channels):
+    def __init__(self, c_in, k, channels, project_first=False):
         super().__init__()
-        blocks = [ResidualBlock(c_in, 4 * k)] + [ResidualBlock(4 * k, 4 * k) for _ in range(5)]
+        blocks = [ResidualBlock(c_in, 4 * k, project=project_first)] + [ResidualBlock(4 * k, 4 * k) for _ in range(5)]
         self.net = nn.Sequential(
             *blocks,
             nn.ConvTranspose2d(4 * k, 2 * k, 3, 2, 1, output_padding=1, bias=False), nn.BatchNorm2d(2 * k), nn.ReLU(),
@@ -258,8 +283,9 @@ class G1(nn.Module):
     """Encoder-decoder on the image: conv(k), stride-2 convs to k and 2k, then the shared decoder.
     `inputs(x, y)` gives what the generator reads; forward maps it to a perturbation in [-1, 1]."""
 
-    def __init__(self, k=64, channels=1):
+    def __init__(self, k=64, channels=1, input_scale=1.0):
         super().__init__()
+        self.input_scale = input_scale
         self.encoder = nn.Sequential(conv_bn_relu(channels, k), conv_bn_relu(k, k, 2), conv_bn_relu(k, 2 * k, 2))
         self.decoder = Decoder(2 * k, k, channels)
 
@@ -267,7 +293,46 @@ class G1(nn.Module):
         return x
 
     def forward(self, x):
-        return self.decoder(self.encoder(signed(x)))
+        return self.decoder(self.encoder(signed(x, self.input_scale)))
+
+
+class AuthorsG1(nn.Module):
+    """G1 as the authors' SVHN and CIFAR-10 code builds it (generator in svhn/.../models/resnet18.py and
+    cifar10/.../models/resnet18_2.py): the stride-2 convs go to 2k and 4k channels, not k and 2k, so
+    the 6 blocks read 4k channels, the first through a 1x1 projection all the same."""
+
+    def __init__(self, k=64, channels=3, input_scale=1.0):
+        super().__init__()
+        self.input_scale = input_scale
+        self.encoder = nn.Sequential(conv_bn_relu(channels, k), conv_bn_relu(k, 2 * k, 2), conv_bn_relu(2 * k, 4 * k, 2))
+        self.decoder = Decoder(4 * k, k, channels, project_first=True)
+
+    def inputs(self, x, y):
+        return x
+
+    def forward(self, x):
+        return self.decoder(self.encoder(signed(x, self.input_scale)))
+
+
+class MnistG(nn.Module):
+    """The authors' MNIST generator (mnist/adversarial_networks/models/simple_cnn_mnist.py, generator),
+    smaller than G1: 5x5 stride-2 convs to k and 2k channels (28 -> 14 -> 7), 5x5 stride-2 transposed
+    convs back to k and to the image (no bias), BN-ReLU after all but the last (TF's BN eps, 1e-3), tanh."""
+
+    def __init__(self, k=64, channels=1, input_scale=1.0):
+        super().__init__()
+        self.input_scale = input_scale
+        bn_relu = lambda c: (nn.BatchNorm2d(c, eps=1e-3), nn.ReLU())
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, k, 5, 2, 2), *bn_relu(k), nn.Conv2d(k, 2 * k, 5, 2, 2), *bn_relu(2 * k),
+            nn.ConvTranspose2d(2 * k, k, 5, 2, 2, output_padding=1, bias=False), *bn_relu(k),
+            nn.ConvTranspose2d(k, channels, 5, 2, 2, output_padding=1, bias=False), nn.Tanh())
+
+    def inputs(self, x, y):
+        return x
+
+    def forward(self, x):
+        return self.net(signed(x, self.input_scale))
 
 
 class G2(nn.Module):
@@ -489,14 +554,24 @@ def generator_step(D, G, opt_G, g_in, x, y, eps, lam=1.0, precision="auto"):
     return loss_adv.detach()
 
 
-def discriminator_grads(D, G, g_in, x, y, eps, lam=1.0, gamma=0.01, h=1e-3, hvp="fd", precision="auto"):
+def ascent_direction(G, v, g_weight_decay=0.0):
+    """G's plain ascent direction v = grad_phi F, less G's weight decay on its kernels: the authors' code
+    steps along the gradient of G's whole loss, decay included (train_gan_*.py: g_grads6 of g_loss6 + g_decay)."""
+    if not g_weight_decay:
+        return list(v)
+    return [vi - g_weight_decay * p.detach() if p.dim() > 1 else vi for p, vi in zip(G.parameters(), v)]
+
+
+def discriminator_grads(D, G, g_in, x, y, eps, lam=1.0, gamma=0.01, h=1e-3, hvp="fd", precision="auto",
+                        g_weight_decay=0.0):
     """Gradient of F + (gamma/2)||grad_phi F||^2 with respect to D's parameters (paper Eq. 5).
 
     F = CE(D(x), y) + lam * CE(D(x + eps*G(x)), y). Only the adversarial term depends on phi, so the
     Hessian-vector product needs only it: hvp="fd" uses the paper's finite difference
     [grad_theta F(phi + h v) - grad_theta F(phi)] / h with v = grad_phi F (one plain ascent step of G);
     hvp="exact" differentiates ||grad_phi F||^2 by double backpropagation. A negative gamma gives the
-    sign of the authors' code. Only the clean term runs in `precision`: the adversarial term runs in
+    sign of the authors' code; `g_weight_decay` takes G's weight decay into v, as their code does
+    (`ascent_direction`). Only the clean term runs in `precision`: the adversarial term runs in
     full float32, as the two gradients of the difference are too close for bf16. Returns (grads, logits_clean,
     logits_adv, loss_clean, loss_adv).
     """
@@ -512,12 +587,12 @@ def discriminator_grads(D, G, g_in, x, y, eps, lam=1.0, gamma=0.01, h=1e-3, hvp=
         logits_adv = D(x + eps * G(g_in))
         loss_adv = F.cross_entropy(logits_adv, y)
         if hvp == "exact":
-            v = torch.autograd.grad(lam * loss_adv, g_params, create_graph=True)
+            v = ascent_direction(G, torch.autograd.grad(lam * loss_adv, g_params, create_graph=True), g_weight_decay)
             regulariser = 0.5 * sum(vi.pow(2).sum() for vi in v)
             g_reg = torch.autograd.grad(lam * loss_adv + gamma * regulariser, d_params)
         else:
             both = torch.autograd.grad(lam * loss_adv, d_params + g_params)
-            g_adv, v = both[:len(d_params)], both[len(d_params):]
+            g_adv, v = both[:len(d_params)], ascent_direction(G, both[len(d_params):], g_weight_decay)
             phi_ahead = {name: p.detach() + h * vi for (name, p), vi in zip(G.named_parameters(), v)}
             with bn_stats_frozen(D, G):
                 loss_ahead = F.cross_entropy(D(x + eps * functional_call(G, phi_ahead, (g_in,))), y)
@@ -528,14 +603,17 @@ def discriminator_grads(D, G, g_in, x, y, eps, lam=1.0, gamma=0.01, h=1e-3, hvp=
 
 
 def adversarial_network_step(D, G, opt_D, opt_G, x, y, eps, lam=1.0, gamma=0.01, h=1e-3, g_steps=5, hvp="fd",
-                             precision="auto"):
+                             precision="auto", g_weight_decay=0.0, d_step=True):
     """The method (paper section 3.2): `g_steps` ascent steps of G on this minibatch, then one D step
     at the updated G on the regularised objective. `g_gain`: how much G's steps raised D's adversarial
-    loss on this minibatch (after the last step, in float32, less before the first)."""
+    loss on this minibatch (after the last step, in float32, less before the first). Without `d_step`,
+    only G's steps, and no statistics: the authors' MNIST code steps D on every 5th minibatch only."""
     g_in = G.inputs(x, y)
     before = [generator_step(D, G, opt_G, g_in, x, y, eps, lam, precision) for _ in range(g_steps)]
+    if not d_step:
+        return {}
     grads, logits, logits_adv, loss_clean, loss_adv = discriminator_grads(D, G, g_in, x, y, eps, lam, gamma, h, hvp,
-                                                                          precision)
+                                                                          precision, g_weight_decay)
     set_grads(list(D.parameters()), grads)
     opt_D.step()
     stats = {"loss": loss_clean + lam * loss_adv, "loss_clean": loss_clean, "loss_adv": loss_adv,
@@ -564,6 +642,15 @@ def make_optimizer(kind, params, lr, momentum=0.9, betas=(0.5, 0.999)):
     raise ValueError(f"optimizer must be 'sgd' or 'adam', not {kind!r}")
 
 
+def reset_momentum(optimizer):
+    """A fresh momentum buffer, as the authors' code gets from the new optimiser it switches to when D's
+    rate drops: SGD's buffers are zeroed in place (a captured CUDA graph keeps reading them), so the next
+    step's buffer is that step's gradient alone, as on a first step."""
+    for state in optimizer.state.values():
+        if state.get("momentum_buffer") is not None:
+            state["momentum_buffer"].zero_()
+
+
 def set_learning_rate(optimizer, lr):
     """Every group's rate becomes `lr`, in place where it is already a tensor on the group's device (a
     captured graph keeps reading that tensor); a rate loaded from a checkpoint becomes one."""
@@ -585,9 +672,13 @@ def make_step(method, D, G, settings):
     The steps compute their forward passes in `settings["precision"]` (see `autocast`).
 
     standard, pgd, advnet: models A, B, C. eat: standard training on a static adversarial set (the
-    batches hold it). generator: G alone, by gradient ascent against the fixed D (paper Table 5)."""
+    batches hold it). generator: G alone, by gradient ascent against the fixed D (paper Table 5).
+    C's step takes `d_step=False` for G's steps alone. `g_weight_decay` (default 0, the paper's) decays
+    G's kernels, in its optimiser and in the regulariser's direction (the authors' code)."""
     s = settings
-    make_opt_G = lambda: make_optimizer(s["g_opt"], G.parameters(), s["g_lr"], s["g_momentum"], (s["g_beta1"], s["g_beta2"]))
+    g_decay = s.get("g_weight_decay", 0.0)
+    g_groups = decay_groups(G, g_decay) if g_decay else G.parameters()  # one group as before: older checkpoints load
+    make_opt_G = lambda: make_optimizer(s["g_opt"], g_groups, s["g_lr"], s["g_momentum"], (s["g_beta1"], s["g_beta2"]))
     D.train(method != "generator"), G.train()
     if method == "generator":
         opt_G = make_opt_G()
@@ -604,8 +695,9 @@ def make_step(method, D, G, settings):
             {"D": D, "opt_D": opt_D}
     if method == "advnet":
         opt_G = make_opt_G()
-        return (lambda x, y: adversarial_network_step(D, G, opt_D, opt_G, x, y, s["eps"], s["lam"], s["gamma"],
-                                                      fd_step(s), s["g_steps"], s["hvp"], s["precision"])), \
+        return (lambda x, y, d_step=True: adversarial_network_step(D, G, opt_D, opt_G, x, y, s["eps"], s["lam"], s["gamma"],
+                                                                   fd_step(s), s["g_steps"], s["hvp"], s["precision"],
+                                                                   g_decay, d_step)), \
             {"D": D, "G": G, "opt_D": opt_D, "opt_G": opt_G}
     raise ValueError(f"unknown method {method!r}")
 
@@ -697,12 +789,13 @@ EAT_KINDS = ["clean", "fgs_predicted", "pgd", "fgs_least_likely"]
 
 
 def build_eat_set(model, images, labels, eps, device, batch_size=500, pgd_steps=10, pgd_alpha=None, progress=None,
-                  precision="auto"):
+                  precision="auto", bn="running"):
     """From one fixed (undefended) model: FGS with its predicted label (no label leakage), PGD with the
     true label, and the least-likely-class step (Eq. 8), beside the clean images; built on the device,
-    the attacks' forward passes in `precision`."""
+    the attacks' forward passes in `precision`, the model in `scoring_mode(bn)` (the authors crafted
+    with batch statistics, on batches of 64)."""
     deltas = torch.empty((3, *images.shape), dtype=torch.float16, device=device)
-    with scoring_mode([model]), autocast(device, precision):
+    with scoring_mode([model], bn), autocast(device, precision):
         for start in range(0, len(images), batch_size):
             part = slice(start, start + batch_size)
             x, y = to_float(images[part].to(device)), labels[part].to(device)

@@ -5,7 +5,8 @@ script settings if its checkpoint is missing), build the static EAT training set
 predicted label, PGD, least-likely-class FGS, plus the clean images: 4x the training set, or of its first eat_n images), train the
 EAT model on it with the data set's D and schedule, and evaluate the 9 columns (white box; black box
 from the data set's A', B', C'). Prints the EAT row beside the adversarial-network row (C) and the
-paper's; writes results/ensemble.json (one entry per data set, earlier entries kept).
+paper's; writes results/ensemble.json (one entry per data set, earlier entries kept), or with --protocol
+authors (each data set's authors' settings, the EAT set crafted with batch statistics) results/ensemble_authors.json.
 
     python ensemble.py --gpu 0                          # MNIST, SVHN and CIFAR-10
     python ensemble.py --datasets fashion_mnist --iters 1000 --set g_width=8
@@ -37,13 +38,14 @@ NEEDED = ["A", "C", "A'", "B'", "C'"]  # A makes the EAT set, C is the compariso
 
 
 def build_eat_set(model, images, labels, settings, device, progress=None):
-    """core.build_eat_set with the run's settings. Its PGD starts are drawn from the run's seed, apart from the
+    """core.build_eat_set with the run's settings (`eat_bn`: A's batch norm while it crafts). Its PGD starts are drawn from the run's seed, apart from the
     global RNG: a resumed run, which builds the set again, gets the very set the interrupted one trained on,
     and the RNG state its checkpoint restored (CIFAR's EAT draws its augmentation from it) stays untouched."""
+    batch = settings["batch_size"] if settings["eat_bn"] == "batch" else settings["eval_batch"]  # batch statistics: of minibatches
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(settings["seed"])
-        return core.build_eat_set(model, images, labels, settings["eps"], device, settings["eval_batch"],
-                                  settings["pgd_steps"], settings["pgd_alpha"] or None, progress, settings["precision"])
+        return core.build_eat_set(model, images, labels, settings["eps"], device, batch, settings["pgd_steps"],
+                                  settings["pgd_alpha"] or None, progress, settings["precision"], settings["eat_bn"])
 
 
 def run_dataset(key, args, device):
@@ -76,7 +78,7 @@ def run_dataset(key, args, device):
     scored = {"EAT": eat, "C": models["C"], **{k: models[k] for k in ("A'", "B'", "C'")}}
     table, evaluation = experiment.evaluate_trained(scored, settings, test_x, test_y, device)
     paper = reports.paper_rows(paper_key)
-    print(f"{key}" + (" (paper rows: MNIST)" if key == "fashion_mnist" else ""))
+    print(f"{key}, {settings['protocol']} protocol" + (" (paper rows: MNIST)" if key == "fashion_mnist" else ""))
     print(reports.format_table(table, {r: paper[r] for r in ("EAT", "C")} if paper else None))
     entry = {"settings": settings, "checkpoints": ckpt_dir, "provenance": provenance,
              "seeds": {"EAT": settings["seed"]}, "models": {"EAT": eat_record}, "eat_set": eat_info,
@@ -98,29 +100,35 @@ def main(argv=None):
     if unknown or not keys:
         raise experiment.UserError(f"--datasets {args.datasets}: choose from {', '.join(DATASETS)}")
     device = experiment.pick_device(args.gpu)
-    out = args.out or os.path.join("results", "ensemble" + ("_quick" if args.quick else "") + ".json")
-    read_entries(out)  # a file of another kind stops the run before any training
+    name = experiment.run_name("ensemble", args)
+    out = args.out or os.path.join("results", name + ".json")
+    read_entries(out, args.protocol)  # a file of another kind or protocol stops the run before any training
     entries = {}
     for key in keys:
         t0 = time.time()
         entries[key] = run_dataset(key, args, device) | {"wall_seconds": round(time.time() - t0, 1)}
     with experiment.merge_lock(out):  # one entry per data set: the entries other runs wrote meanwhile are kept
-        report = {"experiment": "ensemble" + ("_quick" if args.quick else ""), "datasets": read_entries(out) | entries,
+        report = {"experiment": name, "protocol": args.protocol, "datasets": read_entries(out, args.protocol) | entries,
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         experiment.write_json(out, report)
     print(f"results written to {out}")
     return report
 
 
-def read_entries(out):
-    """The data sets' entries that `out` holds ({} if there is no such file)."""
+def read_entries(out, protocol):
+    """The data sets' entries that `out` holds ({} if there is no such file), all of `protocol`."""
     if not os.path.exists(out):
         return {}
     try:
         with open(out) as f:
-            return json.load(f)["datasets"]
+            report = json.load(f)
+        entries = report["datasets"]
     except (ValueError, KeyError):
         raise experiment.UserError(f"{out} is not an ensemble results file; move it away or pass --out") from None
+    if report.get("protocol", "paper") != protocol:  # files older than the protocols are the paper's
+        raise experiment.UserError(f"{out} holds results of the {report.get('protocol', 'paper')} protocol, not "
+                                   f"{protocol}; pass another --out")
+    return entries
 
 
 if __name__ == "__main__":

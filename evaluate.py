@@ -9,10 +9,14 @@ Writes a results JSON with provenance; --robustbench also writes RobustBench's m
     python evaluate.py checkpoints/mnist/B.pt --dataset mnist --eval-n 1000 --bn-eval batch
     python evaluate.py checkpoints/cifar10/C.pt --dataset cifar10 --robustbench
 
-The network, eps and PGD settings are those the checkpoint was trained with (its fingerprint);
---set changes the evaluation's (e.g. --set strong_n=0 for every scored image).
+The network, eps and PGD settings are those the checkpoint was trained with (its fingerprint), and so is
+the protocol: a checkpoint trained with --protocol authors is scored as the authors scored (batch norm's
+batch statistics, batches of 64, their number of test images) unless --eval-n, --bn-eval or --set say
+otherwise; --protocol, if given, must be the checkpoint's. --set changes the evaluation's settings (e.g.
+--set strong_n=0 for every scored image).
 """
 import argparse
+import copy
 import json
 import os
 import time
@@ -27,12 +31,12 @@ import mnist
 import reports
 import svhn
 
-DATASETS = {  # name -> (script that built the networks, args -> test (images, labels), paper table)
-    "mnist": (mnist, lambda args: mnist.load_data(args.data_dir, False)[2:], "mnist"),
-    "fashion_mnist": (mnist, lambda args: mnist.load_data(args.data_dir, True)[2:], None),
-    "svhn": (svhn, lambda args: svhn.load_data(args.data_dir, 0, 0)[2:], "svhn"),
-    "cifar10": (cifar10, lambda args: cifar10.load_data(args.data_dir)[2:], "cifar10"),
-    "cifar100": (cifar100, lambda args: cifar100.load_data(args.data_dir)[2:], "cifar100"),
+DATASETS = {  # name -> (script that built the networks, args -> test (images, labels), paper table, authors' settings)
+    "mnist": (mnist, lambda args: mnist.load_data(args.data_dir, False)[2:], "mnist", mnist.AUTHORS),
+    "fashion_mnist": (mnist, lambda args: mnist.load_data(args.data_dir, True)[2:], None, mnist.FASHION_AUTHORS),
+    "svhn": (svhn, lambda args: svhn.load_data(args.data_dir, 0, 0)[2:], "svhn", svhn.AUTHORS),
+    "cifar10": (cifar10, lambda args: cifar10.load_data(args.data_dir)[2:], "cifar10", cifar10.AUTHORS),
+    "cifar100": (cifar100, lambda args: cifar100.load_data(args.data_dir)[2:], "cifar100", cifar100.AUTHORS),
 }
 # the paper as model_info's reference; the link is left for whoever submits (the paper text here carries none)
 PAPER = dict(name="A Direct Approach to Robust Deep Learning Using Adversarial Networks", authors="Wang, Yu",
@@ -51,6 +55,8 @@ def parse_args(argv):
     p.add_argument("--eval-n", type=int, default=None, help="score only the first N test images (setting test_n; 0 = all)")
     p.add_argument("--bn-eval", choices=core.BN_MODES, default=None, help="batch norm when scoring (default running)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an evaluation setting")
+    p.add_argument("--protocol", choices=experiment.PROTOCOLS, default=None, help="the checkpoint's protocol (read from "
+                   "its fingerprint; given, it must agree)")
     p.add_argument("--strong-eval", action="store_true", help="also run the strong evaluation")
     p.add_argument("--robustbench", action="store_true", help="also write RobustBench's model_info JSON (runs the "
                    "strong evaluation for AutoAttack's number)")
@@ -88,14 +94,27 @@ def build(script, settings, ckpt, path, device):
     return D.eval(), G.eval() if "G" in ckpt else None
 
 
+def trained_settings(script, authors, trained, method, args, scoring=None):
+    """The settings a checkpoint is scored with: its script's, under the protocol of its fingerprint (which
+    leaves out the paper's), the fingerprint's own values over them, `scoring` over those, then this command's."""
+    protocol = trained.get("protocol", "paper")
+    if getattr(args, "protocol", None) not in (None, protocol):
+        raise experiment.UserError(f"{args.checkpoint} was trained under the {protocol} protocol, not {args.protocol}: "
+                                   f"drop --protocol (the checkpoint says which)")
+    args = copy.copy(args)
+    args.protocol = protocol
+    resolved = experiment.resolve_settings(script.SETTINGS, args, trained | (scoring or {}), authors)
+    return experiment.model_settings(resolved, method)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    script, load_test, paper_table = DATASETS[args.dataset]
+    script, load_test, paper_table, authors = DATASETS[args.dataset]
     ckpt, trained, method, seed = load(args.checkpoint)
-    settings = experiment.resolve_settings(script.SETTINGS | trained, args)
+    settings = trained_settings(script, authors, trained, method, args)
     device = experiment.pick_device(args.gpu)
     D, G = build(script, settings, ckpt, args.checkpoint, device)
-    name = os.path.splitext(os.path.basename(args.checkpoint))[0]
+    name = os.path.splitext(os.path.basename(args.checkpoint))[0] + ("_authors" if settings["protocol"] == "authors" else "")
     out = args.out or os.path.join("results", f"evaluate_{args.dataset}_{name}.json")
     test_x, test_y = load_test(args)
     started = time.time()
@@ -103,7 +122,8 @@ def main(argv=None):
     print(f"scoring {args.checkpoint}: iteration {record['iters_done']} of {settings['iters']}"
           + (" (unfinished, or a kept snapshot)" if record["iters_done"] < settings["iters"] else ""))
     report = {"experiment": "evaluate", "checkpoint": os.path.abspath(args.checkpoint), "dataset": args.dataset,
-              "method": method, "seed": seed, "iteration": record["iters_done"], "trained_settings": trained, "settings": settings,
+              "protocol": settings["protocol"], "method": method, "seed": seed, "iteration": record["iters_done"],
+              "trained_settings": trained, "settings": settings,
               "model": {k: v for k, v in record.items() if k != "history"},
               "provenance": experiment.provenance(device, experiment.command_line(args), settings["precision"]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -137,7 +157,10 @@ def model_info(report, D, paper_table):
     row = PAPER_ROWS.get(report["method"])
     paper = reports.paper_rows(paper_table) if paper_table else None
     notes = [f"AutoAttack {strong['autoattack']['version']}, batch norm {strong['bn']}, on the first {strong['n_test']} "
-             f"test images; clean accuracy on the same images"]
+             f"test images; clean accuracy on the same images",
+             f"trained under the {report['protocol']} protocol"
+             + (f" (the settings of the authors' code: {settings['protocol_source']})" if report["protocol"] == "authors"
+                else " (the settings of the paper's text)")]
     if strong["models"]["model"]["autoattack_warnings"]:
         notes.append("AutoAttack warned: " + " | ".join(strong["models"]["model"]["autoattack_warnings"]))
     return PAPER | {

@@ -40,7 +40,15 @@ COMMON_SETTINGS = dict(
     d_momentum=0.9,          # D: SGD momentum
     d_lr_drop_at=1.0,        # fraction of iters after which D's lr is multiplied by d_lr_drop_factor (1.0: never)
     d_lr_drop_factor=0.1,    # multiplier of D's lr after the drop
-    g_width=64,              # G1's width k (channels k, 2k, 4k)
+    d_lr_drop2_at=1.0,       # fraction of iters after which D's lr is d_lr * d_lr_drop2_factor (1.0: never)
+    d_lr_drop2_factor=0.01,  # multiplier of d_lr (the initial lr) after the second drop
+    d_fresh_momentum=False,  # D's momentum buffers start afresh at each drop of its lr (the authors' code: a new optimiser)
+    d_every=1,               # C: D steps only on minibatches (iterations) whose index is a multiple of this, after their G steps
+    d_net="paper",           # D's network: paper, or authors (their code's, where it differs: SVHN)
+    g_net="paper",           # G's network: paper (G1), or authors (their code's: MNIST's small G; G1 to 2k, 4k for SVHN/CIFAR)
+    pixel_scale=255,         # networks read images as pixel / pixel_scale (authors' SVHN: 256); images and eps stay pixel / 255
+    g_width=64,              # G's width k (G1: channels k, 2k, 4k)
+    g_weight_decay=0.0,      # G: L2 on conv/linear kernels, also in the regulariser's direction (the authors' code; paper: none)
     g_momentum=0.9,          # G: momentum, when g_opt is sgd
     g_beta1=0.5,             # G: Adam beta1
     g_beta2=0.999,           # G: Adam beta2
@@ -56,7 +64,8 @@ COMMON_SETTINGS = dict(
     eval_batch=500,          # images per evaluation batch
     log_every=100,           # iterations between history entries (and NaN checks)
     ckpt_minutes=5.0,        # minutes between checkpoints
-    augment=False,           # random pad-and-crop by up to 4 px and horizontal flip, on the device (CIFAR)
+    augment=False,           # random pad-and-crop by up to augment_pad px and horizontal flip, on the device (CIFAR)
+    augment_pad=4,           # pixels of zero padding, and of the crop's largest shift, of `augment`
     precision="auto",        # forward passes: bf16 (autocast), float32, or auto (bf16 on CUDA, float32 on the CPU)
     compile=False,           # torch.compile D and G: a minute or two of compiling, then faster steps on a GPU
     cuda_graphs=False,       # capture each model's whole step as one CUDA graph and replay it (CUDA only; off until a GPU run justifies it)
@@ -70,7 +79,29 @@ COMMON_SETTINGS = dict(
     val_n=0,                 # training images held out as a validation split (drawn by HELD_OUT_SEED, the same for every model); 0 = none
     eval_every=0,            # iterations between scorings of the validation split (clean, FGS, PGD; C: its generator), float32; 0 = never
     keep_every=0,            # iterations between kept checkpoints, <model>.iter<N>.pt beside the running one; 0 = none
+    eat_bn="running",        # ensemble.py: batch norm of A while it crafts the EAT set: running, or batch (on minibatches of batch_size)
+    protocol="paper",        # paper, or authors: set by --protocol, which resolves the settings (resolve_settings)
+    protocol_source="",      # --protocol authors: the authors' code the values come from, and what is extrapolated
+    model_overrides={},      # --protocol authors: row (A, B, C, EAT) -> that model's own settings (model_settings)
 )
+# --protocol authors: what the authors' code (GitHub whxbergkamp/RobustDL_GAN) does on every data set; each
+# script's AUTHORS table adds its own values and each model's (see resolve_settings)
+AUTHORS_SETTINGS = dict(
+    gamma=-0.01,             # train_gan_*.py: d_grads_full = [g1 + g2 + gamma*(g2-g3)/float(g_step_size) ...] (the
+                             # paper's sign reversed); run_gan_*.py: '--gamma', default=1E-2
+    d_fresh_momentum=True,   # train_*.py: each lr is its own tf.train.MomentumOptimizer (d_optimizer2, optimizer2, ...)
+    bn_eval="batch",         # black_box_*.py: get_discriminator(..., is_training=True), no moving averages saved
+    eval_batch=64,           # black_box_*.py: '--batch-size', default=64
+    eat_bn="batch",          # ensemble_examples_wrapper*.py: the model built with is_training=True, batches of 64
+)
+MODEL_ROWS = {"standard": "A", "pgd": "B", "advnet": "C", "eat": "EAT"}  # method -> its row in the tables and AUTHORS
+# Settings added after checkpoints had been written: at these values, how those checkpoints were made, they
+# are left out of the fingerprint, so that the older checkpoints still resume and load.
+NEUTRAL_SETTINGS = dict(protocol="paper", d_lr_drop2_at=1.0, d_lr_drop2_factor=0.01, d_fresh_momentum=False, d_every=1,
+                        d_net="paper", g_net="paper", pixel_scale=255, g_weight_decay=0.0, augment_pad=4,
+                        eat_bn="running", train_from=0)
+NETS = ("paper", "authors")
+PROTOCOLS = ("paper", "authors")
 # --quick: a pipeline check, not a result; small enough that ensemble.py and generators_study.py (which
 # train 16 and 13 models) take under 3 minutes on a 2-core CPU
 QUICK_SETTINGS = dict(iters=10, batch_size=16, g_width=4, test_n=100, log_every=5, pgd_steps=5,
@@ -81,7 +112,9 @@ QUICK_SETTINGS = dict(iters=10, batch_size=16, g_width=4, test_n=100, log_every=
 SETTING_RANGES = dict(
     seed="[0, inf)", batch_size="[1, inf)", iters="[1, inf)", eps="(0, 1]", n_classes="[2, inf)", extra_n="[0, inf)",
     d_lr="(0, inf)", d_momentum="[0, 1)", d_lr_drop_at="[0, 1]", d_lr_drop_factor="[0, 1]", d_weight_decay="[0, inf)",
+    d_lr_drop2_at="[0, 1]", d_lr_drop2_factor="[0, 1]", d_every="[1, inf)", pixel_scale="[1, inf)", train_from="[0, inf)",
     g_width="[1, inf)", g_lr="(0, inf)", g_momentum="[0, 1)", g_beta1="[0, 1)", g_beta2="[0, 1)", g_steps="[1, inf)",
+    g_weight_decay="[0, inf)", augment_pad="[0, inf)",
     lam="[0, inf)", gamma="(-inf, inf)", fd_h="[0, inf)", pgd_steps="[1, inf)", pgd_alpha="[0, 1]", test_n="[0, inf)",
     eval_batch="[1, inf)", log_every="[1, inf)", ckpt_minutes="[0, inf)", strong_n="[0, inf)", strong_steps="[1, inf)",
     strong_restarts="[1, inf)", square_queries="[1, inf)", eat_n="[0, inf)", val_n="[0, inf)", eval_every="[0, inf)",
@@ -112,43 +145,75 @@ def apply_overrides(settings, pairs):
             raise UserError(f"--set {pair}: write key=value")
         if key not in settings:
             raise UserError(f"--set {key}: unknown setting; known: {', '.join(sorted(settings))}")
+        if key in ("protocol", "protocol_source", "model_overrides"):
+            raise UserError(f"--set {key}: the protocol is chosen with --protocol {{{','.join(PROTOCOLS)}}}")
         settings[key] = parse_value(key, text, settings[key])
     return settings
 
 
-def resolve_settings(base, args, preset=None):
-    """base <- preset (e.g. Fashion-MNIST) <- --quick <- --iters/--seed <- --set, each checked."""
-    s = dict(base) | (preset or {})
-    if args.quick:
-        s |= QUICK_SETTINGS
-    if args.iters is not None:
-        s["iters"] = args.iters
-    if args.seed is not None:
-        s["seed"] = args.seed
-    if args.eval_n is not None:
-        s["test_n"] = args.eval_n
-    if args.bn_eval is not None:
-        s["bn_eval"] = args.bn_eval
-    s = apply_overrides(s, args.set)
+def resolve_settings(base, args, preset=None, authors=None):
+    """base <- the protocol <- preset (e.g. Fashion-MNIST) <- --quick <- --iters/--seed <- --set, each checked.
+
+    --protocol paper (the default) keeps `base`, the script's settings from the paper. --protocol authors
+    adds AUTHORS_SETTINGS and the script's table of the authors' values, `authors`: its entries A, B, C
+    and EAT hold one model's own values, kept in `model_overrides` for model_settings to apply. A value set
+    by a later layer (the preset, --quick, --iters, ..., --set) is every model's."""
+    protocol = getattr(args, "protocol", None) or "paper"
+    s, own = dict(base), {}
+    if protocol == "authors":
+        if authors is None:
+            raise UserError("--protocol authors: this command has no table of the authors' settings")
+        s |= AUTHORS_SETTINGS | {k: v for k, v in authors.items() if k not in MODEL_ROWS.values()}
+        own = {row: dict(authors[row]) for row in MODEL_ROWS.values() if row in authors}
+    later = dict(preset or {}) | (QUICK_SETTINGS if args.quick else {})
+    for key, value in (("iters", args.iters), ("seed", args.seed), ("test_n", args.eval_n), ("bn_eval", args.bn_eval)):
+        if value is not None:
+            later[key] = value
+    s = apply_overrides(s | later | {"protocol": protocol}, args.set)
+    later_keys = set(later) | {pair.partition("=")[0] for pair in args.set}
+    s["model_overrides"] = {row: {k: v for k, v in values.items() if k not in later_keys} for row, values in own.items()}
+    for method in ["generator", *MODEL_ROWS]:
+        check_model_settings(model_settings(s, method))
+    return s
+
+
+def check_model_settings(s):
+    """One model's settings: numbers within SETTING_RANGES, names among their choices, compatible switches."""
     check_ranges(s)
     if s["g_opt"] not in ("sgd", "adam"):
         raise UserError(f"g_opt must be sgd or adam, not {s['g_opt']!r}")
     if s["hvp"] not in ("fd", "exact"):
         raise UserError(f"hvp must be fd or exact, not {s['hvp']!r}")
+    for key in ("d_net", "g_net"):
+        if s[key] not in NETS:
+            raise UserError(f"{key} must be one of {', '.join(NETS)}, not {s[key]!r}")
     if s["compile"] and s["hvp"] == "exact":
         raise UserError("hvp=exact needs double backpropagation, which compiled networks do not support; drop compile")
     if s["compile"] and s["cuda_graphs"]:
         raise UserError("compile and cuda_graphs are two ways to cut the launches: set one of them")
+    if s["cuda_graphs"] and s["d_every"] > 1:
+        raise UserError("d_every > 1 alternates two different steps, which one captured CUDA graph cannot replay: drop cuda_graphs")
     if s["precision"] not in core.PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(core.PRECISIONS)}, not {s['precision']!r}")
-    if s["bn_eval"] not in core.BN_MODES:
-        raise UserError(f"bn_eval must be one of {', '.join(core.BN_MODES)}, not {s['bn_eval']!r}")
+    for key in ("bn_eval", "eat_bn"):
+        if s[key] not in core.BN_MODES:
+            raise UserError(f"{key} must be one of {', '.join(core.BN_MODES)}, not {s[key]!r}")
     if s["eval_every"] and not s["val_n"]:
         raise UserError("eval_every needs a validation split held out of the training set: set val_n too (e.g. val_n=1000)")
     if s["eval_every"] and s["keep_every"] % s["eval_every"]:
         raise UserError(f"keep_every={s['keep_every']} is not a multiple of eval_every={s['eval_every']}: every kept "
                         "snapshot is scored on the validation split, so that the best one can be named")
-    return s
+
+
+def model_settings(settings, method):
+    """The settings a model of `method` trains with: the common ones and its row's own (`model_overrides`)."""
+    own = settings.get("model_overrides", {}).get(MODEL_ROWS.get(method), {})
+    return {k: v for k, v in settings.items() if k != "model_overrides"} | own
+
+
+def run_name(name, args):
+    """The name of a run's results file and checkpoint folder: mnist, mnist_authors, mnist_authors_quick, ..."""
+    return name + ("_authors" if getattr(args, "protocol", None) == "authors" else "") + ("_quick" if args.quick else "")
 
 
 def in_range(value, interval):
@@ -173,22 +238,31 @@ def check_ranges(settings):
 
 RUNTIME_SETTINGS = {"test_n", "eval_batch", "log_every", "ckpt_minutes", "bn_eval", "strong_n", "strong_steps",
                     "strong_restarts", "square_queries", "compile", "precision",
-                    "cuda_graphs", "concurrent_models", "eval_every", "keep_every"}
+                    "cuda_graphs", "concurrent_models", "eval_every", "keep_every", "protocol_source"}
 
 
 def fingerprint(settings, method, seed):
-    kept = {k: v for k, v in sorted(settings.items()) if k not in RUNTIME_SETTINGS}
+    """What a model's checkpoint must have been trained with to be resumed or loaded: its model_settings
+    less the runtime ones, and less NEUTRAL_SETTINGS at their neutral values (the paper protocol's, which
+    older checkpoints do not name). So a checkpoint of one protocol never resumes under the other."""
+    kept = {k: v for k, v in sorted(model_settings(settings, method).items())
+            if k not in RUNTIME_SETTINGS and not (k in NEUTRAL_SETTINGS and v == NEUTRAL_SETTINGS[k])}
     if method != "eat" or not kept.get("eat_n"):  # eat_n=0, the whole set, is how EAT checkpoints older than it were made
         kept.pop("eat_n", None)
+    if method != "eat":
+        kept.pop("eat_bn", None)
     if not kept.get("val_n"):  # nothing held out: how every checkpoint older than val_n was trained
         kept.pop("val_n", None)
     return json.dumps(kept | {"method": method, "model_seed": seed})
 
 
 def lr_at(it, settings):
-    """D's learning rate: `d_lr`, times `d_lr_drop_factor` from the fraction `d_lr_drop_at` of the run on."""
-    dropped = it >= int(settings["d_lr_drop_at"] * settings["iters"])
-    return settings["d_lr"] * (settings["d_lr_drop_factor"] if dropped else 1.0)
+    """D's learning rate: `d_lr`, times `d_lr_drop_factor` from the fraction `d_lr_drop_at` of the run on,
+    and `d_lr` times `d_lr_drop2_factor` from the fraction `d_lr_drop2_at` on."""
+    s, at = settings, lambda fraction: int(fraction * settings["iters"])
+    if it >= at(s.get("d_lr_drop2_at", NEUTRAL_SETTINGS["d_lr_drop2_at"])):
+        return s["d_lr"] * s["d_lr_drop2_factor"]
+    return s["d_lr"] * (s["d_lr_drop_factor"] if it >= at(s["d_lr_drop_at"]) else 1.0)
 
 
 # =====================================================================================================
@@ -212,6 +286,8 @@ def experiment_parser(description, models=True):
     p.add_argument("--iters", type=int, default=None, help="iterations per model; the schedule scales with it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
     p.add_argument("--quick", action="store_true", help="tiny schedule and test subset: a smoke test")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="paper", help="paper: the settings of the paper's text "
+                   "(default); authors: those of the authors' code, which made the paper's tables (README: Two protocols)")
     p.add_argument("--eval-n", type=int, default=None, help="score only the first N test images (setting test_n)")
     p.add_argument("--bn-eval", choices=core.BN_MODES, default=None, help="batch norm when scoring: running statistics "
                    "(eval mode, default) or batch statistics (the authors' protocol); C is reported both ways")
@@ -567,7 +643,7 @@ def training_lock(ckpt_path, name):
 
 
 def locked_training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop, train):
-    s, fp = settings, fingerprint(settings, method, seed)
+    s, fp = model_settings(settings, method), fingerprint(settings, method, seed)
     step, modules = core.make_step(method, D, G, s)
     step = graphed_or_eager(step, s, device, [m for m in modules.values() if isinstance(m, torch.optim.Optimizer)])
     record = {"method": method, "iters_done": 0, "train_seconds": 0.0, "history": []}
@@ -601,27 +677,30 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
                                               "device": device_name(device), "precision": core.precision_name(device, s["precision"]),
                                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     progress = Progress(s["iters"], f"{name} ({method})", start=start)
-    sums, count, t_start, t_saved, lr_now = {}, 0, time.time(), time.time(), None
+    sums, counts, t_start, t_saved, lr_now = {}, {}, time.time(), time.time(), None
     seconds_before = record["train_seconds"]
     for it in range(start, s["iters"]):
         if "opt_D" in modules and lr_at(it, s) != lr_now:
             lr_now = lr_at(it, s)
             core.set_learning_rate(modules["opt_D"], lr_now)
+            if s["d_fresh_momentum"] and it > 0 and lr_now != lr_at(it - 1, s):  # a drop here, not a resume
+                core.reset_momentum(modules["opt_D"])
         x, y = batches(it)
-        stats = step(x, y)
+        # d_every > 1 (C): G's steps on every minibatch, D's only on every d_every-th, counted in minibatches
+        stats = step(x, y, d_step=it % s["d_every"] == 0) if method == "advnet" and s["d_every"] > 1 else step(x, y)
         for k, v in stats.items():
             sums[k] = sums.get(k, 0) + v.float()
-        count += 1
+            counts[k] = counts.get(k, 0) + 1
         last = it + 1 == s["iters"]
         if (it + 1) % s["log_every"] == 0 or last or stop.raised or milestone(it + 1, s):
-            means = {k: v.item() / count for k, v in sums.items()}  # the one host sync per interval
+            means = {k: v.item() / counts[k] for k, v in sums.items()}  # the one host sync per interval
             if not all(math.isfinite(v) for v in means.values()):
                 raise UserError(f"{name}: loss became NaN/inf before iteration {it + 1}; stopped, {kept_checkpoint(ckpt_path)}; "
                                 f"try a smaller learning rate with --set")
             record["history"].append({"iter": it + 1, "lr": lr_at(it, s), **{k: round(v, 5) for k, v in means.items()}})
             record["iters_done"] = it + 1
             record["train_seconds"] = seconds_before + time.time() - t_start
-            sums, count = {}, 0
+            sums, counts = {}, {}
             progress.update(it + 1, " ".join(f"{k}={v:.3f}" for k, v in means.items() if k in ("loss", "acc", "acc_adv")))
             validate_if_due(name, method, D, G, batches, s, device, it + 1, record)
             if last or stop.raised or time.time() - t_saved >= 60 * s["ckpt_minutes"]:
@@ -799,12 +878,12 @@ def batch_maker(seed, settings, data, device):
     carry them, on the device, as `held_out` (else None)."""
     def make_batches():
         images, labels = data()
-        held_out = None
+        held_out, pad = None, settings["augment_pad"]
         if settings["val_n"]:
             (images, labels), held_out = held_out_split(images, labels, settings["val_n"])
         try:
             batches = core.Batches(images, labels, settings["batch_size"], seed, device,
-                                   core.crop_flip if settings["augment"] else None)
+                                   (lambda x: core.crop_flip(x, pad)) if settings["augment"] else None)
         except ValueError as err:  # a training set smaller than one batch
             raise UserError(str(err)) from None
         batches.held_out = held_out and tuple(t.to(device) for t in held_out)
@@ -841,11 +920,11 @@ def prepare_models(specs, settings, build_D, build_G, data, device):
 # Running an experiment: train the six models, evaluate, write the results JSON
 # =====================================================================================================
 
-def configure_with(name, settings, load_data):
+def configure_with(name, settings, load_data, authors=None):
     """The configure(args) of a script whose data need only --data-dir: args -> (name, settings, load)."""
     def configure(args):
-        resolved = resolve_settings(settings, args)
-        return name + ("_quick" if args.quick else ""), resolved, lambda: load_data(args.data_dir)
+        resolved = resolve_settings(settings, args, authors=authors)
+        return run_name(name, args), resolved, lambda: load_data(args.data_dir)
     return configure
 
 
@@ -881,8 +960,8 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     if args.no_eval:
         return runs
     if seeds:
-        report = {"experiment": name, "settings": settings, "provenance": provenance(device, command_line(args), settings["precision"]),
-                  "seed_list": seeds, "runs": {str(seed): run for seed, run in runs.items()}}
+        report = {"experiment": name, "protocol": settings["protocol"], "settings": settings,
+                  "provenance": provenance(device, command_line(args), settings["precision"]), "seed_list": seeds, "runs": {str(seed): run for seed, run in runs.items()}}
         report["table_stats"] = reports.seed_statistics({seed: run["table"] for seed, run in runs.items()})
         report["table"] = {row: {col: cell["mean"] for col, cell in cols.items()} for row, cols in report["table_stats"].items()}
         report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
@@ -899,7 +978,8 @@ def run_seed(name, settings, args, data, build_D, build_G, device, ckpt_dir, cho
     evaluates them; returns that run's report (the results JSON of a single-seed run)."""
     train_x, train_y, test_x, test_y = data
     started = time.time()
-    report = {"experiment": name, "settings": settings, "seeds": {}, "provenance": provenance(device, command_line(args), settings["precision"]),
+    report = {"experiment": name, "protocol": settings["protocol"], "settings": settings, "seeds": {},
+              "provenance": provenance(device, command_line(args), settings["precision"]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": {}}
     finished, generators, specs = {}, {}, {}
     for model_name in ["A", "B", "C", "A'", "B'", "C'"]:
@@ -917,7 +997,8 @@ def run_seed(name, settings, args, data, build_D, build_G, device, ckpt_dir, cho
         print(f"trained {', '.join(finished) or 'nothing'}; checkpoints in {ckpt_dir}; run without --no-eval to evaluate")
         return report
     report["table"], report["eval"] = evaluate_trained(finished, settings, test_x, test_y, device)
-    print(f"seed {settings['seed']} (copies {settings['seed'] + 1})\n{reports.format_table(report['table'], paper)}")
+    print(f"seed {settings['seed']} (copies {settings['seed'] + 1}), {settings['protocol']} protocol\n"
+          f"{reports.format_table(report['table'], paper)}")
     if args.strong_eval:
         report["strong_eval"] = strong_eval_report(finished, generators.get("C"), settings, test_x, test_y, device,
                                                    autoattack, ckpt_dir)

@@ -23,9 +23,9 @@ import experiment
 import jobs
 import reports
 
-GENERATORS = {  # name in paper_tables.json -> builder from the CIFAR-10 settings
-    "G1_k8": lambda s: core.G1(k=8, channels=3),
-    "G1_k64": lambda s: core.G1(k=s["g_width"], channels=3),
+GENERATORS = {  # name in paper_tables.json -> builder from the CIFAR-10 settings (G1: the protocol's, cifar10.build_G)
+    "G1_k8": lambda s: cifar10.build_G(s | {"g_width": 8}),
+    "G1_k64": cifar10.build_G,
     "G2_gaussian": lambda s: core.G2(k=s["g_width"], channels=3, size=32),
     "G3_label": lambda s: core.G3(k=s["g_width"], channels=3, size=32, n_classes=s["n_classes"]),
 }
@@ -38,9 +38,12 @@ def main(argv=None):
     if args.slurm is not None:  # the whole script as one job
         return jobs.launch_script(args, args.ckpt_dir or "checkpoints")
     name, settings, load = cifar10.configure(args)
+    if settings["protocol"] == "authors":
+        settings["protocol_source"] += "; Tables 5 and 6 have no authors' code: only the CIFAR-10 models they reuse follow it"
     device = experiment.pick_device(args.gpu)
     cifar_dir = os.path.join(args.ckpt_dir or "checkpoints", name)
-    study_dir = os.path.join(args.ckpt_dir or "checkpoints", "generators" + ("_quick" if args.quick else ""))
+    study_name = experiment.run_name("generators", args)
+    study_dir = os.path.join(args.ckpt_dir or "checkpoints", study_name)
     train_x, train_y, test_x, test_y = load()
     data = lambda: (train_x, train_y)
     n = settings["test_n"] or len(test_x)
@@ -54,7 +57,7 @@ def main(argv=None):
 
     fixed = {m: cifar_model(m) for m in ("A", "A'", "B", "B'", "C")}
     targets = {m: fixed[m][0] for m in ("A", "A'", "B", "C")}
-    report = {"experiment": "generators" + ("_quick" if args.quick else ""), "settings": settings, "attack_training": ATTACK_TRAINING,
+    report = {"experiment": study_name, "protocol": settings["protocol"], "settings": settings, "attack_training": ATTACK_TRAINING,
               "provenance": experiment.provenance(device, experiment.command_line(args), settings["precision"]), "n_test": n, "models": {}}
 
     # ------------------------------------------------------------- Table 5: generators against fixed A
@@ -92,7 +95,7 @@ def main(argv=None):
 
     report |= {"table5": table5, "table6": table6, "eval": evaluation,
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
-    out = args.out or os.path.join("results", "generators" + ("_quick" if args.quick else "") + ".json")
+    out = args.out or os.path.join("results", study_name + ".json")
     examples_path = os.path.splitext(out)[0] + "_examples.npz"
     report["examples"] = os.path.basename(examples_path)
     arrays = {k: v.float().cpu().numpy() for k, v in examples.items()}

@@ -2,9 +2,10 @@
 with seed s, and the copies A', B', C' with seed s+1; evaluate white-box and black-box FGS/PGD;
 write results/mnist.json and print the table beside the paper's.
 
-    python mnist.py --gpu 0                 # the paper's protocol (200k iterations per model)
-    python mnist.py --quick                 # a smoke test of the whole pipeline, minutes on a CPU
-    python mnist.py --fashion --iters 2000  # Fashion-MNIST, same protocol, eps 0.1
+    python mnist.py --gpu 0                    # the paper's protocol (200k iterations per model)
+    python mnist.py --gpu 0 --protocol authors # the settings of the authors' code instead
+    python mnist.py --quick                    # a smoke test of the whole pipeline, minutes on a CPU
+    python mnist.py --fashion --iters 2000     # Fashion-MNIST, same protocol, eps 0.1
 """
 import os
 
@@ -21,8 +22,42 @@ SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's MNIST settings; th
     d_weight_decay=1e-3,     # D: L2 on conv/linear kernels (paper; the authors' code uses 1e-5)
     g_opt="adam",            # G's optimiser, adam or sgd (the authors' MNIST code: sgd, lr 0.01)
     g_lr=0.002,              # G's learning rate eta_G
+    train_from=0,            # the first training image used: images train_from ... 59,999 train
+)
+# --protocol authors: the defaults of the authors' MNIST code (GitHub whxbergkamp/RobustDL_GAN, mnist/; files
+# below relative to it), where they differ from the paper's above; with experiment.AUTHORS_SETTINGS
+AUTHORS = dict(
+    protocol_source="whxbergkamp/RobustDL_GAN mnist/",
+    g_net="authors",         # adversarial_networks/models/simple_cnn_mnist.py: generator (core.MnistG); D1 is their discriminator
+    train_from=5000,         # run_gan_mnist.py: input_data.read_data_sets(...), image = tf.reshape(image, [55000, 28, 28, 1]):
+                             # the TF tutorial reader's train split, images 5,000 to 59,999 (validation_size=5000)
+    test_n=9984,             # black_box_mnist.py: num_steps = int(test_size/batch_size), 156 whole batches of 64
+    A=dict(                  # run_standard_mnist.py + adversarial_networks/train_standard_mnist.py
+        d_lr=0.1,            # '--learning-rate', default=0.1; only train_op runs (optimizer2 unused): no drop
+        d_weight_decay=1e-4, # '--weight-decay', default='1E-4'
+    ),
+    B=dict(                  # run_pgd_mnist.py + adversarial_networks/train_pgd_mnist.py: lr 0.01 (the paper's), no drop
+        d_weight_decay=1e-4, # '--weight-decay', default=1E-4
+    ),
+    C=dict(                  # run_gan_mnist.py + adversarial_networks/train_gan_mnist.py
+        d_every=5,           # if batch_idx % 5 == 0: ... d_train_and_restore_op (after g_train_op5): 25 G steps per D step
+        d_lr_drop_at=0.5,    # if batch_idx<100000: d_train_and_restore_op, else ..._op2 (d_optimizer2, learning_rate/10)
+        d_weight_decay=1e-5, # '--weight-decay', default=1E-5 (D and G)
+        g_weight_decay=1e-5, # g_decay = weight_decay * 0.5 * sum(...), in g_grads and so in g_grads6
+        g_opt="sgd",         # g_optimizer = tf.train.MomentumOptimizer(learning_rate=0.01, momentum=0.9)
+        g_lr=0.01,           # ditto
+        fd_h=0.001,          # g_step_size = learning_rate/10, D's initial 0.01 ('--learning-rate', default=0.01)
+    ),
+    EAT=dict(                # run_eat_mnist.py + adversarial_networks/train_eat_standard_mnist.py
+        d_lr=0.1,            # '--learning-rate', default=0.1
+        d_lr_drop_at=0.5,    # if batch_idx<100000: train_op, else: train_op2 (optimizer2, learning_rate*0.1)
+        d_weight_decay=1e-4, # '--weight-decay', default=1E-4
+    ),
 )
 FASHION = dict(eps=0.1)      # --fashion: the usual Fashion-MNIST radius
+# The authors have no Fashion-MNIST code: --fashion --protocol authors applies their MNIST settings
+FASHION_AUTHORS = AUTHORS | dict(protocol_source="whxbergkamp/RobustDL_GAN mnist/, extrapolated to Fashion-MNIST "
+                                                 "(the authors have no Fashion-MNIST code)")
 
 FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
@@ -43,20 +78,30 @@ def load_data(data_dir, fashion):
     return experiment.open_dataset(make, dataset.__name__, where, files, n_classes=10, image_shape=(1, 28, 28))
 
 
+def training_from(data, first):
+    """The data with the training images before `first` left out (train_from)."""
+    train_x, train_y, test_x, test_y = data
+    if first >= len(train_x):
+        raise experiment.UserError(f"train_from={first} leaves none of the {len(train_x)} training images")
+    return train_x[first:], train_y[first:], test_x, test_y
+
+
 def build_D(settings):
-    return core.D1(in_shape=(1, 28, 28), n_classes=10)
+    return core.D1(in_shape=(1, 28, 28), n_classes=10, input_scale=255 / settings["pixel_scale"])  # D1 is the authors' too
 
 
 def build_G(settings):
-    return core.G1(k=settings["g_width"], channels=1)
+    net = core.MnistG if settings["g_net"] == "authors" else core.G1
+    return net(k=settings["g_width"], channels=1, input_scale=255 / settings["pixel_scale"])
 
 
 # ======================================================================================= run
 def configure(args, fashion=False):
-    """(name, settings, load) of the run that `args` (--quick, --iters, --seed, --set, --data-dir) ask for."""
-    settings = experiment.resolve_settings(SETTINGS, args, FASHION if fashion else None)
-    name = ("fashion_mnist" if fashion else "mnist") + ("_quick" if args.quick else "")
-    return name, settings, lambda: load_data(args.data_dir, fashion)
+    """(name, settings, load) of the run that `args` (--protocol, --quick, --iters, --seed, --set, --data-dir) ask for."""
+    settings = experiment.resolve_settings(SETTINGS, args, FASHION if fashion else None,
+                                           FASHION_AUTHORS if fashion else AUTHORS)
+    name = experiment.run_name("fashion_mnist" if fashion else "mnist", args)
+    return name, settings, lambda: training_from(load_data(args.data_dir, fashion), settings["train_from"])
 
 
 def main(argv=None):

@@ -60,9 +60,9 @@ def parse_args(argv):
     return args
 
 
-def model_settings(script, trained, args):
-    """A checkpoint's training settings, with the scoring settings over them (the same for every model)."""
-    return experiment.resolve_settings(script.SETTINGS | trained | args.scoring, args)
+def model_settings(script, authors, trained, method, args):
+    """A checkpoint's training settings under its protocol, with the scoring settings over them (the same for every model)."""
+    return evaluate.trained_settings(script, authors, trained, method, args, args.scoring)
 
 
 def snapshots(path, ckpt):
@@ -127,14 +127,16 @@ def score_snapshot(script, path, settings, test_x, test_y, device):
             "seconds": round(time.time() - t0, 1)}
 
 
-def earlier_scores(out, scoring):
-    """The models of an earlier results file scored the same way (its entries are reused), else {}."""
+def earlier_scores(out, scoring, protocol):
+    """The models of an earlier results file scored the same way, under the same protocol (its entries are
+    reused), else {}."""
     try:
         with open(out) as f:
             earlier = json.load(f)
     except (OSError, ValueError):
         return {}
-    return earlier.get("models", {}) if earlier.get("scoring") == scoring else {}
+    same = earlier.get("scoring") == scoring and earlier.get("protocol", "paper") == protocol  # none: the paper's
+    return earlier.get("models", {}) if same else {}
 
 
 def reusable(earlier, name, fingerprint, it):
@@ -147,7 +149,7 @@ def write(out, report, mine):
     """The report with this process's models `mine` and what another process has written meanwhile of
     the others (scored the same way), read and written under the file's merge lock."""
     with experiment.merge_lock(out):
-        others = {k: v for k, v in earlier_scores(out, report["scoring"]).items() if k not in mine}
+        others = {k: v for k, v in earlier_scores(out, report["scoring"], report["protocol"]).items() if k not in mine}
         experiment.write_json(out, report | {"models": others | mine})
 
 
@@ -171,11 +173,13 @@ def format_curves(models):
 
 def main(argv=None):
     args = parse_args(argv)
-    script, load_test, _ = evaluate.DATASETS[args.dataset]
+    script, load_test, _, authors = evaluate.DATASETS[args.dataset]
     loaded = {os.path.splitext(os.path.basename(p))[0]: (p, *evaluate.load(p)) for p in args.checkpoints}
     if len(loaded) != len(args.checkpoints):
         raise experiment.UserError("two checkpoints share a name: score them into different --out files")
-    settings = {name: model_settings(script, trained, args) for name, (_, _, trained, _, _) in loaded.items()}
+    settings = {name: model_settings(script, authors, trained, method, args) for name, (_, _, trained, method, _) in loaded.items()}
+    if len({s["protocol"] for s in settings.values()}) > 1:  # each protocol scores its own way (batch norm, batch size)
+        raise experiment.UserError("the checkpoints were trained under different protocols: score each protocol's into its own --out")
     found = {name: snapshots(path, ckpt) for name, (path, ckpt, *_) in loaded.items()}
     device = experiment.pick_device(args.gpu)
     scoring = {"dataset": args.dataset} | {k: next(iter(settings.values()))[k] for k in SCORING_KEYS} | {
@@ -183,9 +187,10 @@ def main(argv=None):
     test_x, test_y = load_test(args)
     started = time.time()
     provenance = experiment.provenance(device, experiment.command_line(args), "float32")
-    report = {"experiment": args.name, "dataset": args.dataset, "scoring": scoring, "attacks": ATTACKS + ["autoattack"],
+    report = {"experiment": args.name, "protocol": next(iter(settings.values()))["protocol"], "dataset": args.dataset,
+              "scoring": scoring, "attacks": ATTACKS + ["autoattack"],
               "provenance": provenance, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    earlier, mine = earlier_scores(args.out, scoring), {}
+    earlier, mine = earlier_scores(args.out, scoring, report["protocol"]), {}
     for name, (path, ckpt, trained, method, seed) in loaded.items():
         s = settings[name]
         mine[name] = {"checkpoint": os.path.abspath(path), "method": method, "seed": seed, "fingerprint": ckpt["fingerprint"],

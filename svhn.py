@@ -2,16 +2,17 @@
 with seed s, and the copies A', B', C' with seed s+1, on the training set plus 80k images drawn from
 `extra`; evaluate white-box and black-box FGS/PGD; write results/svhn.json beside the paper's table.
 
-    python svhn.py --gpu 0              # the paper's protocol (200k iterations per model)
-    python svhn.py --quick              # a smoke test of the whole pipeline
+    python svhn.py --gpu 0                      # the paper's protocol (200k iterations per model)
+    python svhn.py --gpu 0 --protocol authors   # the settings of the authors' code instead
+    python svhn.py --quick                      # a smoke test of the whole pipeline
 """
 import os
 
 import torch
 
 import autoattack_suite
+import core
 import experiment
-from cifar10 import build_D, build_G
 
 # ======================================================================================= settings
 SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's SVHN settings; the shared ones are in experiment.py
@@ -24,6 +25,32 @@ SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's SVHN settings; the
     d_weight_decay=1e-5,     # D: L2 on conv/linear kernels
     g_opt="sgd",             # G's optimiser: SGD, momentum 0.9
     g_lr=0.01,               # G's learning rate eta_G
+)
+# --protocol authors: the defaults of the authors' SVHN code (GitHub whxbergkamp/RobustDL_GAN, svhn/; files
+# below relative to it), where they differ from the paper's above; with experiment.AUTHORS_SETTINGS
+AUTHORS = dict(
+    protocol_source="whxbergkamp/RobustDL_GAN svhn/",
+    pixel_scale=256,         # run_*_svhn.py: mat_content['X'].astype(np.float32)/256.0 (train, extra and test)
+    d_net="authors",         # adversarial_networks/models/resnet18.py: resnet_v1, no BN-ReLU after the stem conv and
+                             # one after the last stage (core.SvhnD)
+    g_net="authors",         # resnet18.py: generator, stride-2 convs to filters=ngf*mult*2, 2k and 4k (core.AuthorsG1)
+    test_n=25984,            # adversarial_networks/run_attacks_black_box_svhn.py: num_steps = int(num_test_examples/batch_size),
+                             # 406 whole batches of 64 of the 26,032 test images
+    A=dict(                  # run_standard_svhn.py + adversarial_networks/train_standard_svhn.py: lr 0.01, x0.1 at
+        d_weight_decay=1e-4, # 100k (the paper's); '--weight-decay', default=1E-4
+    ),
+    B=dict(                  # run_pgd_svhn.py + adversarial_networks/train_pgd_svhn.py: lr 0.01, x0.1 at 100k
+        d_weight_decay=1e-4, # '--weight-decay', default=1E-4
+    ),
+    C=dict(                  # run_gan_svhn.py + adversarial_networks/train_gan_svhn.py: D lr 0.01, x0.1 at 100k, G
+                             # tf.train.MomentumOptimizer(learning_rate=0.01, momentum=0.9) (the paper's)
+        d_weight_decay=1e-4, # '--weight-decay', default=1E-4 (D and G)
+        g_weight_decay=1e-4, # g_decay = weight_decay * 0.5 * sum(...), in g_grads and so in g_grads6
+        fd_h=0.001,          # g_step_size = learning_rate/10, D's initial 0.01
+    ),
+    EAT=dict(                # run_eat_svhn.py + adversarial_networks/train_eat_standard_svhn.py: lr 0.01
+        d_weight_decay=1e-4, # ('--learning-rate', default=0.01), x0.1 at 100k; '--weight-decay', default=1E-4
+    ),
 )
 
 
@@ -56,11 +83,21 @@ def load_data(data_dir, extra_n, seed):
     return experiment.open_dataset(make, "SVHN", where, files, n_classes=10, image_shape=(3, 32, 32))
 
 
+def build_D(settings):
+    net = core.SvhnD if settings["d_net"] == "authors" else core.D2
+    return net(n_classes=settings["n_classes"], in_channels=3, input_scale=255 / settings["pixel_scale"])
+
+
+def build_G(settings):
+    net = core.AuthorsG1 if settings["g_net"] == "authors" else core.G1
+    return net(k=settings["g_width"], channels=3, input_scale=255 / settings["pixel_scale"])
+
+
 # ======================================================================================= run
 def configure(args):
-    """(name, settings, load) of the run that `args` (--quick, --iters, --seed, --set, --data-dir) ask for."""
-    settings = experiment.resolve_settings(SETTINGS, args)
-    return "svhn" + ("_quick" if args.quick else ""), settings, lambda: load_data(args.data_dir, settings["extra_n"], settings["seed"])
+    """(name, settings, load) of the run that `args` (--protocol, --quick, --iters, --seed, --set, --data-dir) ask for."""
+    settings = experiment.resolve_settings(SETTINGS, args, authors=AUTHORS)
+    return experiment.run_name("svhn", args), settings, lambda: load_data(args.data_dir, settings["extra_n"], settings["seed"])
 
 
 def main(argv=None):

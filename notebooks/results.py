@@ -37,6 +37,8 @@
 # | `python generators_study.py --gpu 0` | Tables 5 and 6 (generators) | `results/generators.json` + `_examples.npz` |
 #
 # then run all cells. `--quick` runs write `*_quick.json`: smoke tests of the pipeline, not results.
+# `--protocol authors` runs (the settings of the authors' code instead of the paper's text) write
+# `*_authors.json`; every table names the protocol that produced it.
 # They are shown, labelled as such, only when `RESULTS_DIR` is set or when the experiment has no full
 # result. The committed notebook has no outputs. Its source is `notebooks/results.py`, the same cells as a
 # script (jupytext's percent format): after editing either, `jupytext --sync notebooks/results.py` writes the other.
@@ -98,6 +100,7 @@ class Result(NamedTuple):
     experiment: str  # mnist ... cifar100, ensemble, generators, over_training
     quick: bool      # a --quick smoke test
     data: dict
+    protocol: str    # paper (the settings of the paper's text; files older than --protocol) or authors
 
 
 def need(obj, dotted, types):
@@ -204,14 +207,17 @@ def load_result(path):
     except ValueError as err:  # invalid JSON, or not UTF-8
         raise BadResult(f"not valid JSON ({err})") from None
     label = need(data, "experiment", str)
-    experiment = label.removesuffix("_quick")
+    experiment = label.removesuffix("_quick").removesuffix("_authors")
     if experiment == "bench":
         raise BadResult("bench.py's speed measurements, not accuracies (README: Measure speed)")
     if experiment not in CHECKS:
         raise BadResult(f"unknown experiment '{label}'")
     CHECKS[experiment](data)
     # ensemble.py and generators_study.py name only the file of a --quick run
-    return Result(path.name, experiment, path.name.endswith("_quick.json") or label.endswith("_quick"), data)
+    protocol = data.get("protocol", "paper")
+    if not isinstance(protocol, str):
+        raise BadResult("'protocol' is not a string")
+    return Result(path.name, experiment, path.name.endswith("_quick.json") or label.endswith("_quick"), data, protocol)
 
 
 def load_all(folder):
@@ -223,7 +229,7 @@ def load_all(folder):
         except BadResult as err:
             problems.append(f"{path.name}: not shown: {err}")
     order = DATASETS + ["ensemble", "generators", "over_training"]
-    return sorted(results, key=lambda r: (order.index(r.experiment), r.quick, r.file)), problems
+    return sorted(results, key=lambda r: (order.index(r.experiment), r.protocol != "paper", r.quick, r.file)), problems
 
 
 def runs_of(result):
@@ -236,15 +242,23 @@ def runs_of(result):
 
 
 def hide_superseded_quick(results):
-    "Smoke tests of experiments that have a full result, unless RESULTS_DIR asks for everything."
-    full = {r.experiment for r in results if not r.quick}
-    hidden = [] if SHOW_ALL_QUICK else [r for r in results if r.quick and r.experiment in full]
-    notes = [f"{r.file}: smoke test not shown ({r.experiment} has a full result)" for r in hidden]
+    "Smoke tests of experiments that have a full result of their protocol, unless RESULTS_DIR asks for everything."
+    full = {(r.experiment, r.protocol) for r in results if not r.quick}
+    hidden = [] if SHOW_ALL_QUICK else [r for r in results if r.quick and (r.experiment, r.protocol) in full]
+    notes = [f"{r.file}: smoke test not shown ({r.experiment} has a full result, {r.protocol} protocol)" for r in hidden]
     return [r for r in results if r not in hidden], notes
 
 
 def quick_tag(result):
     return "  [QUICK SMOKE TEST: a pipeline check, not a result]" if result.quick else ""
+
+
+def protocol_text(run):
+    "Which settings made a run: the paper's text, or the authors' code (and which of it, extrapolated or not)."
+    settings = run["settings"]
+    if settings.get("protocol", "paper") == "paper":
+        return "protocol: paper (the settings of the paper's text)"
+    return f"protocol: authors (the settings of the authors' code: {settings.get('protocol_source') or 'unnamed'})"
 
 
 def for_each(results, show, none_line):
@@ -270,8 +284,9 @@ for line in problems + hidden:
 # ## Tables 1, 2, 3, 7 and Fashion-MNIST: ours beside the paper
 #
 # Per model: our accuracy, the paper's, and the difference ours − paper, with `*` where it exceeds 3
-# points. `-`: a column the run did not evaluate. The line above each table gives the settings that
-# produced ours. A run made with `--seeds` shows one settings line per seed, the mean over the seeds
+# points. `-`: a column the run did not evaluate. The lines above each table give the protocol (the
+# settings of the paper's text, or of the authors' code, which produced the paper's numbers) and the
+# settings that produced ours. A run made with `--seeds` shows one settings line per seed, the mean over the seeds
 # as ours, with its sample standard deviation (`± sd`) beneath, and the number of seeds n. Fashion-MNIST
 # is not in the paper: its rows are set against the paper's MNIST ones (another data set and ε), which
 # shows the pattern, not a reproduction.
@@ -363,6 +378,7 @@ def print_dataset(result):
     paper, caption = paper_table(result.experiment)
     print(f"\n=== {result.experiment}: {result.file}{quick_tag(result)}")
     for name, run in runs_of(result):
+        print(protocol_text(run))
         print(settings_line(run, seeds_text(run["seeds"]), run["eval"]["n_test"]))
     if "runs" in data:
         print(f"ours: the mean over n = {seed_counts(data)} seeds; ± sd: their sample standard deviation")
@@ -382,16 +398,17 @@ for_each(dataset_results, print_dataset, "no data-set results to show")
 # `--seeds`: bars are the means over its n seeds (the title says n), whiskers ± one standard deviation.
 
 # %%
-def eat_row(dataset, quick):
+def eat_row(dataset, quick, protocol):
     for result in shown:
-        if result.experiment == "ensemble" and result.quick == quick and dataset in result.data["datasets"]:
+        if (result.experiment == "ensemble" and result.quick == quick and result.protocol == protocol
+                and dataset in result.data["datasets"]):
             return result.data["datasets"][dataset]["table"].get("EAT")
     return None
 
 
 def plot_accuracy_bars(result):
     rows, spread = dict(result.data["table"]), spread_of(result.data) or {}
-    eat = eat_row(result.experiment, result.quick)
+    eat = eat_row(result.experiment, result.quick, result.protocol)
     if eat is not None:
         rows["EAT"] = eat
     paper, caption = paper_table(result.experiment)
@@ -406,7 +423,7 @@ def plot_accuracy_bars(result):
             ax.scatter(offset, [paper[name][c] for c in COLUMNS], marker="_", s=120, color="k", zorder=3, label="paper")
     ax.set(xticks=x, xticklabels=COLUMNS, ylim=(0, 100), ylabel="test accuracy (%)")
     seeds = f"; bars: mean of n = {seed_counts(result.data)} seeds, whiskers ± sd" if spread else ""
-    ax.set_title(f"{result.file}{quick_tag(result)}{seeds}\n{caption}", fontsize=9)
+    ax.set_title(f"{result.file}{quick_tag(result)}{seeds}, {result.protocol} protocol\n{caption}", fontsize=9)
     legend = dict(zip(*reversed(ax.get_legend_handles_labels())))  # one "paper" entry
     ax.legend(legend.values(), legend.keys(), loc="upper left", bbox_to_anchor=(1.0, 1.0))
     plt.show()
@@ -427,6 +444,7 @@ def print_ensemble(result):
     for dataset, entry in result.data["datasets"].items():
         paper, caption = paper_table(dataset)
         print(f"\n--- {dataset}")
+        print(protocol_text(entry))
         print(settings_line(entry, seeds_text(entry["seeds"]), entry["eval"]["n_test"]))
         print(caption + ("; its EAT and C rows are Table 4's" if "EAT" in paper else "; the paper has no EAT row for it"))
         print(comparison(entry["table"], {row: paper[row] for row in ("EAT", "C") if row in paper}, COLUMNS))
@@ -456,7 +474,7 @@ def strong_runs():
     for result in shown:
         for name, run in runs_of(result):
             if "strong_eval" in run:
-                yield f"{result.file}{quick_tag(result)}: {name}", run["strong_eval"]
+                yield f"{result.file}{quick_tag(result)}: {name}, {result.protocol} protocol", run["strong_eval"]
 
 
 def strong_summary(accuracy):
@@ -507,7 +525,7 @@ for result in shown:
     for name, run in runs_of(result):
         modes = run.get("eval", {}).get("bn_comparison", {}).get("C")
         if modes:
-            print(f"\nmodel C of {result.file} ({name}), white box, by batch-norm mode:")
+            print(f"\nmodel C of {result.file} ({name}, {result.protocol} protocol), white box, by batch-norm mode:")
             for mode, row in modes.items():
                 print(f"  {mode:<8}" + "".join(f"{k} {v:6.2f}   " for k, v in row.items()))
 
@@ -533,6 +551,7 @@ def paper_table6():
 def print_generators(result):
     data = result.data
     print(f"\n=== {result.file}{quick_tag(result)}")
+    print(protocol_text(data))
     print(settings_line(data, f"{data['settings']['seed']} (copies X': {data['settings']['seed'] + 1})", data["n_test"]))
     print("attacking generators trained with", ", ".join(f"{key} {value}" for key, value in data["attack_training"].items()))
     print(f"\nTable 5 (paper: {PAPER['generator_attack']['meaning']})")
@@ -605,7 +624,8 @@ def show_examples(result):
     try:
         arrays = load_examples(result)
         for name in generator_names(arrays):
-            plot_examples(name, *example_triplet(arrays, name), result.data["settings"]["eps"], quick_tag(result))
+            plot_examples(name, *example_triplet(arrays, name), result.data["settings"]["eps"],
+                          f"{quick_tag(result)}, {result.protocol} protocol")
     except BadResult as err:
         print(f"{result.data['examples']} (the examples of {result.file}): {err}")
 
@@ -652,7 +672,7 @@ def plot_curves(models, panels, title):
 
 
 def plot_result_curves(result):
-    data, title = result.data, f"{result.file}{quick_tag(result)}"
+    data, title = result.data, f"{result.file}{quick_tag(result)} ({result.protocol} protocol)"
     if result.experiment in DATASETS:
         for name, run in runs_of(result):
             plot_curves(run["models"], TRAINING_PANELS, title + (f": {name}" if "runs" in data else ""))
@@ -685,7 +705,7 @@ OVER_TRAINING_LINES = [("clean", "clean"), ("fgs", "FGS"), ("pgd10", "PGD-10 (pa
 
 
 def plot_over_training(result):
-    models, title = result.data["models"], f"{result.file}{quick_tag(result)}"
+    models, title = result.data["models"], f"{result.file}{quick_tag(result)} ({result.protocol} protocol)"
     fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.2), sharey=True, squeeze=False)
     for ax, (name, model) in zip(axes[0], models.items()):
         snapshots = model["snapshots"]
@@ -710,7 +730,8 @@ def plot_over_training(result):
 
 
 def print_over_training(result):
-    print(f"\n=== {result.file}{quick_tag(result)}: {result.data['dataset']}, {result.data['provenance']['command']}")
+    print(f"\n=== {result.file}{quick_tag(result)}: {result.data['dataset']}, {result.protocol} protocol, "
+          f"{result.data['provenance']['command']}")
     for name, model in result.data["models"].items():
         m = model["snapshots"][0]["autoattack_n"]
         print(f"{name}: on the first {m} test images, accuracy (%)")

@@ -104,7 +104,7 @@ def test_malformed_results_are_named_in_one_line_each(malformed_results, monkeyp
     assert "svhn.json: not shown: missing key 'strong_eval.models.B.checks'" in text
     assert "bench.json: not shown: bench.py's speed measurements, not accuracies" in text
     assert "mnist_quick.json  [QUICK SMOKE TEST" in text and kinds.count("display_data") >= 3  # bars, eps sweep, curves
-    assert "masking flags of C: " in text and "model C of mnist_quick.json (mnist), white box, by batch-norm mode" in text
+    assert "masking flags of C: " in text and "model C of mnist_quick.json (mnist, paper protocol), white box, by batch-norm mode" in text
 
 
 def test_nbval_on_the_repository_results():
@@ -115,6 +115,8 @@ def test_a_smoke_test_is_hidden_behind_a_full_result_unless_results_dir_is_set(q
     shutil.copy(quick_results / "mnist_quick.json", tmp_path)
     report = json.loads((quick_results / "mnist_quick.json").read_text())
     (tmp_path / "mnist.json").write_text(json.dumps(report | {"experiment": "mnist"}))
+    authors = report | {"experiment": "mnist_authors_quick", "protocol": "authors"}  # a full result of the paper's does not hide it
+    (tmp_path / "mnist_authors_quick.json").write_text(json.dumps(authors))
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path))
     monkeypatch.chdir(NOTEBOOKS)
     namespace = {"__name__": "results_notebook"}
@@ -122,11 +124,11 @@ def test_a_smoke_test_is_hidden_behind_a_full_result_unless_results_dir_is_set(q
         exec("\n".join(line for line in "".join(cell["source"]).splitlines() if not line.startswith("%")), namespace)
         if "shown" in namespace:
             break
-    assert [r.file for r in namespace["shown"]] == ["mnist.json", "mnist_quick.json"]
+    assert [r.file for r in namespace["shown"]] == ["mnist.json", "mnist_quick.json", "mnist_authors_quick.json"]
     namespace["SHOW_ALL_QUICK"] = False  # as when the notebook reads results/
     shown, hidden = namespace["hide_superseded_quick"](namespace["loaded"])
-    assert [r.file for r in shown] == ["mnist.json"]
-    assert hidden == ["mnist_quick.json: smoke test not shown (mnist has a full result)"]
+    assert [r.file for r in shown] == ["mnist.json", "mnist_authors_quick.json"]
+    assert hidden == ["mnist_quick.json: smoke test not shown (mnist has a full result, paper protocol)"]
 
 
 def test_a_seeds_result_shows_means_standard_deviations_and_n(fake_mnist, tmp_path, monkeypatch):
