@@ -86,6 +86,9 @@ GENERATOR_FIELDS = RUN_FIELDS | {"settings.seed": NUMBER, "attack_training": dic
                                  "table5": dict, "table6": dict, "examples": str}
 OVER_TRAINING_FIELDS = {"dataset": str, "scoring.test_n": NUMBER, "scoring.strong_n": NUMBER, "provenance.command": str,
                         "models": dict}
+PRECISION_FIELDS = {"settings.iters": NUMBER, "settings.test_n": NUMBER, "settings.strong_n": NUMBER, "seeds": list,
+                    "arms": dict, "runs": dict, "summary": dict, "bf16_table_minus_float32": dict, "provenance.command": str}
+PRECISION_SCORES = ["clean", "fgs", "pgd", "autoattack", "g_gain_first", "g_gain_last"]
 SNAPSHOT_FIELDS = {"iter": NUMBER, "n_test": NUMBER, "autoattack_n": NUMBER, "accuracy.clean": NUMBER,
                    "accuracy.pgd10": NUMBER, "accuracy.pgd_ce": NUMBER, "on_autoattack_images.pgd10": NUMBER,
                    "on_autoattack_images.autoattack": NUMBER}
@@ -97,7 +100,7 @@ class BadResult(Exception):
 
 class Result(NamedTuple):
     file: str        # name in RESULTS_DIR
-    experiment: str  # mnist ... cifar100, ensemble, generators, over_training
+    experiment: str  # mnist ... cifar100, ensemble, generators, over_training, precision_study
     quick: bool      # a --quick smoke test
     data: dict
     protocol: str    # paper (the settings of the paper's text; files older than --protocol) or authors
@@ -195,8 +198,18 @@ def check_over_training(data):
                 raise BadResult(f"models.{name}.snapshots[{i}]: {err}") from None
 
 
+def check_precision_study(data):
+    check_fields(data, PRECISION_FIELDS)
+    for arm, by_seed in data["runs"].items():
+        for seed in by_seed:
+            check_fields(data, {f"{s}": NUMBER for s in PRECISION_SCORES}, f"runs.{arm}.{seed}.float32.")
+            check_models({"models": {seed: by_seed[seed]["model"]}}, "")
+        for score in PRECISION_SCORES:
+            check_fields(data, STATS_FIELDS, f"summary.{arm}.{score}.")
+
+
 CHECKS = {**{name: check_dataset_file for name in DATASETS}, "ensemble": check_ensemble, "generators": check_generators,
-          "over_training": check_over_training}
+          "over_training": check_over_training, "precision_study": check_precision_study}
 
 
 def load_result(path):
@@ -228,7 +241,7 @@ def load_all(folder):
             results.append(load_result(path))
         except BadResult as err:
             problems.append(f"{path.name}: not shown: {err}")
-    order = DATASETS + ["ensemble", "generators", "over_training"]
+    order = DATASETS + ["ensemble", "generators", "over_training", "precision_study"]
     return sorted(results, key=lambda r: (order.index(r.experiment), r.protocol != "paper", r.quick, r.file)), problems
 
 
@@ -271,7 +284,7 @@ def for_each(results, show, none_line):
 
 loaded, problems = load_all(RESULTS_DIR)
 shown, hidden = hide_superseded_quick(loaded)
-# over_training.json is not listed: it scores checkpoints trained for it (README: Robust accuracy over training)
+# over_training.json and precision_study.json are not listed: studies of their own (README)
 missing = [f"{name}.json ({COMMANDS[name]} --gpu 0)" for name in COMMANDS if not (RESULTS_DIR / f"{name}.json").exists()]
 print(f"results folder: {RESULTS_DIR.resolve()}" + ("" if RESULTS_DIR.is_dir() else " (does not exist)"))
 print("shown:", ", ".join(r.file + (" (quick smoke test)" if r.quick else "") for r in shown) or "nothing")
@@ -746,3 +759,52 @@ def print_over_training(result):
 over_training_results = [r for r in shown if r.experiment == "over_training"]
 for_each(over_training_results, lambda r: (print_over_training(r), plot_over_training(r)),
          "no over-training results to show (README: Robust accuracy over training)")
+
+
+# %% [markdown]
+# ## Mixed precision: does bf16 train the same model C?
+#
+# `precision_study.py`: Fashion-MNIST model C (G1 k=8, 1000 iterations) trained with each seed in
+# three arms: float32; bf16 autocast around forward passes only, its cast cache off (the training
+# path now); and bf16 autocast around the whole step with its cache on, trained by the code before
+# the fix (G's steps 2 to 5 of every minibatch saw step 1's weights). Every model scored in float32:
+# clean, FGS, PGD-10 on the first `test_n` test images, AutoAttack's standard cascade on the first
+# `strong_n`. `g_gain`: how much G's five steps raised D's adversarial loss on their minibatch, in the
+# first and the last logging window of training. Below the table: the paper's columns crafted under
+# bf16 autocast less the same in float32 (does the table's precision matter?), and `g_gain` through training.
+
+# %%
+def print_precision_study(result):
+    data = result.data
+    print(f"\n=== {result.file}{quick_tag(result)}: {data['settings']['iters']} iterations, seeds "
+          f"{data['seeds']}, {data['settings']['test_n']} test images (AutoAttack: {data['settings']['strong_n']})")
+    digits = lambda c: 3 if abs(c["mean"]) < 1 else 2  # the losses' gains are fractions, the accuracies percent
+    cell = lambda c: f"{c['mean']:.{digits(c)}f}"
+    spread = lambda c: f"±{c['std']:.{digits(c)}f}" if c["std"] is not None else ""
+    print(f"{'arm':<16}" + "".join(f"{s:>18}" for s in PRECISION_SCORES))
+    for arm, scores in data["summary"].items():
+        print(f"{arm:<16}" + "".join(f"{cell(scores[s]) + spread(scores[s]):>18}" for s in PRECISION_SCORES))
+    for arm, description in data["arms"].items():
+        print(f"  {arm}: {description}")
+    print("\nthe paper's columns crafted under bf16 less in float32, points, per seed:")
+    for arm, by_seed in data["bf16_table_minus_float32"].items():
+        print(f"  {arm:<16}" + "; ".join(f"seed {seed}: " + ", ".join(f"{c} {v:+.2f}" for c, v in d.items())
+                                         for seed, d in by_seed.items()))
+
+
+def plot_precision_study(result):
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for i, (arm, by_seed) in enumerate(result.data["runs"].items()):
+        for j, run in enumerate(by_seed.values()):
+            points = curve(run["model"], "g_gain", 1)
+            if points:
+                ax.plot(*zip(*points), color=f"C{i}", alpha=0.8, label=arm if j == 0 else None)
+    ax.set(xlabel="iteration", ylabel="G's five-step loss gain", title=f"{result.file}{quick_tag(result)}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    plt.show()
+
+
+precision_results = [r for r in shown if r.experiment == "precision_study"]
+for_each(precision_results, lambda r: (print_precision_study(r), plot_precision_study(r)),
+         "no precision study to show (README: Precision)")
