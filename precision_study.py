@@ -116,7 +116,10 @@ def main(argv=None):
                 print(f"{arm} seed {seed}: no checkpoint at {path} (trained by the code before the fix; see README)")
                 continue
             trains = precision is not None and not args.eval_only
-            D, _, record = experiment.prepare_model(f"C {arm} seed {seed}", "advnet", seed, settings | {"precision": precision or "bf16"},
+            # the bug arm was trained by `mnist.py --seed s`, whose settings name that seed; it labels the
+            # run only (D, G and the batch order come from the model seed there as here)
+            trained_with = settings | {"precision": precision or "bf16"} | ({} if precision else {"seed": seed})
+            D, _, record = experiment.prepare_model(f"C {arm} seed {seed}", "advnet", seed, trained_with,
                                                     mnist.build_D, mnist.build_G, lambda: (train_x, train_y), device, path, trains)
             if record["iters_done"] >= settings["iters"]:
                 models[(arm, seed)] = D, record

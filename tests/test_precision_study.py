@@ -2,9 +2,9 @@
 checkpoints it did not train, every score and the summary."""
 import json
 import os
-import shutil
 
 import pytest
+import torch
 
 import precision_study
 from conftest import write_fake_mnist
@@ -20,9 +20,12 @@ def test_the_study_trains_two_arms_scores_three_and_summarises(fake_fashion, tmp
     common = ["--quick", "--gpu", "cpu", "--data-dir", fake_fashion, "--ckpt-dir", str(ckpt), "--seeds", "0,1",
               "--eval-n", "32", "--set", "strong_n=16"]
     precision_study.main(common + ["--arms", "float32,bf16", "--no-eval"])
-    for seed in (0, 1):  # stands in for checkpoints trained by the code before the fix
+    for seed in (0, 1):  # stands in for checkpoints trained by the code before the fix, with `mnist.py --seed s`
+        trained = torch.load(ckpt / "bf16" / f"seed{seed}" / "C.pt", weights_only=False)
+        fingerprint = json.loads(trained["fingerprint"])
+        trained["fingerprint"] = json.dumps(fingerprint | {"seed": seed})
         os.makedirs(ckpt / "bf16_cache_bug" / f"seed{seed}")
-        shutil.copy(ckpt / "bf16" / f"seed{seed}" / "C.pt", ckpt / "bf16_cache_bug" / f"seed{seed}" / "C.pt")
+        torch.save(trained, ckpt / "bf16_cache_bug" / f"seed{seed}" / "C.pt")
     precision_study.main(common + ["--eval-only", "--out", str(out)])
     report = json.loads(out.read_text())
     assert set(report["runs"]) == {"float32", "bf16", "bf16_cache_bug"} and report["seeds"] == [0, 1]
