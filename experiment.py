@@ -26,7 +26,7 @@ import torch
 import core
 import jobs
 import reports
-from errors import UserError, exit_on_error  # the scripts use them as experiment.UserError and experiment.exit_on_error
+from errors import UserError, exit_on_error  # noqa: F401 (the scripts use them as experiment.UserError and experiment.exit_on_error)
 
 
 # =====================================================================================================

@@ -26,12 +26,19 @@ def paper_rows(table):
 def format_table(table, paper=None):
     """Our accuracies, and the paper's beside them where given ({row: [values in column order]})."""
     width = max([8] + [len(row) + 1 for row in table])
-    lines = [f"{'model':<{width}}" + "".join(f"{c:>9}" for c in TABLE_COLUMNS)]
+    return "\n".join(table_rows(table, lambda v: f"{v:.2f}", width, 9, paper))
+
+
+def table_rows(table, cell, label_width, cell_width, paper=None):
+    """The lines of a table in the paper's columns: a header, then each row (its cells through `cell`,
+    '-' where it has none) and the paper's row below it where `paper` has one."""
+    lines = [f"{'model':<{label_width}}" + "".join(f"{c:>{cell_width}}" for c in TABLE_COLUMNS)]
     for row, values in table.items():
-        lines.append(f"{row:<{width}}" + "".join(f"{values[c]:>9.2f}" if c in values else f"{'-':>9}" for c in TABLE_COLUMNS))
+        lines.append(f"{row:<{label_width}}" + "".join(f"{cell(values[c]) if c in values else '-':>{cell_width}}"
+                                                       for c in TABLE_COLUMNS))
         if paper and row in paper:
-            lines.append(f"{'  paper':<{width}}" + "".join(f"{v:>9.2f}" for v in paper[row]))
-    return "\n".join(lines)
+            lines.append(f"{'  paper':<{label_width}}" + "".join(f"{v:>{cell_width}.2f}" for v in paper[row]))
+    return lines
 
 
 def seed_statistics(tables):
@@ -56,13 +63,8 @@ def format_statistics(stats, paper=None):
     """The across-seed table: mean ± standard deviation of every cell (n seeds), and the paper's rows where given."""
     cell = lambda c: f"{c['mean']:.2f}±{c['std']:.2f}" if c["std"] is not None else f"{c['mean']:.2f}"
     ns = sorted({c["n"] for cols in stats.values() for c in cols.values()})
-    lines = [f"mean ± standard deviation over the seeds (n = {', '.join(map(str, ns))}), accuracy in percent",
-             f"{'model':<8}" + "".join(f"{c:>14}" for c in TABLE_COLUMNS)]
-    for row, cols in stats.items():
-        lines.append(f"{row:<8}" + "".join(f"{cell(cols[c]):>14}" if c in cols else f"{'-':>14}" for c in TABLE_COLUMNS))
-        if paper and row in paper:
-            lines.append(f"{'  paper':<8}" + "".join(f"{v:>14.2f}" for v in paper[row]))
-    return "\n".join(lines)
+    return "\n".join([f"mean ± standard deviation over the seeds (n = {', '.join(map(str, ns))}), accuracy in percent"]
+                     + table_rows(stats, cell, 8, 14, paper))
 
 
 def format_strong(report):

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -19,6 +20,24 @@ def learnable_images(labels, size=28, seed=0):
         r, c = divmod(int(y), 5)
         images[i, 4 + 10 * r:8 + 10 * r, 2 + 5 * c:6 + 5 * c] = 255
     return images
+
+
+def learnable_set(n, seed):
+    """n learnable uint8 images (N x 1 x 28 x 28) and their labels."""
+    labels = np.random.default_rng(seed).integers(0, 10, n)
+    return torch.from_numpy(learnable_images(labels, seed=seed)).unsqueeze(1), torch.from_numpy(labels)
+
+
+class RoundedInput(torch.nn.Module):
+    """Hard rounding of the input to 4 grey levels: the model's function is almost unchanged, but its
+    input gradient is exactly zero, the textbook gradient masking (Athalye et al. 2018)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 3) / 3)
 
 
 def write_idx(path, array):

@@ -4,31 +4,14 @@ FGS leaves every image as it is, so fgs_Z' is the clean accuracy) and an exact c
 FGS is the target's own, so fgs_T' is the white-box FGS accuracy)."""
 import copy
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import core
-from conftest import learnable_images
+from conftest import RoundedInput, learnable_set
 
 EPS = 0.1
-
-
-class RoundedInput(nn.Module):
-    """The model on its input rounded to 4 grey levels: torch.round's gradient is exactly zero."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(torch.round(x * 3) / 3)
-
-
-def learnable_set(n, seed):
-    labels = np.random.default_rng(seed).integers(0, 10, n)
-    return torch.from_numpy(learnable_images(labels, seed=seed)).unsqueeze(1), torch.from_numpy(labels)
 
 
 def trained_mlp():

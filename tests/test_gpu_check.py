@@ -1,7 +1,6 @@
 """gpu_check.py, the one prepared GPU acceptance run: its --quick run on the CPU (every section, the CUDA-only
 parts skipped with a note), its budget, and the verdicts and defaults it derives from measurements."""
 import json
-import os
 import textwrap
 
 import pytest

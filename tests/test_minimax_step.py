@@ -12,7 +12,7 @@ from torch.func import functional_call
 import core
 import experiment
 import mnist
-from test_training import SmoothD, SmoothG, mnist_batch
+from test_training import mnist_batch, smooth_problem
 
 
 def states(*objects):
@@ -89,13 +89,6 @@ def test_make_step_passes_the_settings_through_with_their_signs(changes):
 
 
 # ---------------------------------------------------------------- 1. the regulariser against float64 torch.func
-def float64_problem():
-    torch.manual_seed(0)
-    D, G = SmoothD().double(), SmoothG().double()
-    x, y = torch.rand(8, 1, 4, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
-    return D, G, x, y
-
-
 def objective(D, G, x, y, eps, lam):
     """F(theta, phi) = CE(D(x), y) + lam CE(D(x + eps G(x)), y), written afresh with torch.func."""
     def F_(theta, phi):
@@ -127,7 +120,7 @@ def core_d_gradient(D, G, x, y, eps, lam, gamma, h, hvp):
 def test_regulariser_at_lambda_not_one_matches_float64_torch_func(lam, gamma):
     """Both Hessian-vector products against an independent double backpropagation, at lam != 1 and either
     sign of gamma. Fails for lam dropped from the look-ahead (or from v), gamma's sign flipped or ignored."""
-    D, G, x, y = float64_problem()
+    D, G, x, y = smooth_problem()
     eps = 1.0  # the whole pixel range: G's coupling to D, and so the regulariser, is then a few % of the gradient
     expected = independent_d_gradient(D, G, x, y, eps, lam, gamma)
     expected_reg = expected - independent_d_gradient(D, G, x, y, eps, lam, 0.0)
@@ -149,7 +142,7 @@ def squared_phi_gradient(D, G, x, y, eps, lam):
 def test_d_step_with_positive_gamma_lowers_the_squared_phi_gradient(hvp):
     """One D step (g_steps=0) with gamma > 0 leaves ||grad_phi F||^2 below a step with gamma = 0, and
     gamma < 0 (the authors' sign) above it. Fails for gamma's sign flipped or gamma ignored."""
-    D0, G, x, y = float64_problem()
+    D0, G, x, y = smooth_problem()
     eps, lam, after = 0.3, 0.8, {}
     for gamma in (1.0, 0.0, -1.0):
         D = copy.deepcopy(D0)

@@ -4,7 +4,6 @@ not, and --strong-eval runs end to end from the command line."""
 import json
 import pathlib
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -15,7 +14,7 @@ import pyautoattack.square
 import autoattack_suite
 import core
 import experiment
-from conftest import learnable_images
+from conftest import RoundedInput, learnable_set
 from test_mnist_script import quick_run, run  # noqa: F401 (quick_run: the session's quick models)
 
 EPS = 0.1
@@ -201,24 +200,6 @@ def test_progress_moves_within_a_batch_and_names_each_stage():
 
 
 # ------------------------------------------------------------------ masking checks on tiny models
-class RoundedInput(nn.Module):
-    """Hard rounding of the input to 4 grey levels: the model's function is almost unchanged, but its
-    input gradient is exactly zero, the textbook gradient masking (Athalye et al. 2018)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(torch.round(x * 3) / 3)
-
-
-def learnable_set(n, seed):
-    labels = np.random.default_rng(seed).integers(0, 10, n)
-    images = learnable_images(labels, size=28, seed=seed)
-    return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels)
-
-
 def trained_mlp(seed):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 64), nn.ReLU(), nn.Linear(64, 10))
