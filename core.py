@@ -41,10 +41,12 @@ def native_bf16(device):
 
 def amp_dtype(device, precision="auto"):
     """The dtype autocast gives forward passes on `device`: torch.bfloat16, or None for float32.
-    "auto" is bf16 on CUDA (its wide exponent needs no loss scaling) and float32 on the CPU."""
+    "auto" is bf16 wherever the device computes it natively (its wide exponent needs no loss scaling):
+    CUDA, and CPUs with AVX-512 BF16 or AMX, where a Fashion-MNIST C trained in bf16 matched float32's
+    over three seeds (README, "Mixed precision"); float32 elsewhere."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    bf16 = precision == "bf16" or (precision == "auto" and native_bf16(device))
     return torch.bfloat16 if bf16 else None
 
 
@@ -822,11 +824,11 @@ def attack_batches(surrogate, x, y, eps, pgd_steps, pgd_alpha):
 
 
 def evaluate_table(targets, surrogates, images, labels, eps, device, batch_size=500, pgd_steps=10, pgd_alpha=None,
-                   progress=None, bn="running", precision="auto"):
+                   progress=None, bn="running", precision="float32"):
     """Accuracy in percent of each target: clean, white-box FGS/PGD, and black-box FGS/PGD crafted on
     each surrogate (keys "fgs_A'", ...). Black-box examples are crafted once per surrogate and batch
     and scored on every target. Models are scored in `scoring_mode(bn)` and given their own mode back;
-    forward passes run in `precision`."""
+    forward passes run in `precision` (float32 by default: under bf16 a cell moved by up to 0.6 points)."""
     hits = {t: {} for t in targets}
 
     def score(target, column, x_in, y):
@@ -852,7 +854,7 @@ def evaluate_table(targets, surrogates, images, labels, eps, device, batch_size=
     return {t: {c: round(100.0 * int(n) / len(images), 2) for c, n in cols.items()} for t, cols in hits.items()}
 
 
-def transfer_accuracy(targets, craft, images, labels, eps, device, batch_size=500, precision="auto", bn="running"):
+def transfer_accuracy(targets, craft, images, labels, eps, device, batch_size=500, precision="float32", bn="running"):
     """Accuracy in percent of each target on `craft(x, y)`, crafted once per batch (threat model
     checked) and scored on every target, all in `scoring_mode(bn)`, forward passes in `precision`."""
     hits = dict.fromkeys(targets, 0)

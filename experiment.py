@@ -66,7 +66,8 @@ COMMON_SETTINGS = dict(
     ckpt_minutes=5.0,        # minutes between checkpoints
     augment=False,           # random pad-and-crop by up to augment_pad px and horizontal flip, on the device (CIFAR)
     augment_pad=4,           # pixels of zero padding, and of the crop's largest shift, of `augment`
-    precision="auto",        # forward passes: bf16 (autocast), float32, or auto (bf16 on CUDA, float32 on the CPU)
+    precision="auto",        # training's forward passes: bf16 (autocast), float32, or auto (bf16 where the device has it
+                             # natively: CUDA, CPUs with AVX-512 BF16 or AMX); scoring is always float32
     compile=False,           # torch.compile D and G: a minute or two of compiling, then faster steps on a GPU
     cuda_graphs=False,       # capture each model's whole step as one CUDA graph and replay it (CUDA only; off until a GPU run justifies it)
     concurrent_models=False, # train a run's models at once, one iteration of each in turn, each on its own CUDA stream
@@ -1011,6 +1012,9 @@ def run_seed(name, settings, args, data, build_D, build_G, device, ckpt_dir, cho
 # Evaluating the trained models: the paper's table, and the strong evaluation
 # =====================================================================================================
 
+SCORING_PRECISION = "float32 (no core.autocast, no TF32)"  # every score, whatever `precision` trained in
+
+
 def split_models(models):
     """(targets, surrogates): the models scored, and the seed copies (A', B', C') that attack them."""
     return {k: m for k, m in models.items() if "'" not in k}, {k: m for k, m in models.items() if "'" in k}
@@ -1018,7 +1022,8 @@ def split_models(models):
 
 def evaluate_trained(models, settings, test_x, test_y, device):
     """The paper's 9-column table of the models (copies as surrogates), with BN as `bn_eval` says; model C,
-    if present, is also scored white-box under both BN modes (`bn_comparison`)."""
+    if present, is also scored white-box under both BN modes (`bn_comparison`). In IEEE float32, whatever
+    `precision` trained in: crafted under bf16, a cell moved by up to 0.6 points (precision_study.py)."""
     n = settings["test_n"] or len(test_x)
     targets, surrogates = split_models(models)
     if not targets:
@@ -1026,15 +1031,16 @@ def evaluate_trained(models, settings, test_x, test_y, device):
     t0 = time.time()
     score = lambda chosen, against, bn, progress=None: core.evaluate_table(
         chosen, against, test_x[:n], test_y[:n], settings["eps"], device, settings["eval_batch"], settings["pgd_steps"],
-        settings["pgd_alpha"] or None, progress, bn, settings["precision"])
+        settings["pgd_alpha"] or None, progress, bn, "float32")
     torch.manual_seed(settings["seed"])  # PGD's random start: the same numbers for the same run
-    table = score(targets, surrogates, settings["bn_eval"], Progress(n, "evaluate", "img"))
-    columns = ["clean", "fgs", "pgd"] + [f"{a}_{s}" for s in surrogates for a in ("fgs", "pgd")]
-    evaluation = {"n_test": n, "columns": columns, "bn": settings["bn_eval"]}
-    if "C" in targets:  # the table already holds C's white-box row in the chosen mode: only the other is scored
-        white_box = {k: table["C"][k] for k in ("clean", "fgs", "pgd")}
-        evaluation["bn_comparison"] = {"C": {bn: white_box if bn == settings["bn_eval"] else score({"C": targets["C"]}, {}, bn)["C"]
-                                             for bn in core.BN_MODES}}
+    with core.full_precision(device):
+        table = score(targets, surrogates, settings["bn_eval"], Progress(n, "evaluate", "img"))
+        columns = ["clean", "fgs", "pgd"] + [f"{a}_{s}" for s in surrogates for a in ("fgs", "pgd")]
+        evaluation = {"n_test": n, "columns": columns, "bn": settings["bn_eval"], "precision": SCORING_PRECISION}
+        if "C" in targets:  # the table already holds C's white-box row in the chosen mode: only the other is scored
+            white_box = {k: table["C"][k] for k in ("clean", "fgs", "pgd")}
+            evaluation["bn_comparison"] = {"C": {bn: white_box if bn == settings["bn_eval"] else score({"C": targets["C"]}, {}, bn)["C"]
+                                                 for bn in core.BN_MODES}}
     return table, evaluation | {"seconds": round(time.time() - t0, 1)}
 
 
@@ -1059,7 +1065,7 @@ def strong_eval_report(models, generator, settings, test_x, test_y, device, auto
                                     settings["bn_eval"], settings["eval_batch"], sweep_steps=settings["strong_steps"],
                                     progress=Progress(n, "strong evaluation", "img"))
     report = {"n_test": n, "bn": settings["bn_eval"], "attacks": list(attacks), "surrogates": list(surrogates),
-              "precision": "float32 (no core.autocast, no TF32)",
+              "precision": SCORING_PRECISION,
               "models": {m: {"accuracy": r, "checks": core.masking_checks(r)} for m, r in results.items()}}
     if autoattack:
         report["autoattack"] = autoattack_version(settings)

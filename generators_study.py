@@ -68,10 +68,10 @@ def main(argv=None):
                                           lambda s: targets["A"], build, data, device,
                                           os.path.join(study_dir, f"{g_name}_vs_A.pt"))
         report["models"][f"{g_name}_vs_A"] = record
-        with core.scoring_mode([G]):
+        with core.scoring_mode([G]), core.full_precision(device):
             attack = lambda x, y: core.generator_attack(G, x, y, settings["eps"])
             table5[g_name] = core.transfer_accuracy(targets, attack, test_x, test_y, settings["eps"], device,
-                                                    settings["eval_batch"], settings["precision"])
+                                                    settings["eval_batch"])
             x, y = core.to_float(test_x[:N_EXAMPLES].to(device)), test_y[:N_EXAMPLES].to(device)
             with torch.no_grad():  # one draw of G's input (G2's z is random): the three images belong together
                 perturbation = settings["eps"] * G(G.inputs(x, y))

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import core
+import experiment
 from conftest import RoundedInput, learnable_set
 
 EPS = 0.1
@@ -36,3 +37,29 @@ def test_black_box_columns_are_crafted_on_their_own_surrogate():
     assert table["fgs_Z'"] == table["clean"], table
     assert table["fgs_T'"] == table["fgs"], table
     assert set(table) == {"clean", "fgs", "pgd", "fgs_Z'", "pgd_Z'", "fgs_T'", "pgd_T'"}
+
+
+class AutocastSpy(nn.Module):
+    """The model, noting whether each of its forward passes ran under autocast."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.autocast_seen = model, []
+
+    def forward(self, x):
+        self.autocast_seen.append(torch.is_autocast_enabled("cpu"))
+        return self.model(x)
+
+
+def test_the_paper_table_is_scored_in_float32_whatever_trained_in_bf16():
+    """The table's attacks once ran in the training `precision` (bf16 autocast), which moved cells by up to
+    0.6 points in precision_study.py. Fails if evaluate_trained scores under the training precision or
+    inside a caller's autocast region."""
+    spies = {"C": AutocastSpy(trained_mlp()), "C'": AutocastSpy(trained_mlp())}
+    images, labels = learnable_set(40, 2)
+    settings = experiment.COMMON_SETTINGS | {"eps": EPS, "test_n": 40, "precision": "bf16"}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        table, evaluation = experiment.evaluate_trained(spies, settings, images, labels, torch.device("cpu"))
+    seen = spies["C"].autocast_seen + spies["C'"].autocast_seen
+    assert seen and not any(seen), f"{sum(seen)} of {len(seen)} forward passes ran under autocast"
+    assert evaluation["precision"] == experiment.SCORING_PRECISION and set(table) == {"C"}

@@ -134,3 +134,14 @@ def test_a_long_attack_under_autocast_keeps_no_iterate_alive():
         core.pgd(model, x, y, 8 / 256, steps=50)
         grown = rss_bytes() - before
     assert grown < 10 * iterate_bytes, f"{grown / 1e6:.0f} MB still held after the attack"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_trains_in_bf16_wherever_the_device_has_it_natively(monkeypatch, native):
+    """precision_study.py found bf16's C within float32's seed range, so "auto" is bf16 on CUDA and on CPUs
+    with native bf16, and float32 only where bf16 would be emulated (slower than float32)."""
+    monkeypatch.setattr(core, "native_bf16", lambda device: device.type == "cuda" or native)
+    assert core.amp_dtype(CPU) == (torch.bfloat16 if native else None)
+    assert core.amp_dtype(torch.device("cuda")) == torch.bfloat16
+    assert core.amp_dtype(CPU, "float32") is None and core.amp_dtype(CPU, "bf16") == torch.bfloat16
+    assert core.precision_name(CPU) == ("bf16 autocast" if native else "float32")

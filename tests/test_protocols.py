@@ -404,8 +404,8 @@ def test_eat_set_crafted_with_batch_statistics():
     model.eval()
     images, labels = tiny_mnist(32)
     running_stats = model[1].running_mean.clone()
-    batch = core.build_eat_set(model, images, labels, 0.2, CPU, batch_size=16, bn="batch")
-    running = core.build_eat_set(model, images, labels, 0.2, CPU, batch_size=16)
+    craft = lambda bn: core.build_eat_set(model, images, labels, 0.2, CPU, batch_size=16, precision="float32", bn=bn)
+    batch, running = craft("batch"), craft("running")
     assert not model.training and torch.equal(model[1].running_mean, running_stats)
     x = core.to_float(images[16:])
     with core.scoring_mode([model], "batch"):
