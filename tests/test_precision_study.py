@@ -4,8 +4,8 @@ import json
 import os
 
 import pytest
-import torch
 
+import core
 import precision_study
 from conftest import write_fake_mnist
 
@@ -21,11 +21,10 @@ def test_the_study_trains_two_arms_scores_three_and_summarises(fake_fashion, tmp
               "--eval-n", "32", "--set", "strong_n=16"]
     precision_study.main(common + ["--arms", "float32,bf16", "--no-eval"])
     for seed in (0, 1):  # stands in for checkpoints trained by the code before the fix, with `mnist.py --seed s`
-        trained = torch.load(ckpt / "bf16" / f"seed{seed}" / "C.pt", weights_only=False)
-        fingerprint = json.loads(trained["fingerprint"])
-        trained["fingerprint"] = json.dumps(fingerprint | {"seed": seed})
+        trained = core.load_checkpoint(ckpt / "bf16" / f"seed{seed}" / "C.pt")
+        trained["fingerprint"] = json.dumps(json.loads(trained["fingerprint"]) | {"seed": seed})
         os.makedirs(ckpt / "bf16_cache_bug" / f"seed{seed}")
-        torch.save(trained, ckpt / "bf16_cache_bug" / f"seed{seed}" / "C.pt")
+        core.save_checkpoint(str(ckpt / "bf16_cache_bug" / f"seed{seed}" / "C.pt"), trained)
     precision_study.main(common + ["--eval-only", "--out", str(out)])
     report = json.loads(out.read_text())
     assert set(report["runs"]) == {"float32", "bf16", "bf16_cache_bug"} and report["seeds"] == [0, 1]
