@@ -736,7 +736,8 @@ def plot_over_training(result):
             ax.axvline(model["best_snapshot"]["iter"], color="grey", linestyle=":", linewidth=1)
         ax.set(title=f"{name} ({model.get('method', '?')})", xlabel="iteration", ylim=(0, 100))
     axes[0][0].set_ylabel("accuracy (%)")
-    axes[0][-1].legend(fontsize=7)
+    lines = {label: line for ax in axes[0] for line, label in zip(*ax.get_legend_handles_labels())}  # C's generator too
+    axes[0][-1].legend(lines.values(), lines.keys(), fontsize=7, loc="lower right")
     fig.suptitle(f"{title}: {result.data['dataset']}")
     fig.tight_layout()
     plt.show()
