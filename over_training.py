@@ -183,7 +183,7 @@ def main(argv=None):
     found = {name: snapshots(path, ckpt) for name, (path, ckpt, *_) in loaded.items()}
     device = experiment.pick_device(args.gpu)
     scoring = {"dataset": args.dataset} | {k: next(iter(settings.values()))[k] for k in SCORING_KEYS} | {
-        "precision": "float32 (no autocast, no TF32)"}
+        "precision": experiment.SCORING_PRECISION}
     test_x, test_y = load_test(args)
     started = time.time()
     provenance = experiment.provenance(device, experiment.command_line(args), "float32")
