@@ -1029,18 +1029,20 @@ def evaluate_trained(models, settings, test_x, test_y, device):
     if not targets:
         return {}, {"n_test": 0, "seconds": 0.0, "note": "no finished target model (A, B or C)"}
     t0 = time.time()
-    score = lambda chosen, against, bn, progress=None: core.evaluate_table(
-        chosen, against, test_x[:n], test_y[:n], settings["eps"], device, settings["eval_batch"], settings["pgd_steps"],
-        settings["pgd_alpha"] or None, progress, bn, "float32")
+
+    def score(chosen, against, bn, progress=None):
+        with core.full_precision(device):
+            return core.evaluate_table(chosen, against, test_x[:n], test_y[:n], settings["eps"], device, settings["eval_batch"],
+                                       settings["pgd_steps"], settings["pgd_alpha"] or None, progress, bn, "float32")
+
     torch.manual_seed(settings["seed"])  # PGD's random start: the same numbers for the same run
-    with core.full_precision(device):
-        table = score(targets, surrogates, settings["bn_eval"], Progress(n, "evaluate", "img"))
-        columns = ["clean", "fgs", "pgd"] + [f"{a}_{s}" for s in surrogates for a in ("fgs", "pgd")]
-        evaluation = {"n_test": n, "columns": columns, "bn": settings["bn_eval"], "precision": SCORING_PRECISION}
-        if "C" in targets:  # the table already holds C's white-box row in the chosen mode: only the other is scored
-            white_box = {k: table["C"][k] for k in ("clean", "fgs", "pgd")}
-            evaluation["bn_comparison"] = {"C": {bn: white_box if bn == settings["bn_eval"] else score({"C": targets["C"]}, {}, bn)["C"]
-                                                 for bn in core.BN_MODES}}
+    table = score(targets, surrogates, settings["bn_eval"], Progress(n, "evaluate", "img"))
+    columns = ["clean", "fgs", "pgd"] + [f"{a}_{s}" for s in surrogates for a in ("fgs", "pgd")]
+    evaluation = {"n_test": n, "columns": columns, "bn": settings["bn_eval"], "precision": SCORING_PRECISION}
+    if "C" in targets:  # the table already holds C's white-box row in the chosen mode: only the other is scored
+        white_box = {k: table["C"][k] for k in ("clean", "fgs", "pgd")}
+        evaluation["bn_comparison"] = {"C": {bn: white_box if bn == settings["bn_eval"] else score({"C": targets["C"]}, {}, bn)["C"]
+                                             for bn in core.BN_MODES}}
     return table, evaluation | {"seconds": round(time.time() - t0, 1)}
 
 
