@@ -151,6 +151,21 @@ def test_a_later_setting_is_every_models():
     assert experiment.model_settings(settings, "advnet")["g_lr"] == 0.01  # what --set left alone stays C's own
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+@pytest.mark.parametrize("dataset", THEIRS)
+def test_the_authors_protocol_trains_every_model_in_float32(dataset, native_bf16, monkeypatch):
+    monkeypatch.setattr(core, "native_bf16", lambda device: native_bf16)  # a CPU with AVX-512 BF16 or AMX, or without
+    _, authors, _ = CONFIGURE[dataset](parse("--protocol", "authors"))
+    for method in ROWS.values():
+        precision = experiment.model_settings(authors, method)["precision"]
+        assert precision == "float32" and core.amp_dtype(CPU, precision) is None, (method, precision)
+    assert experiment.provenance(CPU, "", authors["precision"])["precision"] == "float32"
+    _, forced, _ = CONFIGURE[dataset](parse("--protocol", "authors", "--set", "precision=bf16"))
+    assert {experiment.model_settings(forced, m)["precision"] for m in ROWS.values()} == {"bf16"}
+    _, paper, _ = CONFIGURE[dataset](parse())
+    assert paper["precision"] == "auto" and (core.amp_dtype(CPU, paper["precision"]) is torch.bfloat16) == native_bf16
+
+
 def test_learning_rate_drops_of_cifar10_a_counted_in_minibatches():
     _, settings, _ = cifar10.configure(parse("--protocol", "authors"))
     a = experiment.model_settings(settings, "standard")
