@@ -27,7 +27,11 @@ SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's CIFAR-10 settings;
 )
 # --protocol authors: the defaults of the authors' CIFAR-10 code (GitHub whxbergkamp/RobustDL_GAN, cifar10/;
 # files below relative to it), where they differ from the paper's above; with experiment.AUTHORS_SETTINGS.
-# Their data reader (adversarial_networks/inputs.py) is not in the repository: x/255 is inferred.
+# Their pixels are x/255 as ours (pixel_scale): adversarial_networks/inputs.py, get_input_cifar10,
+# image = tf.cast(image, tf.float32)/255.
+# B's and C's weight decay: the run scripts' defaults (1E-4, 1E-5), as every model here. Their README's
+# commands pass --weight-decay=1E-5 to both (an earlier version of it passed 1E-4 to both); the paper's text
+# says 1E-5. So B with 1e-5 is the README's B: `--set d_weight_decay=1e-5` (every model's: with --models "B,B'").
 AUTHORS = dict(
     protocol_source="whxbergkamp/RobustDL_GAN cifar10/",
     g_net="authors",         # adversarial_networks/models/resnet18_2.py: generator, stride-2 convs to 2k and 4k
@@ -39,10 +43,10 @@ AUTHORS = dict(
         d_weight_decay=1e-4, # '--weight-decay', default=1E-4
     ),
     B=dict(                  # run_pgd_cifar10.py + adversarial_networks/train_pgd_cifar10.py: lr 0.1, x0.1 at 100k
-        d_weight_decay=1e-4, # '--weight-decay', default=1E-4
+        d_weight_decay=1e-4, # '--weight-decay', default=1E-4 (their README's command: 1E-5, see above)
     ),
     C=dict(                  # run_gan_cifar10.py + adversarial_networks/train_gan_cifar10.py: D lr 0.1, x0.1 at 100k,
-                             # wd 1e-5 ('--weight-decay', default=1E-5; README's example passes 1E-4), G Adam 0.002 (0.5, 0.999)
+                             # wd 1e-5 ('--weight-decay', default=1E-5; their README's command too), G Adam 0.002 (0.5, 0.999)
         g_weight_decay=1e-5, # g_decay = weight_decay * 0.5 * sum(...), in g_grads and so in g_grads6
         fd_h=0.01,           # g_step_size = learning_rate/10, D's initial 0.1
     ),

@@ -94,6 +94,8 @@ AUTHORS_SETTINGS = dict(
     bn_eval="batch",         # black_box_*.py: get_discriminator(..., is_training=True), no moving averages saved
     eval_batch=64,           # black_box_*.py: '--batch-size', default=64
     eat_bn="batch",          # ensemble_examples_wrapper*.py: the model built with is_training=True, batches of 64
+    precision="float32",     # their TF 1.10 code computes in float32 throughout; bf16 has been measured against
+                             # float32 for C only (precision_study.py), so their protocol does not assume it for A, B, EAT
 )
 MODEL_ROWS = {"standard": "A", "pgd": "B", "advnet": "C", "eat": "EAT"}  # method -> its row in the tables and AUTHORS
 # Settings added after checkpoints had been written: at these values, how those checkpoints were made, they

@@ -93,7 +93,7 @@ THEIRS = {
             eps=8 / 256,        # run_*_cifar10.py: '--epsilon', default=0.0625 (# 0.0625=8/256*2)
             augment=True,       # train_*_cifar10.py: resize_image_with_crop_or_pad, random_crop, random_flip_left_right
             augment_pad=2,      # ... resize_image_with_crop_or_pad(x, 32+4, 32+4): 2 px a side
-            pixel_scale=255,    # inputs.py is missing from their repository: /255 inferred
+            pixel_scale=255,    # adversarial_networks/inputs.py, get_input_cifar10: tf.cast(image, tf.float32)/255.
             test_n=9984,        # run_attacks_black_box_cifar10.py: int(test_size/batch_size) x 64
             d_net="paper",      # models/resnet18_2.py: resnet_v1 is D2
             n_classes=10,
@@ -101,8 +101,9 @@ THEIRS = {
         A=dict(d_lr=0.1, d_lr_drop_at=0.5, d_lr_drop2_at=0.75, d_lr_drop2_factor=0.01,  # train_standard_cifar10.py:
                d_weight_decay=1e-4),   # batch_idx<100000, elif <150000 (optimizer2), else optimizer3 (learning_rate*0.01)
         B=dict(d_lr=0.1, d_lr_drop_at=0.5, d_lr_drop2_at=1.0, d_weight_decay=1e-4),  # run_pgd_cifar10.py; train_pgd_cifar10.py
+                                        # ('--weight-decay', default=1E-4; their README's command passes 1E-5)
         C=dict(d_lr=0.1, d_lr_drop_at=0.5, d_lr_drop2_at=1.0, d_every=1,  # run_gan_cifar10.py: 0.1; train_gan_cifar10.py
-               d_weight_decay=1e-5, g_weight_decay=1e-5,  # run_gan_cifar10.py: '--weight-decay', default=1E-5
+               d_weight_decay=1e-5, g_weight_decay=1e-5,  # run_gan_cifar10.py: '--weight-decay', default=1E-5 (README: 1E-5)
                g_opt="adam", g_lr=0.002, g_beta1=0.5, g_beta2=0.999,  # AdamOptimizer(learning_rate=0.002, beta1=0.5, beta2=0.999)
                fd_h=0.01,                                 # g_step_size = learning_rate/10
                g_net="authors", g_width=64),              # models/resnet18_2.py: generator; '--gf-dim', default=64
@@ -149,6 +150,31 @@ def test_a_later_setting_is_every_models():
         assert experiment.model_settings(settings, method)["d_lr"] == 0.05
     assert experiment.model_settings(settings, "advnet")["d_every"] == 2
     assert experiment.model_settings(settings, "advnet")["g_lr"] == 0.01  # what --set left alone stays C's own
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+@pytest.mark.parametrize("dataset", THEIRS)
+def test_the_authors_protocol_trains_every_model_in_float32(dataset, native_bf16, monkeypatch):
+    monkeypatch.setattr(core, "native_bf16", lambda device: native_bf16)  # a CPU with AVX-512 BF16 or AMX, or without
+    _, authors, _ = CONFIGURE[dataset](parse("--protocol", "authors"))
+    for method in ROWS.values():
+        precision = experiment.model_settings(authors, method)["precision"]
+        assert precision == "float32" and core.amp_dtype(CPU, precision) is None, (method, precision)
+    assert experiment.provenance(CPU, "", authors["precision"])["precision"] == "float32"
+    _, forced, _ = CONFIGURE[dataset](parse("--protocol", "authors", "--set", "precision=bf16"))
+    assert {experiment.model_settings(forced, m)["precision"] for m in ROWS.values()} == {"bf16"}
+    _, paper, _ = CONFIGURE[dataset](parse())
+    assert paper["precision"] == "auto" and (core.amp_dtype(CPU, paper["precision"]) is torch.bfloat16) == native_bf16
+
+
+def test_cifar10_b_with_their_readmes_weight_decay_is_a_set_away():
+    """Their run_pgd_cifar10.py defaults to 1E-4 (the protocol's B); their README's command passes 1E-5, as
+    the paper's text does: `--set d_weight_decay=1e-5` trains that B, differing from the protocol's in it alone."""
+    _, default, _ = cifar10.configure(parse("--protocol", "authors"))
+    _, variant, _ = cifar10.configure(parse("--protocol", "authors", "--set", "d_weight_decay=1e-5"))
+    assert experiment.model_settings(variant, "pgd")["d_weight_decay"] == 1e-5
+    theirs, readme = (json.loads(experiment.fingerprint(s, "pgd", 0)) for s in (default, variant))
+    assert {k for k in theirs | readme if theirs.get(k) != readme.get(k)} == {"d_weight_decay"}
 
 
 def test_learning_rate_drops_of_cifar10_a_counted_in_minibatches():
