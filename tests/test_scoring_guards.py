@@ -197,3 +197,57 @@ def test_autoattack_cascade_output_is_checked_against_the_threat_model():
     x = core.to_float(uint8_images(8)[0])
     with pytest.raises(ValueError, match="eps"):
         autoattack_suite.run(OvershootingAutoAttack(), linear_model(), x, torch.zeros(8, dtype=torch.long), 8)
+
+
+# --------------------------------------------- one crafted batch, scored on every target alike
+
+def random_in_ball(x, y):
+    return (x + EPS * torch.empty_like(x).uniform_(-1, 1)).clamp(0, 1)
+
+
+def test_transfer_crafts_once_per_batch_and_scores_every_target_on_it():
+    """With a random craft (G2's noise), two copies of one model score alike only if they see one batch."""
+    images, labels = uint8_images(64)
+    calls = []
+
+    def craft(x, y):
+        calls.append(len(x))
+        return random_in_ball(x, y)
+    model = linear_model()
+    torch.manual_seed(0)
+    scores = core.transfer_accuracy({"m": model, "same_m": model}, craft, images, labels, EPS, CPU, batch_size=16)
+    assert calls == [16] * 4
+    assert scores["m"] == scores["same_m"]
+
+
+def test_black_box_batches_are_crafted_once_per_surrogate_and_batch(monkeypatch):
+    """evaluate_table: a surrogate's PGD (random start) runs once per batch, whatever the number of targets,
+    and two copies of one target score alike on it."""
+    images, labels = uint8_images(64)
+    target, surrogate = linear_model(0), linear_model(1)
+    on_surrogate, pgd = [], core.pgd
+
+    def counted_pgd(model, *args, **kwargs):
+        on_surrogate.extend([1] if model is surrogate else [])
+        return pgd(model, *args, **kwargs)
+    monkeypatch.setattr(core, "pgd", counted_pgd)
+    torch.manual_seed(0)
+    table = core.evaluate_table({"A": target, "same_A": target}, {"A'": surrogate}, images, labels, EPS, CPU,
+                                batch_size=16, pgd_steps=1)
+    assert len(on_surrogate) == 4
+    assert table["A"]["pgd_A'"] == table["same_A"]["pgd_A'"]
+
+
+class ModeRecordingGenerator(RoundedUpGenerator):
+    def forward(self, x):
+        self.modes = getattr(self, "modes", []) + [self.training]
+        return super().forward(x)
+
+
+def test_validation_scores_the_generator_in_eval_mode_and_gives_its_mode_back():
+    images, labels = uint8_images()
+    G = ModeRecordingGenerator().train()
+    settings = experiment.COMMON_SETTINGS | dict(eps=EPS, seed=0, eval_batch=32, pgd_steps=1, pgd_alpha=0.0,
+                                                 bn_eval="running")
+    experiment.validate(linear_model(), G, (images, labels), settings, CPU)
+    assert G.modes == [False, False] and G.training
