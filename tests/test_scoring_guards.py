@@ -96,6 +96,12 @@ class RoundedUpGenerator(nn.Module):
         return (BF16_ABOVE_ONE * away_from_grey(x)).bfloat16()
 
 
+def percent_right_when_pushed(model, images, labels):
+    """The model's accuracy in percent, rounded as the scorers round it, on x + eps * away_from_grey(x) in [0, 1]."""
+    x = core.to_float(images)
+    return round(100 * (model((x + EPS * away_from_grey(x)).clamp(0, 1)).argmax(1) == labels).float().mean().item(), 2)
+
+
 def test_generator_attack_projects_an_output_that_rounds_past_one():
     x = core.to_float(uint8_images()[0])
     x_adv = core.generator_attack(RoundedUpGenerator(), x, None, EPS)
@@ -109,9 +115,7 @@ def test_generator_scored_by_transfer_is_scored_on_the_projected_batch():
     model = linear_model()
     G = RoundedUpGenerator()
     score = core.transfer_accuracy({"m": model}, lambda x, y: core.generator_attack(G, x, y, EPS), images, labels, EPS, CPU)
-    x = core.to_float(images)
-    expected = (model((x + EPS * away_from_grey(x)).clamp(0, 1)).argmax(1) == labels).float().mean().item()
-    assert score["m"] == round(100 * expected, 2)
+    assert score["m"] == percent_right_when_pushed(model, images, labels)
 
 
 # ------------------------------------------------------------------------- transfer (Table 5)
@@ -165,16 +169,15 @@ def test_strong_evaluation_refuses_an_attack_or_transfer_batch_outside_the_ball(
 
 # --------------------------------------------------------------------------- the runner's scorers
 
+VALIDATION = experiment.COMMON_SETTINGS | dict(eps=EPS, seed=0, eval_batch=32, pgd_steps=1, pgd_alpha=0.0, bn_eval="running")
+
+
 def test_validation_scores_a_rounded_up_generator_on_the_projected_batch():
     """experiment.validate's generator column (C's G during training) through the same guards."""
     images, labels = uint8_images()
     D = linear_model()
-    settings = experiment.COMMON_SETTINGS | dict(eps=EPS, seed=0, eval_batch=32, pgd_steps=1, pgd_alpha=0.0,
-                                                 bn_eval="running")
-    scores = experiment.validate(D, RoundedUpGenerator(), (images, labels), settings, CPU)
-    x = core.to_float(images)
-    expected = (D((x + EPS * away_from_grey(x)).clamp(0, 1)).argmax(1) == labels).float().mean().item()
-    assert scores["generator"] == round(100 * expected, 2)
+    scores = experiment.validate(D, RoundedUpGenerator(), (images, labels), VALIDATION, CPU)
+    assert scores["generator"] == percent_right_when_pushed(D, images, labels)
 
 
 def test_over_training_scoring_refuses_a_batch_outside_the_ball():
@@ -247,7 +250,5 @@ class ModeRecordingGenerator(RoundedUpGenerator):
 def test_validation_scores_the_generator_in_eval_mode_and_gives_its_mode_back():
     images, labels = uint8_images()
     G = ModeRecordingGenerator().train()
-    settings = experiment.COMMON_SETTINGS | dict(eps=EPS, seed=0, eval_batch=32, pgd_steps=1, pgd_alpha=0.0,
-                                                 bn_eval="running")
-    experiment.validate(linear_model(), G, (images, labels), settings, CPU)
+    experiment.validate(linear_model(), G, (images, labels), VALIDATION, CPU)
     assert G.modes == [False, False] and G.training
