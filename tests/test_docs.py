@@ -30,6 +30,7 @@ FORBIDDEN = {
     "a commit hash": re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b"),
 }
 
+COMMAND = re.compile(r"\bpython3?\s+((?:[\w.-]+/)*[\w.-]+\.py)\b")
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 HTML_SOURCE = re.compile(r"<(?:img|a)\b[^>]*?\b(?:src|href)=\"([^\"]+)\"", re.IGNORECASE)
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
@@ -57,6 +58,12 @@ def link_targets(text):
     """The targets of the Markdown links and images and of the HTML img/a tags, outside code."""
     prose = CODE_SPAN.sub("", FENCE.sub("", text))
     return [m.group(1) for pattern in (LINK, HTML_SOURCE) for m in pattern.finditer(prose)]
+
+
+def missing_scripts(text):
+    """Each script that a `python some/script.py` command of a document runs and the repository lacks."""
+    return sorted({path for path in COMMAND.findall(text)
+                   if path not in PLANNED_PATHS and not os.path.isfile(os.path.join(ROOT, path))})
 
 
 def heading_anchors(text):
@@ -102,6 +109,23 @@ def test_document_names_nothing_private(document):
 @pytest.mark.parametrize("document", documents())
 def test_every_link_and_image_exists(document):
     assert broken_links(document, read(document)) == []
+
+
+@pytest.mark.parametrize("document", documents())
+def test_every_command_runs_a_script_that_exists(document):
+    assert missing_scripts(read(document)) == []
+
+
+def test_every_planned_path_is_named_by_a_document():
+    """An entry no link or command uses would let a broken one through later: the list holds only what
+    the documents name."""
+    named = set()
+    for document in documents():
+        text = read(document)
+        named |= set(COMMAND.findall(text))
+        named |= {os.path.normpath(os.path.join(os.path.dirname(document), t.partition("#")[0]))
+                  for t in link_targets(text)}
+    assert sorted(PLANNED_PATHS - named) == []
 
 
 def test_planned_paths_do_not_exist_yet():
