@@ -175,10 +175,9 @@ def print_summary(results):
 in_subfolders, subfolder_problems = load_all(RESULTS_DIR, "*/*.json")
 summarised = [r for r in shown + in_subfolders if r.experiment in DATASETS + ["ensemble"]]
 print_summary(summarised)
-not_summarised = [r.file for r in in_subfolders if r not in summarised] + [p.replace(": not shown:", ":")
-                                                                          for p in subfolder_problems]
-if not_summarised:
-    print("in sub-folders, not data-set results: " + "; ".join(not_summarised))
+# the per-seed over-training files are read in their own section
+if subfolder_problems:
+    print("in sub-folders, not summarised: " + "; ".join(p.replace(": not shown:", ":") for p in subfolder_problems))
 
 
 # %% [markdown]
