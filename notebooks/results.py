@@ -45,25 +45,24 @@
 
 # %%
 # %matplotlib inline
-import json
 import os
+import shlex
 import zipfile
 from pathlib import Path
-from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
 
+import figures
+from figures import COLORS, COLUMNS, PAPER, cell_interval, interval_text, paper_table, wilson
+from results_files import DATASETS, PRECISION_SCORES, BadResult, load_all, quick_tag, runs_of
+
 RESULTS_DIR = Path(os.environ.get("RESULTS_DIR", "../results"))
 SHOW_ALL_QUICK = "RESULTS_DIR" in os.environ  # a folder chosen on purpose is shown whole
-PAPER = json.loads(Path("../paper_tables.json").read_text())
-COLUMNS = PAPER["columns"]
-DATASETS = ["mnist", "fashion_mnist", "svhn", "cifar10", "cifar100"]
 COMMANDS = {"mnist": "python mnist.py", "fashion_mnist": "python mnist.py --fashion", "svhn": "python svhn.py",
             "cifar10": "python cifar10.py", "cifar100": "python cifar100.py", "ensemble": "python ensemble.py",
             "generators": "python generators_study.py"}
-HIGHLIGHT = 3.0  # accuracy points: larger differences from the paper are marked with *
-COLORS = {"A": "C0", "B": "C1", "C": "C2", "EAT": "C3"}  # a model and its copy X' share a colour
+HIGHLIGHT = 3.0  # accuracy points: larger differences from the paper (same data set and eps) are marked with *
 plt.rcParams.update({"figure.dpi": 80, "font.size": 9})
 
 # %% [markdown]
@@ -71,199 +70,16 @@ plt.rcParams.update({"figure.dpi": 80, "font.size": 9})
 #
 # Each file is checked against the README's schema ("Results JSON") before anything is drawn: a file
 # that is not valid JSON or lacks a key the notebook needs is named below with the reason, and skipped.
+# The checks are in `results_files.py`, the figures and intervals in `figures.py`: `python notebooks/figures.py`
+# redraws the figures the README shows with the same functions.
 
 # %%
-NUMBER = (int, float)
-OPTIONAL_TEXT = (str, type(None))
-RUN_FIELDS = {"settings.eps": NUMBER, "settings.iters": NUMBER, "provenance.device": str,
-              "provenance.git_commit": OPTIONAL_TEXT, "provenance.git_dirty": (bool, type(None)),
-              "wall_seconds": NUMBER, "models": dict}
-DATASET_FIELDS = RUN_FIELDS | {"seeds": dict, "eval.n_test": NUMBER, "table": dict}
-STRONG_FIELDS = {"n_test": NUMBER, "bn": str, "precision": str, "models": dict}
-STRONG_ACCURACY = ["clean", "pgd10", "pgd_ce", "pgd_cw", "robust"]
-STATS_FIELDS = {"mean": NUMBER, "std": (int, float, type(None)), "n": int}
-GENERATOR_FIELDS = RUN_FIELDS | {"settings.seed": NUMBER, "attack_training": dict, "n_test": NUMBER,
-                                 "table5": dict, "table6": dict, "examples": str}
-OVER_TRAINING_FIELDS = {"dataset": str, "scoring.test_n": NUMBER, "scoring.strong_n": NUMBER, "provenance.command": str,
-                        "models": dict}
-PRECISION_FIELDS = {"settings.iters": NUMBER, "settings.test_n": NUMBER, "settings.strong_n": NUMBER, "seeds": list,
-                    "arms": dict, "runs": dict, "summary": dict, "bf16_table_minus_float32": dict, "provenance.command": str}
-PRECISION_SCORES = ["clean", "fgs", "pgd", "autoattack", "g_gain_first", "g_gain_last"]
-SNAPSHOT_FIELDS = {"iter": NUMBER, "n_test": NUMBER, "autoattack_n": NUMBER, "accuracy.clean": NUMBER,
-                   "accuracy.pgd10": NUMBER, "accuracy.pgd_ce": NUMBER, "on_autoattack_images.pgd10": NUMBER,
-                   "on_autoattack_images.autoattack": NUMBER}
-
-
-class BadResult(Exception):
-    "Why a results file cannot be shown, in one line."
-
-
-class Result(NamedTuple):
-    file: str        # name in RESULTS_DIR
-    experiment: str  # mnist ... cifar100, ensemble, generators, over_training, precision_study
-    quick: bool      # a --quick smoke test
-    data: dict
-    protocol: str    # paper (the settings of the paper's text; files older than --protocol) or authors
-
-
-def need(obj, dotted, types):
-    "The value at a dotted key path, checked to be of `types`."
-    value, keys = obj, dotted.split(".")
-    for i, key in enumerate(keys):
-        if not isinstance(value, dict):
-            raise BadResult(f"'{'.'.join(keys[:i])}' is not an object" if i else "not a JSON object")
-        if key not in value:
-            raise BadResult(f"missing key '{'.'.join(keys[:i + 1])}'")
-        value = value[key]
-    if not isinstance(value, types):
-        raise BadResult(f"'{dotted}' has the wrong type ({type(value).__name__})")
-    return value
-
-
-def check_fields(obj, fields, prefix=""):
-    for dotted, types in fields.items():
-        need(obj, prefix + dotted, types)
-
-
-def check_table(obj, dotted):
-    table = need(obj, dotted, dict)
-    if not table:
-        raise BadResult(f"'{dotted}' has no rows")
-    for row, values in table.items():
-        if not isinstance(values, dict) or not all(isinstance(v, NUMBER) for v in values.values()):
-            raise BadResult(f"'{dotted}.{row}' is not a column -> accuracy mapping")
-
-
-def check_models(obj, prefix):
-    for name in need(obj, prefix + "models", dict):
-        need(obj, f"{prefix}models.{name}.iters_done", NUMBER)
-        history = need(obj, f"{prefix}models.{name}.history", list)
-        if not all(isinstance(point, dict) and isinstance(point.get("iter"), NUMBER) for point in history):
-            raise BadResult(f"'{prefix}models.{name}.history' has a point without a numeric 'iter'")
-
-
-def check_strong(run):
-    "The --strong-eval entry of one run, where it has one."
-    if "strong_eval" not in run:
-        return
-    check_fields(run, STRONG_FIELDS, "strong_eval.")
-    for name in run["strong_eval"]["models"]:
-        check_fields(run, {f"{name}.accuracy.{key}": NUMBER for key in STRONG_ACCURACY}, "strong_eval.models.")
-        for check in need(run, f"strong_eval.models.{name}.checks", dict):
-            check_fields(run, {"flag": bool, "why": str}, f"strong_eval.models.{name}.checks.{check}.")
-
-
-def check_dataset(data, prefix=""):
-    check_fields(data, DATASET_FIELDS, prefix)
-    check_table(data, prefix + "table")
-    check_models(data, prefix)
-    check_strong(need(data, prefix[:-1], dict) if prefix else data)  # prefix "datasets.<name>.": that entry
-
-
-def check_dataset_file(data):
-    "A data set's file: one run, or with --seeds one run per seed and the statistics of every cell."
-    if "runs" not in data:
-        return check_dataset(data)
-    for seed in need(data, "runs", dict):
-        check_dataset(data, f"runs.{seed}.")
-    check_table(data, "table")
-    for row, columns in need(data, "table_stats", dict).items():
-        for column in columns:
-            check_fields(data, STATS_FIELDS, f"table_stats.{row}.{column}.")
-
-
-def check_ensemble(data):
-    for name in need(data, "datasets", dict):
-        check_dataset(data, f"datasets.{name}.")
-
-
-def check_generators(data):
-    check_fields(data, GENERATOR_FIELDS)
-    check_table(data, "table5")
-    check_table(data, "table6")
-    check_models(data, "")
-    check_strong(data)
-
-
-def check_over_training(data):
-    check_fields(data, OVER_TRAINING_FIELDS)
-    for name in data["models"]:
-        snapshots = need(data, f"models.{name}.snapshots", list)
-        if not snapshots:
-            raise BadResult(f"'models.{name}.snapshots' is empty")
-        for i, entry in enumerate(snapshots):
-            try:
-                check_fields(entry, SNAPSHOT_FIELDS)
-            except BadResult as err:
-                raise BadResult(f"models.{name}.snapshots[{i}]: {err}") from None
-
-
-def check_precision_study(data):
-    check_fields(data, PRECISION_FIELDS)
-    for arm, by_seed in data["runs"].items():
-        for seed in by_seed:
-            check_fields(data, {f"{s}": NUMBER for s in PRECISION_SCORES}, f"runs.{arm}.{seed}.float32.")
-            check_models({"models": {seed: by_seed[seed]["model"]}}, "")
-        for score in PRECISION_SCORES:
-            check_fields(data, STATS_FIELDS, f"summary.{arm}.{score}.")
-
-
-CHECKS = {**{name: check_dataset_file for name in DATASETS}, "ensemble": check_ensemble, "generators": check_generators,
-          "over_training": check_over_training, "precision_study": check_precision_study}
-
-
-def load_result(path):
-    try:
-        data = json.loads(path.read_text())
-    except OSError as err:
-        raise BadResult(f"cannot be read ({err.strerror})") from None
-    except ValueError as err:  # invalid JSON, or not UTF-8
-        raise BadResult(f"not valid JSON ({err})") from None
-    label = need(data, "experiment", str)
-    experiment = label.removesuffix("_quick").removesuffix("_authors")
-    if experiment == "bench":
-        raise BadResult("bench.py's speed measurements, not accuracies (README: Measure speed)")
-    if experiment not in CHECKS:
-        raise BadResult(f"unknown experiment '{label}'")
-    CHECKS[experiment](data)
-    # ensemble.py and generators_study.py name only the file of a --quick run
-    protocol = data.get("protocol", "paper")
-    if not isinstance(protocol, str):
-        raise BadResult("'protocol' is not a string")
-    return Result(path.name, experiment, path.name.endswith("_quick.json") or label.endswith("_quick"), data, protocol)
-
-
-def load_all(folder):
-    "The readable results in display order, and one line per file that is not."
-    results, problems = [], []
-    for path in sorted(folder.glob("*.json")):
-        try:
-            results.append(load_result(path))
-        except BadResult as err:
-            problems.append(f"{path.name}: not shown: {err}")
-    order = DATASETS + ["ensemble", "generators", "over_training", "precision_study"]
-    return sorted(results, key=lambda r: (order.index(r.experiment), r.protocol != "paper", r.quick, r.file)), problems
-
-
-def runs_of(result):
-    "(name, run) pairs: one per data set of the ensemble file, one per seed of a --seeds file, else the file."
-    if result.experiment == "ensemble":
-        return list(result.data["datasets"].items())
-    if "runs" in result.data:
-        return [(f"{result.experiment} seed {seed}", run) for seed, run in result.data["runs"].items()]
-    return [(result.experiment, result.data)]
-
-
 def hide_superseded_quick(results):
     "Smoke tests of experiments that have a full result of their protocol, unless RESULTS_DIR asks for everything."
     full = {(r.experiment, r.protocol) for r in results if not r.quick}
     hidden = [] if SHOW_ALL_QUICK else [r for r in results if r.quick and (r.experiment, r.protocol) in full]
     notes = [f"{r.file}: smoke test not shown ({r.experiment} has a full result, {r.protocol} protocol)" for r in hidden]
     return [r for r in results if r not in hidden], notes
-
-
-def quick_tag(result):
-    return "  [QUICK SMOKE TEST: a pipeline check, not a result]" if result.quick else ""
 
 
 def protocol_text(run):
@@ -286,7 +102,7 @@ loaded, problems = load_all(RESULTS_DIR)
 shown, hidden = hide_superseded_quick(loaded)
 # over_training.json and precision_study.json are not listed: studies of their own (README)
 missing = [f"{name}.json ({COMMANDS[name]} --gpu 0)" for name in COMMANDS if not (RESULTS_DIR / f"{name}.json").exists()]
-print(f"results folder: {RESULTS_DIR.resolve()}" + ("" if RESULTS_DIR.is_dir() else " (does not exist)"))
+print(f"results folder: {RESULTS_DIR}" + ("" if RESULTS_DIR.is_dir() else " (does not exist)"))
 print("shown:", ", ".join(r.file + (" (quick smoke test)" if r.quick else "") for r in shown) or "nothing")
 print("missing:", ", ".join(missing) or "nothing")
 for line in problems + hidden:
@@ -294,29 +110,89 @@ for line in problems + hidden:
 
 
 # %% [markdown]
-# ## Tables 1, 2, 3, 7 and Fashion-MNIST: ours beside the paper
+# ## Summary: every data set and protocol beside the paper
 #
-# Per model: our accuracy, the paper's, and the difference ours − paper, with `*` where it exceeds 3
-# points. `-`: a column the run did not evaluate. The lines above each table give the protocol (the
-# settings of the paper's text, or of the authors' code, which produced the paper's numbers) and the
-# settings that produced ours. A run made with `--seeds` shows one settings line per seed, the mean over the seeds
-# as ours, with its sample standard deviation (`± sd`) beneath, and the number of seeds n. Fashion-MNIST
-# is not in the paper: its rows are set against the paper's MNIST ones (another data set and ε), which
-# shows the pattern, not a reproduction.
+# One row per model of every data-set result: the files above and those in sub-folders of the results
+# folder (such as the comparison of the two protocols). Clean and the paper's white-box PGD (10 steps)
+# are on the table's `n` test images; AutoAttack's standard cascade on the first images of `--strong-eval`
+# (its own `n`). Each accuracy carries its 95% interval: Wilson's for `n` images; for a `--seeds` file,
+# the mean over its seeds with a Student t interval over them (few seeds: the t interval widens, as it
+# should). The paper's clean and PGD stand beside ours only on the paper's data set and ε; the paper has
+# no AutoAttack. Fashion-MNIST is not in the paper: its paper cells are empty (the MNIST pattern is
+# shown beside it in the next section).
 
 # %%
-def paper_table(dataset):
-    "The paper's rows for a data set ({row: {column: accuracy}}) and a caption saying what they are."
-    key = "mnist" if dataset == "fashion_mnist" else dataset
-    if key not in PAPER["tables"]:
-        return {}, "the paper has no table for this data set"
-    table = PAPER["tables"][key]
-    caption = f"paper: Table {table['table']} ({key}, eps {table['eps']:g})"
-    if dataset == "fashion_mnist":
-        caption += "; Fashion-MNIST is not in the paper, so these are its MNIST rows: another data set and eps"
-    return {row: dict(zip(COLUMNS, values)) for row, values in table["rows"].items()}, caption
+SUMMARY_COLUMNS = ["data set", "eps", "protocol", "file", "model", "n (table / AutoAttack)", "clean", "PGD-10",
+                   "AutoAttack", "paper clean", "paper PGD"]
 
 
+def autoattack_interval(runs, name):
+    "AutoAttack's accuracy of a model over the runs that scored it (mean over seeds), or None."
+    strong = [run["strong_eval"] for run in runs if name in run.get("strong_eval", {}).get("models", {})]
+    values = [s["models"][name]["accuracy"]["autoattack"] for s in strong if "autoattack" in s["models"][name]["accuracy"]]
+    return figures.over_seeds(values, strong[0]["n_test"]) if values else None
+
+
+def sample_sizes(data, runs):
+    strong = {run["strong_eval"]["n_test"] for run in runs if "strong_eval" in run}
+    images = f"{runs[0]['eval']['n_test']} / {'/'.join(map(str, strong)) or '-'}"
+    return f"{len(runs)} seeds × {images}" if "runs" in data else images
+
+
+def pgd_text(interval, run):
+    steps = run["settings"].get("pgd_steps", 10)
+    return interval_text(interval) + ("" if steps == 10 else f" (PGD-{steps})")
+
+
+def summary_rows(result):
+    "One row of SUMMARY_COLUMNS per model of a data-set or ensemble result."
+    entries = list(result.data["datasets"].items()) if result.experiment == "ensemble" else [(result.experiment, result.data)]
+    for dataset, data in entries:
+        runs = list(data["runs"].values()) if "runs" in data else [data]
+        eps = figures.run_eps(data)
+        paper = paper_table(dataset, eps)
+        for name, cells in figures.table_intervals(data).items():
+            theirs = paper.rows.get(name, {}) if paper.same else {}
+            autoattack = autoattack_interval(runs, name)
+            yield [dataset, f"{eps:g}", result.protocol, result.file + (" (smoke test)" if result.quick else ""), name,
+                   sample_sizes(data, runs), interval_text(cells["clean"]) if "clean" in cells else "-",
+                   pgd_text(cells["pgd"], runs[0]) if "pgd" in cells else "-",
+                   interval_text(autoattack) if autoattack else "-",
+                   *(f"{theirs[c]:.1f}" if c in theirs else "" for c in ("clean", "pgd"))]
+
+
+def print_summary(results):
+    rows = [row for result in results for row in summary_rows(result)]
+    if not rows:
+        print("no data-set results to summarise")
+        return
+    widths = [max(len(str(row[i])) for row in rows + [SUMMARY_COLUMNS]) for i in range(len(SUMMARY_COLUMNS))]
+    for row in [SUMMARY_COLUMNS] + rows:
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)).rstrip())
+    print("accuracy (%) [95% interval]; n: test images (a --seeds file: seeds × images)")
+
+
+in_subfolders, subfolder_problems = load_all(RESULTS_DIR, "*/*.json")
+summarised = [r for r in shown + in_subfolders if r.experiment in DATASETS + ["ensemble"]]
+print_summary(summarised)
+# the per-seed over-training files are read in their own section
+if subfolder_problems:
+    print("in sub-folders, not summarised: " + "; ".join(p.replace(": not shown:", ":") for p in subfolder_problems))
+
+
+# %% [markdown]
+# ## Tables 1, 2, 3, 7 and Fashion-MNIST: ours beside the paper
+#
+# Per model: our accuracy with its 95% interval beneath (`95% lo`, `95% hi`: Wilson's for the `n_test`
+# images), the paper's, and the difference ours − paper, with `*` where it exceeds 3 points. The
+# difference is shown only on the paper's data set and ε. Fashion-MNIST is not in the paper: the
+# paper's MNIST rows (ε 0.3) are printed beside ours as the pattern to expect, with no difference and
+# no star. `-`: a column the run did not evaluate. The lines above each table give the protocol (the
+# settings of the paper's text, or of the authors' code, which produced the paper's numbers) and the
+# settings that produced ours. A run made with `--seeds` shows one settings line per seed, the mean over
+# the seeds as ours, its sample standard deviation (`± sd`), and the 95% t interval over the n seeds.
+
+# %%
 def format_seconds(seconds):
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -350,9 +226,10 @@ def format_cells(values, form):
     return "".join(f"{'-':>8} " if v is None else form(v) for v in values)
 
 
-def comparison(ours, paper, columns, spread=None):
-    "Each of our rows (and its standard deviation over seeds, if given), then the paper's and ours - paper where the paper has it; rows in the paper's order."
-    order = list(paper) + [row for row in ours if row not in paper]
+def comparison(ours, paper, columns, n_test, table_stats=None):
+    """Each of our rows, its standard deviation over seeds (a --seeds file) and its 95% interval; then the
+    paper's row, and ours - paper only where paper.same (the paper's data set and eps); rows in the paper's order."""
+    order = list(paper.rows) + [row for row in ours if row not in paper.rows]
     rows = [row for row in order if row in ours]
     width = max(map(len, rows))
 
@@ -362,41 +239,42 @@ def comparison(ours, paper, columns, spread=None):
     lines, n_marked = [label("", "") + "".join(f"{c:>8} " for c in columns)], 0
     for row in rows:
         mine = [ours[row].get(c) for c in columns]
+        cell_stats = (table_stats or {}).get(row, {})
+        intervals = [None if v is None else cell_interval(v, n_test, cell_stats.get(c)) for v, c in zip(mine, columns)]
         lines.append(label(row, "ours") + format_cells(mine, value_cell))
-        if spread and row in spread:
-            lines.append(label("", "± sd") + format_cells([spread[row].get(c) for c in columns], value_cell))
-        if row in paper:
-            theirs = [paper[row].get(c) for c in columns]
-            diffs = [None if a is None or b is None else a - b for a, b in zip(mine, theirs)]
-            n_marked += sum(d is not None and abs(d) > HIGHLIGHT for d in diffs)
+        if cell_stats:
+            lines.append(label("", "± sd") + format_cells([cell_stats.get(c, {}).get("std") for c in columns], value_cell))
+        lines.append(label("", "95% lo") + format_cells([i and i.low for i in intervals], value_cell))
+        lines.append(label("", "95% hi") + format_cells([i and i.high for i in intervals], value_cell))
+        if row in paper.rows:
+            theirs = [paper.rows[row].get(c) for c in columns]
             lines.append(label("", "paper") + format_cells(theirs, value_cell))
-            lines.append(label("", "diff") + format_cells(diffs, diff_cell))
-    lines.append(f"* |ours - paper| > {HIGHLIGHT:g} points: {n_marked} cells" if paper else "(no paper numbers to compare)")
+            if paper.same:
+                diffs = [None if a is None or b is None else a - b for a, b in zip(mine, theirs)]
+                n_marked += sum(d is not None and abs(d) > HIGHLIGHT for d in diffs)
+                lines.append(label("", "diff") + format_cells(diffs, diff_cell))
+    if not paper.rows:
+        lines.append("(no paper numbers to compare)")
+    elif paper.same:
+        lines.append(f"* |ours - paper| > {HIGHLIGHT:g} points: {n_marked} cells")
+    else:
+        lines.append("not compared cell by cell: another data set or eps than the paper's")
     return "\n".join(line.rstrip() for line in lines)
-
-
-def spread_of(data):
-    "row -> column -> standard deviation over the seeds (None for one seed) of a --seeds file, else None."
-    stats = data.get("table_stats")
-    return {row: {c: cell["std"] for c, cell in cols.items()} for row, cols in stats.items()} if stats else None
-
-
-def seed_counts(data):
-    "The numbers of seeds behind the cells of a --seeds file, e.g. '3' (or '2/3' where some seed lacks a cell)."
-    return "/".join(map(str, sorted({cell["n"] for cols in data["table_stats"].values() for cell in cols.values()})))
 
 
 def print_dataset(result):
     data = result.data
-    paper, caption = paper_table(result.experiment)
+    paper = paper_table(result.experiment, figures.run_eps(data))
+    runs = runs_of(result)
     print(f"\n=== {result.experiment}: {result.file}{quick_tag(result)}")
-    for name, run in runs_of(result):
+    for name, run in runs:
         print(protocol_text(run))
         print(settings_line(run, seeds_text(run["seeds"]), run["eval"]["n_test"]))
     if "runs" in data:
-        print(f"ours: the mean over n = {seed_counts(data)} seeds; ± sd: their sample standard deviation")
-    print(caption)
-    print(comparison(data["table"], paper, COLUMNS, spread_of(data)))
+        print(f"ours: the mean over n = {figures.seed_counts(data)} seeds; ± sd: their sample standard deviation; "
+              "95%: t interval over the seeds")
+    print(paper.caption)
+    print(comparison(data["table"], paper, COLUMNS, runs[0][1]["eval"]["n_test"], data.get("table_stats")))
 
 
 dataset_results = [r for r in shown if r.experiment in DATASETS]
@@ -407,42 +285,15 @@ for_each(dataset_results, print_dataset, "no data-set results to show")
 # ## Accuracy per attack
 #
 # Bars: our accuracy per column for A, B, C, and EAT when the ensemble results cover the data set (a
-# smoke test is only ever paired with a smoke test). Black ticks: the paper's numbers. A run made with
-# `--seeds`: bars are the means over its n seeds (the title says n), whiskers ± one standard deviation.
+# smoke test is only ever paired with a smoke test); whiskers: the 95% interval (Wilson's on the test
+# images; a run made with `--seeds`: bars are the means over its n seeds, whiskers the t interval over
+# them). Black ticks: the paper's numbers on the same data set and ε; grey ticks: the paper's pattern on
+# another data set or ε (Fashion-MNIST beside MNIST), not a target. `python notebooks/figures.py` draws
+# the Fashion-MNIST figure the README shows with the same function.
 
 # %%
-def eat_row(dataset, quick, protocol):
-    for result in shown:
-        if (result.experiment == "ensemble" and result.quick == quick and result.protocol == protocol
-                and dataset in result.data["datasets"]):
-            return result.data["datasets"][dataset]["table"].get("EAT")
-    return None
-
-
-def plot_accuracy_bars(result):
-    rows, spread = dict(result.data["table"]), spread_of(result.data) or {}
-    eat = eat_row(result.experiment, result.quick, result.protocol)
-    if eat is not None:
-        rows["EAT"] = eat
-    paper, caption = paper_table(result.experiment)
-    fig, ax = plt.subplots(figsize=(11, 3.2))
-    x, width = np.arange(len(COLUMNS)), 0.8 / len(rows)
-    for i, (name, values) in enumerate(rows.items()):
-        offset = x + (i - (len(rows) - 1) / 2) * width
-        errors = [spread[name].get(c) or np.nan for c in COLUMNS] if name in spread else None
-        ax.bar(offset, [values.get(c, np.nan) for c in COLUMNS], width, yerr=errors, capsize=2, label=name,
-               color=COLORS.get(name))
-        if name in paper:
-            ax.scatter(offset, [paper[name][c] for c in COLUMNS], marker="_", s=120, color="k", zorder=3, label="paper")
-    ax.set(xticks=x, xticklabels=COLUMNS, ylim=(0, 100), ylabel="test accuracy (%)")
-    seeds = f"; bars: mean of n = {seed_counts(result.data)} seeds, whiskers ± sd" if spread else ""
-    ax.set_title(f"{result.file}{quick_tag(result)}{seeds}, {result.protocol} protocol\n{caption}", fontsize=9)
-    legend = dict(zip(*reversed(ax.get_legend_handles_labels())))  # one "paper" entry
-    ax.legend(legend.values(), legend.keys(), loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    plt.show()
-
-
-for_each(dataset_results, plot_accuracy_bars, "no data-set results to plot")
+for_each(dataset_results, lambda r: (figures.accuracy_bars(r, figures.ensemble_entry(shown, r)), plt.show()),
+         "no data-set results to plot")
 
 
 # %% [markdown]
@@ -455,12 +306,13 @@ for_each(dataset_results, plot_accuracy_bars, "no data-set results to plot")
 def print_ensemble(result):
     print(f"\n=== {result.file}{quick_tag(result)}")
     for dataset, entry in result.data["datasets"].items():
-        paper, caption = paper_table(dataset)
+        paper = paper_table(dataset, entry["settings"]["eps"])
+        table4 = paper._replace(rows={row: paper.rows[row] for row in ("EAT", "C") if row in paper.rows})
         print(f"\n--- {dataset}")
         print(protocol_text(entry))
         print(settings_line(entry, seeds_text(entry["seeds"]), entry["eval"]["n_test"]))
-        print(caption + ("; its EAT and C rows are Table 4's" if "EAT" in paper else "; the paper has no EAT row for it"))
-        print(comparison(entry["table"], {row: paper[row] for row in ("EAT", "C") if row in paper}, COLUMNS))
+        print(paper.caption + ("; its EAT and C rows are Table 4's" if "EAT" in paper.rows else "; the paper has no EAT row for it"))
+        print(comparison(entry["table"], table4, COLUMNS, entry["eval"]["n_test"]))
 
 
 ensemble_results = [r for r in shown if r.experiment == "ensemble"]
@@ -476,7 +328,8 @@ for_each(ensemble_results, print_ensemble, "no ensemble results to show")
 # per-example worst case over every attack. AutoAttack's own checks' warnings are listed per model. A raised masking flag means the
 # gradient attacks' numbers should not be trusted for that model. Below: accuracy against PGD's ε,
 # which should fall to about 0, and model C's white-box accuracy with batch norm's running statistics
-# (eval mode) against the authors' protocol, batch statistics.
+# (eval mode) against the authors' protocol, batch statistics. Every accuracy carries its 95% Wilson
+# interval on the images it was measured on (`95% lo`, `95% hi` beneath each model; whiskers in the plot).
 
 # %%
 AUTOATTACK = ["apgd_ce", "apgd_t", "fab_t", "square"]
@@ -505,10 +358,14 @@ def print_strong(title, strong):
     print(f"\n=== {title}: first {strong['n_test']} test images, batch norm {strong['bn']}, {strong['precision']}")
     rows = {name: strong_summary(m["accuracy"]) for name, m in strong["models"].items()}
     columns = list(next(iter(rows.values())))
+    cells = lambda values: "".join(f"{'-':>12}" if v is None else f"{v:>12.2f}" for v in values)
     print(f"{'model':<8}" + "".join(f"{c:>12}" for c in columns))
     for name, row in rows.items():
-        print(f"{name:<8}" + "".join(f"{'-':>12}" if row[c] is None else f"{row[c]:>12.2f}" for c in columns)
+        intervals = [None if row[c] is None else wilson(row[c], strong["n_test"]) for c in columns]
+        print(f"{name:<8}" + cells(row[c] for c in columns)
               + ("" if "autoattack" in strong["models"][name]["accuracy"] else "  * AutoAttack: lowest of its attacks alone"))
+        print(f"{'  95% lo':<8}" + cells(i and i.low for i in intervals))
+        print(f"{'  95% hi':<8}" + cells(i and i.high for i in intervals))
     if "autoattack" in strong:
         print(f"AutoAttack: {strong['autoattack']['version']}")
     for name, m in strong["models"].items():
@@ -521,9 +378,10 @@ def print_strong(title, strong):
 def plot_eps_sweeps(title, strong):
     fig, ax = plt.subplots(figsize=(4.5, 3))
     for name, m in strong["models"].items():
-        sweep = sorted((float(k[4:]), v) for k, v in m["accuracy"].items() if k.startswith("eps_"))
-        ax.plot(*zip(*sweep), marker=".", label=name, color=COLORS.get(name))
-    ax.set(xlabel="PGD ε ([0, 1] units)", ylabel="accuracy (%)", title=title, ylim=(0, 100))
+        sweep = sorted((float(k[4:]), wilson(v, strong["n_test"])) for k, v in m["accuracy"].items() if k.startswith("eps_"))
+        ax.errorbar([eps for eps, _ in sweep], [i.value for _, i in sweep], yerr=figures.error_bars([i for _, i in sweep]),
+                    marker=".", capsize=2, label=name, color=COLORS.get(name))
+    ax.set(xlabel="PGD ε ([0, 1] units)", ylabel="accuracy (%), 95% Wilson", title=title, ylim=(0, 100))
     ax.legend(fontsize=7)
     plt.show()
 
@@ -538,9 +396,11 @@ for result in shown:
     for name, run in runs_of(result):
         modes = run.get("eval", {}).get("bn_comparison", {}).get("C")
         if modes:
-            print(f"\nmodel C of {result.file} ({name}, {result.protocol} protocol), white box, by batch-norm mode:")
+            n = run["eval"]["n_test"]
+            print(f"\nmodel C of {result.file} ({name}, {result.protocol} protocol), white box, by batch-norm mode"
+                  f" (95% Wilson interval, n {n}):")
             for mode, row in modes.items():
-                print(f"  {mode:<8}" + "".join(f"{k} {v:6.2f}   " for k, v in row.items()))
+                print(f"  {mode:<8}" + "   ".join(f"{k} {interval_text(wilson(v, n), 2)}" for k, v in row.items()))
 
 
 # %% [markdown]
@@ -551,14 +411,16 @@ for result in shown:
 # (G1 k=64 is row C of Table 3).
 
 # %%
-def paper_table5():
+def paper_table5(eps):
     spec = PAPER["generator_attack"]
-    return {g: {target: values[i] for target, values in spec["targets"].items()} for i, g in enumerate(spec["generators"])}
+    rows = {g: {target: values[i] for target, values in spec["targets"].items()} for i, g in enumerate(spec["generators"])}
+    return figures.PaperRows(rows, spec["meaning"], spec["eps"] == eps)
 
 
-def paper_table6():
+def paper_table6(eps):
     spec = PAPER["generator_cotrain"]
-    return {g: dict(zip(spec["columns"], values)) for g, values in spec["rows"].items()}
+    return figures.PaperRows({g: dict(zip(spec["columns"], values)) for g, values in spec["rows"].items()},
+                             spec["meaning"], spec["eps"] == eps)
 
 
 def print_generators(result):
@@ -568,9 +430,10 @@ def print_generators(result):
     print(settings_line(data, f"{data['settings']['seed']} (copies X': {data['settings']['seed'] + 1})", data["n_test"]))
     print("attacking generators trained with", ", ".join(f"{key} {value}" for key, value in data["attack_training"].items()))
     print(f"\nTable 5 (paper: {PAPER['generator_attack']['meaning']})")
-    print(comparison(data["table5"], paper_table5(), list(PAPER["generator_attack"]["targets"])))
+    eps, n = data["settings"]["eps"], data["n_test"]
+    print(comparison(data["table5"], paper_table5(eps), list(PAPER["generator_attack"]["targets"]), n))
     print("\nTable 6 (paper: co-trained adversarial networks)")
-    print(comparison(data["table6"], paper_table6(), PAPER["generator_cotrain"]["columns"]))
+    print(comparison(data["table6"], paper_table6(eps), PAPER["generator_cotrain"]["columns"], n))
 
 
 generator_results = [r for r in shown if r.experiment == "generators"]
@@ -653,7 +516,9 @@ for_each(generator_results, show_examples, "no generator examples to show")
 # adversarial images). Training accuracy: on the clean images (EAT: its set; B logs none); adversarial:
 # on the batch's adversarial examples (B: PGD; C: x + ε·G(x)).
 # Dashed: the copies X' trained with the other seed. The attacking generators of Table 5 show the
-# loss they maximise, A's loss on x + ε·G(x).
+# loss they maximise, A's loss on x + ε·G(x). The training accuracies describe training (each point
+# averages minibatches the model was changing on); they estimate no accuracy on unseen images, so
+# they carry no interval: the test accuracies above and below do.
 
 # %%
 TRAINING_PANELS = [("loss", "training loss (its objective)", 1),  # history's accuracies are fractions
@@ -661,20 +526,16 @@ TRAINING_PANELS = [("loss", "training loss (its objective)", 1),  # history's ac
                    ("acc_adv", "training accuracy, adversarial (%)", 100)]
 
 
-def curve(model, key, scale):
-    return [(p["iter"], p[key] * scale) for p in model["history"] if isinstance(p.get(key), NUMBER)]
-
-
 def plot_curves(models, panels, title):
     "One panel per history key that some model logged; a model's copy X' dashed in its colour."
-    panels = [(key, label, scale) for key, label, scale in panels if any(curve(m, key, scale) for m in models.values())]
+    panels = [(key, label, scale) for key, label, scale in panels if any(figures.curve(m, key, scale) for m in models.values())]
     if not panels:
         print(f"{title}: no training history")
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3), squeeze=False)
     for ax, (key, label, scale) in zip(axes[0], panels):
         for name, model in models.items():
-            if points := curve(model, key, scale):
+            if points := figures.curve(model, key, scale):
                 ax.plot(*zip(*points), marker=".", label=name, color=COLORS.get(name.rstrip("'")),
                         linestyle="--" if name.endswith("'") else "-")
         ax.set(xlabel="iteration", ylabel=label)
@@ -709,57 +570,73 @@ for_each(shown, plot_result_curves, "no training histories to plot")
 # first `test_n` images (clean, FGS, the paper's PGD-10, PGD-CE with 100 steps and 5 restarts, C's own
 # generator); black: AutoAttack's standard cascade on the first `strong_n` of them. Dashed grey: PGD on
 # the held-out validation split during training (`val_history`); dotted: the snapshot that scored
-# best there. The table sets AutoAttack against PGD-10 on the same images, the gap that grows if a
-# model looks robust only to the weaker attack.
+# best there. Bands: 95% Wilson intervals on each line's images. The table sets AutoAttack against
+# PGD-10 on the same images, the gap that grows if a model looks robust only to the weaker attack. The
+# header names the checkpoints by file name: where they lay on the machine that scored them is no part
+# of the result.
 
 # %%
-OVER_TRAINING_LINES = [("clean", "clean"), ("fgs", "FGS"), ("pgd10", "PGD-10 (paper's)"), ("pgd_ce", "PGD-CE 100×5"),
-                       ("generator", "own generator")]
-
-
-def plot_over_training(result):
-    models, title = result.data["models"], f"{result.file}{quick_tag(result)} ({result.protocol} protocol)"
-    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.2), sharey=True, squeeze=False)
-    for ax, (name, model) in zip(axes[0], models.items()):
-        snapshots = model["snapshots"]
-        iters = [e["iter"] for e in snapshots]
-        for key, label in OVER_TRAINING_LINES:
-            if all(key in e["accuracy"] for e in snapshots):
-                ax.plot(iters, [e["accuracy"][key] for e in snapshots], marker=".",
-                        label=f"{label}, first {snapshots[0]['n_test']}")
-        ax.plot(iters, [e["on_autoattack_images"]["autoattack"] for e in snapshots], marker="o", color="black",
-                label=f"AutoAttack, first {snapshots[0]['autoattack_n']}")
-        validation = [(v["iter"], v["pgd"]) for v in model.get("model", {}).get("val_history", [])]
-        if validation:
-            ax.plot(*zip(*validation), linestyle="--", color="grey", label="PGD, validation split")
-        if model.get("best_snapshot"):
-            ax.axvline(model["best_snapshot"]["iter"], color="grey", linestyle=":", linewidth=1)
-        ax.set(title=f"{name} ({model.get('method', '?')})", xlabel="iteration", ylim=(0, 100))
-    axes[0][0].set_ylabel("accuracy (%)")
-    lines = {label: line for ax in axes[0] for line, label in zip(*ax.get_legend_handles_labels())}  # C's generator too
-    axes[0][-1].legend(lines.values(), lines.keys(), fontsize=7, loc="lower right")
-    fig.suptitle(f"{title}: {result.data['dataset']}")
-    fig.tight_layout()
-    plt.show()
+def without_folders(command):
+    "A command line with every absolute path cut to its last component (a file or folder name)."
+    def short(word):
+        flag, equals, value = word.rpartition("=")
+        return f"{flag}{equals}{Path(value).name}" if value.startswith("/") else word
+    return shlex.join(short(word) for word in shlex.split(command))
 
 
 def print_over_training(result):
     print(f"\n=== {result.file}{quick_tag(result)}: {result.data['dataset']}, {result.protocol} protocol, "
-          f"{result.data['provenance']['command']}")
+          f"{without_folders(result.data['provenance']['command'])}")
     for name, model in result.data["models"].items():
         m = model["snapshots"][0]["autoattack_n"]
-        print(f"{name}: on the first {m} test images, accuracy (%)")
-        print(f"{'iteration':>10}{'PGD-10':>10}{'AutoAttack':>12}{'gap':>8}")
+        print(f"{name} ({Path(model.get('checkpoint', '?')).name}, seed {model.get('seed', '?')}): "
+              f"on the first {m} test images, accuracy (%) [95% Wilson interval]")
+        print(f"{'iteration':>10}{'PGD-10':>22}{'AutoAttack':>22}{'gap':>8}")
         for e in model["snapshots"]:
-            on = e["on_autoattack_images"]
-            print(f"{e['iter']:>10}{on['pgd10']:>10.2f}{on['autoattack']:>12.2f}{on['pgd10'] - on['autoattack']:>8.2f}")
+            on, n = e["on_autoattack_images"], e["autoattack_n"]
+            print(f"{e['iter']:>10}{interval_text(wilson(on['pgd10'], n)):>22}"
+                  f"{interval_text(wilson(on['autoattack'], n)):>22}{on['pgd10'] - on['autoattack']:>8.1f}")
         best = model.get("best_snapshot")
         print("best snapshot on validation PGD: " + (f"iteration {best['iter']}" if best else "none scored"))
 
 
 over_training_results = [r for r in shown if r.experiment == "over_training"]
-for_each(over_training_results, lambda r: (print_over_training(r), plot_over_training(r)),
+for_each(over_training_results, lambda r: (print_over_training(r), figures.over_training(r), plt.show()),
          "no over-training results to show (README: Robust accuracy over training)")
+
+
+# %% [markdown]
+# ### Over training, across seeds
+#
+# The same study repeated per protocol and seed writes `over_training/<protocol>_seed<s>.json` in the
+# results folder; `over_training.json` counts as the seeds it holds that no such file has. Per
+# (protocol, model) and snapshot: clean and PGD-10 on the first `n_test` test images, AutoAttack on the
+# first `autoattack_n`; the mean over the seeds with its 95% t interval over them (k seeds, k − 1 degrees
+# of freedom; the seeds share their test images, so this is the spread of training); a point with one
+# seed shows that run with its Wilson interval on its images. `seeds`: the seeds behind each point.
+
+# %%
+def print_over_training_seeds(across):
+    for (protocol, name), by_iter in sorted(across.items()):
+        print(f"\n{name}, {protocol} protocol: accuracy (%) [95% interval]")
+        print(f"{'iteration':>10}" + "".join(f"{label:>22}" for _, label, _, _ in figures.SEED_SCORES) + "   n seeds: which")
+        for it, points in by_iter.items():
+            seeds = points["clean"].seeds
+            kind = "t interval" if len(seeds) > 1 else "Wilson"
+            print(f"{it:>10}" + "".join(f"{interval_text(points[key].interval):>22}" for key, _, _, _ in figures.SEED_SCORES)
+                  + f"   {len(seeds)}: {', '.join(map(str, seeds))} ({kind})")
+
+
+over_training_seed_runs, seed_problems = figures.over_training_runs(RESULTS_DIR)
+for line in seed_problems:
+    print(line)
+if over_training_seed_runs:
+    across_seeds = figures.over_training_across_seeds(over_training_seed_runs)
+    print_over_training_seeds(across_seeds)
+    figures.over_training_seeds(across_seeds)
+    plt.show()
+else:
+    print("no over-training results to show across seeds")
 
 
 # %% [markdown]
@@ -771,8 +648,10 @@ for_each(over_training_results, lambda r: (print_over_training(r), plot_over_tra
 # the fix (G's steps 2 to 5 of every minibatch saw step 1's weights). Every model scored in float32:
 # clean, FGS, PGD-10 on the first `test_n` test images, AutoAttack's standard cascade on the first
 # `strong_n`. `g_gain`: how much G's five steps raised D's adversarial loss on their minibatch, in the
-# first and the last logging window of training. Below the table: the paper's columns crafted under
-# bf16 autocast less the same in float32 (does the table's precision matter?), and `g_gain` through training.
+# first and the last logging window of training. The table: mean ± sample standard deviation over the
+# seeds, and beneath each arm the accuracies' 95% t intervals over its seeds. Below the table: the
+# paper's columns crafted under bf16 autocast less the same in float32 (does the table's precision
+# matter?); the figure: `g_gain` through training, and the accuracies with their t intervals.
 
 # %%
 def print_precision_study(result):
@@ -785,6 +664,9 @@ def print_precision_study(result):
     print(f"{'arm':<16}" + "".join(f"{s:>18}" for s in PRECISION_SCORES))
     for arm, scores in data["summary"].items():
         print(f"{arm:<16}" + "".join(f"{cell(scores[s]) + spread(scores[s]):>18}" for s in PRECISION_SCORES))
+        intervals = figures.precision_intervals(data, arm)
+        print(f"{'  95% interval':<16}" + "".join(f"{figures.bounds_text(i):>18}" for i in intervals)
+              + f"   ({intervals[0].basis})")
     for arm, description in data["arms"].items():
         print(f"  {arm}: {description}")
     print("\nthe paper's columns crafted under bf16 less in float32, points, per seed:")
@@ -793,19 +675,6 @@ def print_precision_study(result):
                                          for seed, d in by_seed.items()))
 
 
-def plot_precision_study(result):
-    fig, ax = plt.subplots(figsize=(5, 3))
-    for i, (arm, by_seed) in enumerate(result.data["runs"].items()):
-        for j, run in enumerate(by_seed.values()):
-            points = curve(run["model"], "g_gain", 1)
-            if points:
-                ax.plot(*zip(*points), color=f"C{i}", alpha=0.8, label=arm if j == 0 else None)
-    ax.set(xlabel="iteration", ylabel="G's five-step loss gain", title=f"{result.file}{quick_tag(result)}")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    plt.show()
-
-
 precision_results = [r for r in shown if r.experiment == "precision_study"]
-for_each(precision_results, lambda r: (print_precision_study(r), plot_precision_study(r)),
+for_each(precision_results, lambda r: (print_precision_study(r), figures.precision_study(r), plt.show()),
          "no precision study to show (README: Precision: bf16 trains the same model C as float32)")

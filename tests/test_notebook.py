@@ -119,6 +119,7 @@ def test_a_smoke_test_is_hidden_behind_a_full_result_unless_results_dir_is_set(q
     (tmp_path / "mnist_authors_quick.json").write_text(json.dumps(authors))
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path))
     monkeypatch.chdir(NOTEBOOKS)
+    monkeypatch.syspath_prepend(NOTEBOOKS)  # as the kernel, which runs in notebooks/, imports figures.py
     namespace = {"__name__": "results_notebook"}
     for cell in code_cells(read_notebook()):  # up to the cell that loads the results
         exec("\n".join(line for line in "".join(cell["source"]).splitlines() if not line.startswith("%")), namespace)

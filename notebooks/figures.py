@@ -1,0 +1,364 @@
+"""The notebook's figures and 95% intervals, and the command that redraws every figure the documents show:
+
+    python notebooks/figures.py [--results results] [--out notebooks/figures]
+
+from the results files, with the same functions the notebook (results.ipynb) draws with.
+Intervals: Wilson's for one accuracy measured on n test images; for the mean over k >= 2 seeds,
+Student's t interval over the seeds (k - 1 degrees of freedom), which stays honest with few seeds.
+The seeds are scored on the same test images, so a t interval covers the spread of training, not the
+sampling of the test images (the Wilson interval of one run shows that)."""
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy import stats
+
+from results_files import NUMBER, BadResult, load_all, need, quick_tag
+
+PAPER = json.loads((Path(__file__).resolve().parent.parent / "paper_tables.json").read_text())
+COLUMNS = PAPER["columns"]
+COLORS = {"A": "C0", "B": "C1", "C": "C2", "EAT": "C3"}  # a model and its copy X' share a colour
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+class Interval(NamedTuple):
+    value: float  # accuracy (%): one run's, or the mean over seeds
+    low: float
+    high: float
+    basis: str    # how the interval was made, e.g. "Wilson, n 1000" or "t over 3 seeds"
+
+
+def wilson(accuracy, n):
+    "The 95% Wilson interval of an accuracy (%) measured on n images; low and high are nan when n is unknown."
+    if not n:
+        return Interval(accuracy, math.nan, math.nan, "n unknown")
+    p, z2 = accuracy / 100, Z95 ** 2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    # the interval holds the accuracy; min and max keep rounding at 0 and 100 % from moving a bound past it
+    return Interval(accuracy, min(accuracy, 100 * (centre - half)), max(accuracy, 100 * (centre + half)), f"Wilson, n {n:g}")
+
+
+def t_interval(mean, std, seeds):
+    "The 95% Student t interval of a mean (%) over `seeds` runs with sample standard deviation `std`."
+    half = stats.t.ppf(0.975, seeds - 1) * std / math.sqrt(seeds)
+    return Interval(mean, mean - half, mean + half, f"t over {seeds} seeds")
+
+
+def over_seeds(accuracies, n):
+    "The mean of one accuracy per seed with its t interval; with one seed, that run's Wilson interval on n images."
+    if len(accuracies) == 1:
+        return wilson(accuracies[0], n)
+    return t_interval(float(np.mean(accuracies)), float(np.std(accuracies, ddof=1)), len(accuracies))
+
+
+def cell_interval(value, n, cell_stats=None):
+    "A table cell's interval: over seeds where a --seeds file's statistics give two or more, else Wilson on n images."
+    if cell_stats and cell_stats["n"] >= 2 and cell_stats["std"] is not None:
+        return t_interval(cell_stats["mean"], cell_stats["std"], cell_stats["n"])
+    return wilson(value, n)
+
+
+def bounds_text(interval, digits=1):
+    "[low, high], or why there are none."
+    if math.isnan(interval.low):
+        return f"[{interval.basis}]"
+    return f"[{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+
+
+def interval_text(interval, digits=1):
+    return f"{interval.value:.{digits}f} {bounds_text(interval, digits)}"
+
+
+def error_bars(intervals):
+    "matplotlib's yerr (distances below and above) of a list of Intervals (None: no bar)."
+    below = [np.nan if i is None else i.value - i.low for i in intervals]
+    above = [np.nan if i is None else i.high - i.value for i in intervals]
+    return np.array([below, above])
+
+
+class PaperRows(NamedTuple):
+    rows: dict      # row -> column -> the paper's accuracy
+    caption: str
+    same: bool      # the same data set and eps as ours: compared cell by cell
+
+
+def paper_table(dataset, eps):
+    "The paper's rows for a data set; where the paper has none at this data set and eps, its MNIST rows as a pattern."
+    same = dataset in PAPER["tables"] and PAPER["tables"][dataset]["eps"] == eps
+    key = dataset if dataset in PAPER["tables"] else "mnist" if dataset == "fashion_mnist" else None
+    if key is None:
+        return PaperRows({}, "the paper has no table for this data set", False)
+    table = PAPER["tables"][key]
+    caption = f"paper: Table {table['table']} ({key}, eps {table['eps']:g})"
+    if not same:
+        caption += f"; ours: {dataset}, eps {eps:g}: the paper's pattern, not compared cell by cell"
+    return PaperRows({row: dict(zip(COLUMNS, values)) for row, values in table["rows"].items()}, caption, same)
+
+
+def ensemble_entry(results, result):
+    "The ensemble run on the data set of a data-set result, of its protocol and kind (a smoke test pairs with a smoke test)."
+    for other in results:
+        if (other.experiment == "ensemble" and other.quick == result.quick and other.protocol == result.protocol
+                and result.experiment in other.data["datasets"]):
+            return other.data["datasets"][result.experiment]
+    return None
+
+
+def table_intervals(data):
+    "row -> column -> Interval of a data-set file's table (over seeds for a --seeds file, else Wilson)."
+    n, table_stats = data.get("eval", {}).get("n_test"), data.get("table_stats", {})
+    if "runs" in data:  # the seeds' runs share their test set
+        n = next(iter(data["runs"].values()))["eval"]["n_test"]
+    return {row: {c: cell_interval(v, n, table_stats.get(row, {}).get(c)) for c, v in columns.items()}
+            for row, columns in data["table"].items()}
+
+
+def seed_counts(data):
+    "The numbers of seeds behind the cells of a --seeds file, e.g. '3' (or '2/3' where some seed lacks a cell)."
+    return "/".join(map(str, sorted({cell["n"] for cols in data["table_stats"].values() for cell in cols.values()})))
+
+
+def run_eps(data):
+    return (next(iter(data["runs"].values())) if "runs" in data else data)["settings"]["eps"]
+
+
+def accuracy_bars(result, eat=None):
+    "Bars: our accuracy per column of A, B, C (and EAT's run, if given), whiskers its 95% interval; ticks: the paper's."
+    rows = table_intervals(result.data)
+    if eat is not None and "EAT" in eat["table"]:
+        rows["EAT"] = table_intervals(eat)["EAT"]
+    paper = paper_table(result.experiment, run_eps(result.data))
+    fig, ax = plt.subplots(figsize=(11, 3.4))
+    x, width = np.arange(len(COLUMNS)), 0.8 / len(rows)
+    paper_label = "paper" if paper.same else "paper's pattern (another data set or eps)"
+    for i, (name, cells) in enumerate(rows.items()):
+        offset = x + (i - (len(rows) - 1) / 2) * width
+        intervals = [cells.get(c) for c in COLUMNS]
+        ax.bar(offset, [np.nan if v is None else v.value for v in intervals], width, yerr=error_bars(intervals),
+               capsize=2, label=name, color=COLORS.get(name))
+        if name in paper.rows:
+            ax.scatter(offset, [paper.rows[name][c] for c in COLUMNS], marker="_", s=120, zorder=3,
+                       color="k" if paper.same else "grey", label=paper_label)
+    ax.set(xticks=x, xticklabels=COLUMNS, ylim=(0, 100), ylabel="test accuracy (%)")
+    bars = (f"bars: mean of n = {seed_counts(result.data)} seeds, whiskers 95% t interval" if "runs" in result.data
+            else f"whiskers: 95% Wilson interval on its {result.data['eval']['n_test']:g} test images")
+    ax.set_title(f"{result.file}{quick_tag(result)}, {result.protocol} protocol; {bars}\n{paper.caption}", fontsize=9)
+    legend = dict(zip(*reversed(ax.get_legend_handles_labels())))  # one entry for the paper
+    ax.legend(legend.values(), legend.keys(), loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def band(ax, iters, intervals, **style):
+    "A line through the values and a shaded band over their 95% intervals."
+    line, = ax.plot(iters, [i.value for i in intervals], marker=".", **style)
+    ax.fill_between(iters, [i.low for i in intervals], [i.high for i in intervals], color=line.get_color(), alpha=0.15,
+                    linewidth=0)
+    return line
+
+
+OVER_TRAINING_LINES = [("clean", "clean"), ("fgs", "FGS"), ("pgd10", "PGD-10 (paper's)"), ("pgd_ce", "PGD-CE 100×5"),
+                       ("generator", "own generator")]
+
+
+def validation_n(model):
+    return model.get("model", {}).get("held_out", {}).get("val_n")
+
+
+def over_training(result):
+    "Each snapshot's accuracy per attack of each model, with 95% Wilson bands; validation PGD dashed; the best snapshot dotted."
+    models = result.data["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.4), sharey=True, squeeze=False)
+    for ax, (name, model) in zip(axes[0], models.items()):
+        snapshots = model["snapshots"]
+        iters = [e["iter"] for e in snapshots]
+        for key, label in OVER_TRAINING_LINES:
+            if all(key in e["accuracy"] for e in snapshots):
+                band(ax, iters, [wilson(e["accuracy"][key], e["n_test"]) for e in snapshots],
+                     label=f"{label}, first {snapshots[0]['n_test']}")
+        band(ax, iters, [wilson(e["on_autoattack_images"]["autoattack"], e["autoattack_n"]) for e in snapshots],
+             color="black", label=f"AutoAttack, first {snapshots[0]['autoattack_n']}")
+        validation = model.get("model", {}).get("val_history", [])
+        if validation:
+            n = validation_n(model)
+            band(ax, [v["iter"] for v in validation], [wilson(v["pgd"], n) for v in validation], linestyle="--",
+                 color="grey", label=f"PGD, validation split ({f'n {n}' if n else 'n unknown'})")
+        if model.get("best_snapshot"):
+            ax.axvline(model["best_snapshot"]["iter"], color="grey", linestyle=":", linewidth=1)
+        ax.set(title=f"{name} ({model.get('method', '?')})", xlabel="iteration", ylim=(0, 100))
+    axes[0][0].set_ylabel("accuracy (%), 95% Wilson band")
+    lines = {label: line for ax in axes[0] for line, label in zip(*ax.get_legend_handles_labels())}  # C's generator too
+    axes[0][-1].legend(lines.values(), lines.keys(), fontsize=7, loc="lower right")
+    fig.suptitle(f"{result.file}{quick_tag(result)} ({result.protocol} protocol): {result.data['dataset']}")
+    fig.tight_layout()
+    return fig
+
+
+SEED_SCORES = [("clean", "clean", "accuracy", "n_test"), ("pgd10", "PGD-10", "accuracy", "n_test"),
+               ("autoattack", "AutoAttack", "on_autoattack_images", "autoattack_n")]
+
+
+def over_training_runs(folder):
+    """(protocol, model, seed) -> (file, model entry) of every over-training result: the per-seed files
+    over_training/<protocol>_seed<s>.json first, then over_training.json for what they lack; and one
+    line per file or model left out."""
+    per_seed, problems = load_all(folder, "over_training/*.json")
+    single, more_problems = load_all(folder, "over_training.json")
+    runs = {}
+    for result in per_seed + single:
+        if result.experiment != "over_training" or result.quick:
+            problems.append(f"{result.file}: not an over-training result of a full run ({result.data['experiment']})")
+            continue
+        for name, model in result.data["models"].items():
+            try:
+                key = (result.protocol, name, need(model, "seed", NUMBER))
+            except BadResult as err:
+                problems.append(f"{result.file}: model {name} left out: {err}")
+                continue
+            if key in runs:
+                problems.append(f"{result.file}: {name} seed {key[2]} left out: already read from {runs[key][0]}")
+            else:
+                runs[key] = (result.file, model)
+    return runs, problems + more_problems
+
+
+class SeedPoint(NamedTuple):
+    interval: Interval
+    seeds: list  # the seeds behind the point
+
+
+def over_training_across_seeds(runs):
+    "(protocol, model) -> iteration -> score -> SeedPoint: per snapshot, the mean over seeds of clean, PGD-10, AutoAttack."
+    scores = {}
+    for (protocol, name, seed), (_, model) in sorted(runs.items(), key=lambda item: str(item[0])):
+        for snapshot in model["snapshots"]:
+            for key, _, group, n_key in SEED_SCORES:
+                point = scores.setdefault((protocol, name), {}).setdefault(snapshot["iter"], {}).setdefault(key, [])
+                point.append((seed, snapshot[group][key], snapshot[n_key]))
+    return {curve_key: {it: {key: SeedPoint(over_seeds([v for _, v, _ in values], values[0][2]), [s for s, _, _ in values])
+                             for key, values in by_score.items()}
+                        for it, by_score in sorted(by_iter.items())}
+            for curve_key, by_iter in scores.items()}
+
+
+def over_training_seeds(across):
+    "One panel per (protocol, model): clean, PGD-10 and AutoAttack per snapshot, mean over seeds with 95% band; n seeds per point."
+    fig, axes = plt.subplots(1, len(across), figsize=(4.5 * len(across), 3.4), sharey=True, squeeze=False)
+    for ax, ((protocol, name), by_iter) in zip(axes[0], sorted(across.items())):
+        iters = list(by_iter)
+        for key, label, _, _ in SEED_SCORES:
+            points = [by_iter[it][key] for it in iters]
+            band(ax, iters, [p.interval for p in points], label=label, color="black" if key == "autoattack" else None)
+        for it in iters:
+            ax.annotate(f"{len(by_iter[it]['clean'].seeds)}", (it, 2), ha="center", fontsize=7, color="grey")
+        ax.set(title=f"{name}, {protocol} protocol", xlabel="iteration (grey: n seeds)", ylim=(0, 100))
+    axes[0][0].set_ylabel("accuracy (%): mean, 95% band")
+    axes[0][-1].legend(fontsize=7, loc="center right")
+    fig.suptitle("Over training, across seeds: t interval over the seeds; one seed: Wilson on its images", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def curve(model, key, scale):
+    "(iteration, value × scale) of one key of a training history."
+    return [(p["iter"], p[key] * scale) for p in model["history"] if isinstance(p.get(key), NUMBER)]
+
+
+PRECISION_ACCURACIES = [("clean", "clean"), ("fgs", "FGS"), ("pgd", "PGD-10"), ("autoattack", "AutoAttack")]
+
+
+def precision_intervals(data, arm):
+    "The accuracies of one arm of the precision study: mean over its seeds with their interval."
+    settings, summary = data["settings"], data["summary"][arm]
+    return [cell_interval(summary[key]["mean"], settings["strong_n" if key == "autoattack" else "test_n"], summary[key])
+            for key, _ in PRECISION_ACCURACIES]
+
+
+def precision_study(result):
+    "G's five-step gain through training per arm and seed; the arms' accuracies, mean over seeds with 95% t interval."
+    data = result.data
+    fig, (gain, bars) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for i, (arm, by_seed) in enumerate(data["runs"].items()):
+        for j, run in enumerate(by_seed.values()):
+            if points := curve(run["model"], "g_gain", 1):
+                gain.plot(*zip(*points), color=f"C{i}", alpha=0.8, label=arm if j == 0 else None)
+    gain.set(xlabel="iteration", ylabel="G's five-step loss gain (nats)")
+    gain.legend(fontsize=7)
+    x, width = np.arange(len(PRECISION_ACCURACIES)), 0.8 / len(data["summary"])
+    for i, arm in enumerate(data["summary"]):
+        intervals = precision_intervals(data, arm)
+        bars.bar(x + (i - (len(data["summary"]) - 1) / 2) * width, [v.value for v in intervals], width,
+                 yerr=error_bars(intervals), capsize=2, color=f"C{i}", label=arm)
+    bars.set(xticks=x, xticklabels=[label for _, label in PRECISION_ACCURACIES], ylim=(0, 100),
+             ylabel=f"accuracy (%): mean, 95% t interval")
+    settings = data["settings"]
+    fig.suptitle(f"{result.file}{quick_tag(result)}: model C, {settings['iters']} iterations, seeds {data['seeds']}; "
+                 f"first {settings['test_n']} test images (AutoAttack: {settings['strong_n']})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def one_result(folder, name):
+    "The checked result in the file `name` of the results folder."
+    results, problems = load_all(folder, name)
+    if not results:
+        raise BadResult(problems[0] if problems else f"{name}: missing")
+    return results[0]
+
+
+def accuracy_figure(folder):
+    result = one_result(folder, "fashion_mnist.json")
+    ensemble = load_all(folder, "ensemble.json")[0]
+    return accuracy_bars(result, ensemble_entry(ensemble, result))
+
+
+def over_training_seeds_figure(folder):
+    runs, _ = over_training_runs(folder)
+    if not runs:
+        raise BadResult("no over-training result (over_training.json or over_training/*.json)")
+    return over_training_seeds(over_training_across_seeds(runs))
+
+
+# file name -> how to draw it from a results folder: every figure README.md and docs/ show
+FIGURES = {"accuracy.png": accuracy_figure,
+           "over_training.png": lambda folder: over_training(one_result(folder, "over_training.json")),
+           "over_training_seeds.png": over_training_seeds_figure,
+           "precision_study.png": lambda folder: precision_study(one_result(folder, "precision_study.json"))}
+
+
+def save(fig, path):
+    "Written whole or not at all: a figure a reader has is never replaced by a half-written file."
+    partial = path.with_name(path.name + ".partial")
+    fig.savefig(partial, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(partial, path)
+
+
+def main(argv=None):
+    here = Path(__file__).resolve().parent
+    parser = argparse.ArgumentParser(description="Redraw every figure the README and docs/ show, from the results files.")
+    parser.add_argument("--results", type=Path, default=here.parent / "results", help="the results folder (default: results/)")
+    parser.add_argument("--out", type=Path, default=here / "figures", help="where the figures go (default: notebooks/figures/)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for name, draw in FIGURES.items():
+        try:
+            save(draw(args.results), args.out / name)
+            print(f"wrote {name}")
+        except BadResult as err:
+            failed.append(f"{name} not drawn: {err}")
+    if failed:
+        print("error: " + "; ".join(failed), file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

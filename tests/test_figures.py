@@ -1,0 +1,183 @@
+"""notebooks/figures.py: its 95% intervals, the command that redraws every figure the documents show, the
+over-training study across seeds; and the notebook's printed output: intervals, no star against another data
+set, one summary of every data set and protocol, no machine's path."""
+import contextlib
+import copy
+import io
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+NOTEBOOKS = Path(ROOT) / "notebooks"
+RESULTS = Path(ROOT) / "results"
+sys.path.insert(0, str(NOTEBOOKS))
+import figures  # noqa: E402  (notebooks/ is no package: the notebook imports it from its folder too)
+
+T_975 = {2: 12.706204736174703, 3: 4.302652729749464}  # Student t 97.5% quantiles, 1 and 2 degrees of freedom, by n seeds
+
+
+def run_notebook(results_dir, monkeypatch):
+    """Every cell of notebooks/results.py run in this process as the kernel would (in notebooks/), figures
+    drawn off screen; its printed text and its namespace. results_dir None: the notebook's default, results/."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    monkeypatch.chdir(NOTEBOOKS)
+    monkeypatch.setattr(plt, "show", lambda *args, **kwargs: None)
+    if results_dir is None:
+        monkeypatch.delenv("RESULTS_DIR", raising=False)
+    else:
+        monkeypatch.setenv("RESULTS_DIR", str(results_dir))
+    source = "\n".join(line for line in (NOTEBOOKS / "results.py").read_text().splitlines() if not line.startswith("# %"))
+    namespace, text = {"__name__": "results_notebook"}, io.StringIO()
+    with contextlib.redirect_stdout(text):
+        exec(compile(source, "results.py", "exec"), namespace)
+    plt.close("all")
+    return text.getvalue(), namespace
+
+
+def test_wilson_and_t_intervals_match_known_values():
+    low, high = figures.wilson(50, 10)[1:3]  # 5 of 10: the textbook's 0.2366 to 0.7634
+    assert (round(low, 2), round(high, 2)) == (23.66, 76.34)
+    assert figures.wilson(0, 10)[1] == 0 and round(figures.wilson(0, 10)[2], 2) == 27.75
+    assert math.isnan(figures.wilson(40, None).low) and figures.wilson(40, None).basis == "n unknown"
+    interval = figures.over_seeds([10.0, 12.0, 14.0], 1000)  # sd 2 over 3 seeds
+    assert interval.value == 12.0 and interval.basis == "t over 3 seeds"
+    assert interval.high - 12.0 == pytest.approx(T_975[3] * 2 / math.sqrt(3))
+    assert figures.over_seeds([30.0], 200) == figures.wilson(30.0, 200)  # one seed: its images' interval
+
+
+def test_the_paper_is_compared_cell_by_cell_only_on_its_data_set_and_eps():
+    assert figures.paper_table("mnist", 0.3).same
+    assert not figures.paper_table("mnist", 0.1).same
+    fashion = figures.paper_table("fashion_mnist", 0.1)
+    assert not fashion.same and fashion.rows["C"]["clean"] == 99.34 and "not compared cell by cell" in fashion.caption
+
+
+def image_paths(document):
+    "The image paths a markdown document names, resolved from its folder."
+    text = document.read_text(encoding="utf-8")
+    named = re.findall(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)", text) + re.findall(r"<img[^>]*\bsrc=[\"']([^\"']+)", text)
+    return {(document.parent / path).resolve() for path in named}
+
+
+def test_every_figure_the_documents_show_is_one_the_command_writes():
+    documents = [Path(ROOT) / "README.md", *sorted((Path(ROOT) / "docs").glob("*.md"))]
+    shown = set().union(*map(image_paths, documents))
+    written = {(NOTEBOOKS / "figures" / name).resolve() for name in figures.FIGURES}
+    assert shown, "no figure found in the documents: the pattern is wrong"
+    assert shown <= written, f"figures shown that `python notebooks/figures.py` does not write: {sorted(map(str, shown - written))}"
+
+
+def test_the_command_redraws_every_figure_from_the_committed_results(tmp_path):
+    run = subprocess.run([sys.executable, "notebooks/figures.py", "--out", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr
+    for name in figures.FIGURES:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(figures.FIGURES)  # no partial file left
+
+
+def test_the_command_names_a_figure_it_cannot_draw_in_one_line(tmp_path):
+    run = subprocess.run([sys.executable, "notebooks/figures.py", "--results", str(tmp_path), "--out", str(tmp_path / "out")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr and len(run.stderr.splitlines()) == 1
+    assert "accuracy.png not drawn: fashion_mnist.json: missing" in run.stderr
+
+
+@pytest.fixture
+def seed_files(tmp_path):
+    """results/over_training/: the committed study as paper seeds 0, 1 and 2 (seed s: every accuracy + 2s points)
+    and as authors seed 0; beside them, the committed over_training.json (paper seed 0 again)."""
+    committed = json.loads((RESULTS / "over_training.json").read_text())
+    folder = tmp_path / "over_training"
+    folder.mkdir()
+    for protocol, seed in [("paper", 0), ("paper", 1), ("paper", 2), ("authors", 0)]:
+        data = copy.deepcopy(committed) | {"protocol": protocol}
+        for model in data["models"].values():
+            model["seed"] = seed
+            for snapshot in model["snapshots"]:
+                for group in ("accuracy", "on_autoattack_images"):
+                    snapshot[group] = {k: v + 2 * seed for k, v in snapshot[group].items()}
+        (folder / f"{protocol}_seed{seed}.json").write_text(json.dumps(data))
+    (tmp_path / "over_training.json").write_text(json.dumps(committed))
+    return tmp_path, committed
+
+
+def test_over_training_across_seeds_means_intervals_and_seeds_per_point(seed_files):
+    folder, committed = seed_files
+    runs, problems = figures.over_training_runs(folder)
+    assert sorted(runs) == sorted((p, m, s) for p, s in [("paper", 0), ("paper", 1), ("paper", 2), ("authors", 0)]
+                                  for m in ("B", "C"))
+    assert problems == [f"over_training.json: {m} seed 0 left out: already read from over_training/paper_seed0.json"
+                        for m in committed["models"]]
+    across = figures.over_training_across_seeds(runs)
+    first = committed["models"]["C"]["snapshots"][0]
+    for key, group in [("clean", "accuracy"), ("pgd10", "accuracy"), ("autoattack", "on_autoattack_images")]:
+        point = across[("paper", "C")][first["iter"]][key]
+        values = [first[group][key] + 2 * s for s in (0, 1, 2)]  # sd 2 over 3 seeds
+        assert point.seeds == [0, 1, 2] and point.interval.value == pytest.approx(sum(values) / 3)
+        assert point.interval.high - point.interval.value == pytest.approx(T_975[3] * 2 / math.sqrt(3))
+        alone = across[("authors", "C")][first["iter"]][key]  # one seed: Wilson on its own images
+        n = first["autoattack_n" if key == "autoattack" else "n_test"]
+        assert alone.seeds == [0] and alone.interval == figures.wilson(first[group][key], n)
+
+
+def test_over_training_across_seeds_works_on_todays_single_file_and_in_the_figure(seed_files, tmp_path):
+    runs, problems = figures.over_training_runs(RESULTS)
+    assert problems == [] and {seed for _, _, seed in runs} == {0}
+    folder, _ = seed_files
+    run = subprocess.run([sys.executable, "notebooks/figures.py", "--results", str(folder), "--out", str(tmp_path / "out")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert (tmp_path / "out" / "over_training_seeds.png").is_file(), run.stderr
+
+
+def test_the_notebook_tabulates_over_training_across_seeds(seed_files, monkeypatch):
+    folder, committed = seed_files
+    text, _ = run_notebook(folder, monkeypatch)
+    first = committed["models"]["C"]["snapshots"][0]
+    mean = first["accuracy"]["clean"] + 2
+    half = T_975[3] * 2 / math.sqrt(3)
+    assert f"C, paper protocol: accuracy (%) [95% interval]" in text and "C, authors protocol" in text
+    assert f"{first['iter']:>10}{f'{mean:.1f} [{mean - half:.1f}, {mean + half:.1f}]':>22}" in text
+    assert "3: 0, 1, 2 (t interval)" in text and "1: 0 (Wilson)" in text
+
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:work|home|tmp|root|Users|mnt|data|var|opt|scratch)\b")
+
+
+def test_the_notebook_names_no_machine_path_tracker_or_notes(monkeypatch):
+    text, _ = run_notebook(None, monkeypatch)
+    assert "over_training.py B.pt --dataset fashion_mnist" in text  # the header that once printed the checkpoint's path
+    assert not ABSOLUTE_PATH.search(text), ABSOLUTE_PATH.search(text).group(0)
+    for source in ("results.py", "figures.py", "results_files.py"):
+        code = (NOTEBOOKS / source).read_text()
+        assert not ABSOLUTE_PATH.search(code) and not re.search(r"\b(issue|tracker)s? ?#?\d", code, re.I), source
+        assert "reproduction_notes" not in code and "shared/" not in code, source
+
+
+def test_the_notebook_shows_intervals_and_a_summary_of_every_data_set_and_protocol(monkeypatch, tmp_path):
+    text, _ = run_notebook(None, monkeypatch)
+    fashion = text[text.index("=== fashion_mnist: fashion_mnist.json"):text.index("=== ensemble.json")]
+    assert "not compared cell by cell" in fashion and " diff " not in fashion and "*" not in fashion
+    assert "95% lo" in fashion and "95% hi" in fashion
+    summary = text[text.index("data set "):text.index("accuracy (%) [95% interval]; n: test images")]
+    assert re.search(r"fashion_mnist +0\.1 +paper +fashion_mnist\.json +C +5000 / 200 +87\.1 \[86\.1, 88\.0\] +"
+                     r"38\.0 \[36\.7, 39\.4\] +29\.5 \[23\.6, 36\.2\]\n", summary)
+    assert re.search(r"authors +protocol_check/fashion_mnist_authors\.json +C +2000 / - +82\.5 \[80\.8, 84\.1\]", summary)
+    # a result on the paper's data set and eps stands beside the paper's cells; at another eps it does not
+    report = json.loads((RESULTS / "fashion_mnist.json").read_text()) | {"experiment": "mnist"}
+    (tmp_path / "mnist.json").write_text(json.dumps(report | {"settings": report["settings"] | {"eps": 0.3}}))
+    (tmp_path / "mnist_authors.json").write_text(json.dumps(report | {"experiment": "mnist_authors", "protocol": "authors"}))
+    text, _ = run_notebook(tmp_path, monkeypatch)
+    assert re.search(r"mnist +0\.3 +paper +mnist\.json +A +5000 / 200 .*\] +99\.1 +0\.3\n", text)
+    assert re.search(r"mnist +0\.1 +authors +mnist_authors\.json +A +5000 / 200 .*\]\n", text)
+    assert re.search(r"\* \|ours - paper\| > 3 points: [1-9]\d* cells", text) and "   diff " in text
