@@ -16,10 +16,6 @@ PLANNED_PATHS = {
     "tools/bench.py", "tools/gpu_check.py", "tools/precision_study.py", "tools/over_training.py",
     # the move of the runner machinery into the package runner/
     "runner", "runner/jobs.py", "runner/reports.py", "runner/errors.py", "runner/autoattack_suite.py",
-    # the command that redraws every figure from the committed results
-    "notebooks/figures.py",
-    # the licence and the citation file, being added
-    "LICENSE", "CITATION.cff",
 }
 
 FORBIDDEN = {
