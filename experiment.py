@@ -617,7 +617,9 @@ def read_checkpoint(path, dataset=None):
     try:
         ckpt = core.load_checkpoint(path)
     except ValueError as err:
-        raise UserError(f"{err}; move it away, or delete it to train that model afresh") from None
+        empty = os.path.getsize(path) == 0  # torch says only EOFError
+        raise UserError(f"{f'checkpoint {path} is empty' if empty else err}; move it away, or delete it to train that "
+                        "model afresh") from None
     problem = checkpoint_problem(ckpt)
     if problem:
         raise UserError(f"{path} is not a checkpoint of this repository ({problem}); move it away, or delete it to "
