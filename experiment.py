@@ -8,6 +8,7 @@ experiment -> jobs, reports, errors, core; tests/test_layout.py checks it.
 """
 import argparse
 import contextlib
+import errno
 import fcntl
 import importlib.metadata
 import json
@@ -1062,10 +1063,15 @@ def check_run(settings, args, seeds, chosen, ckpt_dir, out):
 
 
 def check_writable(folder, option):
-    """That `folder` can be created and written to, tried now (a temporary file) rather than at the first save."""
+    """That `folder` can be created and written to, tried now rather than at the first save: its nearest
+    existing ancestor is a folder that takes a file (a temporary one). Nothing is created or left behind."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
     try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), existing)
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
         raise UserError(f"{option}: {folder} cannot be {'written to' if os.path.isdir(folder) else 'created'} "

@@ -17,7 +17,7 @@ import evaluate
 import experiment
 import mnist
 import over_training
-from conftest import write_fake_mnist, write_idx
+from conftest import write_fake_cifar, write_fake_mnist, write_idx
 from test_data_checks import run_main
 
 QUICK_A = ["--gpu", "cpu", "--quick", "--models", "A"]
@@ -73,6 +73,13 @@ def refused(main, argv, root, capsys, *fragments, trained=False):
 def train(user):
     return mnist.main, QUICK_A + ["--data-dir", str(user / "data"), "--ckpt-dir", str(user / "ckpt"),
                                   "--out", str(user / "results" / "mnist.json")]
+
+
+def train_afresh(user):
+    """Training A into a new folder, where a later model's checkpoint (B's) is damaged: found before A trains."""
+    main, argv = train(user)
+    argv[argv.index("--ckpt-dir") + 1] = str(user / "fresh")
+    return main, argv
 
 
 def eval_only(user):
@@ -172,6 +179,8 @@ ROWS = [
       for reader in (train, eval_only) for other in ("authors", "width")],
     pytest.param(lambda user: score(user, "--protocol", "paper"), "ckpt/A.pt", replaced_by("authors"),
                  ["trained under the authors protocol"], id="checkpoint-score-another-protocol"),
+    pytest.param(train_afresh, "fresh/B.pt", bare_tensor, ["holds a Tensor"], id="checkpoint-of-a-later-model-train"),
+    pytest.param(eat, "ensemble/mnist_quick/C.pt", bare_tensor, ["holds a Tensor"], id="checkpoint-of-a-later-model-ensemble"),
     # a kept snapshot, scored by over_training.py
     *[pytest.param(over, "ckpt/A.iter5.pt", damage, [word], id=f"snapshot-{damage.__name__}") for damage, word in BROKEN],
     pytest.param(over, "ckpt/A.iter5.pt", replaced_by("fashion"), ["trained on fashion_mnist"], id="snapshot-another-dataset"),
@@ -195,6 +204,7 @@ ROWS = [
 @pytest.mark.parametrize("reader,target,damage,fragments", ROWS)
 def test_a_damaged_file_is_one_line_and_loses_nothing(reader, target, damage, fragments, user, capsys):
     path = user / target
+    path.parent.mkdir(parents=True, exist_ok=True)
     damage(path, user)
     main, argv = reader(user)
     refused(main, argv, user, capsys, path, *fragments)
@@ -282,3 +292,17 @@ def test_a_checkpoint_written_before_the_data_set_was_recorded_loads_resumes_and
     resumed = core.load_checkpoint(str(ckpt / "A.pt"))
     assert resumed["fingerprint"] == old["fingerprint"] and resumed["dataset"] == "mnist"
     assert resumed["record"]["iters_done"] == 10 and [s["from_iter"] for s in resumed["record"]["sessions"]] == [0, 5]
+
+
+def test_an_old_checkpoint_of_fewer_classes_than_the_test_set_is_refused(tmp_path, no_md5_check, capsys):
+    """A checkpoint too old to name its data set, scored on a data set of the same shapes but more classes
+    (CIFAR-10's on CIFAR-100): caught by its outputs, not an IndexError."""
+    data = write_fake_cifar(write_fake_cifar(str(tmp_path / "data"), 10), 100)
+    import cifar10
+    cifar10.main(QUICK_A + ["--no-eval", "--iters", "2", "--data-dir", data, "--ckpt-dir", str(tmp_path / "ckpt")])
+    path = tmp_path / "ckpt" / "A.pt"
+    core.save_checkpoint(str(path), {k: v for k, v in core.load_checkpoint(str(path)).items() if k != "dataset"})
+    capsys.readouterr()  # the training's progress
+    refused(evaluate.main, [str(path), "--dataset", "cifar100", "--gpu", "cpu", "--data-dir", data, "--eval-n", "20",
+                            "--out", str(tmp_path / "eval.json")], tmp_path, capsys, path, "scores 10 classes",
+            "is --dataset right")
