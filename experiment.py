@@ -626,8 +626,8 @@ def read_checkpoint(path, dataset=None):
         raise UserError(f"{path} is not a checkpoint of this repository ({problem}); move it away, or delete it to "
                         "train that model afresh")
     if dataset and ckpt.get("dataset", dataset) != dataset:
-        raise UserError(f"{path} holds a model trained on {ckpt['dataset']}, not {dataset}: score it on its own data "
-                        "set, or give this run another --ckpt-dir")
+        raise UserError(f"{path} holds a model trained on {ckpt['dataset']}, not {dataset}: is --dataset right? (a run "
+                        f"of {dataset} needs a --ckpt-dir of its own)")
     return ckpt
 
 
