@@ -285,6 +285,7 @@ def test_a_checkpoint_written_before_the_data_set_was_recorded_loads_resumes_and
     monkeypatch.undo()
     old = core.load_checkpoint(str(ckpt / "A.pt"))
     assert "dataset" not in old and old["record"]["iters_done"] == 5
+    assert "dataset" not in json.loads(old["fingerprint"])  # 714a854 had no such setting: its fingerprints stay valid
     scored = evaluate.main([str(ckpt / "A.pt"), "--dataset", "mnist", "--gpu", "cpu", "--data-dir", str(user / "data"),
                             "--eval-n", "20", "--out", str(user / "results" / "old.json")])
     assert scored["iteration"] == 5
