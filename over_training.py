@@ -16,7 +16,7 @@ PGD-10 (the paper's attack), PGD-CE with `strong_steps` steps and `strong_restar
 `strong_n` of them (200), AutoAttack's standard cascade, beside the other attacks' accuracy on those
 same images (each image is attacked once; the accuracies are counted over both). The JSON is written after every
 snapshot: the same command again scores only what is missing, and two processes scoring different
-models into one file keep each other's entries.
+models into one file keep each other's entries; a file scored another way is refused (give another --out).
 """
 import argparse
 import json
