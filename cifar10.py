@@ -15,6 +15,7 @@ import experiment
 
 # ======================================================================================= settings
 SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's CIFAR-10 settings; the shared ones are in experiment.py
+    dataset="cifar10",       # what the models train on; each checkpoint records it
     eps=8 / 256,             # L-inf radius of every attack and of G's output, [0, 1] pixel units
     iters=200_000,           # D updates per model (one minibatch each)
     n_classes=10,            # D2's outputs

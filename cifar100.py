@@ -10,6 +10,7 @@ from cifar10 import build_D, build_G, load_cifar, AUTHORS as CIFAR10_AUTHORS, SE
 
 # ======================================================================================= settings
 SETTINGS = CIFAR10_SETTINGS | dict(   # identical to CIFAR-10 (paper appendix) but for the outputs
+    dataset="cifar100",      # what the models train on; each checkpoint records it
     n_classes=100,           # D2's outputs
 )
 # --protocol authors: the authors have no CIFAR-100 code; their CIFAR-10 settings are applied

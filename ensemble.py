@@ -48,20 +48,37 @@ def build_eat_set(model, images, labels, settings, device, progress=None):
                                   settings["pgd_alpha"] or None, progress, settings["precision"], settings["eat_bn"])
 
 
-def run_dataset(key, args, device):
-    script, paper_key, configure = DATASETS[key]
-    name, settings, load = configure(args)
+def planned_models(settings):
+    """name -> (method, seed) of the models run_dataset prepares: NEEDED, then EAT."""
+    return ({m: (experiment.METHODS[m.rstrip("'")], settings["seed"] + m.count("'")) for m in NEEDED}
+            | {"EAT": ("eat", settings["seed"])})
+
+
+def check_dataset_run(key, args):
+    """What run_dataset will read, checked before any data set's training: its settings, and every
+    checkpoint it will resume or load (experiment.checked_checkpoint)."""
+    name, settings, _ = DATASETS[key][2](args)
     if settings["val_n"]:
         raise experiment.UserError("ensemble.py: val_n would hold images out of the models' training but not out of the "
                                    "EAT set built from them; run it without val_n (and eval_every)")
-    provenance = experiment.provenance(device, experiment.command_line(args), settings["precision"])
     ckpt_dir = os.path.join(args.ckpt_dir or "checkpoints", name)  # the data set's own: its models are reused
+    for model_name, (method, seed) in planned_models(settings).items():
+        path = os.path.join(ckpt_dir, f"{model_name}.pt")
+        if os.path.exists(path):
+            experiment.checked_checkpoint(path, settings, method, seed)
+
+
+def run_dataset(key, args, device):
+    script, paper_key, configure = DATASETS[key]
+    name, settings, load = configure(args)
+    provenance = experiment.provenance(device, experiment.command_line(args), settings["precision"])
+    ckpt_dir = os.path.join(args.ckpt_dir or "checkpoints", name)
     train_x, train_y, test_x, test_y = load()
     models, generators, records = {}, {}, {}
     for model_name in NEEDED:
-        seed = settings["seed"] + model_name.count("'")
+        method, seed = planned_models(settings)[model_name]
         models[model_name], generators[model_name], records[model_name] = experiment.prepare_model(
-            model_name, experiment.METHODS[model_name.rstrip("'")], seed, settings, script.build_D, script.build_G,
+            model_name, method, seed, settings, script.build_D, script.build_G,
             lambda: (train_x, train_y), device, os.path.join(ckpt_dir, f"{model_name}.pt"))
     source_x, source_y = train_x[:settings["eat_n"] or len(train_x)], train_y[:settings["eat_n"] or len(train_x)]
     eat_info = {"n_images": 4 * len(source_x), "kinds": core.EAT_KINDS, "seconds": None}  # None: built by an earlier run
@@ -103,6 +120,10 @@ def main(argv=None):
     name = experiment.run_name("ensemble", args)
     out = args.out or os.path.join("results", name + ".json")
     read_entries(out, args.protocol)  # a file of another kind or protocol stops the run before any training
+    for key in keys:
+        check_dataset_run(key, args)
+    experiment.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
+    experiment.check_writable(args.ckpt_dir or "checkpoints", "--ckpt-dir")
     entries = {}
     for key in keys:
         t0 = time.time()
@@ -122,9 +143,13 @@ def read_entries(out, protocol):
     try:
         with open(out) as f:
             report = json.load(f)
-        entries = report["datasets"]
-    except (ValueError, KeyError):
-        raise experiment.UserError(f"{out} is not an ensemble results file; move it away or pass --out") from None
+    except (OSError, ValueError) as err:
+        raise experiment.UserError(f"{out} is not readable JSON ({experiment.failure(err)}); move it away or pass "
+                                   "--out") from None
+    entries = report.get("datasets") if isinstance(report, dict) else None
+    if not isinstance(entries, dict) or not all(isinstance(entry, dict) for entry in entries.values()):
+        raise experiment.UserError(f"{out} is not an ensemble results file (no datasets object of entries); move it away "
+                                   "or pass --out")
     if report.get("protocol", "paper") != protocol:  # files older than the protocols are the paper's
         raise experiment.UserError(f"{out} holds results of the {report.get('protocol', 'paper')} protocol, not "
                                    f"{protocol}; pass another --out")

@@ -65,19 +65,26 @@ def parse_args(argv):
     return args
 
 
-def load(path):
-    """(checkpoint, its training settings, method, seed) from a checkpoint's fingerprint."""
+def load(path, dataset):
+    """(checkpoint, its training settings, method, seed) from a checkpoint's fingerprint; one of another
+    data set than `dataset` (as the checkpoint records it: older ones do not) is a UserError."""
     if not os.path.exists(path):
         raise experiment.UserError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = core.load_checkpoint(path)
-        trained = json.loads(ckpt["fingerprint"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise experiment.UserError(f"{path} is not a checkpoint of this repository ({err})") from None
+    ckpt = experiment.read_checkpoint(path, dataset)
+    trained = json.loads(ckpt["fingerprint"])
     method, seed = trained.pop("method"), trained.pop("model_seed")
     if method == "generator":
         raise experiment.UserError(f"{path} holds a generator trained against a fixed model, not a classifier to score")
     return ckpt, trained, method, seed
+
+
+def check_classes(D, test_x, test_y, args, device):
+    """That D has an output for every test label: a checkpoint too old to name its data set may be of another."""
+    with core.scoring_mode([D]):
+        outputs = D(core.to_float(test_x[:1].to(device))).shape[1]
+    if test_y.max().item() >= outputs:
+        raise experiment.UserError(f"{args.checkpoint} scores {outputs} classes, but {args.dataset}'s test labels reach "
+                                   f"{test_y.max().item()}: is --dataset right?")
 
 
 def build(script, settings, ckpt, path, device):
@@ -103,20 +110,23 @@ def trained_settings(script, authors, trained, method, args, scoring=None):
                                    f"drop --protocol (the checkpoint says which)")
     args = copy.copy(args)
     args.protocol = protocol
-    resolved = experiment.resolve_settings(script.SETTINGS, args, trained | (scoring or {}), authors)
+    resolved = experiment.resolve_settings(script.SETTINGS, args, trained | {"dataset": args.dataset} | (scoring or {}),
+                                           authors)
     return experiment.model_settings(resolved, method)
 
 
 def main(argv=None):
     args = parse_args(argv)
     script, load_test, paper_table, authors = DATASETS[args.dataset]
-    ckpt, trained, method, seed = load(args.checkpoint)
+    ckpt, trained, method, seed = load(args.checkpoint, args.dataset)
     settings = trained_settings(script, authors, trained, method, args)
     device = experiment.pick_device(args.gpu)
     D, G = build(script, settings, ckpt, args.checkpoint, device)
     name = os.path.splitext(os.path.basename(args.checkpoint))[0] + ("_authors" if settings["protocol"] == "authors" else "")
     out = args.out or os.path.join("results", f"evaluate_{args.dataset}_{name}.json")
+    experiment.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
     test_x, test_y = load_test(args)
+    check_classes(D, test_x, test_y, args, device)
     started = time.time()
     record = ckpt["record"]
     print(f"scoring {args.checkpoint}: iteration {record['iters_done']} of {settings['iters']}"

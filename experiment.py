@@ -8,6 +8,7 @@ experiment -> jobs, reports, errors, core; tests/test_layout.py checks it.
 """
 import argparse
 import contextlib
+import errno
 import fcntl
 import importlib.metadata
 import json
@@ -17,6 +18,7 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -113,7 +115,7 @@ QUICK_SETTINGS = dict(iters=10, batch_size=16, g_width=4, test_n=100, log_every=
 # The admissible values of every numeric setting, the common ones and the scripts' own: "(" and ")"
 # exclude the end, "[" and "]" include it. Checked before anything is trained or written.
 SETTING_RANGES = dict(
-    seed="[0, inf)", batch_size="[1, inf)", iters="[1, inf)", eps="(0, 1]", n_classes="[2, inf)", extra_n="[0, inf)",
+    seed="[0, 18446744073709551614]", batch_size="[1, inf)", iters="[1, inf)", eps="(0, 1]", n_classes="[2, inf)", extra_n="[0, inf)",
     d_lr="(0, inf)", d_momentum="[0, 1)", d_lr_drop_at="[0, 1]", d_lr_drop_factor="[0, 1]", d_weight_decay="[0, inf)",
     d_lr_drop2_at="[0, 1]", d_lr_drop2_factor="[0, 1]", d_every="[1, inf)", pixel_scale="[1, inf)", train_from="[0, inf)",
     g_width="[1, inf)", g_lr="(0, inf)", g_momentum="[0, 1)", g_beta1="[0, 1)", g_beta2="[0, 1)", g_steps="[1, inf)",
@@ -150,6 +152,8 @@ def apply_overrides(settings, pairs):
             raise UserError(f"--set {key}: unknown setting; known: {', '.join(sorted(settings))}")
         if key in ("protocol", "protocol_source", "model_overrides"):
             raise UserError(f"--set {key}: the protocol is chosen with --protocol {{{','.join(PROTOCOLS)}}}")
+        if key == "dataset":
+            raise UserError("--set dataset: the data set is the script's (mnist.py --fashion for Fashion-MNIST)")
         settings[key] = parse_value(key, text, settings[key])
     return settings
 
@@ -221,10 +225,16 @@ def run_name(name, args):
 
 def in_range(value, interval):
     """Whether `value` lies in `interval`, written as in SETTING_RANGES, e.g. "(0, 1]"."""
-    low, high = (float(end) for end in interval[1:-1].split(","))
+    low, high = (number(end) for end in interval[1:-1].split(","))
     above = value >= low if interval[0] == "[" else value > low
     below = value <= high if interval[-1] == "]" else value < high
     return above and below
+
+
+def number(text):
+    """An end of an interval: an int where it is one, exactly (a seed's 2**64 - 2 is no float), else a float."""
+    text = text.strip()
+    return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
 def check_ranges(settings):
@@ -244,12 +254,17 @@ RUNTIME_SETTINGS = {"test_n", "eval_batch", "log_every", "ckpt_minutes", "bn_eva
                     "cuda_graphs", "concurrent_models", "eval_every", "keep_every", "protocol_source"}
 
 
+# Recorded in a checkpoint beside its fingerprint, not in it: added later, it would have changed every fingerprint
+RECORDED_APART = {"dataset"}
+
+
 def fingerprint(settings, method, seed):
     """What a model's checkpoint must have been trained with to be resumed or loaded: its model_settings
-    less the runtime ones, and less NEUTRAL_SETTINGS at their neutral values (the paper protocol's, which
-    older checkpoints do not name). So a checkpoint of one protocol never resumes under the other."""
+    less the runtime ones and those RECORDED_APART, and less NEUTRAL_SETTINGS at their neutral values
+    (the paper protocol's, which older checkpoints do not name). So a checkpoint of one protocol never
+    resumes under the other."""
     kept = {k: v for k, v in sorted(model_settings(settings, method).items())
-            if k not in RUNTIME_SETTINGS and not (k in NEUTRAL_SETTINGS and v == NEUTRAL_SETTINGS[k])}
+            if k not in RUNTIME_SETTINGS | RECORDED_APART and not (k in NEUTRAL_SETTINGS and v == NEUTRAL_SETTINGS[k])}
     if method != "eat" or not kept.get("eat_n"):  # eat_n=0, the whole set, is how EAT checkpoints older than it were made
         kept.pop("eat_n", None)
     if method != "eat":
@@ -328,8 +343,8 @@ def parse_seeds(text):
         seeds = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         seeds = []
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds {text}: give distinct integers such as 0,1,2")
+    if not seeds or len(set(seeds)) != len(seeds) or not all(in_range(s, SETTING_RANGES["seed"]) for s in seeds):
+        raise UserError(f"--seeds {text}: give distinct integers in {SETTING_RANGES['seed']} such as 0,1,2")
     return seeds
 
 
@@ -577,9 +592,56 @@ def _in_main_thread():
 METHODS = {"A": "standard", "B": "pgd", "C": "advnet"}
 
 
-def restore(ckpt, path, fp, modules):
-    if ckpt.get("fingerprint") != fp:
+# What every checkpoint of this repository holds: (what, how to reach it, its type)
+CHECKPOINT_PARTS = [("fingerprint", lambda c: c["fingerprint"], str),
+                    ("method in its fingerprint", lambda c: json.loads(c["fingerprint"])["method"], str),
+                    ("model_seed in its fingerprint", lambda c: json.loads(c["fingerprint"])["model_seed"], int),
+                    ("record", lambda c: c["record"], dict), ("iters_done in its record", lambda c: c["record"]["iters_done"], int),
+                    ("rng state", lambda c: c["rng"]["cpu"], torch.Tensor), ("weights of D", lambda c: c["D"], dict)]
+
+
+def checkpoint_problem(ckpt):
+    """What makes `ckpt` (as torch.load gave it) no checkpoint of this repository, or None."""
+    if not isinstance(ckpt, dict):
+        return f"it holds a {type(ckpt).__name__}, not a checkpoint's dict"
+    for what, part, kind in CHECKPOINT_PARTS:
+        try:
+            found = part(ckpt)
+        except (KeyError, TypeError, ValueError, IndexError):
+            found = None
+        if not isinstance(found, kind):
+            return f"it has no {what} of type {kind.__name__}"
+    return None
+
+
+def read_checkpoint(path, dataset=None):
+    """The checkpoint at `path`, checked to be one this repository wrote (CHECKPOINT_PARTS) and, where
+    `dataset` is given and the checkpoint names its own (older ones do not), of that data set."""
+    try:
+        ckpt = core.load_checkpoint(path)
+    except ValueError as err:
+        empty = os.path.getsize(path) == 0  # torch says only EOFError
+        raise UserError(f"{f'checkpoint {path} is empty' if empty else err}; move it away, or delete it to train that "
+                        "model afresh") from None
+    problem = checkpoint_problem(ckpt)
+    if problem:
+        raise UserError(f"{path} is not a checkpoint of this repository ({problem}); move it away, or delete it to "
+                        "train that model afresh")
+    if dataset and ckpt.get("dataset", dataset) != dataset:
+        raise UserError(f"{path} holds a model trained on {ckpt['dataset']}, not {dataset}: is --dataset right? (a run "
+                        f"of {dataset} needs a --ckpt-dir of its own)")
+    return ckpt
+
+
+def checked_checkpoint(path, settings, method, seed):
+    """read_checkpoint, of a model trained with `settings` (its fingerprint): one a run may resume or load."""
+    ckpt = read_checkpoint(path, settings.get("dataset"))
+    if ckpt["fingerprint"] != fingerprint(settings, method, seed):
         raise UserError(f"checkpoint {path} was trained with other settings; delete it, or pass --ckpt-dir to keep both")
+    return ckpt
+
+
+def restore(ckpt, path, modules):
     try:
         for key, module in modules.items():
             module.load_state_dict(ckpt[key])
@@ -651,11 +713,8 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
     step = graphed_or_eager(step, s, device, [m for m in modules.values() if isinstance(m, torch.optim.Optimizer)])
     record = {"method": method, "iters_done": 0, "train_seconds": 0.0, "history": []}
     if os.path.exists(ckpt_path):
-        try:
-            ckpt = core.load_checkpoint(ckpt_path)
-        except ValueError as err:
-            raise UserError(f"{err}; delete it to retrain that model") from None
-        restore(ckpt, ckpt_path, fp, modules)
+        ckpt = checked_checkpoint(ckpt_path, settings, method, seed)
+        restore(ckpt, ckpt_path, modules)
         core.set_rng_state(ckpt["rng"], device)
         record = ckpt["record"]
         if record["iters_done"] >= s["iters"]:
@@ -663,14 +722,16 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
     if record["iters_done"] >= s["iters"] or not train:
         return record
 
+    recorded = {k: s[k] for k in RECORDED_APART if k in s}
+
     def save(path=ckpt_path):
         try:
-            core.save_checkpoint(path, {"fingerprint": fp, "record": record, "rng": core.rng_state(device),
+            core.save_checkpoint(path, {"fingerprint": fp, "record": record, "rng": core.rng_state(device), **recorded,
                                         **{k: m.state_dict() for k, m in modules.items()}})
-        except OSError as err:  # a full disk, say: atomic_write has kept the last good checkpoint
+        except Exception as err:  # a full disk, a read-only folder (torch says RuntimeError): atomic_write has kept the last good checkpoint
             raise UserError(f"{name}: training reached iteration {record['iters_done']} of {s['iters']}, but {path} "
-                            f"could not be saved ({err.strerror or err}); {kept_checkpoint(ckpt_path)}: free some space "
-                            "and run the same command to resume") from None
+                            f"could not be saved ({failure(err)}); {kept_checkpoint(ckpt_path)}: free some space or make "
+                            "the folder writable, and run the same command to resume") from None
 
     batches = make_batches()
     note_held_out(record, batches, s)
@@ -793,6 +854,13 @@ def best_snapshot(record):
         return None
     best = max(scored, key=lambda v: v["pgd"])
     return {"iter": best["iter"], "val_pgd": best["pgd"], "val_clean": best["clean"]}
+
+
+def failure(err):
+    """An exception as one line of a message: an OSError's own words, else its type and text."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
 
 
 def kept_checkpoint(path):
@@ -950,10 +1018,11 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     seeds = parse_seeds(args.seeds)
     chosen = [] if args.eval_only else parse_models(args.models)
     ckpt_dir = args.ckpt_dir or os.path.join("checkpoints", name)
+    out = args.out or os.path.join("results", f"{name}.json")
+    check_run(settings, args, seeds, chosen, ckpt_dir, out)
     if args.slurm is not None or len(jobs.parse_gpus(args.gpu)) > 1:
         return jobs.launch_experiment(args, seeds or [settings["seed"]], chosen, ckpt_dir)
     device = pick_device(args.gpu)
-    out = args.out or os.path.join("results", f"{name}.json")
     data = load_data()
     started = time.time()
     runs = {seed: run_seed(name, settings | {"seed": seed}, args, data, build_D, build_G, device,
@@ -976,6 +1045,53 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     return report
 
 
+def check_run(settings, args, seeds, chosen, ckpt_dir, out):
+    """What a run will read and write, checked before it trains or scores anything: every checkpoint it
+    will load (checked_checkpoint), a target model (A, B or C) to evaluate unless --no-eval, and the
+    folders it writes to. So a mistake costs no training, and a run with nothing to score keeps `out`."""
+    for seed in seeds or [None]:
+        s, folder = (settings, ckpt_dir) if seed is None else (settings | {"seed": seed}, os.path.join(ckpt_dir, f"seed{seed}"))
+        specs = model_specs(s, folder, chosen)
+        finished = [name for name, (method, model_seed, path, _) in specs.items() if os.path.exists(path) and
+                    checked_checkpoint(path, s, method, model_seed)["record"]["iters_done"] >= model_settings(s, method)["iters"]]
+        if not args.no_eval and not {"A", "B", "C"} & set(chosen + finished):
+            raise UserError(f"nothing to evaluate: {folder} holds no finished checkpoint of A, B or C"
+                            + ("" if args.eval_only else ", and --models trains none of them")
+                            + f" (is --ckpt-dir right?); {out} is left as it is")
+    if not args.eval_only or args.strong_eval:  # the strong evaluation keeps AutoAttack's state beside the checkpoints
+        check_writable(ckpt_dir, "--ckpt-dir")
+    if not args.no_eval:
+        check_writable(os.path.dirname(os.path.abspath(out)), "--out")
+
+
+def check_writable(folder, option):
+    """That `folder` can be created and written to, tried now rather than at the first save: its nearest
+    existing ancestor is a folder that takes a file (a temporary one). Nothing is created or left behind."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    try:
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), existing)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UserError(f"{option}: {folder} cannot be {'written to' if os.path.isdir(folder) else 'created'} "
+                        f"({failure(err)}); choose a folder you can write to") from None
+
+
+def model_specs(settings, ckpt_dir, chosen):
+    """The models a run prepares, those `chosen` to train and those with a checkpoint in `ckpt_dir`:
+    name -> (method, seed, checkpoint path, whether to train it)."""
+    specs = {}
+    for model_name in ["A", "B", "C", "A'", "B'", "C'"]:
+        ckpt_path = os.path.join(ckpt_dir, f"{model_name}.pt")
+        if model_name in chosen or os.path.exists(ckpt_path):
+            specs[model_name] = (METHODS[model_name.rstrip("'")], settings["seed"] + model_name.count("'"), ckpt_path,
+                                 model_name in chosen)
+    return specs
+
+
 def run_seed(name, settings, args, data, build_D, build_G, device, ckpt_dir, chosen, paper, autoattack):
     """One run of the experiment with settings["seed"]: trains the chosen models, and unless --no-eval
     evaluates them; returns that run's report (the results JSON of a single-seed run)."""
@@ -984,12 +1100,7 @@ def run_seed(name, settings, args, data, build_D, build_G, device, ckpt_dir, cho
     report = {"experiment": name, "protocol": settings["protocol"], "settings": settings, "seeds": {},
               "provenance": provenance(device, command_line(args), settings["precision"]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": {}}
-    finished, generators, specs = {}, {}, {}
-    for model_name in ["A", "B", "C", "A'", "B'", "C'"]:
-        ckpt_path = os.path.join(ckpt_dir, f"{model_name}.pt")
-        if model_name in chosen or os.path.exists(ckpt_path):
-            specs[model_name] = (METHODS[model_name.rstrip("'")], settings["seed"] + model_name.count("'"), ckpt_path,
-                                 model_name in chosen)
+    finished, generators, specs = {}, {}, model_specs(settings, ckpt_dir, chosen)
     prepared = prepare_models(specs, settings, build_D, build_G, lambda: (train_x, train_y), device)
     for model_name, (D, G, record) in prepared.items():
         if record["iters_done"] >= settings["iters"]:
@@ -1026,7 +1137,7 @@ def evaluate_trained(models, settings, test_x, test_y, device):
     """The paper's 9-column table of the models (copies as surrogates), with BN as `bn_eval` says; model C,
     if present, is also scored white-box under both BN modes (`bn_comparison`). In IEEE float32, whatever
     `precision` trained in: crafted under bf16, a cell moved by up to 0.6 points (precision_study.py)."""
-    n = settings["test_n"] or len(test_x)
+    n = min(settings["test_n"] or len(test_x), len(test_x))  # what is scored, not what was asked
     targets, surrogates = split_models(models)
     if not targets:
         return {}, {"n_test": 0, "seconds": 0.0, "note": "no finished target model (A, B or C)"}

@@ -16,6 +16,7 @@ import reports
 
 # ======================================================================================= settings
 SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's MNIST settings; the shared ones are in experiment.py
+    dataset="mnist",         # what the models train on; each checkpoint records it (not a --set: see FASHION)
     eps=0.3,                 # L-inf radius of every attack and of G's output, [0, 1] pixel units
     iters=200_000,           # D updates per model (one minibatch each)
     d_lr=0.01,               # D: SGD learning rate
@@ -54,7 +55,7 @@ AUTHORS = dict(
         d_weight_decay=1e-4, # '--weight-decay', default=1E-4
     ),
 )
-FASHION = dict(eps=0.1)      # --fashion: the usual Fashion-MNIST radius
+FASHION = dict(dataset="fashion_mnist", eps=0.1)  # --fashion: Fashion-MNIST, at its usual radius
 # The authors have no Fashion-MNIST code: --fashion --protocol authors applies their MNIST settings
 FASHION_AUTHORS = AUTHORS | dict(protocol_source="whxbergkamp/RobustDL_GAN mnist/, extrapolated to Fashion-MNIST "
                                                  "(the authors have no Fashion-MNIST code)")

@@ -16,7 +16,7 @@ PGD-10 (the paper's attack), PGD-CE with `strong_steps` steps and `strong_restar
 `strong_n` of them (200), AutoAttack's standard cascade, beside the other attacks' accuracy on those
 same images (each image is attacked once; the accuracies are counted over both). The JSON is written after every
 snapshot: the same command again scores only what is missing, and two processes scoring different
-models into one file keep each other's entries.
+models into one file keep each other's entries; a file scored another way is refused (give another --out).
 """
 import argparse
 import json
@@ -65,9 +65,9 @@ def model_settings(script, authors, trained, method, args):
     return evaluate.trained_settings(script, authors, trained, method, args, args.scoring)
 
 
-def snapshots(path, ckpt):
+def snapshots(path, ckpt, dataset):
     """(iteration, path) of each snapshot the running checkpoint at `path` lists, each one checked to be
-    of the same training run (its fingerprint)."""
+    a checkpoint of `dataset` and of the same training run (its fingerprint)."""
     listed = ckpt["record"].get("snapshots", [])
     if not listed:
         raise experiment.UserError(f"{path} lists no kept snapshots: train it with --set keep_every=N")
@@ -76,7 +76,7 @@ def snapshots(path, ckpt):
         snapshot = experiment.snapshot_path(path, it)
         if not os.path.exists(snapshot):
             raise experiment.UserError(f"{snapshot}, a snapshot {path} lists, is missing")
-        if core.load_checkpoint(snapshot).get("fingerprint") != ckpt["fingerprint"]:
+        if experiment.read_checkpoint(snapshot, dataset)["fingerprint"] != ckpt["fingerprint"]:
             raise experiment.UserError(f"{snapshot} was trained with other settings than {path}")
         found.append((it, snapshot))
     return found
@@ -102,9 +102,9 @@ def score_snapshot(script, path, settings, test_x, test_y, device):
     """One snapshot's accuracies in percent: ATTACKS on the first test_n images (`accuracy`), and the
     same attacks with AutoAttack's cascade on the first strong_n of them (`on_autoattack_images`), so
     that AutoAttack is set against the others on the same images. The iteration is the snapshot's own."""
-    ckpt = evaluate.load(path)[0]
+    ckpt = evaluate.load(path, settings["dataset"])[0]
     D, G = evaluate.build(script, settings, ckpt, path, device)
-    eps, n = settings["eps"], settings["test_n"] or len(test_x)
+    eps, n = settings["eps"], min(settings["test_n"] or len(test_x), len(test_x))  # what is scored, not what was asked
     m = min(settings["strong_n"] or n, n)
     attacks = {"clean": lambda model, x, y: x} | core.strong_attacks(eps, settings["strong_steps"], settings["strong_restarts"])
     if G is not None:
@@ -128,15 +128,40 @@ def score_snapshot(script, path, settings, test_x, test_y, device):
 
 
 def earlier_scores(out, scoring, protocol):
-    """The models of an earlier results file scored the same way, under the same protocol (its entries are
-    reused), else {}."""
+    """The models of the results file `out` ({} where there is none), whose entries are reused and kept.
+    A file that is not over_training.py's, or that was scored another way or under another protocol, is
+    a UserError: merged into, it would lose its entries, or mix two ways of scoring."""
+    if not os.path.exists(out):
+        return {}
     try:
         with open(out) as f:
             earlier = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    same = earlier.get("scoring") == scoring and earlier.get("protocol", "paper") == protocol  # none: the paper's
-    return earlier.get("models", {}) if same else {}
+    except (OSError, ValueError) as err:
+        raise experiment.UserError(f"{out} is not readable JSON ({experiment.failure(err)}); move it away, or pass "
+                                   "another --out") from None
+    problem = results_problem(earlier)
+    if problem:
+        raise experiment.UserError(f"{out} is not a results file of over_training.py ({problem}); move it away, or "
+                                   "pass another --out")
+    theirs = earlier["scoring"] | {"protocol": earlier.get("protocol", "paper")}  # none: the paper's
+    differs = [f"{k} {theirs.get(k)} there, {v} here" for k, v in (scoring | {"protocol": protocol}).items()
+               if theirs.get(k) != v]
+    if differs:
+        raise experiment.UserError(f"{out} holds scores made another way ({'; '.join(differs)}): pass another --out "
+                                   "to keep both")
+    return earlier["models"]
+
+
+def results_problem(report):
+    """What makes `report` (a parsed JSON) no results file of this script, or None."""
+    if not isinstance(report, dict) or not isinstance(report.get("scoring"), dict) or not isinstance(report.get("models"), dict):
+        return "it has no scoring and models objects"
+    for name, model in report["models"].items():
+        entries = model.get("snapshots") if isinstance(model, dict) else None
+        if not (isinstance(entries, list) and isinstance(model.get("fingerprint"), str)
+                and all(isinstance(e, dict) and isinstance(e.get("iter"), int) for e in entries)):
+            return f"its entry {name} is not a model's scored snapshots"
+    return None
 
 
 def reusable(earlier, name, fingerprint, it):
@@ -174,23 +199,26 @@ def format_curves(models):
 def main(argv=None):
     args = parse_args(argv)
     script, load_test, _, authors = evaluate.DATASETS[args.dataset]
-    loaded = {os.path.splitext(os.path.basename(p))[0]: (p, *evaluate.load(p)) for p in args.checkpoints}
+    loaded = {os.path.splitext(os.path.basename(p))[0]: (p, *evaluate.load(p, args.dataset)) for p in args.checkpoints}
     if len(loaded) != len(args.checkpoints):
         raise experiment.UserError("two checkpoints share a name: score them into different --out files")
     settings = {name: model_settings(script, authors, trained, method, args) for name, (_, _, trained, method, _) in loaded.items()}
     if len({s["protocol"] for s in settings.values()}) > 1:  # each protocol scores its own way (batch norm, batch size)
         raise experiment.UserError("the checkpoints were trained under different protocols: score each protocol's into its own --out")
-    found = {name: snapshots(path, ckpt) for name, (path, ckpt, *_) in loaded.items()}
+    found = {name: snapshots(path, ckpt, args.dataset) for name, (path, ckpt, *_) in loaded.items()}
     device = experiment.pick_device(args.gpu)
     scoring = {"dataset": args.dataset} | {k: next(iter(settings.values()))[k] for k in SCORING_KEYS} | {
         "precision": experiment.SCORING_PRECISION}
+    protocol = next(iter(settings.values()))["protocol"]
+    experiment.check_writable(os.path.dirname(os.path.abspath(args.out)), "--out")
+    earlier = earlier_scores(args.out, scoring, protocol)
     test_x, test_y = load_test(args)
     started = time.time()
     provenance = experiment.provenance(device, experiment.command_line(args), "float32")
-    report = {"experiment": args.name, "protocol": next(iter(settings.values()))["protocol"], "dataset": args.dataset,
+    report = {"experiment": args.name, "protocol": protocol, "dataset": args.dataset,
               "scoring": scoring, "attacks": ATTACKS + ["autoattack"],
               "provenance": provenance, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    earlier, mine = earlier_scores(args.out, scoring, report["protocol"]), {}
+    mine = {}
     for name, (path, ckpt, trained, method, seed) in loaded.items():
         s = settings[name]
         mine[name] = {"checkpoint": os.path.abspath(path), "method": method, "seed": seed, "fingerprint": ckpt["fingerprint"],

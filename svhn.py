@@ -16,6 +16,7 @@ import experiment
 
 # ======================================================================================= settings
 SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's SVHN settings; the shared ones are in experiment.py
+    dataset="svhn",          # what the models train on; each checkpoint records it
     eps=0.05,                # L-inf radius of every attack and of G's output, [0, 1] pixel units
     iters=200_000,           # D updates per model (one minibatch each)
     n_classes=10,            # D2's outputs
