@@ -210,6 +210,7 @@ def test_the_notebook_plots_each_attack_over_training_and_names_a_malformed_file
     (tmp_path / "over_training.json").write_text(json.dumps(broken))
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path))
     monkeypatch.chdir(os.path.join(ROOT, "notebooks"))
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "notebooks"))  # as the kernel has it: the notebook imports figures
     plt.close("all")
     namespace = {"__name__": "results_notebook"}
     for cell in json.load(open("results.ipynb"))["cells"]:
@@ -218,16 +219,18 @@ def test_the_notebook_plots_each_attack_over_training_and_names_a_malformed_file
     text = capsys.readouterr().out
     assert "over_training.json: not shown: models.C.snapshots[1]: missing key 'on_autoattack_images.autoattack'" in text
     model = report["models"]["C"]
-    for e in model["snapshots"]:  # the table: PGD-10 and AutoAttack on the same images, and their gap
-        on = e["on_autoattack_images"]
-        assert f"{e['iter']:>10}{on['pgd10']:>10.2f}{on['autoattack']:>12.2f}{on['pgd10'] - on['autoattack']:>8.2f}" in text
+    cell = lambda accuracy, n: namespace["interval_text"](namespace["wilson"](accuracy, n))
+    for e in model["snapshots"]:  # the table: PGD-10 and AutoAttack on the same images with their intervals, and the gap
+        on, n = e["on_autoattack_images"], e["autoattack_n"]
+        assert f"{e['iter']:>10}{cell(on['pgd10'], n):>22}{cell(on['autoattack'], n):>22}{on['pgd10'] - on['autoattack']:>8.1f}" in text
     ours = [plt.figure(n) for n in plt.get_fignums() if "over_training_quick.json" in str(plt.figure(n).get_suptitle())]
     assert len(ours) == 1 and ours[0].axes[0].get_title() == "C (advnet)"
     lines = {line.get_label(): list(line.get_ydata()) for line in ours[0].axes[0].lines}
     for key, label in [("pgd10", "PGD-10 (paper's)"), ("pgd_ce", "PGD-CE 100×5"), ("generator", "own generator")]:
         assert lines[f"{label}, first 40"] == [e["accuracy"][key] for e in model["snapshots"]]
     assert lines["AutoAttack, first 20"] == [e["on_autoattack_images"]["autoattack"] for e in model["snapshots"]]
-    assert lines["PGD, validation split"] == [v["pgd"] for v in model["model"]["val_history"]]
+    validation = [values for label, values in lines.items() if label.startswith("PGD, validation split")]
+    assert validation == [[v["pgd"] for v in model["model"]["val_history"]]]
     plt.close("all")
 
 
