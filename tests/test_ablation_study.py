@@ -2,7 +2,6 @@
 of its settings and nothing else changed, "all" is the five together, processes filling one results
 file keep each other's entries, a model already scored is not scored again, and user errors are one line."""
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,16 +9,16 @@ import sys
 
 import pytest
 
+import ablation_study
 import core
-import experiment
 import mnist
+import runner.errors
+import runner.settings
+import runner.training
 from conftest import ROOT
 from test_precision_study import fake_fashion  # noqa: F401 (the module's fake Fashion-MNIST)
 
 TOOL = os.path.join(ROOT, "tools", "ablation_study.py")
-spec = importlib.util.spec_from_file_location("ablation_study", TOOL)
-ablation_study = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ablation_study)
 
 # what each arm switches on, as the issue lists the authors' settings; "all" is the first five
 SWITCHED = {"paper": set(), "d_every": {"d_every"}, "g_optimiser": {"g_opt", "g_lr"},
@@ -28,7 +27,7 @@ SWITCHED = {"paper": set(), "d_every": {"d_every"}, "g_optimiser": {"g_opt", "g_
 FIVE = ["d_every", "g_optimiser", "d_drop", "weight_decays", "g_net"]
 NO_FLAGS = argparse.Namespace(quick=False, iters=None, seed=None, eval_n=None, bn_eval=None, set=[], protocol="authors")
 # model C's settings under --fashion --protocol authors: the values the project's table takes from the authors' code
-AUTHORS_C = experiment.model_settings(experiment.resolve_settings(mnist.SETTINGS, NO_FLAGS, mnist.FASHION,
+AUTHORS_C = runner.settings.model_settings(runner.settings.resolve_settings(mnist.SETTINGS, NO_FLAGS, mnist.FASHION,
                                                                   mnist.FASHION_AUTHORS), "advnet")
 
 
@@ -104,7 +103,7 @@ def test_a_second_identical_run_trains_and_scores_nothing_and_a_changed_model_is
         raise AssertionError("a model already in the results file was loaded or scored again")
 
     with monkeypatch.context() as patched:
-        patched.setattr(experiment, "prepare_model", forbidden)
+        patched.setattr(runner.training, "prepare_model", forbidden)
         patched.setattr(ablation_study, "score", forbidden)
         assert ablation_study.main(run)["runs"] == first["runs"]
     stale = json.loads(out.read_text())
@@ -128,7 +127,7 @@ def test_an_unknown_arm_is_one_line_and_exit_2():
 def test_a_results_file_of_another_shape_is_refused_before_training(content, message, fake_fashion, tmp_path):  # noqa: F811
     out = tmp_path / "other.json"
     out.write_text(content)
-    with pytest.raises(experiment.UserError, match=message):
+    with pytest.raises(runner.errors.UserError, match=message):
         ablation_study.main(options(fake_fashion, tmp_path / "ckpt", "--out", str(out)))
     assert not (tmp_path / "ckpt").exists() and out.read_text() == content
 
@@ -137,11 +136,11 @@ def test_a_results_file_scored_otherwise_is_refused(trained, tmp_path):
     data, ckpt, _ = trained
     out = str(tmp_path / "ablation.json")
     ablation_study.main(options(data, ckpt, "--arms", "paper", "--out", out))
-    with pytest.raises(experiment.UserError, match=r"other settings \(test_n, scoring\)"):
+    with pytest.raises(runner.errors.UserError, match=r"other settings \(test_n, scoring\)"):
         ablation_study.main(options(data, ckpt, "--arms", "paper", "--out", out, "--eval-n", "16"))
 
 
-@pytest.mark.parametrize("overrides, error", [({"d_evry": 5}, KeyError), ({"d_every": 0}, experiment.UserError)])
+@pytest.mark.parametrize("overrides, error", [({"d_evry": 5}, KeyError), ({"d_every": 0}, runner.errors.UserError)])
 def test_an_arm_overrides_only_settings_and_within_their_ranges(overrides, error, fake_fashion, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setitem(ablation_study.ARMS, "faulty", overrides)
     with pytest.raises(error, match="not settings|outside its range"):

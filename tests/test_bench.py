@@ -2,7 +2,7 @@
 import json
 
 import bench
-import experiment
+import runner.settings
 
 
 def test_bench_quick_runs_on_cpu(tmp_path):
@@ -18,7 +18,7 @@ def test_bench_quick_runs_on_cpu(tmp_path):
         assert all(row[path]["it_per_s"] > 0 and row[path]["tflop_per_s"] > 0 for path in paths)
         assert "graphed" not in row and "compiled" not in row
     # a PGD step costs about (steps + 1) forward-backward passes of a standard step: the counter counts them all
-    passes = experiment.QUICK_SETTINGS["pgd_steps"] + 1
+    passes = runner.settings.QUICK_SETTINGS["pgd_steps"] + 1
     for network in bench.NETWORKS:
         steps = {s: report["steps"][f"{network}/{s}"] for s in ("pgd", "standard")}
         ratio = steps["pgd"]["gflop_per_step"] / steps["standard"]["gflop_per_step"]

@@ -7,8 +7,10 @@ import torch.nn as nn
 
 import core
 import ensemble
-import experiment
 import generators_study
+import runner.errors
+import runner.settings
+import runner.training
 from conftest import COLUMNS, learnable_images
 
 EPS = 0.2
@@ -91,9 +93,9 @@ def test_batches_read_the_eat_set():
 def test_generator_trained_against_a_fixed_model_lowers_its_accuracy(tmp_path):
     images, labels = learnable_set()
     model = tiny_trained_model(images, labels)
-    settings = experiment.COMMON_SETTINGS | dict(eps=EPS, iters=40, batch_size=32, g_width=4, g_opt="adam", g_lr=0.01,
+    settings = runner.settings.COMMON_SETTINGS | dict(eps=EPS, iters=40, batch_size=32, g_width=4, g_opt="adam", g_lr=0.01,
                                            d_lr=0.0, d_weight_decay=0.0, log_every=10, ckpt_minutes=0.0)
-    _, G, record = experiment.prepare_model("G vs model", "generator", 0, settings, lambda s: model,
+    _, G, record = runner.training.prepare_model("G vs model", "generator", 0, settings, lambda s: model,
                                       lambda s: core.G1(k=4, channels=1), lambda: (images, labels),
                                       torch.device("cpu"), str(tmp_path / "g.pt"))
     assert record["iters_done"] == 40
@@ -109,16 +111,16 @@ def test_ensemble_quick_run(fake_mnist, shared_checkpoints, tmp_path):
     ensemble.main(args + ["--out", str(out)])
     entry = json.loads(out.read_text())["datasets"]["mnist"]
     assert set(entry["table"]) == {"EAT", "C"} and all(set(r) == set(COLUMNS) for r in entry["table"].values())
-    eat_n = experiment.QUICK_SETTINGS["eat_n"]  # of the 256 fake training images
+    eat_n = runner.settings.QUICK_SETTINGS["eat_n"]  # of the 256 fake training images
     assert 0 < eat_n < 256 and entry["settings"]["eat_n"] == eat_n
     assert entry["eat_set"]["n_images"] == 4 * eat_n and entry["eat_set"]["kinds"][0] == "clean"
-    assert entry["models"]["EAT"]["method"] == "eat" and entry["eval"]["n_test"] == experiment.QUICK_SETTINGS["test_n"]
+    assert entry["models"]["EAT"]["method"] == "eat" and entry["eval"]["n_test"] == runner.settings.QUICK_SETTINGS["test_n"]
     assert entry["provenance"]["command"].startswith("ensemble.py")
 
 
 def test_ensemble_rejects_unknown_datasets():
     import pytest
-    with pytest.raises(experiment.UserError, match="--datasets"):
+    with pytest.raises(runner.errors.UserError, match="--datasets"):
         ensemble.main(["--quick", "--gpu", "cpu", "--datasets", "imagenet"])
 
 
