@@ -13,6 +13,11 @@ sys.path.insert(0, ROOT)
 sys.path.insert(1, os.path.join(ROOT, "tools"))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: an end-to-end run (a script's quick run, its jobs, the notebook): "
+                                       "`-m \"not slow\"` leaves them out, for the fast loop of the unit tests")
+
+
 def learnable_images(labels, size=28, seed=0):
     """Noise plus a bright 4x4 patch whose place depends on the label: a task tiny models can learn."""
     rng = np.random.default_rng(seed)

@@ -52,6 +52,7 @@ def changed(fingerprint, paper):
     return {k: fingerprint.get(k) for k in fingerprint.keys() | paper.keys() if fingerprint.get(k) != paper.get(k)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arm", list(SWITCHED))
 def test_each_arm_trains_with_the_authors_values_of_its_settings_and_no_other_change(arm, trained):
     fingerprints = trained[2]
@@ -61,6 +62,7 @@ def test_each_arm_trains_with_the_authors_values_of_its_settings_and_no_other_ch
         assert fingerprints[arm]["fd_h"] == 0 and switched["g_lr"] / 10 == pytest.approx(AUTHORS_C["fd_h"])
 
 
+@pytest.mark.slow
 def test_the_all_arm_is_the_five_settings_together(trained):
     fingerprints = trained[2]
     together = {}
@@ -70,6 +72,7 @@ def test_the_all_arm_is_the_five_settings_together(trained):
     assert "gamma" not in together
 
 
+@pytest.mark.slow
 def test_two_processes_with_different_arms_fill_one_file(trained, tmp_path, monkeypatch):
     """The second run adds its arm; and an entry that another process writes while this one scores is kept."""
     data, ckpt, _ = trained
@@ -93,6 +96,7 @@ def test_two_processes_with_different_arms_fill_one_file(trained, tmp_path, monk
     assert json.loads(open(out).read()) == report
 
 
+@pytest.mark.slow
 def test_a_second_identical_run_trains_and_scores_nothing_and_a_changed_model_is_rescored(trained, tmp_path, monkeypatch):
     data, ckpt, _ = trained
     out = tmp_path / "ablation.json"
@@ -132,6 +136,7 @@ def test_a_results_file_of_another_shape_is_refused_before_training(content, mes
     assert not (tmp_path / "ckpt").exists() and out.read_text() == content
 
 
+@pytest.mark.slow
 def test_a_results_file_scored_otherwise_is_refused(trained, tmp_path):
     data, ckpt, _ = trained
     out = str(tmp_path / "ablation.json")

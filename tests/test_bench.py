@@ -1,10 +1,13 @@
 """bench.py is a benchmark, not a test: only check that --quick runs on the CPU and reports every step."""
 import json
 
+import pytest
+
 import bench
 import runner.settings
 
 
+@pytest.mark.slow
 def test_bench_quick_runs_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
     bench.main(["--quick", "--gpu", "cpu", "--out", str(out)])

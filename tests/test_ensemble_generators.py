@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 
@@ -105,6 +106,7 @@ def test_generator_trained_against_a_fixed_model_lowers_its_accuracy(tmp_path):
     assert before > 90 and after < before - 30, (before, after)
 
 
+@pytest.mark.slow
 def test_ensemble_quick_run(fake_mnist, shared_checkpoints, tmp_path):
     out = tmp_path / "ensemble.json"
     args = ["--quick", "--gpu", "cpu", "--datasets", "mnist", "--data-dir", fake_mnist, "--ckpt-dir", shared_checkpoints]
@@ -119,11 +121,11 @@ def test_ensemble_quick_run(fake_mnist, shared_checkpoints, tmp_path):
 
 
 def test_ensemble_rejects_unknown_datasets():
-    import pytest
     with pytest.raises(runner.errors.UserError, match="--datasets"):
         ensemble.main(["--quick", "--gpu", "cpu", "--datasets", "imagenet"])
 
 
+@pytest.mark.slow
 def test_generators_quick_run(fake_cifar10, shared_checkpoints, tmp_path, no_md5_check):
     out = tmp_path / "generators.json"
     generators_study.main(["--quick", "--gpu", "cpu", "--data-dir", fake_cifar10, "--ckpt-dir", shared_checkpoints,

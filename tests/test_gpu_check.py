@@ -16,6 +16,7 @@ CHECKS = {"generator_gain", "regulariser_mnist", "regulariser_cifar", "host_sync
 SECTIONS = ["precision", "timings", "losses", "evaluation", "pytest"]
 
 
+@pytest.mark.slow
 def test_quick_run_on_the_cpu_writes_every_section_after_every_part(tmp_path, monkeypatch):
     written, write_json = [], runner.files.write_json
     monkeypatch.setattr(runner.files, "write_json", lambda path, data: (written.append(set(data)), write_json(path, data)))

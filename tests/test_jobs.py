@@ -50,6 +50,7 @@ def local_jobs_run(fake_mnist, tmp_path_factory):
         return json.load(f), ckpt, result
 
 
+@pytest.mark.slow
 def test_local_jobs_train_in_separate_processes_then_evaluate(local_jobs_run):
     report, ckpt, result = local_jobs_run
     ids = job_ids(os.path.join(ckpt, "jobs"))
@@ -64,6 +65,7 @@ def test_local_jobs_train_in_separate_processes_then_evaluate(local_jobs_run):
     assert "results written" in result.stdout and "mean ± standard deviation" in result.stdout
 
 
+@pytest.mark.slow
 def test_seed_statistics_in_the_json_summarise_the_seeds_tables(local_jobs_run):
     report, _, _ = local_jobs_run
     for column, cell in report["table_stats"]["A"].items():
@@ -73,6 +75,7 @@ def test_seed_statistics_in_the_json_summarise_the_seeds_tables(local_jobs_run):
         assert report["table"]["A"][column] == cell["mean"]
 
 
+@pytest.mark.slow
 def test_a_failed_training_stops_the_run_before_the_evaluation(fake_mnist, tmp_path):
     out = tmp_path / "mnist.json"
     result = run("mnist.py", "--gpu", "cpu", "--slurm", "cluster=local", "--quick", "--models", "A,A'", "--set", "d_lr=1e30",
@@ -88,6 +91,7 @@ def task_pid(job):
         return int(f.read().split()[0])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"), reason="needs Linux /proc")
 def test_a_preempted_job_saves_requeues_and_resumes(fake_mnist, tmp_path):
     import submitit

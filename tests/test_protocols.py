@@ -490,6 +490,7 @@ def checkpoint(ckpt_dir, model):
     return state, json.loads(state["fingerprint"])
 
 
+@pytest.mark.slow
 def test_mnist_authors_quick(mnist_authors):
     report, ckpt = mnist_authors
     assert report["experiment"] == "mnist_authors_quick" and report["protocol"] == report["settings"]["protocol"] == "authors"
@@ -502,6 +503,7 @@ def test_mnist_authors_quick(mnist_authors):
     assert checkpoint(ckpt, "A")[1]["d_lr"] == 0.1
 
 
+@pytest.mark.slow
 def test_fashion_mnist_authors_quick_is_labelled_an_extrapolation(fake_mnist_55k_split, tmp_path):
     out = tmp_path / "fashion.json"
     mnist.main(QUICK + ["--fashion", "--models", "C", "--data-dir", fake_mnist_55k_split, "--out", str(out),
@@ -511,6 +513,7 @@ def test_fashion_mnist_authors_quick_is_labelled_an_extrapolation(fake_mnist_55k
     assert "extrapolated to Fashion-MNIST" in report["settings"]["protocol_source"] and set(report["table"]) == {"C"}
 
 
+@pytest.mark.slow
 def test_svhn_authors_quick(tmp_path, no_md5_check, shared_checkpoints):
     out, ckpt = tmp_path / "svhn.json", os.path.join(shared_checkpoints, "svhn_authors_quick")
     svhn.main(QUICK + ["--models", "A,C", "--data-dir", write_fake_svhn(str(tmp_path)), "--out", str(out), "--ckpt-dir", ckpt])
@@ -532,12 +535,14 @@ def cifar10_authors(fake_cifar10, shared_checkpoints, tmp_path_factory):
     return json.loads(out.read_text()), ckpt
 
 
+@pytest.mark.slow
 def test_cifar10_authors_quick(cifar10_authors):
     report, ckpt = cifar10_authors
     assert report["experiment"] == "cifar10_authors_quick" and set(report["table"]) == {"A", "B", "C"}
     assert checkpoint(ckpt, "A")[1]["d_lr_drop2_at"] == 0.75 and checkpoint(ckpt, "C")[1]["augment_pad"] == 2
 
 
+@pytest.mark.slow
 def test_cifar100_authors_quick_is_labelled_an_extrapolation(tmp_path, no_md5_check):
     from conftest import write_fake_cifar
     out = tmp_path / "cifar100.json"
@@ -548,6 +553,7 @@ def test_cifar100_authors_quick_is_labelled_an_extrapolation(tmp_path, no_md5_ch
     assert "extrapolated to CIFAR-100" in report["settings"]["protocol_source"]
 
 
+@pytest.mark.slow
 def test_generators_study_authors_quick(cifar10_authors, fake_cifar10, shared_checkpoints, tmp_path, no_md5_check):
     out = tmp_path / "generators.json"
     generators_study.main(QUICK + ["--data-dir", fake_cifar10, "--ckpt-dir", shared_checkpoints, "--out", str(out)])
@@ -557,6 +563,7 @@ def test_generators_study_authors_quick(cifar10_authors, fake_cifar10, shared_ch
     assert report["table6"]["G1_k64"]["clean"] == cifar10_authors[0]["table"]["C"]["clean"]  # cifar10.py's C, reused
 
 
+@pytest.mark.slow
 def test_ensemble_authors_quick(mnist_authors, fake_mnist_55k_split, shared_checkpoints, tmp_path):
     out = tmp_path / "ensemble.json"
     args = QUICK + ["--datasets", "mnist", "--data-dir", fake_mnist_55k_split, "--ckpt-dir", shared_checkpoints]
@@ -572,6 +579,7 @@ def test_ensemble_authors_quick(mnist_authors, fake_mnist_55k_split, shared_chec
         ensemble.main(args + ["--out", str(tmp_path / "paper.json")])
 
 
+@pytest.mark.slow
 def test_evaluate_reads_the_protocol_from_the_checkpoint(mnist_authors, fake_mnist_55k_split, tmp_path, monkeypatch):
     _, ckpt = mnist_authors
     monkeypatch.chdir(tmp_path)
@@ -587,6 +595,7 @@ def test_evaluate_reads_the_protocol_from_the_checkpoint(mnist_authors, fake_mni
     assert "authors protocol" in info["footnote"] and "whxbergkamp/RobustDL_GAN mnist/" in info["footnote"]
 
 
+@pytest.mark.slow
 def test_over_training_scores_snapshots_under_their_protocol(fake_mnist_55k_split, tmp_path):
     ckpt = str(tmp_path / "ckpt")
     mnist.main(QUICK + ["--models", "C", "--no-eval", "--set", "keep_every=5", "--data-dir", fake_mnist_55k_split,
@@ -603,6 +612,7 @@ def test_over_training_scores_snapshots_under_their_protocol(fake_mnist_55k_spli
                             "--quick", "--data-dir", fake_mnist_55k_split, "--out", out])
 
 
+@pytest.mark.slow
 def test_notebook_names_the_protocol_beside_the_table(mnist_authors, tmp_path, monkeypatch):
     from test_notebook import executed_outputs
     (tmp_path / "mnist_authors_quick.json").write_text(json.dumps(mnist_authors[0]))

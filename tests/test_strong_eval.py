@@ -343,6 +343,7 @@ def test_masking_checks_fire_on_a_masked_model_only(strong_results):
 
 
 # ------------------------------------------------------------------ the command line
+@pytest.mark.slow
 def test_strong_eval_quick_end_to_end(quick_run, fake_mnist, tmp_path):
     _, ckpt, _ = quick_run  # the session's quick models: this run only evaluates
     out = str(tmp_path / "strong.json")

@@ -21,6 +21,7 @@ SCRIPTS = {"cifar10": (cifar10, lambda root: write_fake_cifar(root, 10)),
            "svhn": (svhn, write_fake_svhn)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_quick_run_writes_a_schema_valid_json(name, tmp_path, no_md5_check, fake_cifar10, shared_checkpoints):
     script, write_fake = SCRIPTS[name]

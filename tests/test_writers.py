@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import pytest
 import torch
 
 import core
@@ -32,6 +33,7 @@ def mnist_command(data, ckpt, *args):
             "--ckpt-dir", ckpt, *args]
 
 
+@pytest.mark.slow
 def test_a_second_process_training_the_same_model_stops_and_names_the_first(fake_mnist, tmp_path):
     ckpt, out = str(tmp_path / "ckpt"), tmp_path / "results.json"
     out.write_text('{"keep": true}')
