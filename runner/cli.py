@@ -1,4 +1,4 @@
-"""The command line every experiment script shares, and the device of a single-process run."""
+"""The command lines the experiment scripts and the arm-and-seed studies share, and the device of a single-process run."""
 import argparse
 import os
 import sys
