@@ -9,12 +9,15 @@ write results/cifar10.json and print the table beside the paper's.
 """
 import os
 
-import autoattack_suite
 import core
-import experiment
+import runner.autoattack_suite
+import runner.data
+import runner.errors
+import runner.running
+import runner.settings
 
 # ======================================================================================= settings
-SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's CIFAR-10 settings; the shared ones are in experiment.py
+SETTINGS = runner.settings.COMMON_SETTINGS | dict(   # the paper's CIFAR-10 settings; the shared ones are in runner/settings.py
     dataset="cifar10",       # what the models train on; each checkpoint records it
     eps=8 / 256,             # L-inf radius of every attack and of G's output, [0, 1] pixel units
     iters=200_000,           # D updates per model (one minibatch each)
@@ -27,7 +30,7 @@ SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's CIFAR-10 settings;
     augment=True,            # random pad-and-crop by up to 4 px and horizontal flip, before G sees the image
 )
 # --protocol authors: the defaults of the authors' CIFAR-10 code (GitHub whxbergkamp/RobustDL_GAN, cifar10/;
-# files below relative to it), where they differ from the paper's above; with experiment.AUTHORS_SETTINGS.
+# files below relative to it), where they differ from the paper's above; with runner.settings.AUTHORS_SETTINGS.
 # Their pixels are x/255 as ours (pixel_scale): adversarial_networks/inputs.py, get_input_cifar10,
 # image = tf.cast(image, tf.float32)/255.
 # B's and C's weight decay: the run scripts' defaults (1E-4, 1E-5), as every model here. Their README's
@@ -72,7 +75,7 @@ def load_cifar(dataset, data_dir, folder, train_files, test_files, meta, n_class
     paths = lambda names: [os.path.join(data_dir, folder, name) for name in names]
     files = {"train images": paths(train_files), "train labels": paths(train_files), "test images": paths(test_files),
              "test labels": paths(test_files), "metadata": paths([meta])}
-    return experiment.open_dataset(make, dataset.__name__, where, files, n_classes, image_shape=(3, 32, 32))
+    return runner.data.open_dataset(make, dataset.__name__, where, files, n_classes, image_shape=(3, 32, 32))
 
 
 def load_data(data_dir):
@@ -92,12 +95,12 @@ def build_G(settings):
 
 
 # ======================================================================================= run
-configure = experiment.configure_with("cifar10", SETTINGS, load_data, AUTHORS)
+configure = runner.running.configure_with("cifar10", SETTINGS, load_data, AUTHORS)
 
 
 def main(argv=None):
-    return experiment.dataset_main(__doc__, __file__, configure, build_D, build_G, "cifar10", autoattack_suite, argv)
+    return runner.running.dataset_main(__doc__, __file__, configure, build_D, build_G, "cifar10", runner.autoattack_suite, argv)
 
 
 if __name__ == "__main__":
-    experiment.exit_on_error(main)
+    runner.errors.exit_on_error(main)

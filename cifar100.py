@@ -4,8 +4,9 @@ Trains A, B, C (seed s) and A', B', C' (seed s+1), evaluates, writes results/cif
     python cifar100.py --gpu 0
     python cifar100.py --quick
 """
-import autoattack_suite
-import experiment
+import runner.autoattack_suite
+import runner.errors
+import runner.running
 from cifar10 import build_D, build_G, load_cifar, AUTHORS as CIFAR10_AUTHORS, SETTINGS as CIFAR10_SETTINGS
 
 # ======================================================================================= settings
@@ -25,12 +26,12 @@ def load_data(data_dir):
 
 
 # ======================================================================================= run
-configure = experiment.configure_with("cifar100", SETTINGS, load_data, AUTHORS)
+configure = runner.running.configure_with("cifar100", SETTINGS, load_data, AUTHORS)
 
 
 def main(argv=None):
-    return experiment.dataset_main(__doc__, __file__, configure, build_D, build_G, "cifar100", autoattack_suite, argv)
+    return runner.running.dataset_main(__doc__, __file__, configure, build_D, build_G, "cifar100", runner.autoattack_suite, argv)
 
 
 if __name__ == "__main__":
-    experiment.exit_on_error(main)
+    runner.errors.exit_on_error(main)

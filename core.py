@@ -5,7 +5,7 @@ perturbed images while G maximises D's loss, with a gradient regulariser on D (p
 This file holds the networks, the attacks, the training steps, evaluation (the paper's and a strong
 one) and checkpoints. It needs only torch and numpy and imports nothing else of this repository:
 copy it alone. This repository's experiment machinery (settings, command line, the resumable
-training loop, provenance) is in experiment.py, which imports this file.
+training loop, provenance) is the package runner/, which imports this file.
 
 Conventions: images are float tensors in [0, 1]; eps is in [0, 1] units; models scale their input to
 [-1, 1] inside and return logits; attacks are pure functions that leave a model's batch-norm

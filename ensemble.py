@@ -19,13 +19,21 @@ import time
 
 import torch
 
-import autoattack_suite
 import cifar10
 import core
-import experiment
-import jobs
 import mnist
-import reports
+import runner.autoattack_suite
+import runner.checkpoints
+import runner.cli
+import runner.errors
+import runner.evaluation
+import runner.files
+import runner.jobs
+import runner.progress
+import runner.provenance
+import runner.reports
+import runner.settings
+import runner.training
 import svhn
 
 DATASETS = {  # name -> (script, paper table, (args -> (name, settings, load)))
@@ -50,34 +58,34 @@ def build_eat_set(model, images, labels, settings, device, progress=None):
 
 def planned_models(settings):
     """name -> (method, seed) of the models run_dataset prepares: NEEDED, then EAT."""
-    return ({m: (experiment.METHODS[m.rstrip("'")], settings["seed"] + m.count("'")) for m in NEEDED}
+    return ({m: (runner.settings.METHODS[m.rstrip("'")], settings["seed"] + m.count("'")) for m in NEEDED}
             | {"EAT": ("eat", settings["seed"])})
 
 
 def check_dataset_run(key, args):
     """What run_dataset will read, checked before any data set's training: its settings, and every
-    checkpoint it will resume or load (experiment.checked_checkpoint)."""
+    checkpoint it will resume or load (runner.checkpoints.checked_checkpoint)."""
     name, settings, _ = DATASETS[key][2](args)
     if settings["val_n"]:
-        raise experiment.UserError("ensemble.py: val_n would hold images out of the models' training but not out of the "
+        raise runner.errors.UserError("ensemble.py: val_n would hold images out of the models' training but not out of the "
                                    "EAT set built from them; run it without val_n (and eval_every)")
     ckpt_dir = os.path.join(args.ckpt_dir or "checkpoints", name)  # the data set's own: its models are reused
     for model_name, (method, seed) in planned_models(settings).items():
         path = os.path.join(ckpt_dir, f"{model_name}.pt")
         if os.path.exists(path):
-            experiment.checked_checkpoint(path, settings, method, seed)
+            runner.checkpoints.checked_checkpoint(path, settings, method, seed)
 
 
 def run_dataset(key, args, device):
     script, paper_key, configure = DATASETS[key]
     name, settings, load = configure(args)
-    provenance = experiment.provenance(device, experiment.command_line(args), settings["precision"])
+    provenance = runner.provenance.provenance(device, runner.provenance.command_line(args), settings["precision"])
     ckpt_dir = os.path.join(args.ckpt_dir or "checkpoints", name)
     train_x, train_y, test_x, test_y = load()
     models, generators, records = {}, {}, {}
     for model_name in NEEDED:
         method, seed = planned_models(settings)[model_name]
-        models[model_name], generators[model_name], records[model_name] = experiment.prepare_model(
+        models[model_name], generators[model_name], records[model_name] = runner.training.prepare_model(
             model_name, method, seed, settings, script.build_D, script.build_G,
             lambda: (train_x, train_y), device, os.path.join(ckpt_dir, f"{model_name}.pt"))
     source_x, source_y = train_x[:settings["eat_n"] or len(train_x)], train_y[:settings["eat_n"] or len(train_x)]
@@ -86,52 +94,52 @@ def run_dataset(key, args, device):
     def eat_data():
         t0 = time.time()
         eat_set = build_eat_set(models["A"], source_x, source_y, settings, device,
-                                experiment.Progress(len(source_x), f"{key}: EAT set from A", "img"))
+                                runner.progress.Progress(len(source_x), f"{key}: EAT set from A", "img"))
         eat_info.update(n_images=len(eat_set), seconds=round(time.time() - t0, 1))
         return eat_set, eat_set.labels
 
-    eat, _, eat_record = experiment.prepare_model("EAT", "eat", settings["seed"], settings, script.build_D, script.build_G,
+    eat, _, eat_record = runner.training.prepare_model("EAT", "eat", settings["seed"], settings, script.build_D, script.build_G,
                                             eat_data, device, os.path.join(ckpt_dir, "EAT.pt"))
     scored = {"EAT": eat, "C": models["C"], **{k: models[k] for k in ("A'", "B'", "C'")}}
-    table, evaluation = experiment.evaluate_trained(scored, settings, test_x, test_y, device)
-    paper = reports.paper_rows(paper_key)
+    table, evaluation = runner.evaluation.evaluate_trained(scored, settings, test_x, test_y, device)
+    paper = runner.reports.paper_rows(paper_key)
     print(f"{key}, {settings['protocol']} protocol" + (" (paper rows: MNIST)" if key == "fashion_mnist" else ""))
-    print(reports.format_table(table, {r: paper[r] for r in ("EAT", "C")} if paper else None))
+    print(runner.reports.format_table(table, {r: paper[r] for r in ("EAT", "C")} if paper else None))
     entry = {"settings": settings, "checkpoints": ckpt_dir, "provenance": provenance,
              "seeds": {"EAT": settings["seed"]}, "models": {"EAT": eat_record}, "eat_set": eat_info,
              "table": table, "eval": evaluation}
     if args.strong_eval:
-        entry["strong_eval"] = experiment.strong_eval_report(scored, generators["C"], settings, test_x, test_y, device,
-                                                             autoattack_suite, ckpt_dir)
+        entry["strong_eval"] = runner.evaluation.strong_eval_report(scored, generators["C"], settings, test_x, test_y, device,
+                                                             runner.autoattack_suite, ckpt_dir)
     return entry
 
 
 def main(argv=None):
-    parser = experiment.experiment_parser(__doc__, models=False)
+    parser = runner.cli.experiment_parser(__doc__, models=False)
     parser.add_argument("--datasets", default="mnist,svhn,cifar10", help=f"comma-separated, from {', '.join(DATASETS)}")
-    args = experiment.parse_cli(parser, argv, __file__)
+    args = runner.cli.parse_cli(parser, argv, __file__)
     if args.slurm is not None:  # the whole script as one job
-        return jobs.launch_script(args, args.ckpt_dir or "checkpoints")
+        return runner.jobs.launch_script(args, args.ckpt_dir or "checkpoints")
     keys = [k.strip() for k in args.datasets.split(",") if k.strip()]
     unknown = [k for k in keys if k not in DATASETS]
     if unknown or not keys:
-        raise experiment.UserError(f"--datasets {args.datasets}: choose from {', '.join(DATASETS)}")
-    device = experiment.pick_device(args.gpu)
-    name = experiment.run_name("ensemble", args)
+        raise runner.errors.UserError(f"--datasets {args.datasets}: choose from {', '.join(DATASETS)}")
+    device = runner.cli.pick_device(args.gpu)
+    name = runner.settings.run_name("ensemble", args)
     out = args.out or os.path.join("results", name + ".json")
     read_entries(out, args.protocol)  # a file of another kind or protocol stops the run before any training
     for key in keys:
         check_dataset_run(key, args)
-    experiment.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
-    experiment.check_writable(args.ckpt_dir or "checkpoints", "--ckpt-dir")
+    runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
+    runner.files.check_writable(args.ckpt_dir or "checkpoints", "--ckpt-dir")
     entries = {}
     for key in keys:
         t0 = time.time()
         entries[key] = run_dataset(key, args, device) | {"wall_seconds": round(time.time() - t0, 1)}
-    with experiment.merge_lock(out):  # one entry per data set: the entries other runs wrote meanwhile are kept
+    with runner.files.merge_lock(out):  # one entry per data set: the entries other runs wrote meanwhile are kept
         report = {"experiment": name, "protocol": args.protocol, "datasets": read_entries(out, args.protocol) | entries,
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        experiment.write_json(out, report)
+        runner.files.write_json(out, report)
     print(f"results written to {out}")
     return report
 
@@ -144,17 +152,17 @@ def read_entries(out, protocol):
         with open(out) as f:
             report = json.load(f)
     except (OSError, ValueError) as err:
-        raise experiment.UserError(f"{out} is not readable JSON ({experiment.failure(err)}); move it away or pass "
+        raise runner.errors.UserError(f"{out} is not readable JSON ({runner.files.failure(err)}); move it away or pass "
                                    "--out") from None
     entries = report.get("datasets") if isinstance(report, dict) else None
     if not isinstance(entries, dict) or not all(isinstance(entry, dict) for entry in entries.values()):
-        raise experiment.UserError(f"{out} is not an ensemble results file (no datasets object of entries); move it away "
+        raise runner.errors.UserError(f"{out} is not an ensemble results file (no datasets object of entries); move it away "
                                    "or pass --out")
     if report.get("protocol", "paper") != protocol:  # files older than the protocols are the paper's
-        raise experiment.UserError(f"{out} holds results of the {report.get('protocol', 'paper')} protocol, not "
+        raise runner.errors.UserError(f"{out} holds results of the {report.get('protocol', 'paper')} protocol, not "
                                    f"{protocol}; pass another --out")
     return entries
 
 
 if __name__ == "__main__":
-    experiment.exit_on_error(main)
+    runner.errors.exit_on_error(main)

@@ -21,14 +21,20 @@ import json
 import os
 import time
 
-import autoattack_suite
 import cifar10
 import cifar100
 import core
-import experiment
 import generators_study
 import mnist
-import reports
+import runner.autoattack_suite
+import runner.checkpoints
+import runner.cli
+import runner.errors
+import runner.evaluation
+import runner.files
+import runner.provenance
+import runner.reports
+import runner.settings
 import svhn
 
 DATASETS = {  # name -> (script that built the networks, args -> test (images, labels), paper table, authors' settings)
@@ -55,12 +61,12 @@ def parse_args(argv):
     p.add_argument("--eval-n", type=int, default=None, help="score only the first N test images (setting test_n; 0 = all)")
     p.add_argument("--bn-eval", choices=core.BN_MODES, default=None, help="batch norm when scoring (default running)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an evaluation setting")
-    p.add_argument("--protocol", choices=experiment.PROTOCOLS, default=None, help="the checkpoint's protocol (read from "
+    p.add_argument("--protocol", choices=runner.settings.PROTOCOLS, default=None, help="the checkpoint's protocol (read from "
                    "its fingerprint; given, it must agree)")
     p.add_argument("--strong-eval", action="store_true", help="also run the strong evaluation")
     p.add_argument("--robustbench", action="store_true", help="also write RobustBench's model_info JSON (runs the "
                    "strong evaluation for AutoAttack's number)")
-    args = experiment.parse_cli(p, argv, __file__)
+    args = runner.cli.parse_cli(p, argv, __file__)
     args.quick, args.iters, args.seed = False, None, None  # what resolve_settings asks of a training command
     return args
 
@@ -69,12 +75,12 @@ def load(path, dataset):
     """(checkpoint, its training settings, method, seed) from a checkpoint's fingerprint; one of another
     data set than `dataset` (as the checkpoint records it: older ones do not) is a UserError."""
     if not os.path.exists(path):
-        raise experiment.UserError(f"checkpoint {path} does not exist")
-    ckpt = experiment.read_checkpoint(path, dataset)
+        raise runner.errors.UserError(f"checkpoint {path} does not exist")
+    ckpt = runner.checkpoints.read_checkpoint(path, dataset)
     trained = json.loads(ckpt["fingerprint"])
     method, seed = trained.pop("method"), trained.pop("model_seed")
     if method == "generator":
-        raise experiment.UserError(f"{path} holds a generator trained against a fixed model, not a classifier to score")
+        raise runner.errors.UserError(f"{path} holds a generator trained against a fixed model, not a classifier to score")
     return ckpt, trained, method, seed
 
 
@@ -83,7 +89,7 @@ def check_classes(D, test_x, test_y, args, device):
     with core.scoring_mode([D]):
         outputs = D(core.to_float(test_x[:1].to(device))).shape[1]
     if test_y.max().item() >= outputs:
-        raise experiment.UserError(f"{args.checkpoint} scores {outputs} classes, but {args.dataset}'s test labels reach "
+        raise runner.errors.UserError(f"{args.checkpoint} scores {outputs} classes, but {args.dataset}'s test labels reach "
                                    f"{test_y.max().item()}: is --dataset right?")
 
 
@@ -96,7 +102,7 @@ def build(script, settings, ckpt, path, device):
         for key, module in modules.items():
             module.load_state_dict(ckpt[key])
     except (KeyError, RuntimeError) as err:
-        raise experiment.UserError(f"checkpoint {path} does not match {script.__name__}'s networks "
+        raise runner.errors.UserError(f"checkpoint {path} does not match {script.__name__}'s networks "
                                    f"({type(err).__name__}); is --dataset right?") from None
     return D.eval(), G.eval() if "G" in ckpt else None
 
@@ -106,13 +112,13 @@ def trained_settings(script, authors, trained, method, args, scoring=None):
     leaves out the paper's), the fingerprint's own values over them, `scoring` over those, then this command's."""
     protocol = trained.get("protocol", "paper")
     if getattr(args, "protocol", None) not in (None, protocol):
-        raise experiment.UserError(f"{args.checkpoint} was trained under the {protocol} protocol, not {args.protocol}: "
+        raise runner.errors.UserError(f"{args.checkpoint} was trained under the {protocol} protocol, not {args.protocol}: "
                                    f"drop --protocol (the checkpoint says which)")
     args = copy.copy(args)
     args.protocol = protocol
-    resolved = experiment.resolve_settings(script.SETTINGS, args, trained | {"dataset": args.dataset} | (scoring or {}),
+    resolved = runner.settings.resolve_settings(script.SETTINGS, args, trained | {"dataset": args.dataset} | (scoring or {}),
                                            authors)
-    return experiment.model_settings(resolved, method)
+    return runner.settings.model_settings(resolved, method)
 
 
 def main(argv=None):
@@ -120,11 +126,11 @@ def main(argv=None):
     script, load_test, paper_table, authors = DATASETS[args.dataset]
     ckpt, trained, method, seed = load(args.checkpoint, args.dataset)
     settings = trained_settings(script, authors, trained, method, args)
-    device = experiment.pick_device(args.gpu)
+    device = runner.cli.pick_device(args.gpu)
     D, G = build(script, settings, ckpt, args.checkpoint, device)
     name = os.path.splitext(os.path.basename(args.checkpoint))[0] + ("_authors" if settings["protocol"] == "authors" else "")
     out = args.out or os.path.join("results", f"evaluate_{args.dataset}_{name}.json")
-    experiment.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
+    runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
     test_x, test_y = load_test(args)
     check_classes(D, test_x, test_y, args, device)
     started = time.time()
@@ -135,19 +141,19 @@ def main(argv=None):
               "protocol": settings["protocol"], "method": method, "seed": seed, "iteration": record["iters_done"],
               "trained_settings": trained, "settings": settings,
               "model": {k: v for k, v in record.items() if k != "history"},
-              "provenance": experiment.provenance(device, experiment.command_line(args), settings["precision"]),
+              "provenance": runner.provenance.provenance(device, runner.provenance.command_line(args), settings["precision"]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    report["table"], report["eval"] = experiment.evaluate_trained({"model": D}, settings, test_x, test_y, device)
-    print(reports.format_table(report["table"]))
+    report["table"], report["eval"] = runner.evaluation.evaluate_trained({"model": D}, settings, test_x, test_y, device)
+    print(runner.reports.format_table(report["table"]))
     if args.strong_eval or args.robustbench:
-        report["strong_eval"] = experiment.strong_eval_report({"model": D}, G, settings, test_x, test_y, device,
-                                                              autoattack_suite, os.path.dirname(os.path.abspath(args.checkpoint)))
+        report["strong_eval"] = runner.evaluation.strong_eval_report({"model": D}, G, settings, test_x, test_y, device,
+                                                              runner.autoattack_suite, os.path.dirname(os.path.abspath(args.checkpoint)))
     report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
-    experiment.write_json(out, report)
+    runner.files.write_json(out, report)
     print(f"results written to {out}")
     if args.robustbench:
         info_path = os.path.splitext(out)[0] + "_model_info.json"
-        experiment.write_json(info_path, model_info(report, D, paper_table))
+        runner.files.write_json(info_path, model_info(report, D, paper_table))
         print(f"RobustBench model_info written to {info_path}")
     return report
 
@@ -165,7 +171,7 @@ def model_info(report, D, paper_table):
     strong, settings = report["strong_eval"], report["settings"]
     accuracy = strong["models"]["model"]["accuracy"]
     row = PAPER_ROWS.get(report["method"])
-    paper = reports.paper_rows(paper_table) if paper_table else None
+    paper = runner.reports.paper_rows(paper_table) if paper_table else None
     notes = [f"AutoAttack {strong['autoattack']['version']}, batch norm {strong['bn']}, on the first {strong['n_test']} "
              f"test images; clean accuracy on the same images",
              f"trained under the {report['protocol']} protocol"
@@ -185,4 +191,4 @@ def model_info(report, D, paper_table):
 
 
 if __name__ == "__main__":
-    experiment.exit_on_error(main)
+    runner.errors.exit_on_error(main)

@@ -16,12 +16,18 @@ import time
 import numpy as np
 import torch
 
-import autoattack_suite
 import cifar10
 import core
-import experiment
-import jobs
-import reports
+import runner.autoattack_suite
+import runner.cli
+import runner.errors
+import runner.evaluation
+import runner.files
+import runner.jobs
+import runner.provenance
+import runner.reports
+import runner.settings
+import runner.training
 
 GENERATORS = {  # name in paper_tables.json -> builder from the CIFAR-10 settings (G1: the protocol's, cifar10.build_G)
     "G1_k8": lambda s: cifar10.build_G(s | {"g_width": 8}),
@@ -34,15 +40,15 @@ N_EXAMPLES = 8                                   # example perturbations saved p
 
 
 def main(argv=None):
-    args = experiment.parse_cli(experiment.experiment_parser(__doc__, models=False), argv, __file__)
+    args = runner.cli.parse_cli(runner.cli.experiment_parser(__doc__, models=False), argv, __file__)
     if args.slurm is not None:  # the whole script as one job
-        return jobs.launch_script(args, args.ckpt_dir or "checkpoints")
+        return runner.jobs.launch_script(args, args.ckpt_dir or "checkpoints")
     name, settings, load = cifar10.configure(args)
     if settings["protocol"] == "authors":
         settings["protocol_source"] += "; Tables 5 and 6 have no authors' code: only the CIFAR-10 models they reuse follow it"
-    device = experiment.pick_device(args.gpu)
+    device = runner.cli.pick_device(args.gpu)
     cifar_dir = os.path.join(args.ckpt_dir or "checkpoints", name)
-    study_name = experiment.run_name("generators", args)
+    study_name = runner.settings.run_name("generators", args)
     study_dir = os.path.join(args.ckpt_dir or "checkpoints", study_name)
     train_x, train_y, test_x, test_y = load()
     data = lambda: (train_x, train_y)
@@ -52,19 +58,19 @@ def main(argv=None):
 
     def cifar_model(model_name):
         seed = settings["seed"] + model_name.count("'")
-        return experiment.prepare_model(model_name, experiment.METHODS[model_name.rstrip("'")], seed, settings, cifar10.build_D,
+        return runner.training.prepare_model(model_name, runner.settings.METHODS[model_name.rstrip("'")], seed, settings, cifar10.build_D,
                                   cifar10.build_G, data, device, os.path.join(cifar_dir, f"{model_name}.pt"))
 
     fixed = {m: cifar_model(m) for m in ("A", "A'", "B", "B'", "C")}
     targets = {m: fixed[m][0] for m in ("A", "A'", "B", "C")}
     report = {"experiment": study_name, "protocol": settings["protocol"], "settings": settings, "attack_training": ATTACK_TRAINING,
-              "provenance": experiment.provenance(device, experiment.command_line(args), settings["precision"]), "n_test": n, "models": {}}
+              "provenance": runner.provenance.provenance(device, runner.provenance.command_line(args), settings["precision"]), "n_test": n, "models": {}}
 
     # ------------------------------------------------------------- Table 5: generators against fixed A
     table5, examples = {}, {}
     for g_name, build in GENERATORS.items():
         g_settings = settings | ATTACK_TRAINING | {"generator": g_name}
-        _, G, record = experiment.prepare_model(f"{g_name} vs A", "generator", settings["seed"], g_settings,
+        _, G, record = runner.training.prepare_model(f"{g_name} vs A", "generator", settings["seed"], g_settings,
                                           lambda s: targets["A"], build, data, device,
                                           os.path.join(study_dir, f"{g_name}_vs_A.pt"))
         report["models"][f"{g_name}_vs_A"] = record
@@ -84,14 +90,14 @@ def main(argv=None):
         if g_name == "G1_k64":  # cifar10.py's model C
             cotrained[g_name], report["models"]["C_G1_k64"] = fixed["C"][0], fixed["C"][2]
         else:
-            cotrained[g_name], _, report["models"][f"C_{g_name}"] = experiment.prepare_model(
+            cotrained[g_name], _, report["models"][f"C_{g_name}"] = runner.training.prepare_model(
                 f"C with {g_name}", "advnet", settings["seed"], settings | {"generator": g_name}, cifar10.build_D, build,
                 data, device, os.path.join(study_dir, f"C_{g_name}.pt"))
     with_copies = cotrained | {"A'": fixed["A'"][0], "B'": fixed["B'"][0]}
-    table6, evaluation = experiment.evaluate_trained(with_copies, settings, test_x, test_y, device)
+    table6, evaluation = runner.evaluation.evaluate_trained(with_copies, settings, test_x, test_y, device)
     if args.strong_eval:  # the co-trained models, attacked by transfer from A' and B' and by C's generator
-        report["strong_eval"] = experiment.strong_eval_report(with_copies, fixed["C"][1], settings, test_x, test_y, device,
-                                                              autoattack_suite, study_dir)
+        report["strong_eval"] = runner.evaluation.strong_eval_report(with_copies, fixed["C"][1], settings, test_x, test_y, device,
+                                                              runner.autoattack_suite, study_dir)
 
     report |= {"table5": table5, "table6": table6, "eval": evaluation,
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
@@ -100,7 +106,7 @@ def main(argv=None):
     report["examples"] = os.path.basename(examples_path)
     arrays = {k: v.float().cpu().numpy() for k, v in examples.items()}
     core.atomic_write(examples_path, lambda tmp: save_npz(tmp, arrays))
-    experiment.write_json(out, report)
+    runner.files.write_json(out, report)
     print_tables(table5, table6)
     print(f"results written to {out} and {examples_path}")
     return report
@@ -112,7 +118,7 @@ def save_npz(path, arrays):
 
 
 def print_tables(table5, table6):
-    paper5, paper6 = reports.paper_tables("generator_attack"), reports.paper_tables("generator_cotrain")
+    paper5, paper6 = runner.reports.paper_tables("generator_attack"), runner.reports.paper_tables("generator_cotrain")
     print("Table 5: accuracy under each generator's attack (paper in brackets)")
     targets = ["A", "A'", "B", "C"]
     print(f"{'generator':<13}" + "".join(f"{t:>16}" for t in targets))
@@ -120,8 +126,8 @@ def print_tables(table5, table6):
         print(f"{g_name:<13}" + "".join(f"{row[t]:>8.2f} ({paper5['targets'][t][i]:5.2f})" if paper5 else f"{row[t]:>16.2f}"
                                         for t in targets))
     print("Table 6: adversarial networks co-trained with each generator")
-    print(reports.format_table(table6, paper6["rows"] if paper6 else None))
+    print(runner.reports.format_table(table6, paper6["rows"] if paper6 else None))
 
 
 if __name__ == "__main__":
-    experiment.exit_on_error(main)
+    runner.errors.exit_on_error(main)

@@ -9,13 +9,17 @@ write results/mnist.json and print the table beside the paper's.
 """
 import os
 
-import autoattack_suite
 import core
-import experiment
-import reports
+import runner.autoattack_suite
+import runner.cli
+import runner.data
+import runner.errors
+import runner.reports
+import runner.running
+import runner.settings
 
 # ======================================================================================= settings
-SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's MNIST settings; the shared ones are in experiment.py
+SETTINGS = runner.settings.COMMON_SETTINGS | dict(   # the paper's MNIST settings; the shared ones are in runner/settings.py
     dataset="mnist",         # what the models train on; each checkpoint records it (not a --set: see FASHION)
     eps=0.3,                 # L-inf radius of every attack and of G's output, [0, 1] pixel units
     iters=200_000,           # D updates per model (one minibatch each)
@@ -26,7 +30,7 @@ SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's MNIST settings; th
     train_from=0,            # the first training image used: images train_from ... 59,999 train
 )
 # --protocol authors: the defaults of the authors' MNIST code (GitHub whxbergkamp/RobustDL_GAN, mnist/; files
-# below relative to it), where they differ from the paper's above; with experiment.AUTHORS_SETTINGS
+# below relative to it), where they differ from the paper's above; with runner.settings.AUTHORS_SETTINGS
 AUTHORS = dict(
     protocol_source="whxbergkamp/RobustDL_GAN mnist/",
     g_net="authors",         # adversarial_networks/models/simple_cnn_mnist.py: generator (core.MnistG); D1 is their discriminator
@@ -76,14 +80,14 @@ def load_data(data_dir, fashion):
 
     where = f"put the uncompressed files {', '.join(FILES)} in {folder}/"
     files = dict(zip(["train images", "train labels", "test images", "test labels"], ([os.path.join(folder, f)] for f in FILES)))
-    return experiment.open_dataset(make, dataset.__name__, where, files, n_classes=10, image_shape=(1, 28, 28))
+    return runner.data.open_dataset(make, dataset.__name__, where, files, n_classes=10, image_shape=(1, 28, 28))
 
 
 def training_from(data, first):
     """The data with the training images before `first` left out (train_from)."""
     train_x, train_y, test_x, test_y = data
     if first >= len(train_x):
-        raise experiment.UserError(f"train_from={first} leaves none of the {len(train_x)} training images")
+        raise runner.errors.UserError(f"train_from={first} leaves none of the {len(train_x)} training images")
     return train_x[first:], train_y[first:], test_x, test_y
 
 
@@ -99,22 +103,22 @@ def build_G(settings):
 # ======================================================================================= run
 def configure(args, fashion=False):
     """(name, settings, load) of the run that `args` (--protocol, --quick, --iters, --seed, --set, --data-dir) ask for."""
-    settings = experiment.resolve_settings(SETTINGS, args, FASHION if fashion else None,
+    settings = runner.settings.resolve_settings(SETTINGS, args, FASHION if fashion else None,
                                            FASHION_AUTHORS if fashion else AUTHORS)
-    name = experiment.run_name("fashion_mnist" if fashion else "mnist", args)
+    name = runner.settings.run_name("fashion_mnist" if fashion else "mnist", args)
     return name, settings, lambda: training_from(load_data(args.data_dir, fashion), settings["train_from"])
 
 
 def main(argv=None):
-    parser = experiment.experiment_parser(__doc__)
+    parser = runner.cli.experiment_parser(__doc__)
     parser.add_argument("--fashion", action="store_true", help="Fashion-MNIST instead of MNIST (eps 0.1 unless set)")
-    args = experiment.parse_cli(parser, argv, __file__)
+    args = runner.cli.parse_cli(parser, argv, __file__)
     name, settings, load = configure(args, args.fashion)
     if args.fashion:
         print("paper rows below are MNIST at eps 0.3: compare the pattern, not the numbers")
-    return experiment.run_experiment(name, settings, args, load, build_D, build_G, reports.paper_rows("mnist"),
-                               autoattack_suite)
+    return runner.running.run_experiment(name, settings, args, load, build_D, build_G, runner.reports.paper_rows("mnist"),
+                               runner.autoattack_suite)
 
 
 if __name__ == "__main__":
-    experiment.exit_on_error(main)
+    runner.errors.exit_on_error(main)

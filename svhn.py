@@ -10,12 +10,15 @@ import os
 
 import torch
 
-import autoattack_suite
 import core
-import experiment
+import runner.autoattack_suite
+import runner.data
+import runner.errors
+import runner.running
+import runner.settings
 
 # ======================================================================================= settings
-SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's SVHN settings; the shared ones are in experiment.py
+SETTINGS = runner.settings.COMMON_SETTINGS | dict(   # the paper's SVHN settings; the shared ones are in runner/settings.py
     dataset="svhn",          # what the models train on; each checkpoint records it
     eps=0.05,                # L-inf radius of every attack and of G's output, [0, 1] pixel units
     iters=200_000,           # D updates per model (one minibatch each)
@@ -28,7 +31,7 @@ SETTINGS = experiment.COMMON_SETTINGS | dict(   # the paper's SVHN settings; the
     g_lr=0.01,               # G's learning rate eta_G
 )
 # --protocol authors: the defaults of the authors' SVHN code (GitHub whxbergkamp/RobustDL_GAN, svhn/; files
-# below relative to it), where they differ from the paper's above; with experiment.AUTHORS_SETTINGS
+# below relative to it), where they differ from the paper's above; with runner.settings.AUTHORS_SETTINGS
 AUTHORS = dict(
     protocol_source="whxbergkamp/RobustDL_GAN svhn/",
     pixel_scale=256,         # run_*_svhn.py: mat_content['X'].astype(np.float32)/256.0 (train, extra and test)
@@ -81,7 +84,7 @@ def load_data(data_dir, extra_n, seed):
     paths = lambda names: [os.path.join(root, f"{name}_32x32.mat") for name in names]
     train = paths(["train"] + (["extra"] if extra_n else []))
     files = {"train images": train, "train labels": train, "test images": paths(["test"]), "test labels": paths(["test"])}
-    return experiment.open_dataset(make, "SVHN", where, files, n_classes=10, image_shape=(3, 32, 32))
+    return runner.data.open_dataset(make, "SVHN", where, files, n_classes=10, image_shape=(3, 32, 32))
 
 
 def build_D(settings):
@@ -97,13 +100,13 @@ def build_G(settings):
 # ======================================================================================= run
 def configure(args):
     """(name, settings, load) of the run that `args` (--protocol, --quick, --iters, --seed, --set, --data-dir) ask for."""
-    settings = experiment.resolve_settings(SETTINGS, args, authors=AUTHORS)
-    return experiment.run_name("svhn", args), settings, lambda: load_data(args.data_dir, settings["extra_n"], settings["seed"])
+    settings = runner.settings.resolve_settings(SETTINGS, args, authors=AUTHORS)
+    return runner.settings.run_name("svhn", args), settings, lambda: load_data(args.data_dir, settings["extra_n"], settings["seed"])
 
 
 def main(argv=None):
-    return experiment.dataset_main(__doc__, __file__, configure, build_D, build_G, "svhn", autoattack_suite, argv)
+    return runner.running.dataset_main(__doc__, __file__, configure, build_D, build_G, "svhn", runner.autoattack_suite, argv)
 
 
 if __name__ == "__main__":
-    experiment.exit_on_error(main)
+    runner.errors.exit_on_error(main)

@@ -566,7 +566,7 @@ for_each(shown, plot_result_curves, "no training histories to plot")
 # %% [markdown]
 # ## Robust accuracy over training
 #
-# `over_training.py`: each kept snapshot of a model scored on the same test images. Solid lines: the
+# `tools/over_training.py`: each kept snapshot of a model scored on the same test images. Solid lines: the
 # first `test_n` images (clean, FGS, the paper's PGD-10, PGD-CE with 100 steps and 5 restarts, C's own
 # generator); black: AutoAttack's standard cascade on the first `strong_n` of them. Dashed grey: PGD on
 # the held-out validation split during training (`val_history`); dotted: the snapshot that scored
@@ -642,7 +642,7 @@ else:
 # %% [markdown]
 # ## Mixed precision: does bf16 train the same model C?
 #
-# `precision_study.py`: Fashion-MNIST model C (G1 k=8, 1000 iterations) trained with each seed in
+# `tools/precision_study.py`: Fashion-MNIST model C (G1 k=8, 1000 iterations) trained with each seed in
 # three arms: float32; bf16 autocast around forward passes only, its cast cache off (the training
 # path now); and bf16 autocast around the whole step with its cache on, trained by the code before
 # the fix (G's steps 2 to 5 of every minibatch saw step 1's weights). Every model scored in float32:

@@ -1,5 +1,5 @@
 """Shared fixtures: tiny fake data sets in the exact files torchvision reads, so that the real loading
-code runs offline, and a repository-root import path."""
+code runs offline, and the import paths: the repository's root, and tools/ (whose tools the tests import)."""
 import os
 import struct
 import sys
@@ -10,6 +10,12 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(1, os.path.join(ROOT, "tools"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: an end-to-end run (a script's quick run, its jobs, the notebook): "
+                                       "`-m \"not slow\"` leaves them out, for the fast loop of the unit tests")
 
 
 def learnable_images(labels, size=28, seed=0):
@@ -65,7 +71,7 @@ COLUMNS = ["clean", "fgs", "pgd", "fgs_A'", "pgd_A'", "fgs_B'", "pgd_B'", "fgs_C
 def check_quick_schema(report, experiment):
     """The results JSON of a full --quick run (all six models), as the README documents it."""
     import torch
-    quick = __import__("experiment").QUICK_SETTINGS
+    quick = __import__("runner.settings").settings.QUICK_SETTINGS
     assert report["experiment"] == experiment
     assert all(report["settings"][k] == v for k, v in quick.items())
     assert report["seeds"] == {"A": 0, "B": 0, "C": 0, "A'": 1, "B'": 1, "C'": 1}

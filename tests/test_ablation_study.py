@@ -2,7 +2,6 @@
 of its settings and nothing else changed, "all" is the five together, processes filling one results
 file keep each other's entries, a model already scored is not scored again, and user errors are one line."""
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,16 +9,16 @@ import sys
 
 import pytest
 
+import ablation_study
 import core
-import experiment
 import mnist
+import runner.errors
+import runner.settings
+import runner.training
 from conftest import ROOT
 from test_precision_study import fake_fashion  # noqa: F401 (the module's fake Fashion-MNIST)
 
 TOOL = os.path.join(ROOT, "tools", "ablation_study.py")
-spec = importlib.util.spec_from_file_location("ablation_study", TOOL)
-ablation_study = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ablation_study)
 
 # what each arm switches on, as the issue lists the authors' settings; "all" is the first five
 SWITCHED = {"paper": set(), "d_every": {"d_every"}, "g_optimiser": {"g_opt", "g_lr"},
@@ -28,7 +27,7 @@ SWITCHED = {"paper": set(), "d_every": {"d_every"}, "g_optimiser": {"g_opt", "g_
 FIVE = ["d_every", "g_optimiser", "d_drop", "weight_decays", "g_net"]
 NO_FLAGS = argparse.Namespace(quick=False, iters=None, seed=None, eval_n=None, bn_eval=None, set=[], protocol="authors")
 # model C's settings under --fashion --protocol authors: the values the project's table takes from the authors' code
-AUTHORS_C = experiment.model_settings(experiment.resolve_settings(mnist.SETTINGS, NO_FLAGS, mnist.FASHION,
+AUTHORS_C = runner.settings.model_settings(runner.settings.resolve_settings(mnist.SETTINGS, NO_FLAGS, mnist.FASHION,
                                                                   mnist.FASHION_AUTHORS), "advnet")
 
 
@@ -53,6 +52,7 @@ def changed(fingerprint, paper):
     return {k: fingerprint.get(k) for k in fingerprint.keys() | paper.keys() if fingerprint.get(k) != paper.get(k)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arm", list(SWITCHED))
 def test_each_arm_trains_with_the_authors_values_of_its_settings_and_no_other_change(arm, trained):
     fingerprints = trained[2]
@@ -62,6 +62,7 @@ def test_each_arm_trains_with_the_authors_values_of_its_settings_and_no_other_ch
         assert fingerprints[arm]["fd_h"] == 0 and switched["g_lr"] / 10 == pytest.approx(AUTHORS_C["fd_h"])
 
 
+@pytest.mark.slow
 def test_the_all_arm_is_the_five_settings_together(trained):
     fingerprints = trained[2]
     together = {}
@@ -71,6 +72,7 @@ def test_the_all_arm_is_the_five_settings_together(trained):
     assert "gamma" not in together
 
 
+@pytest.mark.slow
 def test_two_processes_with_different_arms_fill_one_file(trained, tmp_path, monkeypatch):
     """The second run adds its arm; and an entry that another process writes while this one scores is kept."""
     data, ckpt, _ = trained
@@ -94,6 +96,7 @@ def test_two_processes_with_different_arms_fill_one_file(trained, tmp_path, monk
     assert json.loads(open(out).read()) == report
 
 
+@pytest.mark.slow
 def test_a_second_identical_run_trains_and_scores_nothing_and_a_changed_model_is_rescored(trained, tmp_path, monkeypatch):
     data, ckpt, _ = trained
     out = tmp_path / "ablation.json"
@@ -104,7 +107,7 @@ def test_a_second_identical_run_trains_and_scores_nothing_and_a_changed_model_is
         raise AssertionError("a model already in the results file was loaded or scored again")
 
     with monkeypatch.context() as patched:
-        patched.setattr(experiment, "prepare_model", forbidden)
+        patched.setattr(runner.training, "prepare_model", forbidden)
         patched.setattr(ablation_study, "score", forbidden)
         assert ablation_study.main(run)["runs"] == first["runs"]
     stale = json.loads(out.read_text())
@@ -128,20 +131,21 @@ def test_an_unknown_arm_is_one_line_and_exit_2():
 def test_a_results_file_of_another_shape_is_refused_before_training(content, message, fake_fashion, tmp_path):  # noqa: F811
     out = tmp_path / "other.json"
     out.write_text(content)
-    with pytest.raises(experiment.UserError, match=message):
+    with pytest.raises(runner.errors.UserError, match=message):
         ablation_study.main(options(fake_fashion, tmp_path / "ckpt", "--out", str(out)))
     assert not (tmp_path / "ckpt").exists() and out.read_text() == content
 
 
+@pytest.mark.slow
 def test_a_results_file_scored_otherwise_is_refused(trained, tmp_path):
     data, ckpt, _ = trained
     out = str(tmp_path / "ablation.json")
     ablation_study.main(options(data, ckpt, "--arms", "paper", "--out", out))
-    with pytest.raises(experiment.UserError, match=r"other settings \(test_n, scoring\)"):
+    with pytest.raises(runner.errors.UserError, match=r"other settings \(test_n, scoring\)"):
         ablation_study.main(options(data, ckpt, "--arms", "paper", "--out", out, "--eval-n", "16"))
 
 
-@pytest.mark.parametrize("overrides, error", [({"d_evry": 5}, KeyError), ({"d_every": 0}, experiment.UserError)])
+@pytest.mark.parametrize("overrides, error", [({"d_evry": 5}, KeyError), ({"d_every": 0}, runner.errors.UserError)])
 def test_an_arm_overrides_only_settings_and_within_their_ranges(overrides, error, fake_fashion, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setitem(ablation_study.ARMS, "faulty", overrides)
     with pytest.raises(error, match="not settings|outside its range"):

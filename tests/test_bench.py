@@ -1,10 +1,13 @@
 """bench.py is a benchmark, not a test: only check that --quick runs on the CPU and reports every step."""
 import json
 
+import pytest
+
 import bench
-import experiment
+import runner.settings
 
 
+@pytest.mark.slow
 def test_bench_quick_runs_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
     bench.main(["--quick", "--gpu", "cpu", "--out", str(out)])
@@ -18,7 +21,7 @@ def test_bench_quick_runs_on_cpu(tmp_path):
         assert all(row[path]["it_per_s"] > 0 and row[path]["tflop_per_s"] > 0 for path in paths)
         assert "graphed" not in row and "compiled" not in row
     # a PGD step costs about (steps + 1) forward-backward passes of a standard step: the counter counts them all
-    passes = experiment.QUICK_SETTINGS["pgd_steps"] + 1
+    passes = runner.settings.QUICK_SETTINGS["pgd_steps"] + 1
     for network in bench.NETWORKS:
         steps = {s: report["steps"][f"{network}/{s}"] for s in ("pgd", "standard")}
         ratio = steps["pgd"]["gflop_per_step"] / steps["standard"]["gflop_per_step"]

@@ -13,8 +13,9 @@ from torch.func import functional_call
 
 import cifar10
 import core
-import experiment
 import mnist
+import runner.settings
+import runner.training
 from conftest import learnable_images
 from test_training import mnist_batch, regulariser_gradient
 
@@ -38,9 +39,9 @@ def test_regulariser_under_the_training_autocast_matches_float64():
 @pytest.mark.parametrize("compiled", [False, True])
 def test_training_steps_run_on_cuda(method, compiled, tmp_path):
     device = torch.device("cuda:0")
-    settings = mnist.SETTINGS | experiment.QUICK_SETTINGS | dict(iters=6, log_every=3, compile=compiled)
+    settings = mnist.SETTINGS | runner.settings.QUICK_SETTINGS | dict(iters=6, log_every=3, compile=compiled)
     images, labels = torch.randint(0, 256, (256, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (256,))
-    _, _, record = experiment.prepare_model("m", method, 0, settings, mnist.build_D, mnist.build_G, lambda: (images, labels),
+    _, _, record = runner.training.prepare_model("m", method, 0, settings, mnist.build_D, mnist.build_G, lambda: (images, labels),
                                       device, str(tmp_path / "m.pt"))
     assert record["iters_done"] == 6 and all(h["loss"] == h["loss"] for h in record["history"])
 
@@ -48,11 +49,11 @@ def test_training_steps_run_on_cuda(method, compiled, tmp_path):
 def fixed_data_run(tmp_path, method, graphs, iters=50):
     """Trains on 64 fixed images (one batch repeated) so eager and graphed runs see the same data."""
     device = torch.device("cuda:0")
-    settings = cifar10.SETTINGS | experiment.QUICK_SETTINGS | dict(iters=iters, log_every=10, batch_size=64,
+    settings = cifar10.SETTINGS | runner.settings.QUICK_SETTINGS | dict(iters=iters, log_every=10, batch_size=64,
                                                                     augment=False, cuda_graphs=graphs)
     torch.manual_seed(0)
     images, labels = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (64,))
-    return experiment.prepare_model("m", method, 0, settings, cifar10.build_D, cifar10.build_G,
+    return runner.training.prepare_model("m", method, 0, settings, cifar10.build_D, cifar10.build_G,
                                     lambda: (images, labels), device, str(tmp_path / f"{method}_{graphs}.pt"))
 
 
@@ -72,7 +73,7 @@ def test_graphed_training_follows_eager_training(method, tmp_path):
 @cuda
 def test_graph_trained_model_resumes_after_an_interruption(tmp_path):
     device = torch.device("cuda:0")
-    settings = cifar10.SETTINGS | experiment.QUICK_SETTINGS | dict(iters=20, log_every=5, augment=False, cuda_graphs=True)
+    settings = cifar10.SETTINGS | runner.settings.QUICK_SETTINGS | dict(iters=20, log_every=5, augment=False, cuda_graphs=True)
     images, labels = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (128,))
     batches = core.Batches(images, labels, settings["batch_size"], 0, device)
 
@@ -84,7 +85,7 @@ def test_graph_trained_model_resumes_after_an_interruption(tmp_path):
     def train(source):
         torch.manual_seed(0)
         D, G = core.to_device(cifar10.build_D(settings), device), core.to_device(cifar10.build_G(settings), device)
-        return experiment.train_model("C", "advnet", 0, D, G, lambda: source, settings, device, str(tmp_path / "C.pt"))
+        return runner.training.train_model("C", "advnet", 0, D, G, lambda: source, settings, device, str(tmp_path / "C.pt"))
 
     with pytest.raises(KeyboardInterrupt):
         train(interrupt_at_12)
@@ -141,7 +142,7 @@ class SmoothG(nn.Module):
         return torch.tanh(self.b(torch.tanh(self.a(core.signed(x).flatten(1))))).view_as(x)
 
 
-SMOOTH_SETTINGS = mnist.SETTINGS | experiment.QUICK_SETTINGS | dict(batch_size=64, g_lr=0.01, log_every=1, augment=False)
+SMOOTH_SETTINGS = mnist.SETTINGS | runner.settings.QUICK_SETTINGS | dict(batch_size=64, g_lr=0.01, log_every=1, augment=False)
 # Differences are relative to how far the weights moved since initialisation, ||w_a - w_b|| / ||w_b - w_0||, for D's
 # and G's parameters apart. Measured on the CPU (test_stale_cast_check_separates_the_bug_from_bf16_rounding_on_the_cpu),
 # float32 runs against
@@ -165,20 +166,20 @@ def smooth_run(path, device, iters, graphs, stop_at=None, precision="auto"):
     arrives during iteration `stop_at`."""
     settings = SMOOTH_SETTINGS | dict(iters=iters, cuda_graphs=graphs, precision=precision)
     images, labels = smooth_data()
-    D, G = experiment.build_models(0, settings, lambda s: SmoothD(), lambda s: SmoothG(), device)
+    D, G = runner.training.build_models(0, settings, lambda s: SmoothD(), lambda s: SmoothG(), device)
     batches = core.Batches(images, labels, settings["batch_size"], 0, device)
 
     def source(it):
         if it == stop_at:
             os.kill(os.getpid(), signal.SIGINT)
         return batches(it)
-    experiment.train_model("C", "advnet", 0, D, G, lambda: source, settings, device, str(path))
+    runner.training.train_model("C", "advnet", 0, D, G, lambda: source, settings, device, str(path))
     return D, G
 
 
 def weight_difference(run, reference):
     """{"D": ..., "G": ...}: how far `run`'s weights are from `reference`'s, relative to how far those moved."""
-    initial = experiment.build_models(0, SMOOTH_SETTINGS, lambda s: SmoothD(), lambda s: SmoothG(), torch.device("cpu"))
+    initial = runner.training.build_models(0, SMOOTH_SETTINGS, lambda s: SmoothD(), lambda s: SmoothG(), torch.device("cpu"))
     flat = lambda model: torch.cat([p.detach().double().cpu().flatten() for p in model.parameters()])
     return {name: ((flat(a) - flat(b)).norm() / (flat(b) - flat(c)).norm()).item()
             for name, a, b, c in zip("DG", run, reference, initial)}

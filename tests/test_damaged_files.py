@@ -14,9 +14,9 @@ import torch
 import core
 import ensemble
 import evaluate
-import experiment
 import mnist
 import over_training
+import runner.files
 from conftest import write_fake_cifar, write_fake_mnist, write_idx
 from test_data_checks import run_main
 
@@ -38,7 +38,7 @@ def pristine(tmp_path_factory):
     (root / "results").mkdir()
     over_training.main([str(root / "ckpt" / "A.pt"), "--dataset", "mnist", "--gpu", "cpu", "--data-dir", data, "--quick",
                         "--eval-n", "20", "--set", "strong_n=10", "--out", str(root / "results" / "over_training.json")])
-    experiment.write_json(str(root / "results" / "ensemble.json"), {"experiment": "ensemble_quick", "protocol": "paper",
+    runner.files.write_json(str(root / "results" / "ensemble.json"), {"experiment": "ensemble_quick", "protocol": "paper",
                                                                      "datasets": {"svhn": {"table": {"EAT": {"clean": 90.0}}}}})
     (root / "results" / "mnist.json").write_text('{"keep": true}')
     return root

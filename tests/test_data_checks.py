@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 import cifar10
-import experiment
 import mnist
+import runner.errors
 from conftest import write_fake_cifar, write_fake_mnist
 
 
 def run_main(main, argv, capsys):
     """A script's main as `python script.py argv` runs it: (exit code, stderr)."""
     with pytest.raises(SystemExit) as stopped:
-        experiment.exit_on_error(lambda: main(argv))
+        runner.errors.exit_on_error(lambda: main(argv))
     return stopped.value.code, capsys.readouterr().err
 
 
@@ -89,13 +89,13 @@ def test_truncated_cifar_batch_is_named(md5, tmp_path, capsys, untouched, reques
 def test_missing_file_is_still_not_on_disk_and_named(tmp_path):
     data, path = damaged_mnist(tmp_path, "t10k-images-idx3-ubyte", lambda b: b)
     os.remove(path)
-    with pytest.raises(experiment.UserError, match="not on disk.*t10k-images-idx3-ubyte missing"):
+    with pytest.raises(runner.errors.UserError, match="not on disk.*t10k-images-idx3-ubyte missing"):
         mnist.load_data(data, False)
 
 
 def test_images_and_labels_of_different_counts_are_named(tmp_path):
     data, path = damaged_mnist(tmp_path, "t10k-labels-idx1-ubyte", lambda b: b[:4] + (250).to_bytes(4, "big") + b[8:258])
-    with pytest.raises(experiment.UserError, match="250 test labels for the 256 images"):
+    with pytest.raises(runner.errors.UserError, match="250 test labels for the 256 images"):
         mnist.load_data(data, False)
 
 
@@ -108,7 +108,7 @@ def test_cifar_label_out_of_range_names_the_training_files(tmp_path, no_md5_chec
     batch["labels"][5] = 10
     with open(path, "wb") as f:
         pickle.dump(batch, f)
-    with pytest.raises(experiment.UserError, match=r"data_batch_1.*data_batch_5.*label 10 .*image 85 .*\[0, 10\)"):
+    with pytest.raises(runner.errors.UserError, match=r"data_batch_1.*data_batch_5.*label 10 .*image 85 .*\[0, 10\)"):
         cifar10.load_data(root)
 
 
@@ -117,5 +117,5 @@ def test_train_and_test_images_of_other_shapes_are_named(tmp_path):
     from conftest import write_idx
     data, path = damaged_mnist(tmp_path, "t10k-images-idx3-ubyte", lambda b: b)
     write_idx(path, np.zeros((256, 32, 32), np.uint8))
-    with pytest.raises(experiment.UserError, match="t10k-images-idx3-ubyte.*1x32x32.*1x28x28"):
+    with pytest.raises(runner.errors.UserError, match="t10k-images-idx3-ubyte.*1x32x32.*1x28x28"):
         mnist.load_data(data, False)

@@ -8,16 +8,6 @@ import pytest
 
 from conftest import ROOT
 
-# Paths the documents already name as they will be once planned changes land, but which do not exist yet.
-# Each entry leaves this list the day its file arrives (test_planned_paths_do_not_exist_yet says when);
-# once the move and the two files below have landed the list is empty.
-PLANNED_PATHS = {
-    # the move of the tools to tools/, run from the repository root
-    "tools/bench.py", "tools/gpu_check.py", "tools/precision_study.py", "tools/over_training.py",
-    # the move of the runner machinery into the package runner/
-    "runner", "runner/jobs.py", "runner/reports.py", "runner/errors.py", "runner/autoattack_suite.py",
-}
-
 FORBIDDEN = {
     "a machine's absolute path": re.compile(r"(?<![\w.~-])/(?:work|home|tmp|usr)/"),
     "the tracker": re.compile(r"\bissues?\s*#?\d+", re.IGNORECASE),
@@ -58,8 +48,7 @@ def link_targets(text):
 
 def missing_scripts(text):
     """Each script that a `python some/script.py` command of a document runs and the repository lacks."""
-    return sorted({path for path in COMMAND.findall(text)
-                   if path not in PLANNED_PATHS and not os.path.isfile(os.path.join(ROOT, path))})
+    return sorted({path for path in COMMAND.findall(text) if not os.path.isfile(os.path.join(ROOT, path))})
 
 
 def heading_anchors(text):
@@ -88,8 +77,6 @@ def broken_links(document, text):
         resolved = os.path.normpath(os.path.join(os.path.dirname(document), path)) if path else document
         if resolved.startswith(".."):
             broken.append(f"{target}: outside the repository")
-        elif resolved in PLANNED_PATHS:
-            continue
         elif not os.path.exists(os.path.join(ROOT, resolved)):
             broken.append(f"{target}: no such file")
         elif anchor and resolved.endswith(".md") and anchor not in heading_anchors(read(resolved)):
@@ -110,23 +97,6 @@ def test_every_link_and_image_exists(document):
 @pytest.mark.parametrize("document", documents())
 def test_every_command_runs_a_script_that_exists(document):
     assert missing_scripts(read(document)) == []
-
-
-def test_every_planned_path_is_named_by_a_document():
-    """An entry no link or command uses would let a broken one through later: the list holds only what
-    the documents name."""
-    named = set()
-    for document in documents():
-        text = read(document)
-        named |= set(COMMAND.findall(text))
-        named |= {os.path.normpath(os.path.join(os.path.dirname(document), t.partition("#")[0]))
-                  for t in link_targets(text)}
-    assert sorted(PLANNED_PATHS - named) == []
-
-
-def test_planned_paths_do_not_exist_yet():
-    arrived = sorted(p for p in PLANNED_PATHS if os.path.exists(os.path.join(ROOT, p)))
-    assert arrived == [], f"these have landed: remove them from PLANNED_PATHS in {__file__}"
 
 
 def test_docs_folder_is_read():

@@ -2,13 +2,16 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 
 import core
 import ensemble
-import experiment
 import generators_study
+import runner.errors
+import runner.settings
+import runner.training
 from conftest import COLUMNS, learnable_images
 
 EPS = 0.2
@@ -91,9 +94,9 @@ def test_batches_read_the_eat_set():
 def test_generator_trained_against_a_fixed_model_lowers_its_accuracy(tmp_path):
     images, labels = learnable_set()
     model = tiny_trained_model(images, labels)
-    settings = experiment.COMMON_SETTINGS | dict(eps=EPS, iters=40, batch_size=32, g_width=4, g_opt="adam", g_lr=0.01,
+    settings = runner.settings.COMMON_SETTINGS | dict(eps=EPS, iters=40, batch_size=32, g_width=4, g_opt="adam", g_lr=0.01,
                                            d_lr=0.0, d_weight_decay=0.0, log_every=10, ckpt_minutes=0.0)
-    _, G, record = experiment.prepare_model("G vs model", "generator", 0, settings, lambda s: model,
+    _, G, record = runner.training.prepare_model("G vs model", "generator", 0, settings, lambda s: model,
                                       lambda s: core.G1(k=4, channels=1), lambda: (images, labels),
                                       torch.device("cpu"), str(tmp_path / "g.pt"))
     assert record["iters_done"] == 40
@@ -103,25 +106,26 @@ def test_generator_trained_against_a_fixed_model_lowers_its_accuracy(tmp_path):
     assert before > 90 and after < before - 30, (before, after)
 
 
+@pytest.mark.slow
 def test_ensemble_quick_run(fake_mnist, shared_checkpoints, tmp_path):
     out = tmp_path / "ensemble.json"
     args = ["--quick", "--gpu", "cpu", "--datasets", "mnist", "--data-dir", fake_mnist, "--ckpt-dir", shared_checkpoints]
     ensemble.main(args + ["--out", str(out)])
     entry = json.loads(out.read_text())["datasets"]["mnist"]
     assert set(entry["table"]) == {"EAT", "C"} and all(set(r) == set(COLUMNS) for r in entry["table"].values())
-    eat_n = experiment.QUICK_SETTINGS["eat_n"]  # of the 256 fake training images
+    eat_n = runner.settings.QUICK_SETTINGS["eat_n"]  # of the 256 fake training images
     assert 0 < eat_n < 256 and entry["settings"]["eat_n"] == eat_n
     assert entry["eat_set"]["n_images"] == 4 * eat_n and entry["eat_set"]["kinds"][0] == "clean"
-    assert entry["models"]["EAT"]["method"] == "eat" and entry["eval"]["n_test"] == experiment.QUICK_SETTINGS["test_n"]
+    assert entry["models"]["EAT"]["method"] == "eat" and entry["eval"]["n_test"] == runner.settings.QUICK_SETTINGS["test_n"]
     assert entry["provenance"]["command"].startswith("ensemble.py")
 
 
 def test_ensemble_rejects_unknown_datasets():
-    import pytest
-    with pytest.raises(experiment.UserError, match="--datasets"):
+    with pytest.raises(runner.errors.UserError, match="--datasets"):
         ensemble.main(["--quick", "--gpu", "cpu", "--datasets", "imagenet"])
 
 
+@pytest.mark.slow
 def test_generators_quick_run(fake_cifar10, shared_checkpoints, tmp_path, no_md5_check):
     out = tmp_path / "generators.json"
     generators_study.main(["--quick", "--gpu", "cpu", "--data-dir", fake_cifar10, "--ckpt-dir", shared_checkpoints,

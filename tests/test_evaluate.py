@@ -10,6 +10,8 @@ import pytest
 from conftest import ROOT
 from test_mnist_script import OFFLINE, assert_clean_error, quick_run  # noqa: F401 (quick_run: the session's quick models)
 
+pytestmark = pytest.mark.slow  # every test here scores the quick models of a quick run (quick_run)
+
 
 def evaluate(*args):
     env = os.environ | OFFLINE | {"PYTHONPATH": ROOT}

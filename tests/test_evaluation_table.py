@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import core
-import experiment
+import runner.evaluation
+import runner.settings
 from conftest import RoundedInput, learnable_set
 
 EPS = 0.1
@@ -57,9 +58,9 @@ def test_the_paper_table_is_scored_in_float32_whatever_trained_in_bf16():
     inside a caller's autocast region."""
     spies = {"C": AutocastSpy(trained_mlp()), "C'": AutocastSpy(trained_mlp())}
     images, labels = learnable_set(40, 2)
-    settings = experiment.COMMON_SETTINGS | {"eps": EPS, "test_n": 40, "precision": "bf16"}
+    settings = runner.settings.COMMON_SETTINGS | {"eps": EPS, "test_n": 40, "precision": "bf16"}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        table, evaluation = experiment.evaluate_trained(spies, settings, images, labels, torch.device("cpu"))
+        table, evaluation = runner.evaluation.evaluate_trained(spies, settings, images, labels, torch.device("cpu"))
     seen = spies["C"].autocast_seen + spies["C'"].autocast_seen
     assert seen and not any(seen), f"{sum(seen)} of {len(seen)} forward passes ran under autocast"
-    assert evaluation["precision"] == experiment.SCORING_PRECISION and set(table) == {"C"}
+    assert evaluation["precision"] == runner.evaluation.SCORING_PRECISION and set(table) == {"C"}

@@ -6,8 +6,11 @@ import pytest
 import torch
 
 import core
-import experiment
 import mnist
+import runner.errors
+import runner.provenance
+import runner.settings
+import runner.training
 from conftest import learnable_images
 
 
@@ -21,7 +24,7 @@ def train(tmp_path, method, batches_hook=None):
     images = torch.from_numpy(learnable_images(y.numpy())).unsqueeze(1)
     batches = core.Batches(images, y, SETTINGS["batch_size"], seed=0, device=torch.device("cpu"))
     source = batches if batches_hook is None else (lambda it: batches_hook(it, batches))
-    record = experiment.train_model(method, method, 0, D, G, lambda: source, SETTINGS, torch.device("cpu"), str(tmp_path / f"{method}.pt"))
+    record = runner.training.train_model(method, method, 0, D, G, lambda: source, SETTINGS, torch.device("cpu"), str(tmp_path / f"{method}.pt"))
     return D, G, record
 
 
@@ -66,7 +69,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         x, y = batches(it)
         return (x * float("nan"), y) if it >= 7 else (x, y)
 
-    with pytest.raises(experiment.UserError, match="NaN.*standard.pt keeps iteration 6"):
+    with pytest.raises(runner.errors.UserError, match="NaN.*standard.pt keeps iteration 6"):
         train(tmp_path, "standard", poison)
     ckpt = core.load_checkpoint(str(tmp_path / "standard.pt"))
     assert ckpt["record"]["iters_done"] == 6
@@ -82,16 +85,16 @@ def test_finished_model_is_not_retrained(tmp_path):
 
 def test_runtime_settings_do_not_invalidate_checkpoints():
     """Compiling, the BN mode of scoring and the evaluation's size do not change what a model learns."""
-    s = mnist.SETTINGS | experiment.QUICK_SETTINGS
+    s = mnist.SETTINGS | runner.settings.QUICK_SETTINGS
     same = s | {"compile": True, "bn_eval": "batch", "test_n": 7, "strong_n": 3}
-    assert experiment.fingerprint(same, "advnet", 0) == experiment.fingerprint(s, "advnet", 0)
-    assert experiment.fingerprint(s | {"eps": 0.2}, "advnet", 0) != experiment.fingerprint(s, "advnet", 0)
+    assert runner.settings.fingerprint(same, "advnet", 0) == runner.settings.fingerprint(s, "advnet", 0)
+    assert runner.settings.fingerprint(s | {"eps": 0.2}, "advnet", 0) != runner.settings.fingerprint(s, "advnet", 0)
 
 
 def test_cuda_graphs_on_the_cpu_is_a_clear_error(tmp_path):
-    with pytest.raises(experiment.UserError, match="cuda_graphs=true needs a CUDA device"):
-        experiment.graphed_or_eager(lambda x, y: {}, SETTINGS | {"cuda_graphs": True}, torch.device("cpu"))
-    assert experiment.fingerprint(SETTINGS | {"cuda_graphs": True}, "advnet", 0) == experiment.fingerprint(SETTINGS, "advnet", 0)
+    with pytest.raises(runner.errors.UserError, match="cuda_graphs=true needs a CUDA device"):
+        runner.training.graphed_or_eager(lambda x, y: {}, SETTINGS | {"cuda_graphs": True}, torch.device("cpu"))
+    assert runner.settings.fingerprint(SETTINGS | {"cuda_graphs": True}, "advnet", 0) == runner.settings.fingerprint(SETTINGS, "advnet", 0)
 
 
 # ---------------------------------------------------------------- several models trained at once
@@ -103,9 +106,9 @@ def prepare_two(tmp_path, concurrent, monkeypatch=None, batches_hook=None):
     images = torch.from_numpy(learnable_images(y.numpy())).unsqueeze(1)
     specs = {"A": ("standard", 0, str(tmp_path / "A.pt"), True), "C": ("advnet", 0, str(tmp_path / "C.pt"), True)}
     if batches_hook:
-        real = experiment.batch_maker
-        monkeypatch.setattr(experiment, "batch_maker", lambda *a: (lambda: batches_hook(real(*a)())))
-    return experiment.prepare_models(specs, settings, mnist.build_D, mnist.build_G, lambda: (images, y), torch.device("cpu"))
+        real = runner.training.batch_maker
+        monkeypatch.setattr(runner.training, "batch_maker", lambda *a: (lambda: batches_hook(real(*a)())))
+    return runner.training.prepare_models(specs, settings, mnist.build_D, mnist.build_G, lambda: (images, y), torch.device("cpu"))
 
 
 def test_models_trained_in_turn_equal_models_trained_one_after_another(tmp_path):
@@ -139,28 +142,28 @@ def test_interrupted_concurrent_run_checkpoints_every_model_and_resumes(tmp_path
                                                    (-0.3, "(0, 1]", False), (0.0, "[0, inf)", True), (1.0, "[0, 1)", False),
                                                    (-5.0, "(-inf, inf)", True)])
 def test_intervals_include_exactly_their_closed_ends(value, interval, inside):
-    assert experiment.in_range(value, interval) == inside
+    assert runner.settings.in_range(value, interval) == inside
 
 
 def test_every_numeric_setting_of_every_script_has_a_range_its_default_meets():
     import cifar10, cifar100, svhn
     for script in (mnist, svhn, cifar10, cifar100):
-        for settings in (script.SETTINGS, script.SETTINGS | experiment.QUICK_SETTINGS):
-            experiment.check_ranges(settings)  # raises on a missing range or a default outside it
-    with pytest.raises(experiment.UserError, match="eps=2"):
-        experiment.check_ranges(mnist.SETTINGS | {"eps": 2})
+        for settings in (script.SETTINGS, script.SETTINGS | runner.settings.QUICK_SETTINGS):
+            runner.settings.check_ranges(settings)  # raises on a missing range or a default outside it
+    with pytest.raises(runner.errors.UserError, match="eps=2"):
+        runner.settings.check_ranges(mnist.SETTINGS | {"eps": 2})
     with pytest.raises(KeyError, match="unlisted"):
-        experiment.check_ranges(mnist.SETTINGS | {"unlisted": 1})
+        runner.settings.check_ranges(mnist.SETTINGS | {"unlisted": 1})
 
 
 def test_provenance_names_the_commit_the_process_started_from(monkeypatch):
     """A run lasts hours; commits made meanwhile in its checkout must not be credited with its later
     models or its results (the code it runs was read at its start)."""
-    run = experiment.subprocess.run
+    run = runner.provenance.subprocess.run
 
     def no_git_now(command, *args, **kwargs):
         assert command[0] != "git", "git read after the process started"
         return run(command, *args, **kwargs)
-    monkeypatch.setattr(experiment.subprocess, "run", no_git_now)
-    prov = experiment.provenance(torch.device("cpu"), "mnist.py --quick")
-    assert (prov["git_commit"], prov["git_dirty"]) == experiment.GIT_AT_START
+    monkeypatch.setattr(runner.provenance.subprocess, "run", no_git_now)
+    prov = runner.provenance.provenance(torch.device("cpu"), "mnist.py --quick")
+    assert (prov["git_commit"], prov["git_dirty"]) == runner.provenance.GIT_AT_START

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import core
-import experiment
 import mnist
+import runner.settings
 
 CPU = torch.device("cpu")
 
@@ -63,7 +63,7 @@ def test_training_draws_g2_noise_afresh_for_every_batch(method):
     D = core.D1()
     G = core.G2(k=2, channels=1, size=28)
     drawn = recording_inputs(G)
-    settings = mnist.SETTINGS | experiment.QUICK_SETTINGS | dict(g_steps=1, precision="float32")
+    settings = mnist.SETTINGS | runner.settings.QUICK_SETTINGS | dict(g_steps=1, precision="float32")
     step, _ = core.make_step(method, D, G, settings)
     x, y = torch.rand(4, 1, 28, 28), torch.arange(4)
     for _ in range(3):

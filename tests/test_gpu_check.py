@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import core
-import experiment
 import gpu_check
+import runner.files
 
 CPU = torch.device("cpu")
 CHECKS = {"generator_gain", "regulariser_mnist", "regulariser_cifar", "host_syncs", "graphed_losses", "concurrent_losses",
@@ -16,9 +16,10 @@ CHECKS = {"generator_gain", "regulariser_mnist", "regulariser_cifar", "host_sync
 SECTIONS = ["precision", "timings", "losses", "evaluation", "pytest"]
 
 
+@pytest.mark.slow
 def test_quick_run_on_the_cpu_writes_every_section_after_every_part(tmp_path, monkeypatch):
-    written, write_json = [], experiment.write_json
-    monkeypatch.setattr(experiment, "write_json", lambda path, data: (written.append(set(data)), write_json(path, data)))
+    written, write_json = [], runner.files.write_json
+    monkeypatch.setattr(runner.files, "write_json", lambda path, data: (written.append(set(data)), write_json(path, data)))
     out = tmp_path / "gpu_check_quick.json"
     gpu_check.main(["--gpu", "cpu", "--quick", "--out", str(out)])
     report = json.loads(out.read_text())

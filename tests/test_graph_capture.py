@@ -9,9 +9,9 @@ import torch
 
 import bench
 import core
-import experiment
 import gpu_check
 import mnist
+import runner.settings
 
 CPU = torch.device("cpu")
 
@@ -57,7 +57,7 @@ def test_a_capture_steps_adam_as_capturable_and_gives_each_group_its_flag_back(f
     Optimizer._accelerator_graph_capture_health_check reads exactly this flag); fused Adam's kernels
     need no more. C's G steps with Adam on MNIST and CIFAR: without the flag, no C step could be graphed."""
     torch.manual_seed(0)
-    settings = mnist.SETTINGS | experiment.QUICK_SETTINGS
+    settings = mnist.SETTINGS | runner.settings.QUICK_SETTINGS
     step, modules = core.make_step("advnet", mnist.build_D(settings), mnist.build_G(settings), settings)
     optimizers = [m for m in modules.values() if isinstance(m, torch.optim.Optimizer)]
     adam = [g for opt in optimizers for g in opt.param_groups if "capturable" in g]

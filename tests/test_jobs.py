@@ -11,9 +11,9 @@ import time
 import pytest
 
 import core
-import experiment
-import jobs
-import reports
+import runner.jobs
+import runner.reports
+import runner.settings
 from conftest import ROOT
 from test_mnist_script import OFFLINE, assert_clean_error
 
@@ -30,12 +30,12 @@ def job_ids(folder):
 
 def test_seed_statistics_match_a_hand_computation():
     tables = {0: {"A": {"clean": 90.0, "fgs": 10.0}}, 1: {"A": {"clean": 94.0, "fgs": 20.0}}, 2: {"A": {"clean": 98.0}}}
-    stats = reports.seed_statistics(tables)
+    stats = runner.reports.seed_statistics(tables)
     # clean: mean (90 + 94 + 98) / 3 = 94, std sqrt((16 + 0 + 16) / 2) = 4; fgs: mean 15, std sqrt((25 + 25) / 1)
     assert stats["A"]["clean"] == {"mean": 94.0, "std": 4.0, "n": 3}
     assert stats["A"]["fgs"]["mean"] == 15.0 and stats["A"]["fgs"]["n"] == 2
     assert stats["A"]["fgs"]["std"] == pytest.approx(7.0710678, abs=1e-6)
-    assert reports.seed_statistics({5: {"A": {"clean": 91.0}}})["A"]["clean"] == {"mean": 91.0, "std": None, "n": 1}
+    assert runner.reports.seed_statistics({5: {"A": {"clean": 91.0}}})["A"]["clean"] == {"mean": 91.0, "std": None, "n": 1}
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,7 @@ def local_jobs_run(fake_mnist, tmp_path_factory):
         return json.load(f), ckpt, result
 
 
+@pytest.mark.slow
 def test_local_jobs_train_in_separate_processes_then_evaluate(local_jobs_run):
     report, ckpt, result = local_jobs_run
     ids = job_ids(os.path.join(ckpt, "jobs"))
@@ -58,12 +59,13 @@ def test_local_jobs_train_in_separate_processes_then_evaluate(local_jobs_run):
     for seed, run_report in report["runs"].items():
         # the evaluation job trains nothing: had it started before the trainings ended, models would be missing
         assert run_report["seeds"] == {"A": int(seed), "A'": int(seed) + 1}
-        assert all(m["iters_done"] == experiment.QUICK_SETTINGS["iters"] for m in run_report["models"].values())
+        assert all(m["iters_done"] == runner.settings.QUICK_SETTINGS["iters"] for m in run_report["models"].values())
         assert set(run_report["table"]["A"]) == {"clean", "fgs", "pgd", "fgs_A'", "pgd_A'"}
         assert os.path.exists(os.path.join(ckpt, f"seed{seed}", "A'.pt"))
     assert "results written" in result.stdout and "mean ± standard deviation" in result.stdout
 
 
+@pytest.mark.slow
 def test_seed_statistics_in_the_json_summarise_the_seeds_tables(local_jobs_run):
     report, _, _ = local_jobs_run
     for column, cell in report["table_stats"]["A"].items():
@@ -73,6 +75,7 @@ def test_seed_statistics_in_the_json_summarise_the_seeds_tables(local_jobs_run):
         assert report["table"]["A"][column] == cell["mean"]
 
 
+@pytest.mark.slow
 def test_a_failed_training_stops_the_run_before_the_evaluation(fake_mnist, tmp_path):
     out = tmp_path / "mnist.json"
     result = run("mnist.py", "--gpu", "cpu", "--slurm", "cluster=local", "--quick", "--models", "A,A'", "--set", "d_lr=1e30",
@@ -88,14 +91,15 @@ def task_pid(job):
         return int(f.read().split()[0])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"), reason="needs Linux /proc")
 def test_a_preempted_job_saves_requeues_and_resumes(fake_mnist, tmp_path):
     import submitit
-    jobs.use_repository_path()
+    runner.jobs.use_repository_path()
     executor = submitit.LocalExecutor(str(tmp_path / "jobs"))
-    executor.update_parameters(timeout_min=jobs.LOCAL_TIMEOUT_MIN)
+    executor.update_parameters(timeout_min=runner.jobs.LOCAL_TIMEOUT_MIN)
     ckpt = tmp_path / "ckpt" / "A.pt"
-    job = executor.submit(jobs.ScriptJob(os.path.join(ROOT, "mnist.py"), [
+    job = executor.submit(runner.jobs.ScriptJob(os.path.join(ROOT, "mnist.py"), [
         "--gpu", "cpu", "--quick", "--iters", "300", "--set", "log_every=1", "--set", "ckpt_minutes=0", "--models", "A",
         "--no-eval", "--data-dir", fake_mnist, "--ckpt-dir", str(ckpt.parent)]))
     while not ckpt.exists():  # saved after every iteration: training has begun

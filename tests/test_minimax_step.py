@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import core
-import experiment
 import mnist
+import runner.settings
 from test_training import mnist_batch, smooth_problem
 
 
@@ -75,7 +75,7 @@ MAKE_STEP_CASES = [  # gamma and lam away from their defaults, each sign of gamm
 def test_make_step_passes_the_settings_through_with_their_signs(changes):
     """make_step's advnet step == adversarial_network_step called with the settings' eps, lam, gamma (its
     sign kept), h = g_lr / 10 (or fd_h), g_steps and hvp. Fails for a flipped or dropped gamma, lam or h."""
-    settings = mnist.SETTINGS | experiment.QUICK_SETTINGS | changes
+    settings = mnist.SETTINGS | runner.settings.QUICK_SETTINGS | changes
     torch.manual_seed(0)
     D, G = core.D1(), core.G1(k=4, channels=1)
     x, y = mnist_batch(16)
@@ -193,7 +193,7 @@ def kernels_and_others(model):
 def test_weight_decay_on_every_kernel_and_nothing_else(method, network):
     """Every conv/linear kernel of D decays at d_weight_decay; biases and batch norm do not, both in the
     optimiser's groups and in what one step with zero gradients does. Fails for decay on biases or BN."""
-    settings = mnist.SETTINGS | experiment.QUICK_SETTINGS | dict(d_weight_decay=0.01, d_lr=0.5, d_momentum=0.0)
+    settings = mnist.SETTINGS | runner.settings.QUICK_SETTINGS | dict(d_weight_decay=0.01, d_lr=0.5, d_momentum=0.0)
     torch.manual_seed(0)
     D = core.D1() if network == "D1" else core.D2()
     _, modules = core.make_step(method, D, core.G1(k=4, channels=1), settings)

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import core
-import experiment
 import mnist
+import runner.training
 
 CPU = torch.device("cpu")
 EPS = 0.1
@@ -96,7 +96,7 @@ def c_step(precision, enclosing="nothing"):
     settings = mnist.SETTINGS | {"eps": EPS, "g_width": 8, "precision": precision}
     D_before = copy.deepcopy(D).eval()
     step, _ = core.make_step("advnet", D, G, settings)
-    step = experiment.graphed_or_eager(step, settings, CPU)
+    step = runner.training.graphed_or_eager(step, settings, CPU)
     with ENCLOSING[enclosing]():
         stats = step(x, y)
     with torch.no_grad():

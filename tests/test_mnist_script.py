@@ -27,6 +27,7 @@ def quick_run(fake_mnist, tmp_path_factory, shared_checkpoints):
     return out, ckpt, result
 
 
+@pytest.mark.slow
 def test_quick_run_writes_a_schema_valid_json(quick_run):
     out, _, result = quick_run
     with open(out) as f:
@@ -35,6 +36,7 @@ def test_quick_run_writes_a_schema_valid_json(quick_run):
     assert "paper" in result.stdout and "results written" in result.stdout
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_models(quick_run, fake_mnist):
     out, ckpt, _ = quick_run
     with open(out) as f:
@@ -108,6 +110,7 @@ def test_corrupt_checkpoint_is_reported(fake_mnist, tmp_path, sentinel):
     assert_clean_error(result, "A.pt", "unreadable")
 
 
+@pytest.mark.slow
 def test_checkpoint_from_other_settings_or_model_is_reported(quick_run, fake_mnist, tmp_path, sentinel):
     _, ckpt, _ = quick_run
     result = run("--quick", "--data-dir", fake_mnist, "--out", sentinel, "--ckpt-dir", ckpt, "--set", "d_lr=0.5")
@@ -121,6 +124,7 @@ def test_checkpoint_from_other_settings_or_model_is_reported(quick_run, fake_mni
     assert_clean_error(result, "does not match")
 
 
+@pytest.mark.slow
 def test_diverging_training_stops_with_a_clear_error(fake_mnist, tmp_path, sentinel):
     result = run("--quick", "--data-dir", fake_mnist, "--out", sentinel, "--ckpt-dir", str(tmp_path / "ckpt"),
                  "--models", "A", "--set", "d_lr=1e30")

@@ -88,14 +88,17 @@ def test_committed_notebook_holds_the_cells_of_its_source_and_no_outputs():
     assert code and all(cell["outputs"] == [] and cell["execution_count"] is None for cell in code)
 
 
+@pytest.mark.slow
 def test_nbval_on_a_real_quick_result(quick_results):
     run_nbval(str(quick_results))
 
 
+@pytest.mark.slow
 def test_nbval_on_malformed_results(malformed_results):
     run_nbval(str(malformed_results))
 
 
+@pytest.mark.slow
 def test_malformed_results_are_named_in_one_line_each(malformed_results, monkeypatch):
     text, kinds = executed_outputs(str(malformed_results), monkeypatch)
     assert "error" not in kinds and "Traceback" not in text
@@ -107,10 +110,12 @@ def test_malformed_results_are_named_in_one_line_each(malformed_results, monkeyp
     assert "masking flags of C: " in text and "model C of mnist_quick.json (mnist, paper protocol), white box, by batch-norm mode" in text
 
 
+@pytest.mark.slow
 def test_nbval_on_the_repository_results():
     run_nbval()
 
 
+@pytest.mark.slow
 def test_a_smoke_test_is_hidden_behind_a_full_result_unless_results_dir_is_set(quick_results, tmp_path, monkeypatch):
     shutil.copy(quick_results / "mnist_quick.json", tmp_path)
     report = json.loads((quick_results / "mnist_quick.json").read_text())
@@ -132,6 +137,7 @@ def test_a_smoke_test_is_hidden_behind_a_full_result_unless_results_dir_is_set(q
     assert hidden == ["mnist_quick.json: smoke test not shown (mnist has a full result, paper protocol)"]
 
 
+@pytest.mark.slow
 def test_a_seeds_result_shows_means_standard_deviations_and_n(fake_mnist, tmp_path, monkeypatch):
     """A real `mnist.py --quick --seeds 0,1` run (models A and A'): each seed's settings, the means, the
     standard deviations beneath them, and n."""

@@ -10,9 +10,12 @@ import torch
 
 import core
 import evaluate
-import experiment
 import mnist
 import over_training
+import runner.errors
+import runner.settings
+import runner.training
+import runner.validation
 from conftest import ROOT, learnable_images
 
 # g_steps=1 and pgd_steps=3: what is tested does not depend on them, and the CPU time does
@@ -29,10 +32,10 @@ def data(n=80):
 def train(folder, method, settings=SETTINGS, batches_hook=None):
     """Model C (advnet) or B (pgd) from seed 0, as prepare_model trains them; with the global RNG's state
     at the end, since training draws from it (B's PGD starts)."""
-    make = experiment.batch_maker(0, settings, data, CPU)
+    make = runner.training.batch_maker(0, settings, data, CPU)
     hooked = make if batches_hook is None else lambda: batches_hook(make())
-    D, G = experiment.build_models(0, settings, mnist.build_D, mnist.build_G, CPU)
-    record = experiment.train_model(method, method, 0, D, G, hooked, settings, CPU, str(folder / f"{method}.pt"))
+    D, G = runner.training.build_models(0, settings, mnist.build_D, mnist.build_G, CPU)
+    record = runner.training.train_model(method, method, 0, D, G, hooked, settings, CPU, str(folder / f"{method}.pt"))
     return D, G, record, torch.get_rng_state()
 
 
@@ -102,8 +105,8 @@ def test_resumed_run_keeps_its_snapshots_and_history_and_equals_an_uninterrupted
 def test_best_snapshot_is_the_kept_one_with_the_highest_validation_pgd():
     record = {"snapshots": [4, 8], "val_history": [{"iter": i, "clean": 50.0, "pgd": p} for i, p in
                                                      [(2, 90.0), (4, 30.0), (6, 80.0), (8, 40.0)]]}
-    assert experiment.best_snapshot(record) == {"iter": 8, "val_pgd": 40.0, "val_clean": 50.0}  # 2 and 6 were not kept
-    assert experiment.best_snapshot({"snapshots": [4], "val_history": []}) is None
+    assert runner.validation.best_snapshot(record) == {"iter": 8, "val_pgd": 40.0, "val_clean": 50.0}  # 2 and 6 were not kept
+    assert runner.validation.best_snapshot({"snapshots": [4], "val_history": []}) is None
 
 
 # ---------------------------------------------------------------- the held-out split
@@ -115,7 +118,7 @@ def test_held_out_split_never_overlaps_the_training_batches():
     index = lambda x: {int(a) + 256 * int(b) for a, b in (x * 255).round().view(len(x), 2).tolist()}
     seen, held = set(), None
     for seed in (0, 1):  # A and its copy A' hold out the same images
-        batches = experiment.batch_maker(seed, settings, lambda: (images, ids), CPU)()
+        batches = runner.training.batch_maker(seed, settings, lambda: (images, ids), CPU)()
         held_x, held_y = batches.held_out
         assert held is None or held == set(held_y.tolist())
         held = set(held_y.tolist())
@@ -125,16 +128,16 @@ def test_held_out_split_never_overlaps_the_training_batches():
             assert index(x) == set(y.tolist())
             seen |= set(y.tolist())
     assert not seen & held and seen | held == set(range(n))
-    with pytest.raises(experiment.UserError, match="val_n=100"):
-        experiment.batch_maker(0, settings | {"val_n": n}, lambda: (images, ids), CPU)()
+    with pytest.raises(runner.errors.UserError, match="val_n=100"):
+        runner.training.batch_maker(0, settings | {"val_n": n}, lambda: (images, ids), CPU)()
 
 
 def test_val_n_changes_the_fingerprint_and_the_evaluation_settings_do_not():
-    s = mnist.SETTINGS | experiment.QUICK_SETTINGS
-    before = json.loads(experiment.fingerprint(s, "advnet", 0))
+    s = mnist.SETTINGS | runner.settings.QUICK_SETTINGS
+    before = json.loads(runner.settings.fingerprint(s, "advnet", 0))
     assert "val_n" not in before  # val_n=0: checkpoints trained before it existed stay valid
-    assert experiment.fingerprint(s | {"eval_every": 5, "keep_every": 5}, "advnet", 0) == json.dumps(before)
-    assert json.loads(experiment.fingerprint(s | {"val_n": 50}, "advnet", 0)) == before | {"val_n": 50}
+    assert runner.settings.fingerprint(s | {"eval_every": 5, "keep_every": 5}, "advnet", 0) == json.dumps(before)
+    assert json.loads(runner.settings.fingerprint(s | {"val_n": 50}, "advnet", 0)) == before | {"val_n": 50}
 
 
 class Args:
@@ -148,9 +151,9 @@ class Args:
                                             (["eval_every=300", "val_n=500", "keep_every=1000"], "not a multiple"),
                                             (["val_n=-1"], "outside its range")])
 def test_validation_settings_are_checked(pairs, fragment):
-    with pytest.raises(experiment.UserError, match=fragment):
-        experiment.resolve_settings(mnist.SETTINGS, Args(*pairs))
-    experiment.resolve_settings(mnist.SETTINGS, Args("eval_every=500", "val_n=500", "keep_every=1000"))
+    with pytest.raises(runner.errors.UserError, match=fragment):
+        runner.settings.resolve_settings(mnist.SETTINGS, Args(*pairs))
+    runner.settings.resolve_settings(mnist.SETTINGS, Args("eval_every=500", "val_n=500", "keep_every=1000"))
 
 
 # ---------------------------------------------------------------- scoring the snapshots
@@ -239,14 +242,14 @@ def test_a_checkpoint_without_snapshots_is_a_clear_error(reference, fake_mnist, 
     state = core.load_checkpoint(str(folder / "advnet.pt"))
     state["record"]["snapshots"] = []
     torch.save(state, tmp_path / "C.pt")
-    with pytest.raises(experiment.UserError, match="keep_every"):
+    with pytest.raises(runner.errors.UserError, match="keep_every"):
         over_training.main([str(tmp_path / "C.pt"), "--dataset", "mnist", "--gpu", "cpu", "--data-dir", fake_mnist,
                             "--out", str(tmp_path / "out.json")])
 
 
 def test_ensemble_refuses_a_split_it_cannot_hold_out_of_the_eat_set(fake_mnist, tmp_path):
     import ensemble
-    with pytest.raises(experiment.UserError, match="EAT set"):
+    with pytest.raises(runner.errors.UserError, match="EAT set"):
         ensemble.main(["--quick", "--gpu", "cpu", "--datasets", "mnist", "--data-dir", fake_mnist, "--set", "val_n=10",
                        "--ckpt-dir", str(tmp_path), "--out", str(tmp_path / "ensemble.json")])
     assert os.listdir(tmp_path) == []  # stopped before anything was trained

@@ -15,6 +15,7 @@ def fake_fashion(tmp_path_factory):
     return write_fake_mnist(str(tmp_path_factory.mktemp("data")), "FashionMNIST")
 
 
+@pytest.mark.slow
 def test_the_study_trains_two_arms_scores_three_and_summarises(fake_fashion, tmp_path):
     ckpt, out = tmp_path / "ckpt", tmp_path / "study.json"
     common = ["--quick", "--gpu", "cpu", "--data-dir", fake_fashion, "--ckpt-dir", str(ckpt), "--seeds", "0,1",

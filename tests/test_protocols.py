@@ -16,10 +16,14 @@ import cifar100
 import core
 import ensemble
 import evaluate
-import experiment
 import generators_study
 import mnist
 import over_training
+import runner.cli
+import runner.errors
+import runner.provenance
+import runner.settings
+import runner.training
 import svhn
 from conftest import learnable_images, write_fake_mnist, write_fake_svhn
 from test_training import smooth_problem
@@ -119,7 +123,7 @@ CONFIGURE = {"mnist": mnist.configure, "fashion_mnist": lambda args: mnist.confi
 
 
 def parse(*argv):
-    return experiment.experiment_parser("").parse_args(list(argv))
+    return runner.cli.experiment_parser("").parse_args(list(argv))
 
 
 @pytest.mark.parametrize("dataset", THEIRS)
@@ -130,7 +134,7 @@ def test_resolved_authors_settings_are_their_files(dataset):
     assert ("extrapolated" in settings["protocol_source"]) == extrapolated, settings["protocol_source"]
     theirs = THEIRS[dataset]
     for row, method in ROWS.items():
-        model = experiment.model_settings(settings, method)
+        model = runner.settings.model_settings(settings, method)
         expected = EVERY_DATA_SET | theirs["common"] | theirs[row]
         wrong = {k: (model[k], v) for k, v in expected.items() if model[k] != v}
         assert not wrong, f"{dataset} {row}: ours, theirs: {wrong}"
@@ -140,16 +144,16 @@ def test_resolved_authors_settings_are_their_files(dataset):
 def test_the_paper_protocol_has_no_model_overrides(dataset):
     name, settings, _ = CONFIGURE[dataset](parse())
     assert name == dataset and settings["protocol"] == "paper" and settings["model_overrides"] == {}
-    assert all(experiment.model_settings(settings, m) == {k: v for k, v in settings.items() if k != "model_overrides"}
+    assert all(runner.settings.model_settings(settings, m) == {k: v for k, v in settings.items() if k != "model_overrides"}
                for m in ROWS.values())
 
 
 def test_a_later_setting_is_every_models():
     _, settings, _ = mnist.configure(parse("--protocol", "authors", "--set", "d_lr=0.05", "--set", "d_every=2"))
     for method in ROWS.values():
-        assert experiment.model_settings(settings, method)["d_lr"] == 0.05
-    assert experiment.model_settings(settings, "advnet")["d_every"] == 2
-    assert experiment.model_settings(settings, "advnet")["g_lr"] == 0.01  # what --set left alone stays C's own
+        assert runner.settings.model_settings(settings, method)["d_lr"] == 0.05
+    assert runner.settings.model_settings(settings, "advnet")["d_every"] == 2
+    assert runner.settings.model_settings(settings, "advnet")["g_lr"] == 0.01  # what --set left alone stays C's own
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])
@@ -158,11 +162,11 @@ def test_the_authors_protocol_trains_every_model_in_float32(dataset, native_bf16
     monkeypatch.setattr(core, "native_bf16", lambda device: native_bf16)  # a CPU with AVX-512 BF16 or AMX, or without
     _, authors, _ = CONFIGURE[dataset](parse("--protocol", "authors"))
     for method in ROWS.values():
-        precision = experiment.model_settings(authors, method)["precision"]
+        precision = runner.settings.model_settings(authors, method)["precision"]
         assert precision == "float32" and core.amp_dtype(CPU, precision) is None, (method, precision)
-    assert experiment.provenance(CPU, "", authors["precision"])["precision"] == "float32"
+    assert runner.provenance.provenance(CPU, "", authors["precision"])["precision"] == "float32"
     _, forced, _ = CONFIGURE[dataset](parse("--protocol", "authors", "--set", "precision=bf16"))
-    assert {experiment.model_settings(forced, m)["precision"] for m in ROWS.values()} == {"bf16"}
+    assert {runner.settings.model_settings(forced, m)["precision"] for m in ROWS.values()} == {"bf16"}
     _, paper, _ = CONFIGURE[dataset](parse())
     assert paper["precision"] == "auto" and (core.amp_dtype(CPU, paper["precision"]) is torch.bfloat16) == native_bf16
 
@@ -172,18 +176,18 @@ def test_cifar10_b_with_their_readmes_weight_decay_is_a_set_away():
     the paper's text does: `--set d_weight_decay=1e-5` trains that B, differing from the protocol's in it alone."""
     _, default, _ = cifar10.configure(parse("--protocol", "authors"))
     _, variant, _ = cifar10.configure(parse("--protocol", "authors", "--set", "d_weight_decay=1e-5"))
-    assert experiment.model_settings(variant, "pgd")["d_weight_decay"] == 1e-5
-    theirs, readme = (json.loads(experiment.fingerprint(s, "pgd", 0)) for s in (default, variant))
+    assert runner.settings.model_settings(variant, "pgd")["d_weight_decay"] == 1e-5
+    theirs, readme = (json.loads(runner.settings.fingerprint(s, "pgd", 0)) for s in (default, variant))
     assert {k for k in theirs | readme if theirs.get(k) != readme.get(k)} == {"d_weight_decay"}
 
 
 def test_learning_rate_drops_of_cifar10_a_counted_in_minibatches():
     _, settings, _ = cifar10.configure(parse("--protocol", "authors"))
-    a = experiment.model_settings(settings, "standard")
-    lr = {it: experiment.lr_at(it, a) for it in (0, 99_999, 100_000, 149_999, 150_000, 199_999)}
+    a = runner.settings.model_settings(settings, "standard")
+    lr = {it: runner.settings.lr_at(it, a) for it in (0, 99_999, 100_000, 149_999, 150_000, 199_999)}
     assert lr == pytest.approx({0: 0.1, 99_999: 0.1, 100_000: 0.01, 149_999: 0.01, 150_000: 0.001, 199_999: 0.001})
-    c = experiment.model_settings(settings, "advnet")
-    assert experiment.lr_at(199_999, c) == pytest.approx(0.01)  # C: one drop only
+    c = runner.settings.model_settings(settings, "advnet")
+    assert runner.settings.lr_at(199_999, c) == pytest.approx(0.01)  # C: one drop only
 
 
 # ---------------------------------------------------------------- fingerprints: protocols apart, old checkpoints still load
@@ -203,11 +207,11 @@ OLD_FASHION_C = ('{"augment": false, "batch_size": 64, "d_lr": 0.01, "d_lr_drop_
 
 def test_paper_fingerprints_are_those_written_before_the_protocols():
     _, quick, _ = mnist.configure(parse("--quick"))
-    assert experiment.fingerprint(quick, "standard", 0) == OLD_QUICK_A
+    assert runner.settings.fingerprint(quick, "standard", 0) == OLD_QUICK_A
     _, fashion, _ = mnist.configure(parse("--iters", "1000", "--set", "g_width=8"), fashion=True)
-    assert experiment.fingerprint(fashion, "advnet", 0) == OLD_FASHION_C
+    assert runner.settings.fingerprint(fashion, "advnet", 0) == OLD_FASHION_C
     _, authors, _ = mnist.configure(parse("--quick", "--protocol", "authors"))
-    assert json.loads(experiment.fingerprint(authors, "standard", 0))["protocol"] == "authors"
+    assert json.loads(runner.settings.fingerprint(authors, "standard", 0))["protocol"] == "authors"
 
 
 def tiny_mnist(n=64):
@@ -218,10 +222,10 @@ def tiny_mnist(n=64):
 def train(path, settings, method="standard", hook=None):
     torch.manual_seed(0)
     images, labels = tiny_mnist()
-    D, G = mnist.build_D(settings), mnist.build_G(experiment.model_settings(settings, method))
+    D, G = mnist.build_D(settings), mnist.build_G(runner.settings.model_settings(settings, method))
     batches = core.Batches(images, labels, settings["batch_size"], seed=0, device=CPU)
     source = batches if hook is None else (lambda it: hook(it, batches))
-    return D, experiment.train_model(method, method, 0, D, G, lambda: source, settings, CPU, str(path))
+    return D, runner.training.train_model(method, method, 0, D, G, lambda: source, settings, CPU, str(path))
 
 
 def interrupt_at(stop_it):
@@ -255,7 +259,7 @@ def test_a_checkpoint_of_one_protocol_never_resumes_under_the_other(tmp_path):
     for first, second in ((paper, authors), (authors, paper)):
         path = tmp_path / f"{first['protocol']}.pt"
         train(path, first)
-        with pytest.raises(experiment.UserError, match="other settings"):
+        with pytest.raises(runner.errors.UserError, match="other settings"):
             train(path, second)
 
 
@@ -296,7 +300,7 @@ def counted_c_run(monkeypatch, tmp_path, settings, stop_it=None):
 
 def test_d_steps_on_every_5th_minibatch_after_its_g_steps_and_across_a_resume(monkeypatch, tmp_path):
     _, settings, _ = mnist.configure(parse("--quick", "--protocol", "authors", "--iters", "23", "--set", "ckpt_minutes=0"))
-    c = experiment.model_settings(settings, "advnet")
+    c = runner.settings.model_settings(settings, "advnet")
     assert c["d_every"] == 5 and c["d_lr_drop_at"] == 0.5 and c["d_lr"] == 0.01
     first, _ = counted_c_run(monkeypatch, tmp_path, settings, stop_it=12)  # stops after minibatch 12, resumes at 13
     second, record = counted_c_run(monkeypatch, tmp_path, settings)
@@ -376,7 +380,7 @@ def test_g_weight_decay_in_the_exact_hessian_vector_product_too():
 @pytest.mark.parametrize("g_opt", ["sgd", "adam"])
 def test_g_weight_decay_decays_gs_kernels_only(g_opt):
     _, settings, _ = mnist.configure(parse("--quick", "--protocol", "authors"))
-    c = experiment.model_settings(settings, "advnet") | {"g_opt": g_opt}
+    c = runner.settings.model_settings(settings, "advnet") | {"g_opt": g_opt}
     D, G = mnist.build_D(c), mnist.build_G(c)
     opt_G = core.make_step("advnet", D, G, c)[1]["opt_G"]
     decay = {id(p): group["weight_decay"] for group in opt_G.param_groups for p in group["params"]}
@@ -445,7 +449,7 @@ def test_cifar10_crops_shift_by_2_pixels():
     images = torch.zeros(64, 3, 32, 32, dtype=torch.uint8)
     images[:, :, 16, 16] = 255
     torch.manual_seed(0)
-    x, _ = experiment.batch_maker(0, settings | {"batch_size": 64}, lambda: (images, torch.zeros(64, dtype=torch.long)), CPU)()(0)
+    x, _ = runner.training.batch_maker(0, settings | {"batch_size": 64}, lambda: (images, torch.zeros(64, dtype=torch.long)), CPU)()(0)
     rows = x[:, 0].amax(2).argmax(1)  # the row of the one bright pixel of each image
     assert (rows - 16).abs().max() == 2
 
@@ -457,7 +461,7 @@ def test_cifar10_crops_shift_by_2_pixels():
     (["--set", "g_net=theirs"], "g_net"),
 ])
 def test_bad_protocol_settings_are_one_line_errors(argv, fragment):
-    with pytest.raises(experiment.UserError, match=fragment):
+    with pytest.raises(runner.errors.UserError, match=fragment):
         mnist.configure(parse("--quick", *argv))
 
 
@@ -486,6 +490,7 @@ def checkpoint(ckpt_dir, model):
     return state, json.loads(state["fingerprint"])
 
 
+@pytest.mark.slow
 def test_mnist_authors_quick(mnist_authors):
     report, ckpt = mnist_authors
     assert report["experiment"] == "mnist_authors_quick" and report["protocol"] == report["settings"]["protocol"] == "authors"
@@ -498,6 +503,7 @@ def test_mnist_authors_quick(mnist_authors):
     assert checkpoint(ckpt, "A")[1]["d_lr"] == 0.1
 
 
+@pytest.mark.slow
 def test_fashion_mnist_authors_quick_is_labelled_an_extrapolation(fake_mnist_55k_split, tmp_path):
     out = tmp_path / "fashion.json"
     mnist.main(QUICK + ["--fashion", "--models", "C", "--data-dir", fake_mnist_55k_split, "--out", str(out),
@@ -507,6 +513,7 @@ def test_fashion_mnist_authors_quick_is_labelled_an_extrapolation(fake_mnist_55k
     assert "extrapolated to Fashion-MNIST" in report["settings"]["protocol_source"] and set(report["table"]) == {"C"}
 
 
+@pytest.mark.slow
 def test_svhn_authors_quick(tmp_path, no_md5_check, shared_checkpoints):
     out, ckpt = tmp_path / "svhn.json", os.path.join(shared_checkpoints, "svhn_authors_quick")
     svhn.main(QUICK + ["--models", "A,C", "--data-dir", write_fake_svhn(str(tmp_path)), "--out", str(out), "--ckpt-dir", ckpt])
@@ -528,12 +535,14 @@ def cifar10_authors(fake_cifar10, shared_checkpoints, tmp_path_factory):
     return json.loads(out.read_text()), ckpt
 
 
+@pytest.mark.slow
 def test_cifar10_authors_quick(cifar10_authors):
     report, ckpt = cifar10_authors
     assert report["experiment"] == "cifar10_authors_quick" and set(report["table"]) == {"A", "B", "C"}
     assert checkpoint(ckpt, "A")[1]["d_lr_drop2_at"] == 0.75 and checkpoint(ckpt, "C")[1]["augment_pad"] == 2
 
 
+@pytest.mark.slow
 def test_cifar100_authors_quick_is_labelled_an_extrapolation(tmp_path, no_md5_check):
     from conftest import write_fake_cifar
     out = tmp_path / "cifar100.json"
@@ -544,6 +553,7 @@ def test_cifar100_authors_quick_is_labelled_an_extrapolation(tmp_path, no_md5_ch
     assert "extrapolated to CIFAR-100" in report["settings"]["protocol_source"]
 
 
+@pytest.mark.slow
 def test_generators_study_authors_quick(cifar10_authors, fake_cifar10, shared_checkpoints, tmp_path, no_md5_check):
     out = tmp_path / "generators.json"
     generators_study.main(QUICK + ["--data-dir", fake_cifar10, "--ckpt-dir", shared_checkpoints, "--out", str(out)])
@@ -553,6 +563,7 @@ def test_generators_study_authors_quick(cifar10_authors, fake_cifar10, shared_ch
     assert report["table6"]["G1_k64"]["clean"] == cifar10_authors[0]["table"]["C"]["clean"]  # cifar10.py's C, reused
 
 
+@pytest.mark.slow
 def test_ensemble_authors_quick(mnist_authors, fake_mnist_55k_split, shared_checkpoints, tmp_path):
     out = tmp_path / "ensemble.json"
     args = QUICK + ["--datasets", "mnist", "--data-dir", fake_mnist_55k_split, "--ckpt-dir", shared_checkpoints]
@@ -564,10 +575,11 @@ def test_ensemble_authors_quick(mnist_authors, fake_mnist_55k_split, shared_chec
     eat = checkpoint(mnist_authors[1], "EAT")[1]  # beside the data set's authors' models, which it reused
     assert eat["d_lr"] == 0.1 and eat["d_lr_drop_at"] == 0.5 and eat["eat_bn"] == "batch"
     (tmp_path / "paper.json").write_text(json.dumps({"experiment": "ensemble", "datasets": {}}))
-    with pytest.raises(experiment.UserError, match="paper protocol"):
+    with pytest.raises(runner.errors.UserError, match="paper protocol"):
         ensemble.main(args + ["--out", str(tmp_path / "paper.json")])
 
 
+@pytest.mark.slow
 def test_evaluate_reads_the_protocol_from_the_checkpoint(mnist_authors, fake_mnist_55k_split, tmp_path, monkeypatch):
     _, ckpt = mnist_authors
     monkeypatch.chdir(tmp_path)
@@ -575,7 +587,7 @@ def test_evaluate_reads_the_protocol_from_the_checkpoint(mnist_authors, fake_mni
     report = evaluate.main([path, "--dataset", "mnist", "--gpu", "cpu", "--data-dir", fake_mnist_55k_split, "--eval-n", "32"])
     assert report["protocol"] == "authors" and report["eval"]["bn"] == "batch" and report["settings"]["eval_batch"] == 64
     assert report["settings"]["d_every"] == 5 and (tmp_path / "results" / "evaluate_mnist_C_authors.json").exists()
-    with pytest.raises(experiment.UserError, match="authors protocol, not paper"):
+    with pytest.raises(runner.errors.UserError, match="authors protocol, not paper"):
         evaluate.main([path, "--dataset", "mnist", "--gpu", "cpu", "--protocol", "paper"])
     strong = {"autoattack": {"version": "standard"}, "bn": "batch", "n_test": 32,
               "models": {"model": {"accuracy": {"clean": 50.0, "autoattack": 10.0}, "autoattack_warnings": [], "checks": {}}}}
@@ -583,6 +595,7 @@ def test_evaluate_reads_the_protocol_from_the_checkpoint(mnist_authors, fake_mni
     assert "authors protocol" in info["footnote"] and "whxbergkamp/RobustDL_GAN mnist/" in info["footnote"]
 
 
+@pytest.mark.slow
 def test_over_training_scores_snapshots_under_their_protocol(fake_mnist_55k_split, tmp_path):
     ckpt = str(tmp_path / "ckpt")
     mnist.main(QUICK + ["--models", "C", "--no-eval", "--set", "keep_every=5", "--data-dir", fake_mnist_55k_split,
@@ -594,11 +607,12 @@ def test_over_training_scores_snapshots_under_their_protocol(fake_mnist_55k_spli
     assert [e["iter"] for e in report["models"]["C"]["snapshots"]] == [5, 10]
     _, paper, _ = mnist.configure(parse("--quick"))
     train(tmp_path / "A.pt", paper)
-    with pytest.raises(experiment.UserError, match="different protocols"):
+    with pytest.raises(runner.errors.UserError, match="different protocols"):
         over_training.main([os.path.join(ckpt, "C.pt"), str(tmp_path / "A.pt"), "--dataset", "mnist", "--gpu", "cpu",
                             "--quick", "--data-dir", fake_mnist_55k_split, "--out", out])
 
 
+@pytest.mark.slow
 def test_notebook_names_the_protocol_beside_the_table(mnist_authors, tmp_path, monkeypatch):
     from test_notebook import executed_outputs
     (tmp_path / "mnist_authors_quick.json").write_text(json.dumps(mnist_authors[0]))

@@ -8,8 +8,10 @@ import torch
 
 import core
 import evaluate
-import experiment
 import mnist
+import runner.errors
+import runner.settings
+import runner.training
 
 
 class CreatesMarker:
@@ -43,17 +45,17 @@ def test_core_refuses_a_checkpoint_that_carries_code(armed_checkpoint):
 
 def test_evaluate_refuses_a_checkpoint_that_carries_code(armed_checkpoint):
     path, marker = armed_checkpoint
-    with pytest.raises(experiment.UserError, match="unreadable"):
+    with pytest.raises(runner.errors.UserError, match="unreadable"):
         evaluate.load(str(path), "mnist")
     assert not marker.exists(), "loading the checkpoint ran its code"
 
 
 def test_training_refuses_to_resume_from_a_checkpoint_that_carries_code(armed_checkpoint):
     path, marker = armed_checkpoint
-    settings = mnist.SETTINGS | experiment.QUICK_SETTINGS
+    settings = mnist.SETTINGS | runner.settings.QUICK_SETTINGS
     data = lambda: (torch.zeros(64, 1, 28, 28, dtype=torch.uint8), torch.arange(64) % 10)
-    with pytest.raises(experiment.UserError, match="unreadable"):
-        experiment.prepare_model("C", "advnet", 0, settings, mnist.build_D, mnist.build_G, data, torch.device("cpu"), str(path))
+    with pytest.raises(runner.errors.UserError, match="unreadable"):
+        runner.training.prepare_model("C", "advnet", 0, settings, mnist.build_D, mnist.build_G, data, torch.device("cpu"), str(path))
     assert not marker.exists(), "loading the checkpoint ran its code"
 
 

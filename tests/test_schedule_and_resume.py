@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import core
-import experiment
 import mnist
+import runner.settings
+import runner.training
 from conftest import learnable_images
 
 SETTINGS = mnist.SETTINGS | dict(iters=8, g_width=4, g_steps=2, log_every=2, ckpt_minutes=0.0, batch_size=16, d_lr=0.05)
@@ -22,7 +23,7 @@ def test_lr_at_drops_from_the_fraction_of_the_run_on(iters, drop_at, first_dropp
     settings = dict(d_lr=0.1, d_lr_drop_factor=0.1, d_lr_drop_at=drop_at, iters=iters)
     first = iters if first_dropped is None else first_dropped
     for it in {0, 1, first - 1, first, first + 1, iters - 1} & set(range(iters)):
-        assert experiment.lr_at(it, settings) == pytest.approx(0.1 if it < first else 0.01), it
+        assert runner.settings.lr_at(it, settings) == pytest.approx(0.1 if it < first else 0.01), it
 
 
 # ---------------------------------------------------------------- training with a spy on the optimiser's rate
@@ -63,7 +64,7 @@ def train(path, method, settings, make_data, build_G=lambda: core.G1(k=4, channe
                 os.kill(os.getpid(), signal.SIGINT)
             return batches(it)
         return source
-    record = experiment.train_model(method, method, 0, D, G, make_batches, settings, torch.device("cpu"), str(path))
+    record = runner.training.train_model(method, method, 0, D, G, make_batches, settings, torch.device("cpu"), str(path))
     return D, G, record
 
 

@@ -9,8 +9,9 @@ import torch
 import torch.nn as nn
 
 import core
-import experiment
 import over_training
+import runner.settings
+import runner.validation
 
 CPU = torch.device("cpu")
 EPS = 0.3  # float16(0.3) = 0.30004883 and bfloat16(0.3) = 0.30078125: both round past eps
@@ -169,14 +170,14 @@ def test_strong_evaluation_refuses_an_attack_or_transfer_batch_outside_the_ball(
 
 # --------------------------------------------------------------------------- the runner's scorers
 
-VALIDATION = experiment.COMMON_SETTINGS | dict(eps=EPS, seed=0, eval_batch=32, pgd_steps=1, pgd_alpha=0.0, bn_eval="running")
+VALIDATION = runner.settings.COMMON_SETTINGS | dict(eps=EPS, seed=0, eval_batch=32, pgd_steps=1, pgd_alpha=0.0, bn_eval="running")
 
 
 def test_validation_scores_a_rounded_up_generator_on_the_projected_batch():
-    """experiment.validate's generator column (C's G during training) through the same guards."""
+    """runner.validation.validate's generator column (C's G during training) through the same guards."""
     images, labels = uint8_images()
     D = linear_model()
-    scores = experiment.validate(D, RoundedUpGenerator(), (images, labels), VALIDATION, CPU)
+    scores = runner.validation.validate(D, RoundedUpGenerator(), (images, labels), VALIDATION, CPU)
     assert scores["generator"] == percent_right_when_pushed(D, images, labels)
 
 
@@ -189,7 +190,7 @@ def test_over_training_scoring_refuses_a_batch_outside_the_ball():
 def test_autoattack_cascade_output_is_checked_against_the_threat_model():
     """autoattack_suite.run scores what AutoAttack hands back only inside the threat model."""
     pytest.importorskip("pyautoattack")
-    import autoattack_suite
+    import runner.autoattack_suite
 
     class OvershootingAutoAttack:
         epsilon = EPS
@@ -199,7 +200,7 @@ def test_autoattack_cascade_output_is_checked_against_the_threat_model():
 
     x = core.to_float(uint8_images(8)[0])
     with pytest.raises(ValueError, match="eps"):
-        autoattack_suite.run(OvershootingAutoAttack(), linear_model(), x, torch.zeros(8, dtype=torch.long), 8)
+        runner.autoattack_suite.run(OvershootingAutoAttack(), linear_model(), x, torch.zeros(8, dtype=torch.long), 8)
 
 
 # --------------------------------------------- one crafted batch, scored on every target alike
@@ -250,5 +251,5 @@ class ModeRecordingGenerator(RoundedUpGenerator):
 def test_validation_scores_the_generator_in_eval_mode_and_gives_its_mode_back():
     images, labels = uint8_images()
     G = ModeRecordingGenerator().train()
-    experiment.validate(linear_model(), G, (images, labels), VALIDATION, CPU)
+    runner.validation.validate(linear_model(), G, (images, labels), VALIDATION, CPU)
     assert G.modes == [False, False] and G.training

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 import pyautoattack.square
 
-import autoattack_suite
 import core
-import experiment
+import runner.autoattack_suite
+import runner.evaluation
 from conftest import RoundedInput, learnable_set
 from test_mnist_script import quick_run, run  # noqa: F401 (quick_run: the session's quick models)
 
@@ -26,7 +26,7 @@ def aa_settings(eps=EPS):
 
 
 def all_attacks(eps=EPS):
-    return core.strong_attacks(eps, steps=10, restarts=2) | autoattack_suite.attacks(aa_settings(eps))
+    return core.strong_attacks(eps, steps=10, restarts=2) | runner.autoattack_suite.attacks(aa_settings(eps))
 
 
 def tiny_bn_model():
@@ -216,7 +216,7 @@ def trained_mlp(seed):
 @pytest.fixture(scope="module")
 def strong_results(tmp_path_factory):
     """strong_evaluation's results on a plain and a gradient-masking model, each with AutoAttack's cascade
-    (`autoattack`) and its warnings, as experiment.strong_eval_report adds them."""
+    (`autoattack`) and its warnings, as runner.evaluation.strong_eval_report adds them."""
     plain, surrogate = trained_mlp(0), trained_mlp(1)
     images, labels = learnable_set(100, 7)
     models = {"plain": plain, "masked": RoundedInput(plain)}
@@ -225,8 +225,8 @@ def strong_results(tmp_path_factory):
                                      {"S'": surrogate}, sweep_steps=10)
     settings = aa_settings(MASKING_EPS) | dict(bn_eval="running", eval_batch=500)  # batches as strong_evaluation's
     for name, model in models.items():
-        results[name]["autoattack"], results[name]["warnings"] = experiment.autoattack_cascade(
-            autoattack_suite, model, images, labels, settings, torch.device("cpu"), tmp_path_factory.mktemp("aa"))
+        results[name]["autoattack"], results[name]["warnings"] = runner.evaluation.autoattack_cascade(
+            runner.autoattack_suite, model, images, labels, settings, torch.device("cpu"), tmp_path_factory.mktemp("aa"))
     return results
 
 
@@ -241,7 +241,7 @@ def test_worst_case_is_never_above_any_attack(strong_results):
 def test_cascade_is_never_above_any_of_its_attacks_alone(strong_results):
     for name, result in strong_results.items():
         assert result["autoattack"] < result["clean"], name
-        assert all(result["autoattack"] <= result[a] for a in autoattack_suite.NAMES), (name, result)
+        assert all(result["autoattack"] <= result[a] for a in runner.autoattack_suite.NAMES), (name, result)
 
 
 def test_cascade_records_the_zero_gradient_warning_of_the_masked_model_only(strong_results):
@@ -252,7 +252,7 @@ def test_cascade_records_the_zero_gradient_warning_of_the_masked_model_only(stro
 def test_cascade_warns_of_probabilities_given_for_logits(tmp_path):
     model = nn.Sequential(trained_mlp(0), nn.Softmax(dim=1))
     images, labels = learnable_set(20, 7)
-    _, warnings = experiment.autoattack_cascade(autoattack_suite, model, images, labels, aa_settings() | dict(
+    _, warnings = runner.evaluation.autoattack_cascade(runner.autoattack_suite, model, images, labels, aa_settings() | dict(
         bn_eval="running", eval_batch=20), torch.device("cpu"), tmp_path)
     assert any("logits" in w for w in warnings), warnings
 
@@ -262,7 +262,7 @@ def test_interrupted_cascade_resumes_with_the_same_result(tmp_path, monkeypatch)
     images, labels = learnable_set(60, 7)
     x, y = core.to_float(images), labels
     settings = aa_settings() | dict(square_queries=50)
-    whole, _ = autoattack_suite.cascade(model, x, y, settings, 10, tmp_path / "whole.json")
+    whole, _ = runner.autoattack_suite.cascade(model, x, y, settings, 10, tmp_path / "whole.json")
     square = pyautoattack.square.SquareAttack.perturb
     calls = []
 
@@ -274,10 +274,10 @@ def test_interrupted_cascade_resumes_with_the_same_result(tmp_path, monkeypatch)
 
     monkeypatch.setattr(pyautoattack.square.SquareAttack, "perturb", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        autoattack_suite.cascade(model, x, y, settings, 10, tmp_path / "cut.json")
-    assert autoattack_suite.read_state(tmp_path / "cut.json")[1] == {"apgd-ce", "apgd-t", "fab-t"}
+        runner.autoattack_suite.cascade(model, x, y, settings, 10, tmp_path / "cut.json")
+    assert runner.autoattack_suite.read_state(tmp_path / "cut.json")[1] == {"apgd-ce", "apgd-t", "fab-t"}
     monkeypatch.setattr(pyautoattack.square.SquareAttack, "perturb", square)
-    resumed, _ = autoattack_suite.cascade(model, x, y, settings, 10, tmp_path / "cut.json")
+    resumed, _ = runner.autoattack_suite.cascade(model, x, y, settings, 10, tmp_path / "cut.json")
     assert torch.equal(resumed, whole) and whole.any()
 
 
@@ -297,8 +297,8 @@ def test_cascade_state_is_never_written_in_place(tmp_path, monkeypatch):
     monkeypatch.setattr(pathlib.Path, "open", no_writes_in_place)
     monkeypatch.setattr(core, "atomic_write", atomic_write)
     images, labels = learnable_set(10, 7)
-    autoattack_suite.cascade(trained_mlp(0), core.to_float(images), labels, aa_settings(), 10, tmp_path / "state.json")
-    assert autoattack_suite.read_state(tmp_path / "state.json")[1] == set(autoattack_suite.NAMES.values())
+    runner.autoattack_suite.cascade(trained_mlp(0), core.to_float(images), labels, aa_settings(), 10, tmp_path / "state.json")
+    assert runner.autoattack_suite.read_state(tmp_path / "state.json")[1] == set(runner.autoattack_suite.NAMES.values())
     assert {tmp_path / "state.json", tmp_path / "state.warnings.json"} <= set(written)
 
 
@@ -306,10 +306,10 @@ def test_a_state_cut_short_before_the_clean_pass_ended_starts_afresh(tmp_path):
     """The first state pyautoattack writes has no robust flags yet; cut there, it cannot be resumed from."""
     images, labels = learnable_set(10, 7)
     x, model = core.to_float(images), trained_mlp(0)
-    whole, _ = autoattack_suite.cascade(model, x, labels, aa_settings(), 10, tmp_path / "whole.json")
+    whole, _ = runner.autoattack_suite.cascade(model, x, labels, aa_settings(), 10, tmp_path / "whole.json")
     cut = json.loads((tmp_path / "whole.json").read_text()) | {"_robust_flags": None, "_run_attacks": []}
     (tmp_path / "cut.json").write_text(json.dumps(cut))
-    again, _ = autoattack_suite.cascade(model, x, labels, aa_settings(), 10, tmp_path / "cut.json")
+    again, _ = runner.autoattack_suite.cascade(model, x, labels, aa_settings(), 10, tmp_path / "cut.json")
     assert torch.equal(again, whole)
 
 
@@ -329,7 +329,7 @@ def test_a_run_that_changes_the_models_mode_is_an_error(tmp_path):
     model = ModeSwitching().train()
     images, labels = learnable_set(10, 7)
     with pytest.raises(RuntimeError, match="mode"):
-        autoattack_suite.attacks(aa_settings())["apgd_ce"](model, core.to_float(images), labels)
+        runner.autoattack_suite.attacks(aa_settings())["apgd_ce"](model, core.to_float(images), labels)
 
 
 def test_masking_checks_fire_on_a_masked_model_only(strong_results):
@@ -343,6 +343,7 @@ def test_masking_checks_fire_on_a_masked_model_only(strong_results):
 
 
 # ------------------------------------------------------------------ the command line
+@pytest.mark.slow
 def test_strong_eval_quick_end_to_end(quick_run, fake_mnist, tmp_path):
     _, ckpt, _ = quick_run  # the session's quick models: this run only evaluates
     out = str(tmp_path / "strong.json")
@@ -364,7 +365,7 @@ def test_strong_eval_quick_end_to_end(quick_run, fake_mnist, tmp_path):
         accuracy = entry["accuracy"]
         scored = strong["attacks"] + [f"transfer_{s}" for s in ("A'", "B'", "C'")]
         assert all(accuracy["robust"] <= accuracy[a] for a in scored)
-        assert all(accuracy["autoattack"] <= accuracy[a] for a in autoattack_suite.NAMES)
+        assert all(accuracy["autoattack"] <= accuracy[a] for a in runner.autoattack_suite.NAMES)
         assert isinstance(entry["autoattack_warnings"], list)
         assert set(entry["checks"]) == {"iterative_beats_single_step", "accuracy_falls_with_eps", "large_eps_reaches_zero",
                                         "transfer_not_below_white_box", "gradient_free_not_better", "input_gradients_nonzero"}

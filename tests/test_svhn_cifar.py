@@ -11,8 +11,8 @@ import torch
 import cifar10
 import cifar100
 import core
-import experiment
-import jobs
+import runner.errors
+import runner.jobs
 import svhn
 from conftest import ROOT, check_quick_schema, write_fake_cifar, write_fake_svhn
 
@@ -21,6 +21,7 @@ SCRIPTS = {"cifar10": (cifar10, lambda root: write_fake_cifar(root, 10)),
            "svhn": (svhn, write_fake_svhn)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_quick_run_writes_a_schema_valid_json(name, tmp_path, no_md5_check, fake_cifar10, shared_checkpoints):
     script, write_fake = SCRIPTS[name]
@@ -80,16 +81,16 @@ def test_augmented_batches_keep_labels():
 
 def test_each_job_gets_its_own_gpu_models_and_seed():
     argv = ["--gpu", "0,1", "--iters=5", "--models=A,B", "--set", "eps=0.1", "--no-eval", "--slurm", "--seeds", "3,4"]
-    assert jobs.job_argv(argv, ["--gpu", "0", "--models", "B", "--seeds", "4"]) == [
+    assert runner.jobs.job_argv(argv, ["--gpu", "0", "--models", "B", "--seeds", "4"]) == [
         "--iters=5", "--set", "eps=0.1", "--gpu", "0", "--models", "B", "--seeds", "4"]
-    assert jobs.job_argv(["--slurm", "partition=gpu,time=60", "--quick"], ["--eval-only"]) == ["--quick", "--eval-only"]
+    assert runner.jobs.job_argv(["--slurm", "partition=gpu,time=60", "--quick"], ["--eval-only"]) == ["--quick", "--eval-only"]
 
 
 def test_a_local_job_names_the_physical_gpu(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert jobs.physical_gpu(1) == 1
+    assert runner.jobs.physical_gpu(1) == 1
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")  # this process's cuda:1 is the machine's GPU 6
-    assert jobs.physical_gpu(1) == 6
+    assert runner.jobs.physical_gpu(1) == 6
 
 
 @pytest.mark.parametrize("script", ["cifar10.py", "svhn.py", "cifar100.py"])
@@ -102,5 +103,5 @@ def test_missing_data_offline_is_a_clear_error(script, tmp_path):
 
 def test_absent_gpus_in_a_list_are_a_clear_error():
     count = torch.cuda.device_count()
-    with pytest.raises(experiment.UserError, match="CUDA device"):
-        jobs.parse_gpus(f"0,{count + 5}")
+    with pytest.raises(runner.errors.UserError, match="CUDA device"):
+        runner.jobs.parse_gpus(f"0,{count + 5}")

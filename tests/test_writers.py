@@ -12,12 +12,16 @@ import sys
 import threading
 import time
 
+import pytest
 import torch
 
 import core
 import ensemble
-import experiment
 import mnist
+import runner.cli
+import runner.files
+import runner.settings
+import runner.training
 from conftest import ROOT
 from test_data_checks import run_main
 
@@ -29,6 +33,7 @@ def mnist_command(data, ckpt, *args):
             "--ckpt-dir", ckpt, *args]
 
 
+@pytest.mark.slow
 def test_a_second_process_training_the_same_model_stops_and_names_the_first(fake_mnist, tmp_path):
     ckpt, out = str(tmp_path / "ckpt"), tmp_path / "results.json"
     out.write_text('{"keep": true}')
@@ -52,16 +57,16 @@ def test_a_second_process_training_the_same_model_stops_and_names_the_first(fake
         assert out.read_text() == '{"keep": true}'
 
         # evaluation needs no lock: the first process's latest checkpoint loads while it trains
-        settings = experiment.resolve_settings(mnist.SETTINGS, experiment.experiment_parser("").parse_args(
+        settings = runner.settings.resolve_settings(mnist.SETTINGS, runner.cli.experiment_parser("").parse_args(
             ["--quick", *long_run]))
-        _, _, record = experiment.prepare_model("A", "standard", 0, settings, mnist.build_D, mnist.build_G, None,
+        _, _, record = runner.training.prepare_model("A", "standard", 0, settings, mnist.build_D, mnist.build_G, None,
                                                 torch.device("cpu"), os.path.join(ckpt, "A.pt"), train=False)
         assert 0 < record["iters_done"] < 100000
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     # kill -9 leaves no stale lock, and the checkpoint is the first process's alone
-    with experiment.training_lock(os.path.join(ckpt, "A.pt"), "A"):
+    with runner.training.training_lock(os.path.join(ckpt, "A.pt"), "A"):
         pass
     record = core.load_checkpoint(os.path.join(ckpt, "A.pt"))["record"]
     assert [s["from_iter"] for s in record["sessions"]] == [0] and record["iters_done"] > 0
@@ -74,7 +79,7 @@ def test_a_file_system_without_locks_trains_unlocked_with_a_warning(tmp_path, mo
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    with experiment.training_lock(str(tmp_path / "A.pt"), "A"):
+    with runner.training.training_lock(str(tmp_path / "A.pt"), "A"):
         pass
     err = capsys.readouterr().err
     assert err.startswith("warning: ") and "A.pt" in err and "No locks available" in err and len(err.splitlines()) == 1
@@ -118,7 +123,7 @@ def test_results_that_cannot_be_written_keep_the_earlier_file(tmp_path, monkeypa
         raise DISK_FULL
 
     monkeypatch.setattr(json, "dump", disk_fills)
-    code, err = run_main(lambda argv: experiment.write_json(str(out), {"new": True}), [], capsys)
+    code, err = run_main(lambda argv: runner.files.write_json(str(out), {"new": True}), [], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err
     assert str(out) in lines[0] and "No space left on device" in lines[0] and "kept" in lines[0], lines[0]
@@ -139,7 +144,7 @@ def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     for write in (lambda path: core.save_checkpoint(path, {"w": torch.ones(3)}),
-                  lambda path: experiment.write_json(path, {"a": 1})):
+                  lambda path: runner.files.write_json(path, {"a": 1})):
         events.clear()
         path = tmp_path / "folder" / "file"
         write(str(path))
@@ -149,13 +154,13 @@ def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_
 
 def test_ensemble_keeps_the_entries_another_run_wrote_meanwhile(tmp_path, monkeypatch):
     out = str(tmp_path / "ensemble.json")
-    experiment.write_json(out, {"experiment": "ensemble", "datasets": {"cifar10": {"table": "earlier"}}})
+    runner.files.write_json(out, {"experiment": "ensemble", "datasets": {"cifar10": {"table": "earlier"}}})
 
     def run_dataset(key, args, device):  # while this run trains, another one finishes SVHN and writes its entry
         with open(out) as f:
             report = json.load(f)
         report["datasets"]["svhn"] = {"table": "other run"}
-        experiment.write_json(out, report)
+        runner.files.write_json(out, report)
         return {"table": "this run"}
 
     monkeypatch.setattr(ensemble, "run_dataset", run_dataset)
@@ -175,7 +180,7 @@ def test_ensemble_merge_waits_for_another_process_merging(tmp_path):
         entered = threading.Event()
 
         def merge():
-            with experiment.merge_lock(out):
+            with runner.files.merge_lock(out):
                 entered.set()
 
         waiter = threading.Thread(target=merge)

@@ -16,17 +16,22 @@ starts, AutoAttack's), the same for every model. A model is resumable: the same 
 """
 import json
 import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ is sys.path[0]: our modules are in the root
-import autoattack_suite  # noqa: E402 (after the line above, as are the four below)
-import core  # noqa: E402
-import experiment  # noqa: E402
-import mnist  # noqa: E402
-import reports  # noqa: E402
+import _root  # noqa: F401 (first: the repository's root on sys.path, for the imports below)
+import core
+import mnist
+import runner.autoattack_suite
+import runner.cli
+import runner.errors
+import runner.evaluation
+import runner.files
+import runner.provenance
+import runner.reports
+import runner.settings
+import runner.training
 
 # ======================================================================================= settings
 SETTINGS = mnist.SETTINGS | mnist.FASHION | dict(  # Fashion-MNIST, eps 0.1, the paper's MNIST protocol otherwise
@@ -40,7 +45,7 @@ SETTINGS = mnist.SETTINGS | mnist.FASHION | dict(  # Fashion-MNIST, eps 0.1, the
 )
 QUICK = dict(val_n=32, eval_every=5)  # --quick: a split and a validation that its 10 iterations on a few images allow
 # arm -> its settings over the paper protocol's: the authors' values (mnist.AUTHORS["C"] and
-# experiment.AUTHORS_SETTINGS cite their lines), files of GitHub whxbergkamp/RobustDL_GAN mnist/
+# runner.settings.AUTHORS_SETTINGS cite their lines), files of GitHub whxbergkamp/RobustDL_GAN mnist/
 ARMS = {
     "paper": {},
     "d_every": dict(d_every=5),                            # train_gan_mnist.py: if batch_idx % 5 == 0: d_train_and_restore_op
@@ -70,7 +75,7 @@ def arm_settings(settings, arm):
     if unknown:
         raise KeyError(f"arm {arm} overrides {sorted(unknown)}, which are not settings")
     overridden = settings | ARMS[arm]
-    experiment.check_model_settings(experiment.model_settings(overridden, "advnet"))
+    runner.settings.check_model_settings(runner.settings.model_settings(overridden, "advnet"))
     return overridden
 
 
@@ -79,8 +84,8 @@ def scoring_of(settings, n_test_images):
     n = settings["test_n"] or n_test_images
     return {"n_test": n, "autoattack_n": min(settings["strong_n"] or n, n), "eps": settings["eps"],
             "pgd_steps": settings["pgd_steps"], "pgd_alpha": settings["pgd_alpha"] or settings["eps"] / 4,
-            "bn": settings["bn_eval"], "precision": experiment.SCORING_PRECISION,
-            "autoattack": experiment.autoattack_version(settings)}
+            "bn": settings["bn_eval"], "precision": runner.evaluation.SCORING_PRECISION,
+            "autoattack": runner.evaluation.autoattack_version(settings)}
 
 
 def score(D, settings, scoring, test_x, test_y, device, state_dir):
@@ -91,7 +96,7 @@ def score(D, settings, scoring, test_x, test_y, device, state_dir):
     with core.full_precision(device):
         scores = core.evaluate_table({"C": D}, {}, test_x[:n], test_y[:n], settings["eps"], device, settings["eval_batch"],
                                      settings["pgd_steps"], scoring["pgd_alpha"], None, settings["bn_eval"], "float32")["C"]
-    scores["autoattack"], warnings = experiment.autoattack_cascade(autoattack_suite, D, test_x[:m], test_y[:m], settings,
+    scores["autoattack"], warnings = runner.evaluation.autoattack_cascade(runner.autoattack_suite, D, test_x[:m], test_y[:m], settings,
                                                                    device, state_dir)
     return scores, warnings
 
@@ -106,16 +111,16 @@ def earlier_runs(out, name, settings, scoring):
         with open(out) as f:
             earlier = json.load(f)
     except (OSError, ValueError) as err:
-        raise experiment.UserError(f"{out} cannot be read as a results file ({type(err).__name__}): pass another --out") from None
+        raise runner.errors.UserError(f"{out} cannot be read as a results file ({type(err).__name__}): pass another --out") from None
     if not well_formed(earlier) or earlier["experiment"] != name:
         found = earlier.get("experiment") if isinstance(earlier, dict) else None
-        raise experiment.UserError(f"{out} is not a results file of {name} (it holds {found or 'something else'}): "
+        raise runner.errors.UserError(f"{out} is not a results file of {name} (it holds {found or 'something else'}): "
                                    "pass another --out")
     differing = sorted(k for k in settings.keys() & earlier["settings"].keys()
                        if k != "ckpt_minutes" and settings[k] != earlier["settings"][k])
     differing += ["scoring"] if earlier["scoring"] != scoring else []
     if differing:
-        raise experiment.UserError(f"{out} was made with other settings ({', '.join(differing)}): run with the same "
+        raise runner.errors.UserError(f"{out} was made with other settings ({', '.join(differing)}): run with the same "
                                    "settings, or pass another --out")
     return earlier["runs"]
 
@@ -135,11 +140,11 @@ def reusable(runs, arm, seed, fingerprint):
 
 
 def summary(runs):
-    """arm -> score -> mean, std (reports.mean_std, n seeds), and the lowest and highest over the seeds."""
+    """arm -> score -> mean, std (runner.reports.mean_std, n seeds), and the lowest and highest over the seeds."""
     table = {}
     for arm, by_seed in runs.items():
         values = {s: [entry["scores"][s] for entry in by_seed.values()] for s in SCORES}
-        table[arm] = {s: reports.mean_std(v) | {"low": min(v), "high": max(v)} for s, v in values.items()}
+        table[arm] = {s: runner.reports.mean_std(v) | {"low": min(v), "high": max(v)} for s, v in values.items()}
     return table
 
 
@@ -154,7 +159,7 @@ def minus_paper(stats):
 def merge(out, header, arm, seed, entry):
     """Adds one (arm, seed) entry to the results file, under its merge lock, keeping every other entry
     there (another process's too), and writes the summary of them all. Returns the file's report."""
-    with experiment.merge_lock(out):
+    with runner.files.merge_lock(out):
         runs = earlier_runs(out, header["experiment"], header["settings"], header["scoring"])
         runs.setdefault(arm, {})[str(seed)] = entry
         order = [a for a in ARMS if a in runs] + [a for a in runs if a not in ARMS]  # an arm since renamed stays
@@ -164,7 +169,7 @@ def merge(out, header, arm, seed, entry):
                            "seeds": sorted({int(s) for by_seed in runs.values() for s in by_seed}),
                            "runs": runs, "summary": stats, "minus_paper": minus_paper(stats),
                            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        experiment.write_json(out, report)
+        runner.files.write_json(out, report)
     return report
 
 
@@ -184,18 +189,11 @@ def format_summary(report):
 
 # ======================================================================================= run
 def parse_args(argv):
-    parser = experiment.experiment_parser(__doc__, models=False)
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"arms to train and score, of {', '.join(ARMS)}")
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds of model C, e.g. 0,1")
-    parser.add_argument("--no-eval", action="store_true", help="train only")
-    parser.add_argument("--eval-only", action="store_true", help="train nothing: score the finished checkpoints")
-    args = experiment.parse_cli(parser, argv, __file__)
-    args.arm_list = [a for a in args.arms.split(",") if a]
-    if not args.arm_list or any(a not in ARMS for a in args.arm_list):
-        raise experiment.UserError(f"--arms {args.arms}: choose from {', '.join(ARMS)}")
+    args = runner.cli.parse_cli(runner.cli.study_parser(__doc__, ARMS, SEEDS), argv, __file__)
+    args.arm_list = runner.cli.parse_arms(args.arms, ARMS)
     if args.no_eval and args.eval_only:
-        raise experiment.UserError("--no-eval trains only and --eval-only scores only: choose one")
-    args.seed_list = experiment.parse_seeds(args.seeds)
+        raise runner.errors.UserError("--no-eval trains only and --eval-only scores only: choose one")
+    args.seed_list = runner.cli.parse_seeds(args.seeds)
     args.name = "ablation_study" + ("_quick" if args.quick else "")
     args.ckpt_dir = args.ckpt_dir or os.path.join("checkpoints", args.name)
     args.out = args.out or os.path.join("results", f"{args.name}.json")
@@ -204,23 +202,23 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    settings = experiment.resolve_settings(SETTINGS, args, QUICK if args.quick else None)
+    settings = runner.settings.resolve_settings(SETTINGS, args, QUICK if args.quick else None)
     trained_with = {arm: arm_settings(settings, arm) for arm in args.arm_list}
-    device = experiment.pick_device(args.gpu)
+    device = runner.cli.pick_device(args.gpu)
     train_x, train_y, test_x, test_y = mnist.training_from(mnist.load_data(args.data_dir, fashion=True), settings["train_from"])
     scoring = scoring_of(settings, len(test_x))
     header = {"experiment": args.name, "settings": settings, "scoring": scoring,
-              "provenance": experiment.provenance(device, experiment.command_line(args), settings["precision"])}
+              "provenance": runner.provenance.provenance(device, runner.provenance.command_line(args), settings["precision"])}
     if not args.no_eval:
         earlier_runs(args.out, args.name, settings, scoring)  # a file it cannot add to stops it before any training
     work = [(arm, seed) for arm in args.arm_list for seed in args.seed_list]
     for i, (arm, seed) in enumerate(work, 1):
-        fingerprint, label = experiment.fingerprint(trained_with[arm], "advnet", seed), f"[{i}/{len(work)}] {arm} seed {seed}"
+        fingerprint, label = runner.settings.fingerprint(trained_with[arm], "advnet", seed), f"[{i}/{len(work)}] {arm} seed {seed}"
         if not args.no_eval and reusable(earlier_runs(args.out, args.name, settings, scoring), arm, seed, fingerprint):
             print(f"{label}: already scored in {args.out}, reused", flush=True)
             continue
         path = checkpoint(args.ckpt_dir, arm, seed)
-        D, _, record = experiment.prepare_model(f"C {arm} seed {seed}", "advnet", seed, trained_with[arm], mnist.build_D,
+        D, _, record = runner.training.prepare_model(f"C {arm} seed {seed}", "advnet", seed, trained_with[arm], mnist.build_D,
                                                 mnist.build_G, lambda: (train_x, train_y), device, path, not args.eval_only)
         if record["iters_done"] < settings["iters"]:
             print(f"{label}: {record['iters_done']} of {settings['iters']} iterations in {path}, not scored", flush=True)
@@ -248,4 +246,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    experiment.exit_on_error(main)
+    runner.errors.exit_on_error(main)

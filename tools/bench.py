@@ -7,8 +7,8 @@ and concurrent, and measures the regulariser's precision under bf16 (its finite 
 float64, with and without the float32 adversarial term). A benchmark, not a test: it prints a table
 and writes results/bench.json (device, versions, commit).
 
-    python bench.py --gpu 0
-    python bench.py --quick --gpu cpu      # a smoke run: --quick's small networks, 2 iterations, no compilation
+    python tools/bench.py --gpu 0
+    python tools/bench.py --quick --gpu cpu      # a smoke run: --quick's small networks, 2 iterations, no compilation
 """
 import argparse
 import contextlib
@@ -21,10 +21,16 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+import _root  # noqa: F401 (first: the repository's root on sys.path, for the imports below)
 import cifar10
 import core
-import experiment
 import mnist
+import runner.cli
+import runner.errors
+import runner.files
+import runner.provenance
+import runner.settings
+import runner.training
 
 # ======================================================================================= settings
 SETTINGS = dict(
@@ -118,7 +124,7 @@ def measure(method, script, settings, shape, device, path, bench):
 
 def measure_concurrent(script, settings, shape, device, bench, path="graphed", timed_rounds=None):
     """Seconds per round of the script's six models, each a step along `path` driven by the training
-    loop's experiment.run_in_turn, each on its own CUDA stream: one iteration of every model per round.
+    loop's runner.training.run_in_turn, each on its own CUDA stream: one iteration of every model per round.
     `timed_rounds` rounds are timed (default: bench["iters"])."""
     torch.manual_seed(0)
     timed_rounds = timed_rounds or bench["iters"]
@@ -130,7 +136,7 @@ def measure_concurrent(script, settings, shape, device, bench, path="graphed", t
             yield
 
     def rounds(first, count):
-        experiment.run_in_turn({i: iterations(*run, first, count) for i, run in enumerate(runs)}, device)
+        runner.training.run_in_turn({i: iterations(*run, first, count) for i, run in enumerate(runs)}, device)
 
     rounds(0, bench["warmup"] + 1)
     sync(device)
@@ -228,8 +234,8 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="default: results/bench.json (results/bench_quick.json with --quick)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     args = parser.parse_args(argv)
-    bench = experiment.apply_overrides(SETTINGS | (QUICK if args.quick else {}), args.set)
-    device = experiment.pick_device(args.gpu)
+    bench = runner.settings.apply_overrides(SETTINGS | (QUICK if args.quick else {}), args.set)
+    device = runner.cli.pick_device(args.gpu)
     paths = paths_for(device, bench)
     rows, concurrent = {}, {}
     for network, (script, shape) in NETWORKS.items():
@@ -263,20 +269,20 @@ def main(argv=None):
               ", ".join(f"{k} {v}" for k, v in projected[script_name].items()) + (" (quick: small networks)" if args.quick else ""))
     report = {"experiment": "bench" + ("_quick" if args.quick else ""), "bench_settings": bench,
               "cpu_threads": torch.get_num_threads(), "training_path": training_path(device),
-              "provenance": experiment.provenance(device, " ".join(["bench.py"] + (sys.argv[1:] if argv is None else list(argv)))),
+              "provenance": runner.provenance.provenance(device, " ".join(["bench.py"] + (sys.argv[1:] if argv is None else list(argv)))),
               "steps": {f"{n}/{s}": r for (n, s), r in rows.items()}, "concurrent_round_seconds": concurrent or None,
               "projected_training_hours": projected, "regulariser_relative_error": precision,
               "network_settings": {n: {k: network_settings(s, args.quick)[k] for k in ("batch_size", "g_width")}
                                    for n, (s, _) in NETWORKS.items()}}
     out = args.out or os.path.join("results", "bench_quick.json" if args.quick else "bench.json")
-    experiment.write_json(out, report)
+    runner.files.write_json(out, report)
     print(f"results written to {out}")
     return report
 
 
 def network_settings(script, quick):
-    return script.SETTINGS | (experiment.QUICK_SETTINGS if quick else {})  # quick: small G and batch, 5-step PGD
+    return script.SETTINGS | (runner.settings.QUICK_SETTINGS if quick else {})  # quick: small G and batch, 5-step PGD
 
 
 if __name__ == "__main__":
-    experiment.exit_on_error(main)
+    runner.errors.exit_on_error(main)

@@ -7,7 +7,7 @@ then score the snapshots:
 
     python mnist.py --fashion --gpu cpu --models B,C --iters 5000 --set g_width=8 --no-eval \\
         --set keep_every=1000 --set eval_every=1000 --set val_n=1000 --ckpt-dir checkpoints/over_training
-    python over_training.py checkpoints/over_training/B.pt checkpoints/over_training/C.pt --dataset fashion_mnist
+    python tools/over_training.py checkpoints/over_training/B.pt checkpoints/over_training/C.pt --dataset fashion_mnist
 
 Each snapshot that a checkpoint's record lists (<model>.iter<N>.pt beside it) is scored in IEEE float32,
 batch norm as `bn_eval` says, on the first `test_n` test images (1000 unless --eval-n): clean, FGS,
@@ -26,15 +26,23 @@ import time
 
 import torch
 
-import autoattack_suite
+import _root  # noqa: F401 (first: the repository's root on sys.path, for the imports below)
 import core
 import evaluate
-import experiment
+import runner.autoattack_suite
+import runner.checkpoints
+import runner.cli
+import runner.errors
+import runner.evaluation
+import runner.files
+import runner.provenance
+import runner.settings
+import runner.validation
 
 SCORING = dict(test_n=1000, strong_n=200)  # over the trained settings; strong_steps=100, strong_restarts=5 and
                                            # square_queries=5000 (AutoAttack's standard) come from COMMON_SETTINGS
 SCORING_KEYS = ["test_n", "strong_n", "strong_steps", "strong_restarts", "square_queries", "bn_eval"]
-QUICK_SCORING = {k: experiment.QUICK_SETTINGS[k] for k in ("test_n", "strong_n", "strong_steps", "strong_restarts",
+QUICK_SCORING = {k: runner.settings.QUICK_SETTINGS[k] for k in ("test_n", "strong_n", "strong_steps", "strong_restarts",
                                                            "square_queries")}
 ATTACKS = ["clean", "fgs", "pgd10", "pgd_ce", "generator"]  # scored on the first test_n; then autoattack on strong_n
 
@@ -53,7 +61,7 @@ def parse_args(argv):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scoring setting, e.g. strong_n")
     p.add_argument("--quick", action="store_true", help="a pipeline check: scoring as --quick runs score (few images, "
                    "short attacks, AutoAttack reduced)")
-    args = experiment.parse_cli(p, argv, __file__)
+    args = runner.cli.parse_cli(p, argv, __file__)
     args.scoring, args.name = (QUICK_SCORING, "over_training_quick") if args.quick else (SCORING, "over_training")
     args.out = args.out or os.path.join("results", f"{args.name}.json")
     args.quick, args.iters, args.seed, args.bn_eval = False, None, None, None  # what resolve_settings asks of a training command
@@ -70,14 +78,14 @@ def snapshots(path, ckpt, dataset):
     a checkpoint of `dataset` and of the same training run (its fingerprint)."""
     listed = ckpt["record"].get("snapshots", [])
     if not listed:
-        raise experiment.UserError(f"{path} lists no kept snapshots: train it with --set keep_every=N")
+        raise runner.errors.UserError(f"{path} lists no kept snapshots: train it with --set keep_every=N")
     found = []
     for it in listed:
-        snapshot = experiment.snapshot_path(path, it)
+        snapshot = runner.validation.snapshot_path(path, it)
         if not os.path.exists(snapshot):
-            raise experiment.UserError(f"{snapshot}, a snapshot {path} lists, is missing")
-        if experiment.read_checkpoint(snapshot, dataset)["fingerprint"] != ckpt["fingerprint"]:
-            raise experiment.UserError(f"{snapshot} was trained with other settings than {path}")
+            raise runner.errors.UserError(f"{snapshot}, a snapshot {path} lists, is missing")
+        if runner.checkpoints.read_checkpoint(snapshot, dataset)["fingerprint"] != ckpt["fingerprint"]:
+            raise runner.errors.UserError(f"{snapshot} was trained with other settings than {path}")
         found.append((it, snapshot))
     return found
 
@@ -117,7 +125,7 @@ def score_snapshot(script, path, settings, test_x, test_y, device):
             torch.manual_seed(settings["seed"])  # PGD's random starts: the same for every snapshot
             right[name] = correct(D, attacks[name], test_x[:n], test_y[:n], eps, device, settings["eval_batch"])
     print(f"{os.path.basename(path)}: AutoAttack's cascade on {m} images", file=sys.stderr, flush=True)
-    autoattack, warnings = experiment.autoattack_cascade(autoattack_suite, D, test_x[:m], test_y[:m], settings, device,
+    autoattack, warnings = runner.evaluation.autoattack_cascade(runner.autoattack_suite, D, test_x[:m], test_y[:m], settings, device,
                                                          os.path.dirname(os.path.abspath(path)))
     validation = [v for v in ckpt["record"].get("val_history", []) if v["iter"] == it]
     return {"iter": it, "checkpoint": os.path.abspath(path), "n_test": n,
@@ -137,17 +145,17 @@ def earlier_scores(out, scoring, protocol):
         with open(out) as f:
             earlier = json.load(f)
     except (OSError, ValueError) as err:
-        raise experiment.UserError(f"{out} is not readable JSON ({experiment.failure(err)}); move it away, or pass "
+        raise runner.errors.UserError(f"{out} is not readable JSON ({runner.files.failure(err)}); move it away, or pass "
                                    "another --out") from None
     problem = results_problem(earlier)
     if problem:
-        raise experiment.UserError(f"{out} is not a results file of over_training.py ({problem}); move it away, or "
+        raise runner.errors.UserError(f"{out} is not a results file of over_training.py ({problem}); move it away, or "
                                    "pass another --out")
     theirs = earlier["scoring"] | {"protocol": earlier.get("protocol", "paper")}  # none: the paper's
     differs = [f"{k} {theirs.get(k)} there, {v} here" for k, v in (scoring | {"protocol": protocol}).items()
                if theirs.get(k) != v]
     if differs:
-        raise experiment.UserError(f"{out} holds scores made another way ({'; '.join(differs)}): pass another --out "
+        raise runner.errors.UserError(f"{out} holds scores made another way ({'; '.join(differs)}): pass another --out "
                                    "to keep both")
     return earlier["models"]
 
@@ -173,9 +181,9 @@ def reusable(earlier, name, fingerprint, it):
 def write(out, report, mine):
     """The report with this process's models `mine` and what another process has written meanwhile of
     the others (scored the same way), read and written under the file's merge lock."""
-    with experiment.merge_lock(out):
+    with runner.files.merge_lock(out):
         others = {k: v for k, v in earlier_scores(out, report["scoring"], report["protocol"]).items() if k not in mine}
-        experiment.write_json(out, report | {"models": others | mine})
+        runner.files.write_json(out, report | {"models": others | mine})
 
 
 def format_curves(models):
@@ -201,20 +209,20 @@ def main(argv=None):
     script, load_test, _, authors = evaluate.DATASETS[args.dataset]
     loaded = {os.path.splitext(os.path.basename(p))[0]: (p, *evaluate.load(p, args.dataset)) for p in args.checkpoints}
     if len(loaded) != len(args.checkpoints):
-        raise experiment.UserError("two checkpoints share a name: score them into different --out files")
+        raise runner.errors.UserError("two checkpoints share a name: score them into different --out files")
     settings = {name: model_settings(script, authors, trained, method, args) for name, (_, _, trained, method, _) in loaded.items()}
     if len({s["protocol"] for s in settings.values()}) > 1:  # each protocol scores its own way (batch norm, batch size)
-        raise experiment.UserError("the checkpoints were trained under different protocols: score each protocol's into its own --out")
+        raise runner.errors.UserError("the checkpoints were trained under different protocols: score each protocol's into its own --out")
     found = {name: snapshots(path, ckpt, args.dataset) for name, (path, ckpt, *_) in loaded.items()}
-    device = experiment.pick_device(args.gpu)
+    device = runner.cli.pick_device(args.gpu)
     scoring = {"dataset": args.dataset} | {k: next(iter(settings.values()))[k] for k in SCORING_KEYS} | {
-        "precision": experiment.SCORING_PRECISION}
+        "precision": runner.evaluation.SCORING_PRECISION}
     protocol = next(iter(settings.values()))["protocol"]
-    experiment.check_writable(os.path.dirname(os.path.abspath(args.out)), "--out")
+    runner.files.check_writable(os.path.dirname(os.path.abspath(args.out)), "--out")
     earlier = earlier_scores(args.out, scoring, protocol)
     test_x, test_y = load_test(args)
     started = time.time()
-    provenance = experiment.provenance(device, experiment.command_line(args), "float32")
+    provenance = runner.provenance.provenance(device, runner.provenance.command_line(args), "float32")
     report = {"experiment": args.name, "protocol": protocol, "dataset": args.dataset,
               "scoring": scoring, "attacks": ATTACKS + ["autoattack"],
               "provenance": provenance, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -223,7 +231,7 @@ def main(argv=None):
         s = settings[name]
         mine[name] = {"checkpoint": os.path.abspath(path), "method": method, "seed": seed, "fingerprint": ckpt["fingerprint"],
                       "provenance": provenance,  # the file's own is its last writer's: another process may score other models
-                      "trained_settings": trained, "autoattack": experiment.autoattack_version(s),
+                      "trained_settings": trained, "autoattack": runner.evaluation.autoattack_version(s),
                       "model": {k: v for k, v in ckpt["record"].items() if k != "history"},
                       "best_snapshot": ckpt["record"].get("best_snapshot"), "snapshots": []}
         for it, snapshot in found[name]:
@@ -238,4 +246,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    experiment.exit_on_error(main)
+    runner.errors.exit_on_error(main)

@@ -2,8 +2,8 @@
 that ends it well inside 8 minutes on an H200, every finding written to results/gpu_check.json as
 soon as it is made (the pytest log beside it), a short verdict printed per check.
 
-    python gpu_check.py --gpu 0
-    python gpu_check.py --gpu cpu --quick    # the same code at tiny sizes on the CPU (the test suite runs it)
+    python tools/gpu_check.py --gpu 0
+    python tools/gpu_check.py --gpu cpu --quick    # the same code at tiny sizes on the CPU (the test suite runs it)
 
 Its parts, in this order; once the budget is spent, every later part (and every later measurement
 within one) is skipped with a note, and a part that fails is recorded with its error:
@@ -37,13 +37,20 @@ import xml.etree.ElementTree as ElementTree
 import torch
 import torch.nn.functional as F
 
+import _root  # first: the repository's root on sys.path, for the imports below
 import bench
 import cifar10
 import cifar100
 import core
-import experiment
-import jobs
 import mnist
+import runner.cli
+import runner.errors
+import runner.evaluation
+import runner.files
+import runner.jobs
+import runner.provenance
+import runner.settings
+import runner.training
 import svhn
 
 # ======================================================================================= settings
@@ -63,7 +70,7 @@ SETTINGS = dict(
     speedup=1.1,             # a setting becomes a default only where it makes all scripts together this much faster
 )
 QUICK = dict(iters=1, warmup=1, rounds=1, loss_iters=2, loss_window=1, eval_n=8, probe_batch=16, probe_fit=20)
-QUICK_NETWORKS = dict(batch_size=8, g_width=2, pgd_steps=2, eval_batch=4)  # on top of experiment.QUICK_SETTINGS
+QUICK_NETWORKS = dict(batch_size=8, g_width=2, pgd_steps=2, eval_batch=4)  # on top of runner.settings.QUICK_SETTINGS
 TIMED = {"mnist": ["standard", "pgd", "advnet", "eat"],                  # every step a script trains, per network
          "cifar": ["standard", "pgd", "advnet", "eat", "generator"]}
 COMBOS = {  # name -> (cuda_graphs, concurrent_models): how a data-set script's six models can train
@@ -72,7 +79,7 @@ MODELS = {"A": 0, "A'": 1, "B": 0, "B'": 1, "C": 0, "C'": 1}  # the six models o
 CUDA_ONLY = "CUDA only: not run on the CPU"
 SPENT = "skipped: the time budget was spent"
 PROBE_EPS = 0.1
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = _root.ROOT
 
 
 # ======================================================================================= the run
@@ -89,14 +96,14 @@ class Run:
         self.report = {"experiment": "gpu_check" + ("_quick" if quick else ""), "settings": settings,
                        "network_settings": {n: {k: s[k] for k in ("batch_size", "g_width", "pgd_steps", "eval_batch")}
                                             for n, s in self.networks.items()},
-                       "provenance": experiment.provenance(device, command), "device": device_info(device),
+                       "provenance": runner.provenance.provenance(device, command), "device": device_info(device),
                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     def left(self):
         return self.deadline - time.monotonic()
 
     def save(self):
-        experiment.write_json(self.out, self.report)
+        runner.files.write_json(self.out, self.report)
 
     def attempt(self, work):
         """work() -> dict, unless the budget is spent (a note) or it raises (its error)."""
@@ -314,9 +321,9 @@ def train_six(run, network, graphs, concurrent, folder):
     torch.manual_seed(0)
     images = torch.randint(0, 256, (settings["batch_size"], *shape), dtype=torch.uint8)
     labels = torch.randint(0, 10, (settings["batch_size"],))
-    specs = {name: (experiment.METHODS[name.rstrip("'")], settings["seed"] + offset, os.path.join(folder, f"{name}.pt"), True)
+    specs = {name: (runner.settings.METHODS[name.rstrip("'")], settings["seed"] + offset, os.path.join(folder, f"{name}.pt"), True)
              for name, offset in MODELS.items()}
-    trained = experiment.prepare_models(specs, settings, script.build_D, script.build_G, lambda: (images, labels),
+    trained = runner.training.prepare_models(specs, settings, script.build_D, script.build_G, lambda: (images, labels),
                                         run.device)
     return {name: [h["loss"] for h in record["history"]] for name, (_, _, record) in trained.items()}
 
@@ -363,7 +370,7 @@ EVALUATED = ("cifar", "mnist")
 
 
 def evaluation(run, result):
-    """Per network: the 9-column evaluation (experiment.evaluate_trained: three targets, three
+    """Per network: the 9-column evaluation (runner.evaluation.evaluate_trained: three targets, three
     surrogates, C's second BN mode) of six fresh models on one batch and on `eval_n` images, and the EAT
     set built from A on them; seconds and, on CUDA, peak memory (torch.cuda.max_memory_allocated)."""
     for network in EVALUATED:
@@ -378,7 +385,7 @@ def measure_evaluation(run, network):
     torch.manual_seed(0)
     images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8)
     labels = torch.randint(0, 10, (n,))
-    models = {name: experiment.build_models(seed, settings, script.build_D, script.build_G, run.device)[0]
+    models = {name: runner.training.build_models(seed, settings, script.build_D, script.build_G, run.device)[0]
               for seed, name in enumerate(MODELS)}
 
     def measured(work, count):
@@ -393,7 +400,7 @@ def measure_evaluation(run, network):
         peak = round(torch.cuda.max_memory_allocated(run.device) / 2**30, 3) if run.cuda else None
         return {"images": count, "seconds": round(seconds, 3), "seconds_per_image": seconds / count, "peak_gib": peak}
 
-    score = lambda count: experiment.evaluate_trained(models, settings | {"test_n": count}, images, labels, run.device)
+    score = lambda count: runner.evaluation.evaluate_trained(models, settings | {"test_n": count}, images, labels, run.device)
     batch = min(settings["eval_batch"], n)
     return {"eval_batch": batch,
             "memory": "torch.cuda.max_memory_allocated" if run.cuda else "not measured on the CPU (null): CUDA's allocator statistics",
@@ -428,7 +435,7 @@ def pytest_part(run, result):
     after `pytest_seconds` or what is left of the budget; its log goes beside the JSON."""
     log = os.path.splitext(run.out)[0] + "_pytest.log"
     xml = os.path.splitext(run.out)[0] + "_pytest.xml"
-    visible = str(jobs.physical_gpu(run.device.index)) if run.cuda else ""
+    visible = str(runner.jobs.physical_gpu(run.device.index)) if run.cuda else ""
     command = [sys.executable, "-m", "pytest", "tests/test_cuda.py", "-v", "-p", "no:cacheprovider", f"--junitxml={xml}"]
     limit = max(1.0, min(run.settings["pytest_seconds"], run.left()))
     stopped = None
@@ -622,11 +629,11 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    settings = experiment.apply_overrides(SETTINGS | (QUICK if args.quick else {}), args.set)
+    settings = runner.settings.apply_overrides(SETTINGS | (QUICK if args.quick else {}), args.set)
     bad = [k for k, v in settings.items() if v <= 0]
     if bad:
-        raise experiment.UserError(f"{', '.join(bad)} must be positive")
-    device = experiment.pick_device(args.gpu)
+        raise runner.errors.UserError(f"{', '.join(bad)} must be positive")
+    device = runner.cli.pick_device(args.gpu)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     out = args.out or os.path.join("results", "gpu_check" + ("_quick" if args.quick else "") + ".json")
@@ -651,4 +658,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    experiment.exit_on_error(main)
+    runner.errors.exit_on_error(main)

@@ -1,9 +1,9 @@
 """Where a run's work goes: this process's devices (--gpu), or jobs through submitit, on a SLURM
 cluster (--slurm) or one process per GPU here (--gpu 0,1,...). A job runs a script's main() on a
 command line (ScriptJob), so it resumes from the checkpoints when it is requeued; the training loop's
-side of a requeue (saving at the preemption signal) is experiment.StopFlag. experiment.run_experiment
+side of a requeue (saving at the preemption signal) is runner.progress.StopFlag. runner.running.run_experiment
 launches a data-set script's jobs, ensemble.py and generators_study.py themselves as one job
-(launch_script). This module imports only errors.py of this repository."""
+(launch_script). This module imports only runner/errors.py of this repository."""
 import importlib
 import os
 import shutil
@@ -12,7 +12,7 @@ import time
 import submitit
 import torch
 
-from errors import UserError
+from runner.errors import UserError
 
 
 def parse_gpus(gpu):
@@ -96,9 +96,9 @@ def job_argv(argv, add):
 
 
 def use_repository_path():
-    """Jobs unpickle ScriptJob and import the scripts by name: this folder goes on their PYTHONPATH
+    """Jobs unpickle ScriptJob and import the scripts by name: the repository's root goes on their PYTHONPATH
     (local jobs and sbatch inherit this process's environment)."""
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     if here not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([here] + [p for p in paths if p])

@@ -26,7 +26,8 @@ import pathlib
 import torch
 
 import core
-import experiment
+from runner.errors import UserError
+from runner.files import write_json
 
 NAMES = {"apgd_ce": "apgd-ce", "apgd_t": "apgd-t", "fab_t": "fab-t", "square": "square"}  # ours -> AutoAttack's, in its order
 
@@ -35,7 +36,7 @@ def package():
     try:
         import pyautoattack
     except ImportError:
-        raise experiment.UserError("--strong-eval needs AutoAttack: pip install -r requirements.txt (package pyautoattack)") from None
+        raise UserError("--strong-eval needs AutoAttack: pip install -r requirements.txt (package pyautoattack)") from None
     return pyautoattack
 
 
@@ -160,7 +161,7 @@ def cascade(model, x, y, settings, batch_size, state_path, left=tuple(NAMES.valu
         aa = standard(model, settings, x.device)
         aa.attacks_to_run = list(left)
         _, warnings = run(aa, model, x, y, batch_size, state_path)
-        experiment.write_json(said, warnings)
+        write_json(said, warnings)
         return read_state(state_path)[0].to(x.device), warnings
     flags, done = state
     flags, left = flags.to(x.device), [a for a in left if a not in done]

@@ -10,7 +10,7 @@ TABLE_COLUMNS = ["clean", "fgs", "pgd", "fgs_A'", "pgd_A'", "fgs_B'", "pgd_B'", 
 
 def paper_tables(section):
     """A section of paper_tables.json (kept beside this file), or None where the file is absent."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_tables.json")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "paper_tables.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:

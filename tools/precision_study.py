@@ -7,19 +7,26 @@ standard cascade on the first `strong_n`, and the paper's three columns again wi
 crafted under bf16 autocast, as CUDA's tables were. G's five-step loss gain (`g_gain`) comes from
 each model's training history. Writes results/precision_study.json.
 
-    python precision_study.py --gpu cpu --data-dir data                  # train both arms, score all three
-    python precision_study.py --gpu cpu --arms bf16 --seeds 1,2 --no-eval   # spread trainings over processes
+    python tools/precision_study.py --gpu cpu --data-dir data                  # train both arms, score all three
+    python tools/precision_study.py --gpu cpu --arms bf16 --seeds 1,2 --no-eval   # spread trainings over processes
 """
 import os
 import time
 
 import torch
 
-import autoattack_suite
+import _root  # noqa: F401 (first: the repository's root on sys.path, for the imports below)
 import core
-import experiment
 import mnist
-import reports
+import runner.autoattack_suite
+import runner.cli
+import runner.errors
+import runner.evaluation
+import runner.files
+import runner.provenance
+import runner.reports
+import runner.settings
+import runner.training
 
 # ======================================================================================= settings
 SETTINGS = mnist.SETTINGS | mnist.FASHION | dict(  # Fashion-MNIST, eps 0.1, the paper's MNIST protocol otherwise
@@ -57,17 +64,17 @@ def score(D, settings, test_x, test_y, device, state_dir):
         scored[precision] = core.evaluate_table({"C": D}, {}, test_x[:n], test_y[:n], eps, device, settings["eval_batch"],
                                                 settings["pgd_steps"], None, None, "running", precision)["C"]
     strong = settings["strong_n"]
-    scored["float32"]["autoattack"] = experiment.autoattack_cascade(autoattack_suite, D, test_x[:strong], test_y[:strong],
+    scored["float32"]["autoattack"] = runner.evaluation.autoattack_cascade(runner.autoattack_suite, D, test_x[:strong], test_y[:strong],
                                                                     settings, device, state_dir)[0]
     return scored
 
 
 def summary(runs):
-    """arm -> score -> mean, std (reports.mean_std), n, and the lowest and highest over the seeds."""
+    """arm -> score -> mean, std (runner.reports.mean_std), n, and the lowest and highest over the seeds."""
     table = {}
     for arm, by_seed in runs.items():
         values = {s: [r["float32"][s] for r in by_seed.values() if s in r["float32"]] for s in SCORES}
-        table[arm] = {s: reports.mean_std(v) | {"low": min(v), "high": max(v)} for s, v in values.items() if v}
+        table[arm] = {s: runner.reports.mean_std(v) | {"low": min(v), "high": max(v)} for s, v in values.items() if v}
     return table
 
 
@@ -91,20 +98,13 @@ def format_summary(stats):
 
 
 def main(argv=None):
-    parser = experiment.experiment_parser(__doc__, models=False)
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"arms to train and score, of {', '.join(ARMS)}")
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds of model C, e.g. 0,1,2")
-    parser.add_argument("--no-eval", action="store_true", help="train only")
-    parser.add_argument("--eval-only", action="store_true", help="train nothing: score the finished checkpoints")
-    args = experiment.parse_cli(parser, argv, __file__)
-    settings = experiment.resolve_settings(SETTINGS, args)
-    arms = [a for a in args.arms.split(",") if a]
-    if not arms or any(a not in ARMS for a in arms):
-        raise experiment.UserError(f"--arms {args.arms}: choose from {', '.join(ARMS)}")
-    seeds = experiment.parse_seeds(args.seeds)
+    args = runner.cli.parse_cli(runner.cli.study_parser(__doc__, ARMS, SEEDS), argv, __file__)
+    settings = runner.settings.resolve_settings(SETTINGS, args)
+    arms = runner.cli.parse_arms(args.arms, ARMS)
+    seeds = runner.cli.parse_seeds(args.seeds)
     name = "precision_study" + ("_quick" if args.quick else "")
     ckpt_dir = args.ckpt_dir or os.path.join("checkpoints", name)
-    device = experiment.pick_device(args.gpu)
+    device = runner.cli.pick_device(args.gpu)
     train_x, train_y, test_x, test_y = mnist.load_data(args.data_dir, fashion=True)
     started = time.time()
     models = {}
@@ -119,7 +119,7 @@ def main(argv=None):
             # the bug arm was trained by `mnist.py --seed s`, whose settings name that seed; it labels the
             # run only (D, G and the batch order come from the model seed there as here)
             trained_with = settings | {"precision": precision or "bf16"} | ({} if precision else {"seed": seed})
-            D, _, record = experiment.prepare_model(f"C {arm} seed {seed}", "advnet", seed, trained_with,
+            D, _, record = runner.training.prepare_model(f"C {arm} seed {seed}", "advnet", seed, trained_with,
                                                     mnist.build_D, mnist.build_G, lambda: (train_x, train_y), device, path, trains)
             if record["iters_done"] >= settings["iters"]:
                 models[(arm, seed)] = D, record
@@ -134,19 +134,19 @@ def main(argv=None):
                                 "model": record}
     stats = summary(runs)
     report = {"experiment": name, "settings": settings, "arms": {a: ARMS[a][1] for a in arms}, "seeds": seeds,
-              "provenance": experiment.provenance(device, experiment.command_line(args), "float32"),
+              "provenance": runner.provenance.provenance(device, runner.provenance.command_line(args), "float32"),
               "scoring": {"n_test": settings["test_n"], "autoattack_n": settings["strong_n"],
-                          "autoattack": experiment.autoattack_version(settings)},
+                          "autoattack": runner.evaluation.autoattack_version(settings)},
               "runs": runs, "summary": stats, "bf16_table_minus_float32": table_differences(runs)}
     if "float32" in stats:
         report["within_float32_spread"] = {arm: within_spread(stats, arm) for arm in stats if arm != "float32"}
     report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
     out = args.out or os.path.join("results", f"{name}.json")
-    experiment.write_json(out, report)
+    runner.files.write_json(out, report)
     print(format_summary(stats))
     print(f"results written to {out}")
     return report
 
 
 if __name__ == "__main__":
-    experiment.exit_on_error(main)
+    runner.errors.exit_on_error(main)

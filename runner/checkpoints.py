@@ -1,0 +1,76 @@
+"""Reading checkpoints: each part checked where it enters, matched to the settings by fingerprint, and
+restored into the models."""
+import json
+import os
+
+import torch
+
+import core
+from runner.errors import UserError
+from runner.settings import fingerprint
+
+
+# What every checkpoint of this repository holds: (what, how to reach it, its type)
+CHECKPOINT_PARTS = [("fingerprint", lambda c: c["fingerprint"], str),
+                    ("method in its fingerprint", lambda c: json.loads(c["fingerprint"])["method"], str),
+                    ("model_seed in its fingerprint", lambda c: json.loads(c["fingerprint"])["model_seed"], int),
+                    ("record", lambda c: c["record"], dict), ("iters_done in its record", lambda c: c["record"]["iters_done"], int),
+                    ("rng state", lambda c: c["rng"]["cpu"], torch.Tensor), ("weights of D", lambda c: c["D"], dict)]
+
+
+def checkpoint_problem(ckpt):
+    """What makes `ckpt` (as torch.load gave it) no checkpoint of this repository, or None."""
+    if not isinstance(ckpt, dict):
+        return f"it holds a {type(ckpt).__name__}, not a checkpoint's dict"
+    for what, part, kind in CHECKPOINT_PARTS:
+        try:
+            found = part(ckpt)
+        except (KeyError, TypeError, ValueError, IndexError):
+            found = None
+        if not isinstance(found, kind):
+            return f"it has no {what} of type {kind.__name__}"
+    return None
+
+
+def read_checkpoint(path, dataset=None):
+    """The checkpoint at `path`, checked to be one this repository wrote (CHECKPOINT_PARTS) and, where
+    `dataset` is given and the checkpoint names its own (older ones do not), of that data set."""
+    try:
+        ckpt = core.load_checkpoint(path)
+    except ValueError as err:
+        empty = os.path.getsize(path) == 0  # torch says only EOFError
+        raise UserError(f"{f'checkpoint {path} is empty' if empty else err}; move it away, or delete it to train that "
+                        "model afresh") from None
+    problem = checkpoint_problem(ckpt)
+    if problem:
+        raise UserError(f"{path} is not a checkpoint of this repository ({problem}); move it away, or delete it to "
+                        "train that model afresh")
+    if dataset and ckpt.get("dataset", dataset) != dataset:
+        raise UserError(f"{path} holds a model trained on {ckpt['dataset']}, not {dataset}: is --dataset right? (a run "
+                        f"of {dataset} needs a --ckpt-dir of its own)")
+    return ckpt
+
+
+def checked_checkpoint(path, settings, method, seed):
+    """read_checkpoint, of a model trained with `settings` (its fingerprint): one a run may resume or load."""
+    ckpt = read_checkpoint(path, settings.get("dataset"))
+    if ckpt["fingerprint"] != fingerprint(settings, method, seed):
+        raise UserError(f"checkpoint {path} was trained with other settings; delete it, or pass --ckpt-dir to keep both")
+    return ckpt
+
+
+def restore(ckpt, path, modules):
+    try:
+        for key, module in modules.items():
+            module.load_state_dict(ckpt[key])
+            if isinstance(module, torch.optim.Optimizer):  # its rate comes back as a float or a CPU tensor
+                core.set_learning_rate(module, float(module.param_groups[0]["lr"]))
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise UserError(f"checkpoint {path} does not match this model ({type(err).__name__}); delete it to retrain") from None
+
+
+def kept_checkpoint(path):
+    """What a run that stops on an error leaves for the next one to resume from, for its message."""
+    if not os.path.exists(path):
+        return "no checkpoint was written"
+    return f"{path} keeps iteration {core.load_checkpoint(path)['record']['iters_done']}"

@@ -1,0 +1,56 @@
+"""Writing results files safely: the merge lock, atomic JSON writes, folders checked writable before a
+run starts, and an OSError as one line of a message."""
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import tempfile
+
+import core
+from runner.errors import UserError
+
+
+@contextlib.contextmanager
+def merge_lock(path):
+    """An exclusive lock on `<path>.lock`, waited for, around reading a results file and writing it back
+    with entries added: processes that merge into one file at once keep each other's entries."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def write_json(path, data):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+    try:
+        core.atomic_write(path, write)
+    except OSError as err:  # a full disk, say: atomic_write has kept what was there
+        raise UserError(f"{path} not written ({err.strerror or err}); what it held is kept, and so are the checkpoints: "
+                        "free some space and run the same command again") from None
+
+
+def failure(err):
+    """An exception as one line of a message: an OSError's own words, else its type and text."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def check_writable(folder, option):
+    """That `folder` can be created and written to, tried now rather than at the first save: its nearest
+    existing ancestor is a folder that takes a file (a temporary one). Nothing is created or left behind."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    try:
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), existing)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UserError(f"{option}: {folder} cannot be {'written to' if os.path.isdir(folder) else 'created'} "
+                        f"({failure(err)}); choose a folder you can write to") from None

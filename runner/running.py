@@ -1,0 +1,128 @@
+"""Running a data set's experiment: its models and seeds trained or loaded, evaluated, and the results
+JSON written (or the work launched as jobs)."""
+import os
+import time
+
+from runner import jobs, reports
+from runner.checkpoints import checked_checkpoint
+from runner.cli import experiment_parser, parse_cli, parse_models, parse_seeds, pick_device
+from runner.errors import UserError
+from runner.evaluation import evaluate_trained, strong_eval_report
+from runner.files import check_writable, write_json
+from runner.provenance import command_line, provenance
+from runner.settings import METHODS, model_settings, resolve_settings, run_name
+from runner.training import prepare_models
+
+
+def configure_with(name, settings, load_data, authors=None):
+    """The configure(args) of a script whose data need only --data-dir: args -> (name, settings, load)."""
+    def configure(args):
+        resolved = resolve_settings(settings, args, authors=authors)
+        return run_name(name, args), resolved, lambda: load_data(args.data_dir)
+    return configure
+
+
+def dataset_main(doc, script, configure, build_D, build_G, paper_table, autoattack=None, argv=None):
+    """The whole command of a data-set script: parse its command line, then run_experiment."""
+    args = parse_cli(experiment_parser(doc), argv, script)
+    name, settings, load = configure(args)
+    return run_experiment(name, settings, args, load, build_D, build_G, reports.paper_rows(paper_table), autoattack)
+
+
+def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None, autoattack=None):
+    """Trains the chosen models (resumably), evaluates the 9-column table (and with --strong-eval the
+    strong evaluation) and writes the results JSON; with --seeds, once per seed, and the JSON adds the
+    mean, standard deviation and n of every cell. With --slurm or --gpu 0,1,... the trainings and the
+    evaluation run as jobs instead (jobs.launch_experiment).
+
+    `load_data()` gives (train_images, train_labels, test_images, test_labels): uint8 (N, C, H, W)
+    and int64. Models outside --models are not trained, but their finished checkpoints are evaluated.
+    `autoattack` (the module autoattack_suite) adds AutoAttack to --strong-eval."""
+    seeds = parse_seeds(args.seeds)
+    chosen = [] if args.eval_only else parse_models(args.models)
+    ckpt_dir = args.ckpt_dir or os.path.join("checkpoints", name)
+    out = args.out or os.path.join("results", f"{name}.json")
+    check_run(settings, args, seeds, chosen, ckpt_dir, out)
+    if args.slurm is not None or len(jobs.parse_gpus(args.gpu)) > 1:
+        return jobs.launch_experiment(args, seeds or [settings["seed"]], chosen, ckpt_dir)
+    device = pick_device(args.gpu)
+    data = load_data()
+    started = time.time()
+    runs = {seed: run_seed(name, settings | {"seed": seed}, args, data, build_D, build_G, device,
+                           os.path.join(ckpt_dir, f"seed{seed}"), chosen, paper, autoattack)
+            for seed in seeds} if seeds else {None: run_seed(name, settings, args, data, build_D, build_G, device,
+                                                             ckpt_dir, chosen, paper, autoattack)}
+    if args.no_eval:
+        return runs
+    if seeds:
+        report = {"experiment": name, "protocol": settings["protocol"], "settings": settings,
+                  "provenance": provenance(device, command_line(args), settings["precision"]), "seed_list": seeds, "runs": {str(seed): run for seed, run in runs.items()}}
+        report["table_stats"] = reports.seed_statistics({seed: run["table"] for seed, run in runs.items()})
+        report["table"] = {row: {col: cell["mean"] for col, cell in cols.items()} for row, cols in report["table_stats"].items()}
+        report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
+        print(reports.format_statistics(report["table_stats"], paper))
+    else:
+        report = runs[None]
+    write_json(out, report)
+    print(f"results written to {out}")
+    return report
+
+
+def check_run(settings, args, seeds, chosen, ckpt_dir, out):
+    """What a run will read and write, checked before it trains or scores anything: every checkpoint it
+    will load (checked_checkpoint), a target model (A, B or C) to evaluate unless --no-eval, and the
+    folders it writes to. So a mistake costs no training, and a run with nothing to score keeps `out`."""
+    for seed in seeds or [None]:
+        s, folder = (settings, ckpt_dir) if seed is None else (settings | {"seed": seed}, os.path.join(ckpt_dir, f"seed{seed}"))
+        specs = model_specs(s, folder, chosen)
+        finished = [name for name, (method, model_seed, path, _) in specs.items() if os.path.exists(path) and
+                    checked_checkpoint(path, s, method, model_seed)["record"]["iters_done"] >= model_settings(s, method)["iters"]]
+        if not args.no_eval and not {"A", "B", "C"} & set(chosen + finished):
+            raise UserError(f"nothing to evaluate: {folder} holds no finished checkpoint of A, B or C"
+                            + ("" if args.eval_only else ", and --models trains none of them")
+                            + f" (is --ckpt-dir right?); {out} is left as it is")
+    if not args.eval_only or args.strong_eval:  # the strong evaluation keeps AutoAttack's state beside the checkpoints
+        check_writable(ckpt_dir, "--ckpt-dir")
+    if not args.no_eval:
+        check_writable(os.path.dirname(os.path.abspath(out)), "--out")
+
+
+def model_specs(settings, ckpt_dir, chosen):
+    """The models a run prepares, those `chosen` to train and those with a checkpoint in `ckpt_dir`:
+    name -> (method, seed, checkpoint path, whether to train it)."""
+    specs = {}
+    for model_name in ["A", "B", "C", "A'", "B'", "C'"]:
+        ckpt_path = os.path.join(ckpt_dir, f"{model_name}.pt")
+        if model_name in chosen or os.path.exists(ckpt_path):
+            specs[model_name] = (METHODS[model_name.rstrip("'")], settings["seed"] + model_name.count("'"), ckpt_path,
+                                 model_name in chosen)
+    return specs
+
+
+def run_seed(name, settings, args, data, build_D, build_G, device, ckpt_dir, chosen, paper, autoattack):
+    """One run of the experiment with settings["seed"]: trains the chosen models, and unless --no-eval
+    evaluates them; returns that run's report (the results JSON of a single-seed run)."""
+    train_x, train_y, test_x, test_y = data
+    started = time.time()
+    report = {"experiment": name, "protocol": settings["protocol"], "settings": settings, "seeds": {},
+              "provenance": provenance(device, command_line(args), settings["precision"]),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": {}}
+    finished, generators, specs = {}, {}, model_specs(settings, ckpt_dir, chosen)
+    prepared = prepare_models(specs, settings, build_D, build_G, lambda: (train_x, train_y), device)
+    for model_name, (D, G, record) in prepared.items():
+        if record["iters_done"] >= settings["iters"]:
+            report["seeds"][model_name] = specs[model_name][1]
+            report["models"][model_name] = record
+            finished[model_name], generators[model_name] = D, G
+    if args.no_eval:
+        print(f"trained {', '.join(finished) or 'nothing'}; checkpoints in {ckpt_dir}; run without --no-eval to evaluate")
+        return report
+    report["table"], report["eval"] = evaluate_trained(finished, settings, test_x, test_y, device)
+    print(f"seed {settings['seed']} (copies {settings['seed'] + 1}), {settings['protocol']} protocol\n"
+          f"{reports.format_table(report['table'], paper)}")
+    if args.strong_eval:
+        report["strong_eval"] = strong_eval_report(finished, generators.get("C"), settings, test_x, test_y, device,
+                                                   autoattack, ckpt_dir)
+    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    report["wall_seconds"] = round(time.time() - started, 1)
+    return report
