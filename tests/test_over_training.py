@@ -237,6 +237,25 @@ def test_the_notebook_plots_each_attack_over_training_and_names_a_malformed_file
     plt.close("all")
 
 
+def test_some_snapshots_are_scored_on_request_and_the_others_kept(scored, fake_mnist, tmp_path, monkeypatch):
+    ckpt_dir, out = scored
+    command = [os.path.join(ckpt_dir, "C.pt"), "--dataset", "mnist", "--data-dir", fake_mnist]
+    model = json.loads(open(out).read())["models"]["C"]
+    best = model["best_snapshot"]["iter"]
+    # AutoAttack on more images at the best snapshot alone, into a file of its own
+    deeper = over_training.main(command + ["--out", str(tmp_path / "deep.json"), "--snapshots", "best"]
+                                + SCORING[:-1] + ["strong_n=40"])
+    assert [(e["iter"], e["autoattack_n"]) for e in deeper["models"]["C"]["snapshots"]] == [(best, 40)]
+    # the latest snapshot again into the full file: reused, and the other snapshot's entry stays in the file
+    copy_of_out = tmp_path / "over_training_quick.json"
+    copy_of_out.write_text(open(out).read())
+    monkeypatch.setattr(over_training, "score_snapshot", lambda *a: pytest.fail("scored again"))
+    over_training.main(command + ["--out", str(copy_of_out), "--snapshots", "last"] + SCORING)
+    assert json.loads(copy_of_out.read_text())["models"]["C"]["snapshots"] == model["snapshots"]
+    with pytest.raises(runner.errors.UserError, match=r"'7' is not all, last, best or one of the iterations .* \(5, 10\)"):
+        over_training.main(command + ["--out", str(copy_of_out), "--snapshots", "last,7"] + SCORING)
+
+
 def test_a_checkpoint_without_snapshots_is_a_clear_error(reference, fake_mnist, tmp_path):
     folder, _ = reference
     state = core.load_checkpoint(str(folder / "advnet.pt"))

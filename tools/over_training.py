@@ -17,6 +17,8 @@ PGD-10 (the paper's attack), PGD-CE with `strong_steps` steps and `strong_restar
 same images (each image is attacked once; the accuracies are counted over both). The JSON is written after every
 snapshot: the same command again scores only what is missing, and two processes scoring different
 models into one file keep each other's entries; a file scored another way is refused (give another --out).
+`--snapshots last,best` scores only the latest snapshot and validation's pick, e.g. with --set strong_n=1000
+into another --out for AutoAttack on more images where it matters; entries already in the file stay.
 """
 import argparse
 import json
@@ -59,6 +61,9 @@ def parse_args(argv):
     p.add_argument("--eval-n", type=int, default=None, help=f"score the first N test images (setting test_n, default "
                    f"{SCORING['test_n']}; 0 = all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scoring setting, e.g. strong_n")
+    p.add_argument("--snapshots", default="all", help="which kept snapshots to score: all, or a comma list of "
+                   "iterations and the words last (the latest) and best (validation's pick), e.g. last,best with "
+                   "--set strong_n=1000 for AutoAttack on more images there")
     p.add_argument("--quick", action="store_true", help="a pipeline check: scoring as --quick runs score (few images, "
                    "short attacks, AutoAttack reduced)")
     args = runner.cli.parse_cli(p, argv, __file__)
@@ -88,6 +93,27 @@ def snapshots(path, ckpt, dataset):
             raise runner.errors.UserError(f"{snapshot} was trained with other settings than {path}")
         found.append((it, snapshot))
     return found
+
+
+def chosen(found, ckpt, path, choice):
+    """The (iteration, path) pairs of `found` that --snapshots names, each named one checked to be there."""
+    if choice == "all":
+        return found
+    listed, wanted = dict(found), set()
+    for word in [w.strip() for w in choice.split(",") if w.strip()]:
+        if word == "last":
+            wanted.add(max(listed))
+        elif word == "best":
+            best = ckpt["record"].get("best_snapshot")
+            if not best:
+                raise runner.errors.UserError(f"{path} has no best snapshot: train it with --set val_n=N --set eval_every=N")
+            wanted.add(best["iter"])
+        elif word.isdigit() and int(word) in listed:
+            wanted.add(int(word))
+        else:
+            raise runner.errors.UserError(f"--snapshots {choice}: {word!r} is not all, last, best or one of the "
+                                          f"iterations {path} kept ({', '.join(map(str, sorted(listed)))})")
+    return [(it, listed[it]) for it in sorted(wanted)]
 
 
 def correct(D, craft, images, labels, eps, device, batch_size):
@@ -178,6 +204,13 @@ def reusable(earlier, name, fingerprint, it):
     return found[0] if found else None
 
 
+def not_scored_now(earlier, name, fingerprint, now):
+    """The file's entries of this model (same fingerprint) at iterations other than `now`: a run of some
+    snapshots (--snapshots) adds to the file and never drops the others."""
+    model = earlier.get(name, {})
+    return [e for e in model.get("snapshots", []) if e["iter"] not in now] if model.get("fingerprint") == fingerprint else []
+
+
 def write(out, report, mine):
     """The report with this process's models `mine` and what another process has written meanwhile of
     the others (scored the same way), read and written under the file's merge lock."""
@@ -213,7 +246,8 @@ def main(argv=None):
     settings = {name: model_settings(script, authors, trained, method, args) for name, (_, _, trained, method, _) in loaded.items()}
     if len({s["protocol"] for s in settings.values()}) > 1:  # each protocol scores its own way (batch norm, batch size)
         raise runner.errors.UserError("the checkpoints were trained under different protocols: score each protocol's into its own --out")
-    found = {name: snapshots(path, ckpt, args.dataset) for name, (path, ckpt, *_) in loaded.items()}
+    found = {name: chosen(snapshots(path, ckpt, args.dataset), ckpt, path, args.snapshots)
+             for name, (path, ckpt, *_) in loaded.items()}
     device = runner.cli.pick_device(args.gpu)
     scoring = {"dataset": args.dataset} | {k: next(iter(settings.values()))[k] for k in SCORING_KEYS} | {
         "precision": runner.evaluation.SCORING_PRECISION}
@@ -233,10 +267,11 @@ def main(argv=None):
                       "provenance": provenance,  # the file's own is its last writer's: another process may score other models
                       "trained_settings": trained, "autoattack": runner.evaluation.autoattack_version(s),
                       "model": {k: v for k, v in ckpt["record"].items() if k != "history"},
-                      "best_snapshot": ckpt["record"].get("best_snapshot"), "snapshots": []}
+                      "best_snapshot": ckpt["record"].get("best_snapshot"),
+                      "snapshots": not_scored_now(earlier, name, ckpt["fingerprint"], {it for it, _ in found[name]})}
         for it, snapshot in found[name]:
-            entry = reusable(earlier, name, ckpt["fingerprint"], it)
-            mine[name]["snapshots"].append(entry or score_snapshot(script, snapshot, s, test_x, test_y, device))
+            entry = reusable(earlier, name, ckpt["fingerprint"], it) or score_snapshot(script, snapshot, s, test_x, test_y, device)
+            mine[name]["snapshots"] = sorted(mine[name]["snapshots"] + [entry], key=lambda e: e["iter"])
             write(args.out, report | {"wall_seconds": round(time.time() - started, 1)}, mine)
     report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
     write(args.out, report, mine)
