@@ -13,7 +13,7 @@ from runner.evaluation import evaluate_trained, strong_eval_report
 from runner.files import check_writable, write_json
 from runner.provenance import command_line, device_name, provenance
 from runner.settings import METHODS, model_settings, resolve_settings, run_name
-from runner.training import iterations_left, prepare_models
+from runner.training import check_device, iterations_left, prepare_models
 
 
 def configure_with(name, settings, load_data, authors=None):
@@ -48,8 +48,9 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     if args.slurm is not None or len(jobs.parse_gpus(args.gpu)) > 1:
         return jobs.launch_experiment(args, seeds or [settings["seed"]], chosen, ckpt_dir)
     device = pick_device(args.gpu)
+    check_device(settings, device)
+    data = load_data()  # checked first: a user error stays the one line on stderr
     print(banner(name, settings, args, device, chosen, seeds, ckpt_dir, out), file=sys.stderr)
-    data = load_data()
     started = time.time()
     later = iterations_after(settings, seeds, ckpt_dir, chosen)
     runs = {seed: run_seed(name, settings | {"seed": seed}, args, data, build_D, build_G, device,

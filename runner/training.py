@@ -179,8 +179,7 @@ def graphed_or_eager(step, settings, device, optimizers=()):
     graph (`cuda_graphs`) with the `optimizers` it steps."""
     if not settings["cuda_graphs"]:
         return step
-    if device.type != "cuda":
-        raise UserError("cuda_graphs=true needs a CUDA device; drop it on the CPU")
+    check_device(settings, device)
     graphed = core.GraphedStep(step, device, optimizers=optimizers)
 
     def replayed(x, y):
@@ -192,6 +191,12 @@ def graphed_or_eager(step, settings, device, optimizers=()):
             raise UserError(f"cuda_graphs=true: the step could not be captured as a CUDA graph ({err}); "
                             "run without --set cuda_graphs=true") from None
     return replayed
+
+
+def check_device(settings, device):
+    """That the settings can train on `device`: cuda_graphs needs CUDA."""
+    if settings["cuda_graphs"] and device.type != "cuda":
+        raise UserError("cuda_graphs=true needs a CUDA device; drop it on the CPU")
 
 
 def build_models(seed, settings, build_D, build_G, device):
