@@ -152,7 +152,7 @@ def read_entries(out, protocol):
         with open(out) as f:
             report = json.load(f)
     except (OSError, ValueError) as err:
-        raise runner.errors.UserError(f"{out} is not readable JSON ({runner.files.failure(err)}); move it away or pass "
+        raise runner.errors.UserError(f"{out} is not readable JSON ({runner.errors.failure(err)}); move it away or pass "
                                    "--out") from None
     entries = report.get("datasets") if isinstance(report, dict) else None
     if not isinstance(entries, dict) or not all(isinstance(entry, dict) for entry in entries.values()):

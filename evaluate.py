@@ -12,8 +12,8 @@ Writes a results JSON with provenance; --robustbench also writes RobustBench's m
 The network, eps and PGD settings are those the checkpoint was trained with (its fingerprint), and so is
 the protocol: a checkpoint trained with --protocol authors is scored as the authors scored (batch norm's
 batch statistics, batches of 64, their number of test images) unless --eval-n, --bn-eval or --set say
-otherwise; --protocol, if given, must be the checkpoint's. --set changes the evaluation's settings (e.g.
---set strong_n=0 for every scored image).
+otherwise; --protocol, if given, must be the checkpoint's. --set changes only the scoring settings (e.g.
+--set strong_n=0 for every scored image), and refuses the training ones.
 """
 import argparse
 import copy
@@ -48,6 +48,8 @@ DATASETS = {  # name -> (script that built the networks, args -> test (images, l
 PAPER = dict(name="A Direct Approach to Robust Deep Learning Using Adversarial Networks", authors="Wang, Yu",
              venue="ICLR 2019", link="")
 PAPER_ROWS = {"standard": "A", "pgd": "B", "advnet": "C", "eat": "EAT"}  # method -> the paper's row of its tables
+# what --set may change here: how the checkpoint is scored, never what it was trained with (eps, PGD, networks)
+SCORING_SETTINGS = {"test_n", "eval_batch", "bn_eval", "strong_n", "strong_steps", "strong_restarts", "square_queries"}
 
 
 def parse_args(argv):
@@ -60,7 +62,8 @@ def parse_args(argv):
     p.add_argument("--out", default=None, help="results JSON (default: results/evaluate_<dataset>_<checkpoint name>.json)")
     p.add_argument("--eval-n", type=int, default=None, help="score only the first N test images (setting test_n; 0 = all)")
     p.add_argument("--bn-eval", choices=core.BN_MODES, default=None, help="batch norm when scoring (default running)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an evaluation setting")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scoring setting (repeatable): "
+                   f"{', '.join(sorted(SCORING_SETTINGS))}")
     p.add_argument("--protocol", choices=runner.settings.PROTOCOLS, default=None, help="the checkpoint's protocol (read from "
                    "its fingerprint; given, it must agree)")
     p.add_argument("--strong-eval", action="store_true", help="also run the strong evaluation")
@@ -103,7 +106,7 @@ def build(script, settings, ckpt, path, device):
             module.load_state_dict(ckpt[key])
     except (KeyError, RuntimeError) as err:
         raise runner.errors.UserError(f"checkpoint {path} does not match {script.__name__}'s networks "
-                                   f"({type(err).__name__}); is --dataset right?") from None
+                                   f"({runner.errors.failure(err)}); is --dataset right?") from None
     return D.eval(), G.eval() if "G" in ckpt else None
 
 
@@ -117,7 +120,8 @@ def trained_settings(script, authors, trained, method, args, scoring=None):
     args = copy.copy(args)
     args.protocol = protocol
     resolved = runner.settings.resolve_settings(script.SETTINGS, args, trained | {"dataset": args.dataset} | (scoring or {}),
-                                           authors)
+                                           authors, SCORING_SETTINGS, "a training setting: a checkpoint is scored "
+                                           "with the settings it was trained with")
     return runner.settings.model_settings(resolved, method)
 
 
@@ -144,6 +148,7 @@ def main(argv=None):
               "provenance": runner.provenance.provenance(device, runner.provenance.command_line(args), settings["precision"]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     report["table"], report["eval"] = runner.evaluation.evaluate_trained({"model": D}, settings, test_x, test_y, device)
+    print(runner.reports.table_caption(report["eval"]["n_test"], settings["eps"], settings["protocol"], settings["bn_eval"]))
     print(runner.reports.format_table(report["table"]))
     if args.strong_eval or args.robustbench:
         report["strong_eval"] = runner.evaluation.strong_eval_report({"model": D}, G, settings, test_x, test_y, device,

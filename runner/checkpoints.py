@@ -6,7 +6,7 @@ import os
 import torch
 
 import core
-from runner.errors import UserError
+from runner.errors import UserError, failure
 from runner.settings import fingerprint
 
 
@@ -66,7 +66,7 @@ def restore(ckpt, path, modules):
             if isinstance(module, torch.optim.Optimizer):  # its rate comes back as a float or a CPU tensor
                 core.set_learning_rate(module, float(module.param_groups[0]["lr"]))
     except (KeyError, RuntimeError, ValueError) as err:
-        raise UserError(f"checkpoint {path} does not match this model ({type(err).__name__}); delete it to retrain") from None
+        raise UserError(f"checkpoint {path} does not match this model ({failure(err)}); delete it to retrain") from None
 
 
 def kept_checkpoint(path):

@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from runner.errors import UserError
+from runner.errors import UserError, failure
 
 
 def open_dataset(make, name, where, files, n_classes, image_shape):
@@ -20,7 +20,7 @@ def open_dataset(make, name, where, files, n_classes, image_shape):
     except Exception as err:  # torchvision raises several types for a failed download or a bad file
         if missing:
             raise UserError(f"{name} is not on disk ({', '.join(missing)} missing) and could not be downloaded "
-                            f"({type(err).__name__}); {where}") from None
+                            f"({failure(err)}); {where}") from None
         raise UserError(damaged_file(name, paths, err)) from None
     check_dataset(name, data, files, n_classes, image_shape)
     return data
@@ -33,8 +33,8 @@ def damaged_file(name, paths, err):
         problem = file_problem(path)
         if problem:
             return f"{name}: {path} is {problem}; replace it with the original file"
-    return (f"{name}: torchvision could not read the files in {os.path.dirname(paths[0])} ({type(err).__name__}: "
-            f"{' '.join(str(err).split())}), though each one reads as its format: one may be damaged inside, or from another release")
+    return (f"{name}: torchvision could not read the files in {os.path.dirname(paths[0])} ({failure(err)}), though "
+            "each one reads as its format: one may be damaged inside, or from another release")
 
 
 def file_problem(path):
@@ -51,7 +51,7 @@ def file_problem(path):
             with open(path, "rb") as f:
                 pickle.load(f, encoding="latin1")
     except Exception as err:
-        return f"unreadable ({type(err).__name__}: {' '.join(str(err).split())})"
+        return f"unreadable ({failure(err)})"
     return None
 
 

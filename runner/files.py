@@ -8,7 +8,7 @@ import os
 import tempfile
 
 import core
-from runner.errors import UserError
+from runner.errors import UserError, failure
 
 
 @contextlib.contextmanager
@@ -31,13 +31,6 @@ def write_json(path, data):
     except OSError as err:  # a full disk, say: atomic_write has kept what was there
         raise UserError(f"{path} not written ({err.strerror or err}); what it held is kept, and so are the checkpoints: "
                         "free some space and run the same command again") from None
-
-
-def failure(err):
-    """An exception as one line of a message: an OSError's own words, else its type and text."""
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return f"{type(err).__name__}: {' '.join(str(err).split())}"
 
 
 def check_writable(folder, option):

@@ -12,7 +12,7 @@ import time
 import submitit
 import torch
 
-from runner.errors import UserError
+from runner.errors import UserError, kind_name
 
 
 def parse_gpus(gpu):
@@ -25,9 +25,13 @@ def parse_gpus(gpu):
     if not all(i.strip().isdigit() for i in indices):
         raise UserError(f"--gpu {gpu}: give GPU indices such as 0 or 0,1,2,3, or cpu")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not count:
+        raise UserError(f"--gpu {gpu}: torch sees no CUDA device on this machine; run on the CPU with --gpu cpu "
+                        "(or leave --gpu out)")
     absent = [i for i in indices if int(i) >= count]
     if absent:
-        raise UserError(f"--gpu {gpu}: this machine has {count} CUDA device(s); use --gpu cpu or indices below {count}")
+        raise UserError(f"--gpu {gpu}: this machine has {count} CUDA device{'s' if count > 1 else ''}, "
+                        f"{'0' if count == 1 else f'0 to {count - 1}'}; no device {', '.join(absent)}")
     return [torch.device(f"cuda:{int(i)}") for i in indices]
 
 
@@ -76,7 +80,7 @@ def parse_slurm(text):
             try:
                 params[parameter] = kind(value)
             except ValueError:
-                raise UserError(f"--slurm {pair}: expected a {kind.__name__}") from None
+                raise UserError(f"--slurm {pair}: {key} takes {kind_name(kind)}") from None
     return cluster, params
 
 

@@ -9,29 +9,57 @@ import time
 import submitit
 
 
+PROJECT_AFTER = 60  # seconds of measuring before the whole run's time is projected
+DAY = 24 * 3600
+
+
 class Progress:
     """A dependency-free progress line: count, rate, ETA. Redrawn in place on a terminal, else a line
-    every 30 s, so log files stay short."""
+    every 30 s with a timestamp, so log files stay short and say when. `later`: the units of this run's
+    work still to come after this bar's (the models still to train), projected at this bar's rate, so
+    that the ETA covers the run; once, after PROJECT_AFTER seconds, a line projects the whole run."""
 
-    def __init__(self, total, desc, unit="it", start=0):
-        self.total, self.desc, self.unit, self.start = total, desc, unit, start
-        self.t0 = self.last = time.time()
+    def __init__(self, total, desc, unit="it", start=0, later=0, on_cpu=False, clock=time.time):
+        self.total, self.desc, self.unit, self.start, self.later, self.on_cpu = total, desc, unit, start, later, on_cpu
+        self.clock = clock
+        self.t0 = self.last = clock()
         self.tty = sys.stderr.isatty()
         self.extra = ""
+        self.projected = False
 
     def update(self, done, extra=None):
         self.extra = extra if extra is not None else self.extra
-        now = time.time()
+        now = self.clock()
         if done < self.total and now - self.last < (0.5 if self.tty else 30):
             return
         self.last = now
         rate = (done - self.start) / max(now - self.t0, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else float("inf")
-        line = f"{self.desc} {done}/{self.total} {rate:.2f} {self.unit}/s ETA {format_seconds(eta)} {self.extra}"
-        sys.stderr.write(("\r" + line + "\033[K") if self.tty else line + "\n")
-        if done >= self.total and self.tty:
-            sys.stderr.write("\n")
+        run_eta = eta + self.later / rate if rate > 0 else float("inf")
+        line = (f"{self.desc} {done}/{self.total} {rate:.2f} {self.unit}/s ETA {format_seconds(eta)}"
+                + (f" (run {format_seconds(run_eta)})" if self.later else "") + f" {self.extra}")
+        self.write(line, done >= self.total)
+        if not self.projected and now - self.t0 >= PROJECT_AFTER and done < self.total + self.later:
+            self.projected = True
+            self.write(projection(run_eta, rate, self.unit, self.on_cpu), True)
+
+    def write(self, line, ends):
+        """A line on stderr: redrawn in place on a terminal (and ended where `ends`), else timestamped."""
+        if self.tty:
+            sys.stderr.write("\r" + line + "\033[K" + ("\n" if ends else ""))
+        else:
+            sys.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
         sys.stderr.flush()
+
+
+def projection(seconds, rate, unit, on_cpu):
+    """The line that projects the rest of a run from its measured rate; past a day on a CPU, it says so
+    and names the shorter runs."""
+    line = f"projected: {format_duration(seconds)} for the rest of this run, at the {rate:.2f} {unit}/s measured so far"
+    if on_cpu and seconds > DAY:
+        line += ("; that is past a day on this CPU: --quick is a smoke test of minutes, --iters N trains N iterations "
+                 "per model (the schedule scales with it), and a GPU is the device for the full protocol")
+    return line
 
 
 def format_seconds(s):
@@ -39,6 +67,13 @@ def format_seconds(s):
         return "--:--"
     s = int(s)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+
+def format_duration(s):
+    """A projection's length: hours and minutes, or days past two days."""
+    if not math.isfinite(s):
+        return "an unknown time"
+    return f"{s / DAY:.1f} days" if s > 2 * DAY else format_seconds(s) + (" h" if s >= 3600 else " min")
 
 
 class StopFlag:

@@ -23,6 +23,22 @@ def paper_rows(table):
     return tables[table]["rows"] if tables else None
 
 
+def eps_text(eps):
+    """eps as a person reads it: with its fraction of 255 (or the paper's 256) where it is a whole number of them."""
+    for denominator in (255, 256):
+        if eps < 1 and abs(eps * denominator - round(eps * denominator)) < 1e-9:
+            return f"{eps:.4g} ({round(eps * denominator)}/{denominator})"
+    return f"{eps:g}"
+
+
+def table_caption(n, eps, protocol, bn, quick=False):
+    """What the numbers of a printed table are: their unit, how many test images were scored, eps and
+    protocol; a --quick table says that it is a smoke test."""
+    caption = (f"accuracy in percent on n = {n} test images, eps {eps_text(eps)}, {protocol} protocol, "
+               f"batch norm {bn} when scoring")
+    return caption + ("\n--quick: a smoke test of the pipeline, not a result" if quick else "")
+
+
 def format_table(table, paper=None):
     """Our accuracies, and the paper's beside them where given ({row: [values in column order]})."""
     width = max([8] + [len(row) + 1 for row in table])

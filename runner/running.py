@@ -1,17 +1,19 @@
 """Running a data set's experiment: its models and seeds trained or loaded, evaluated, and the results
 JSON written (or the work launched as jobs)."""
 import os
+import sys
 import time
 
+import core
 from runner import jobs, reports
 from runner.checkpoints import checked_checkpoint
 from runner.cli import experiment_parser, parse_cli, parse_models, parse_seeds, pick_device
 from runner.errors import UserError
 from runner.evaluation import evaluate_trained, strong_eval_report
 from runner.files import check_writable, write_json
-from runner.provenance import command_line, provenance
+from runner.provenance import command_line, device_name, provenance
 from runner.settings import METHODS, model_settings, resolve_settings, run_name
-from runner.training import prepare_models
+from runner.training import check_device, iterations_left, prepare_models
 
 
 def configure_with(name, settings, load_data, authors=None):
@@ -46,10 +48,13 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     if args.slurm is not None or len(jobs.parse_gpus(args.gpu)) > 1:
         return jobs.launch_experiment(args, seeds or [settings["seed"]], chosen, ckpt_dir)
     device = pick_device(args.gpu)
-    data = load_data()
+    check_device(settings, device)
+    data = load_data()  # checked first: a user error stays the one line on stderr
+    print(banner(name, settings, args, device, chosen, seeds, ckpt_dir, out), file=sys.stderr)
     started = time.time()
+    later = iterations_after(settings, seeds, ckpt_dir, chosen)
     runs = {seed: run_seed(name, settings | {"seed": seed}, args, data, build_D, build_G, device,
-                           os.path.join(ckpt_dir, f"seed{seed}"), chosen, paper, autoattack)
+                           os.path.join(ckpt_dir, f"seed{seed}"), chosen, paper, autoattack, later[seed])
             for seed in seeds} if seeds else {None: run_seed(name, settings, args, data, build_D, build_G, device,
                                                              ckpt_dir, chosen, paper, autoattack)}
     if args.no_eval:
@@ -60,6 +65,8 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
         report["table_stats"] = reports.seed_statistics({seed: run["table"] for seed, run in runs.items()})
         report["table"] = {row: {col: cell["mean"] for col, cell in cols.items()} for row, cols in report["table_stats"].items()}
         report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
+        print(reports.table_caption(next(iter(runs.values()))["eval"]["n_test"], settings["eps"], settings["protocol"],
+                                    settings["bn_eval"], args.quick))
         print(reports.format_statistics(report["table_stats"], paper))
     else:
         report = runs[None]
@@ -87,6 +94,32 @@ def check_run(settings, args, seeds, chosen, ckpt_dir, out):
         check_writable(os.path.dirname(os.path.abspath(out)), "--out")
 
 
+def banner(name, settings, args, device, chosen, seeds, ckpt_dir, out):
+    """What a run will do, said before it starts: device and precision, protocol, the models and their
+    iterations, where the checkpoints and the results go, and, for --quick, that it is a smoke test."""
+    iters = {m: model_settings(settings, METHODS[m.rstrip("'")])["iters"] for m in chosen}
+    each = (f"{next(iter(iters.values()))} iterations each" if len(set(iters.values())) == 1
+            else ", ".join(f"{m} {n} iterations" for m, n in iters.items()))
+    lines = [f"{name}: {settings['protocol']} protocol on {device_name(device)}; training in "
+             f"{core.precision_name(device, settings['precision'])}, scoring in float32",
+             f"train {', '.join(chosen)} ({each}; seed{'s ' + ', '.join(map(str, seeds)) if seeds else ' ' + str(settings['seed'])}"
+             ", the copies seed + 1); finished checkpoints are loaded, not retrained" if chosen
+             else "train nothing (--eval-only): score the finished checkpoints",
+             f"checkpoints: {ckpt_dir}; results: " + ("none (--no-eval)" if args.no_eval else out)]
+    if args.quick:
+        lines.append("--quick: a smoke test of the pipeline (a tiny schedule on a few test images): its numbers are not a result")
+    return "\n".join(lines)
+
+
+def iterations_after(settings, seeds, ckpt_dir, chosen):
+    """seed -> the iterations still to train in the seeds after it (the ETA of a run over --seeds)."""
+    if not seeds:
+        return {}
+    left = [sum(iterations_left(model_specs(settings | {"seed": seed}, os.path.join(ckpt_dir, f"seed{seed}"), chosen),
+                                settings).values()) for seed in seeds]
+    return {seed: sum(left[i + 1:]) for i, seed in enumerate(seeds)}
+
+
 def model_specs(settings, ckpt_dir, chosen):
     """The models a run prepares, those `chosen` to train and those with a checkpoint in `ckpt_dir`:
     name -> (method, seed, checkpoint path, whether to train it)."""
@@ -99,16 +132,17 @@ def model_specs(settings, ckpt_dir, chosen):
     return specs
 
 
-def run_seed(name, settings, args, data, build_D, build_G, device, ckpt_dir, chosen, paper, autoattack):
+def run_seed(name, settings, args, data, build_D, build_G, device, ckpt_dir, chosen, paper, autoattack, later=0):
     """One run of the experiment with settings["seed"]: trains the chosen models, and unless --no-eval
-    evaluates them; returns that run's report (the results JSON of a single-seed run)."""
+    evaluates them; returns that run's report (the results JSON of a single-seed run). `later`: the
+    iterations the run trains after this seed's."""
     train_x, train_y, test_x, test_y = data
     started = time.time()
     report = {"experiment": name, "protocol": settings["protocol"], "settings": settings, "seeds": {},
               "provenance": provenance(device, command_line(args), settings["precision"]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": {}}
     finished, generators, specs = {}, {}, model_specs(settings, ckpt_dir, chosen)
-    prepared = prepare_models(specs, settings, build_D, build_G, lambda: (train_x, train_y), device)
+    prepared = prepare_models(specs, settings, build_D, build_G, lambda: (train_x, train_y), device, later)
     for model_name, (D, G, record) in prepared.items():
         if record["iters_done"] >= settings["iters"]:
             report["seeds"][model_name] = specs[model_name][1]
@@ -118,8 +152,10 @@ def run_seed(name, settings, args, data, build_D, build_G, device, ckpt_dir, cho
         print(f"trained {', '.join(finished) or 'nothing'}; checkpoints in {ckpt_dir}; run without --no-eval to evaluate")
         return report
     report["table"], report["eval"] = evaluate_trained(finished, settings, test_x, test_y, device)
-    print(f"seed {settings['seed']} (copies {settings['seed'] + 1}), {settings['protocol']} protocol\n"
-          f"{reports.format_table(report['table'], paper)}")
+    print(f"seed {settings['seed']} (copies {settings['seed'] + 1}), "
+          + reports.table_caption(report["eval"]["n_test"], settings["eps"], settings["protocol"], settings["bn_eval"],
+                                  args.quick)
+          + f"\n{reports.format_table(report['table'], paper)}")
     if args.strong_eval:
         report["strong_eval"] = strong_eval_report(finished, generators.get("C"), settings, test_x, test_y, device,
                                                    autoattack, ckpt_dir)

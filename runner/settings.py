@@ -1,9 +1,10 @@
 """Settings: the dicts every script shares, the protocols' tables, checked overrides and ranges, the
 fingerprint that matches a checkpoint to its settings, and the learning-rate schedule."""
+import difflib
 import json
 
 import core
-from runner.errors import UserError
+from runner.errors import UserError, kind_name
 
 
 # What every data set shares (paper section 3 and 4); each script's dict overrides what differs.
@@ -110,32 +111,49 @@ def parse_value(key, text, default):
             return float(text)
         return kind(text)
     except ValueError:
-        raise UserError(f"--set {key}={text}: expected a {kind.__name__} (the default is {default!r})") from None
+        raise UserError(f"--set {key}={text}: {key} takes {kind_name(kind)}, not {text!r} "
+                        f"(the default is {default!r})") from None
 
 
-def apply_overrides(settings, pairs):
+# Settings that --set does not change, and what does
+FIXED_SETTINGS = {key: f"the protocol is chosen with --protocol {{{','.join(PROTOCOLS)}}}"
+                  for key in ("protocol", "protocol_source", "model_overrides")}
+FIXED_SETTINGS["dataset"] = "the data set is the script's (mnist.py --fashion for Fashion-MNIST)"
+
+
+def apply_overrides(settings, pairs, settable=None, why_not=""):
+    """`settings` with --set's key=value `pairs` applied, each checked: a key among `settable` (default:
+    every setting but FIXED_SETTINGS), a value of its default's type. A known key outside `settable` is
+    refused with `why_not`."""
     settings = dict(settings)
+    settable = sorted(settable or set(settings) - set(FIXED_SETTINGS))
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep:
             raise UserError(f"--set {pair}: write key=value")
-        if key not in settings:
-            raise UserError(f"--set {key}: unknown setting; known: {', '.join(sorted(settings))}")
-        if key in ("protocol", "protocol_source", "model_overrides"):
-            raise UserError(f"--set {key}: the protocol is chosen with --protocol {{{','.join(PROTOCOLS)}}}")
-        if key == "dataset":
-            raise UserError("--set dataset: the data set is the script's (mnist.py --fashion for Fashion-MNIST)")
+        if key in FIXED_SETTINGS:
+            raise UserError(f"--set {key}: {FIXED_SETTINGS[key]}")
+        if key not in settable:
+            raise UserError(unsettable(key, settable, why_not if key in settings else "unknown setting"))
         settings[key] = parse_value(key, text, settings[key])
     return settings
 
 
-def resolve_settings(base, args, preset=None, authors=None):
+def unsettable(key, settable, why):
+    """The line that refuses --set `key`: why, the closest settable key, and every settable one."""
+    close = difflib.get_close_matches(key, settable, n=1)
+    return (f"--set {key}: {why}; " + (f"did you mean {close[0]}? " if close else "")
+            + f"settable: {', '.join(settable)}")
+
+
+def resolve_settings(base, args, preset=None, authors=None, settable=None, why_not=""):
     """base <- the protocol <- preset (e.g. Fashion-MNIST) <- --quick <- --iters/--seed <- --set, each checked.
 
     --protocol paper (the default) keeps `base`, the script's settings from the paper. --protocol authors
     adds AUTHORS_SETTINGS and the script's table of the authors' values, `authors`: its entries A, B, C
     and EAT hold one model's own values, kept in `model_overrides` for model_settings to apply. A value set
-    by a later layer (the preset, --quick, --iters, ..., --set) is every model's."""
+    by a later layer (the preset, --quick, --iters, ..., --set) is every model's. `settable` and `why_not`
+    narrow --set (apply_overrides)."""
     protocol = getattr(args, "protocol", None) or "paper"
     s, own = dict(base), {}
     if protocol == "authors":
@@ -147,7 +165,7 @@ def resolve_settings(base, args, preset=None, authors=None):
     for key, value in (("iters", args.iters), ("seed", args.seed), ("test_n", args.eval_n), ("bn_eval", args.bn_eval)):
         if value is not None:
             later[key] = value
-    s = apply_overrides(s | later | {"protocol": protocol}, args.set)
+    s = apply_overrides(s | later | {"protocol": protocol}, args.set, settable, why_not)
     later_keys = set(later) | {pair.partition("=")[0] for pair in args.set}
     s["model_overrides"] = {row: {k: v for k, v in values.items() if k not in later_keys} for row, values in own.items()}
     for method in ["generator", *MODEL_ROWS]:

@@ -11,35 +11,35 @@ import time
 import torch
 
 import core
-from runner.checkpoints import checked_checkpoint, kept_checkpoint, restore
-from runner.errors import UserError
-from runner.files import failure
+from runner.checkpoints import checked_checkpoint, kept_checkpoint, read_checkpoint, restore
+from runner.errors import UserError, failure
 from runner.progress import Progress, StopFlag
 from runner.provenance import GIT_AT_START, device_name
 from runner.settings import RECORDED_APART, fingerprint, lr_at, model_settings
 from runner.validation import held_out_split, keep_if_due, milestone, note_held_out, validate_if_due
 
 
-def train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_path, train=True):
+def train_model(name, method, seed, D, G, make_batches, settings, device, ckpt_path, train=True, later=0):
     """Trains (or resumes, or skips if finished) one model; `train=False` only loads a checkpoint.
     Returns the model's record for the results JSON (iters_done < iters: unfinished). `make_batches()`
     gives the batch source (iteration -> (x, y)); it is called only if there is training to do.
 
     A checkpoint is written every `ckpt_minutes` at a logging boundary, at the end, and when the run
     is interrupted (SIGINT/SIGTERM, between iterations). A NaN/inf loss stops the run with the last
-    good checkpoint kept."""
+    good checkpoint kept. `later`: the iterations of the run's models still to train after this one,
+    for the progress line's ETA of the whole run."""
     with StopFlag() as stop:
         return run_in_turn({name: training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path,
-                                               stop, train)}, device, streams=False)[name]
+                                               stop, train, later)}, device, streams=False)[name]
 
 
-def training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop, train=True):
+def training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop, train=True, later=0):
     """train_model's work as a generator that yields after every iteration and returns the record, so
     that several models can be trained in turn; `stop` (a StopFlag) is shared by them. With `train`,
     it holds the model's training_lock throughout."""
     with training_lock(ckpt_path, name) if train else contextlib.nullcontext():
         return (yield from locked_training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop,
-                                               train))
+                                               train, later))
 
 
 @contextlib.contextmanager
@@ -76,7 +76,7 @@ def training_lock(ckpt_path, name):
             lock.truncate(0)
 
 
-def locked_training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop, train):
+def locked_training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop, train, later):
     s, fp = model_settings(settings, method), fingerprint(settings, method, seed)
     step, modules = core.make_step(method, D, G, s)
     step = graphed_or_eager(step, s, device, [m for m in modules.values() if isinstance(m, torch.optim.Optimizer)])
@@ -109,7 +109,7 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
     record.setdefault("sessions", []).append({"from_iter": start, "git_commit": commit, "git_dirty": dirty,
                                               "device": device_name(device), "precision": core.precision_name(device, s["precision"]),
                                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    progress = Progress(s["iters"], f"{name} ({method})", start=start)
+    progress = Progress(s["iters"], f"{name} ({method})", start=start, later=later, on_cpu=device.type == "cpu")
     sums, counts, t_start, t_saved, lr_now = {}, {}, time.time(), time.time(), None
     seconds_before = record["train_seconds"]
     for it in range(start, s["iters"]):
@@ -179,8 +179,7 @@ def graphed_or_eager(step, settings, device, optimizers=()):
     graph (`cuda_graphs`) with the `optimizers` it steps."""
     if not settings["cuda_graphs"]:
         return step
-    if device.type != "cuda":
-        raise UserError("cuda_graphs=true needs a CUDA device; drop it on the CPU")
+    check_device(settings, device)
     graphed = core.GraphedStep(step, device, optimizers=optimizers)
 
     def replayed(x, y):
@@ -192,6 +191,12 @@ def graphed_or_eager(step, settings, device, optimizers=()):
             raise UserError(f"cuda_graphs=true: the step could not be captured as a CUDA graph ({err}); "
                             "run without --set cuda_graphs=true") from None
     return replayed
+
+
+def check_device(settings, device):
+    """That the settings can train on `device`: cuda_graphs needs CUDA."""
+    if settings["cuda_graphs"] and device.type != "cuda":
+        raise UserError("cuda_graphs=true needs a CUDA device; drop it on the CPU")
 
 
 def build_models(seed, settings, build_D, build_G, device):
@@ -223,26 +228,40 @@ def batch_maker(seed, settings, data, device):
     return make_batches
 
 
-def prepare_model(name, method, seed, settings, build_D, build_G, data, device, ckpt_path, train=True):
+def prepare_model(name, method, seed, settings, build_D, build_G, data, device, ckpt_path, train=True, later=0):
     """Builds D and G with `seed`, then trains, resumes or just loads them (train_model). Returns (D, G, record)."""
     D, G = build_models(seed, settings, build_D, build_G, device)
     return D, G, train_model(name, method, seed, D, G, batch_maker(seed, settings, data, device), settings, device,
-                             ckpt_path, train)
+                             ckpt_path, train, later)
 
 
-def prepare_models(specs, settings, build_D, build_G, data, device):
+def iterations_left(specs, settings):
+    """The iterations still to train of the models in `specs` (name -> (method, seed, ckpt_path, train)),
+    name -> count: all of a model's without a checkpoint, the rest of one with, none of one not trained."""
+    def left(method, path, train):
+        iters = model_settings(settings, method)["iters"]
+        if not train:
+            return 0
+        return max(iters - read_checkpoint(path)["record"]["iters_done"], 0) if os.path.exists(path) else iters
+    return {name: left(method, path, train) for name, (method, _, path, train) in specs.items()}
+
+
+def prepare_models(specs, settings, build_D, build_G, data, device, later=0):
     """prepare_model for several models, specs: name -> (method, seed, ckpt_path, train). One after
     another or, with `concurrent_models`, all at once (run_in_turn): a batch-64 model leaves most of
     a GPU idle. Concurrent runs share the global RNG in turn, so they are not bitwise those of a
-    sequential run (nor is a resumed one exact); each model keeps its own checkpoint. Returns
+    sequential run (nor is a resumed one exact); each model keeps its own checkpoint. `later`: the
+    iterations the run will train after these models, for the ETA of the whole run. Returns
     name -> (D, G, record)."""
     if not settings["concurrent_models"]:
-        return {name: prepare_model(name, method, seed, settings, build_D, build_G, data, device, path, train)
-                for name, (method, seed, path, train) in specs.items()}
+        left, names = iterations_left(specs, settings), list(specs)
+        return {name: prepare_model(name, method, seed, settings, build_D, build_G, data, device, path, train,
+                                    later + sum(left[after] for after in names[i + 1:]))
+                for i, (name, (method, seed, path, train)) in enumerate(specs.items())}
     built = {name: build_models(spec[1], settings, build_D, build_G, device) for name, spec in specs.items()}
     with StopFlag() as stop:
         runs = {name: training_run(name, method, seed, *built[name], batch_maker(seed, settings, data, device),
-                                   settings, device, path, stop, train)
+                                   settings, device, path, stop, train, later)
                 for name, (method, seed, path, train) in specs.items()}
         records = run_in_turn(runs, device)
     return {name: (*built[name], records[name]) for name in specs}

@@ -80,7 +80,7 @@ def test_fashion_missing_data_names_its_folder(tmp_path, sentinel):
 @pytest.mark.parametrize("args,fragment", [
     (["--gpu", "99"], "--gpu 99"),
     (["--set", "no_such_key=1"], "unknown setting"),
-    (["--set", "iters=many"], "expected a int"),
+    (["--set", "iters=many"], "iters takes an integer, not 'many'"),
     (["--set", "eps"], "key=value"),
     (["--set", "hvp=magic"], "hvp"),
     (["--models", "A,Z"], "--models"),

@@ -111,7 +111,7 @@ def earlier_runs(out, name, settings, scoring):
         with open(out) as f:
             earlier = json.load(f)
     except (OSError, ValueError) as err:
-        raise runner.errors.UserError(f"{out} cannot be read as a results file ({type(err).__name__}): pass another --out") from None
+        raise runner.errors.UserError(f"{out} cannot be read as a results file ({runner.errors.failure(err)}): pass another --out") from None
     if not well_formed(earlier) or earlier["experiment"] != name:
         found = earlier.get("experiment") if isinstance(earlier, dict) else None
         raise runner.errors.UserError(f"{out} is not a results file of {name} (it holds {found or 'something else'}): "

@@ -171,7 +171,7 @@ def earlier_scores(out, scoring, protocol):
         with open(out) as f:
             earlier = json.load(f)
     except (OSError, ValueError) as err:
-        raise runner.errors.UserError(f"{out} is not readable JSON ({runner.files.failure(err)}); move it away, or pass "
+        raise runner.errors.UserError(f"{out} is not readable JSON ({runner.errors.failure(err)}); move it away, or pass "
                                    "another --out") from None
     problem = results_problem(earlier)
     if problem:
