@@ -227,7 +227,8 @@ def job_failure(what, job):
     except submitit.core.utils.FailedJobError as err:  # its message: a header, the traceback and the logs, between rules
         parts = str(err).split("-" * 22)
         traceback = (parts[1] if len(parts) > 2 else str(err)).strip().splitlines()
-        cause = traceback[-1].removeprefix("errors.UserError: ") if traceback else "see its log"
+        user_error = f"{UserError.__module__}.{UserError.__name__}: "  # the class as the job's traceback names it
+        cause = traceback[-1].removeprefix(user_error) if traceback else "see its log"
     except submitit.core.utils.UncompletedJobError:
         cause = "stopped without a result"
     return [f"{what} failed ({cause}); log: {job.paths.stderr}"]

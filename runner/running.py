@@ -1,7 +1,6 @@
 """Running a data set's experiment: its models and seeds trained or loaded, evaluated, and the results
 JSON written (or the work launched as jobs)."""
 import os
-import sys
 import time
 
 import core
@@ -50,7 +49,8 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     device = pick_device(args.gpu)
     check_device(settings, device)
     data = load_data()  # checked first: a user error stays the one line on stderr
-    print(banner(name, settings, args, device, chosen, seeds, ckpt_dir, out), file=sys.stderr)
+    print(banner(name, settings, args, device, chosen, seeds, ckpt_dir, out))  # stdout, beside the table: stderr
+    # keeps progress and a user error's one line (a model locked by another process is found after this)
     started = time.time()
     later = iterations_after(settings, seeds, ckpt_dir, chosen)
     runs = {seed: run_seed(name, settings | {"seed": seed}, args, data, build_D, build_G, device,
