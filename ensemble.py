@@ -13,7 +13,6 @@ authors (each data set's authors' settings, the EAT set crafted with batch stati
     python ensemble.py --quick --datasets mnist
     python ensemble.py --datasets fashion_mnist --iters 1000 --set g_width=8 --strong-eval --eval-n 1000
 """
-import json
 import os
 import time
 
@@ -146,14 +145,9 @@ def main(argv=None):
 
 def read_entries(out, protocol):
     """The data sets' entries that `out` holds ({} if there is no such file), all of `protocol`."""
-    if not os.path.exists(out):
+    report = runner.files.read_results(out)
+    if report is None:
         return {}
-    try:
-        with open(out) as f:
-            report = json.load(f)
-    except (OSError, ValueError) as err:
-        raise runner.errors.UserError(f"{out} is not readable JSON ({runner.errors.failure(err)}); move it away or pass "
-                                   "--out") from None
     entries = report.get("datasets") if isinstance(report, dict) else None
     if not isinstance(entries, dict) or not all(isinstance(entry, dict) for entry in entries.values()):
         raise runner.errors.UserError(f"{out} is not an ensemble results file (no datasets object of entries); move it away "

@@ -47,3 +47,15 @@ def check_writable(folder, option):
     except OSError as err:
         raise UserError(f"{option}: {folder} cannot be {'written to' if os.path.isdir(folder) else 'created'} "
                         f"({failure(err)}); choose a folder you can write to") from None
+
+
+def read_results(out):
+    """The parsed JSON of a results file that a run merges into, or None where there is none yet; a file
+    that does not read as JSON is a UserError (merged into, it would be replaced by less)."""
+    if not os.path.exists(out):
+        return None
+    try:
+        with open(out) as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{out} is not readable JSON ({failure(err)}); move it away, or pass another --out") from None

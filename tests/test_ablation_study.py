@@ -126,7 +126,7 @@ def test_an_unknown_arm_is_one_line_and_exit_2():
     assert run.stderr.startswith("error: --arms paper,bogus: choose from paper, d_every")
 
 
-@pytest.mark.parametrize("content, message", [("{not json", "cannot be read"),
+@pytest.mark.parametrize("content, message", [("{not json", "not readable JSON"),
                                               ('{"experiment": "precision_study", "runs": {}}', "holds precision_study")])
 def test_a_results_file_of_another_shape_is_refused_before_training(content, message, fake_fashion, tmp_path):  # noqa: F811
     out = tmp_path / "other.json"

@@ -105,13 +105,9 @@ def score(D, settings, scoring, test_x, test_y, device, state_dir):
 def earlier_runs(out, name, settings, scoring):
     """arm -> seed -> entry of the results file `out` ({} where there is none yet), checked to be this
     study's, made with these settings (but how often checkpoints are saved) and scored this way."""
-    if not os.path.exists(out):
+    earlier = runner.files.read_results(out)
+    if earlier is None:
         return {}
-    try:
-        with open(out) as f:
-            earlier = json.load(f)
-    except (OSError, ValueError) as err:
-        raise runner.errors.UserError(f"{out} cannot be read as a results file ({runner.errors.failure(err)}): pass another --out") from None
     if not well_formed(earlier) or earlier["experiment"] != name:
         found = earlier.get("experiment") if isinstance(earlier, dict) else None
         raise runner.errors.UserError(f"{out} is not a results file of {name} (it holds {found or 'something else'}): "

@@ -21,7 +21,6 @@ models into one file keep each other's entries; a file scored another way is ref
 into another --out for AutoAttack on more images where it matters; entries already in the file stay.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -165,14 +164,9 @@ def earlier_scores(out, scoring, protocol):
     """The models of the results file `out` ({} where there is none), whose entries are reused and kept.
     A file that is not over_training.py's, or that was scored another way or under another protocol, is
     a UserError: merged into, it would lose its entries, or mix two ways of scoring."""
-    if not os.path.exists(out):
+    earlier = runner.files.read_results(out)
+    if earlier is None:
         return {}
-    try:
-        with open(out) as f:
-            earlier = json.load(f)
-    except (OSError, ValueError) as err:
-        raise runner.errors.UserError(f"{out} is not readable JSON ({runner.errors.failure(err)}); move it away, or pass "
-                                   "another --out") from None
     problem = results_problem(earlier)
     if problem:
         raise runner.errors.UserError(f"{out} is not a results file of over_training.py ({problem}); move it away, or "
