@@ -9,7 +9,7 @@ from runner.checkpoints import checked_checkpoint
 from runner.cli import experiment_parser, parse_cli, parse_models, parse_seeds, pick_device
 from runner.errors import UserError
 from runner.evaluation import evaluate_trained, strong_eval_report
-from runner.files import check_writable, write_json
+from runner.files import check_writable, read_results, write_json
 from runner.provenance import command_line, device_name, provenance
 from runner.settings import METHODS, model_settings, resolve_settings, run_name
 from runner.training import check_device, iterations_left, prepare_models
@@ -43,7 +43,7 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     chosen = [] if args.eval_only else parse_models(args.models)
     ckpt_dir = args.ckpt_dir or os.path.join("checkpoints", name)
     out = args.out or os.path.join("results", f"{name}.json")
-    check_run(settings, args, seeds, chosen, ckpt_dir, out)
+    check_run(name, settings, args, seeds, chosen, ckpt_dir, out)
     if args.slurm is not None or len(jobs.parse_gpus(args.gpu)) > 1:
         return jobs.launch_experiment(args, seeds or [settings["seed"]], chosen, ckpt_dir)
     device = pick_device(args.gpu)
@@ -75,10 +75,11 @@ def run_experiment(name, settings, args, load_data, build_D, build_G, paper=None
     return report
 
 
-def check_run(settings, args, seeds, chosen, ckpt_dir, out):
+def check_run(name, settings, args, seeds, chosen, ckpt_dir, out):
     """What a run will read and write, checked before it trains or scores anything: every checkpoint it
     will load (checked_checkpoint), a target model (A, B or C) to evaluate unless --no-eval, and the
     folders it writes to. So a mistake costs no training, and a run with nothing to score keeps `out`."""
+    rows = set()  # the models the results will hold
     for seed in seeds or [None]:
         s, folder = (settings, ckpt_dir) if seed is None else (settings | {"seed": seed}, os.path.join(ckpt_dir, f"seed{seed}"))
         specs = model_specs(s, folder, chosen)
@@ -88,6 +89,9 @@ def check_run(settings, args, seeds, chosen, ckpt_dir, out):
             raise UserError(f"nothing to evaluate: {folder} holds no finished checkpoint of A, B or C"
                             + ("" if args.eval_only else ", and --models trains none of them")
                             + f" (is --ckpt-dir right?); {out} is left as it is")
+        rows |= {"A", "B", "C"} & set(chosen + finished)
+    if not args.no_eval:
+        check_no_less(name, out, settings, args, seeds, rows)
     if not args.eval_only or args.strong_eval:  # the strong evaluation keeps AutoAttack's state beside the checkpoints
         check_writable(ckpt_dir, "--ckpt-dir")
     if not args.no_eval:
@@ -118,6 +122,42 @@ def iterations_after(settings, seeds, ckpt_dir, chosen):
     left = [sum(iterations_left(model_specs(settings | {"seed": seed}, os.path.join(ckpt_dir, f"seed{seed}"), chosen),
                                 settings).values()) for seed in seeds]
     return {seed: sum(left[i + 1:]) for i, seed in enumerate(seeds)}
+
+
+def less_than(earlier, settings, args, seeds, rows):
+    """What the results file `earlier` holds that this run would not write, as short phrases: more test
+    images, a strong evaluation (or one on more images), other seeds or other models."""
+    runs = list(earlier.get("runs", {}).values()) if isinstance(earlier.get("runs"), dict) else [earlier]
+    lost = []
+    n, strong_n = settings["test_n"], settings["strong_n"]  # 0: the whole test set, which no earlier file exceeds
+    if n and any(run.get("eval", {}).get("n_test", 0) > n for run in runs):
+        lost.append(f"scores on more than {n} test images")
+    strong = [run["strong_eval"] for run in runs if isinstance(run.get("strong_eval"), dict)]
+    if strong and not args.strong_eval:
+        lost.append("a strong evaluation (add --strong-eval)")
+    elif strong_n and any(e.get("n_test", 0) > strong_n for e in strong):
+        lost.append(f"a strong evaluation of more than {strong_n} images")
+    earlier_seeds = set(earlier.get("seed_list") or [earlier.get("settings", {}).get("seed")]) - {None}
+    other_seeds = sorted(earlier_seeds - set(seeds or [settings["seed"]]), key=str)
+    if other_seeds:
+        lost.append(f"seeds {', '.join(map(str, other_seeds))}")
+    earlier_rows = {row for run in runs for row in run.get("table", {})}
+    if earlier_rows - rows:
+        lost.append(f"models {', '.join(sorted(earlier_rows - rows))}")
+    return lost
+
+
+def check_no_less(name, out, settings, args, seeds, rows):
+    """A run never replaces a results file by one that holds less: it stops before training instead."""
+    earlier = read_results(out)
+    if earlier is None:
+        return
+    if not isinstance(earlier, dict) or earlier.get("experiment", name) != name:
+        raise UserError(f"{out} is not a results file of {name}; move it away, or pass another --out")
+    lost = less_than(earlier, settings, args, seeds, rows)
+    if lost:
+        raise UserError(f"{out} holds {'; '.join(lost)}, which this run would not write: pass another --out, "
+                        "or move the file away to replace it")
 
 
 def model_specs(settings, ckpt_dir, chosen):

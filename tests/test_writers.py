@@ -191,3 +191,27 @@ def test_ensemble_merge_waits_for_another_process_merging(tmp_path):
         holder.wait()
     waiter.join(10)
     assert entered.is_set()
+
+
+@pytest.mark.slow
+def test_a_run_never_replaces_its_results_file_by_one_that_holds_less(fake_mnist, tmp_path, capsys):
+    out = tmp_path / "mnist_quick.json"
+    command = ["--gpu", "cpu", "--quick", "--models", "C", "--data-dir", fake_mnist, "--ckpt-dir", str(tmp_path / "ckpt"),
+               "--out", str(out)]
+    mnist.main(command + ["--eval-n", "40"])
+    mnist.main(command + ["--eval-n", "40"])  # the same run again holds as much: it may replace the file
+    written = json.loads(out.read_text())
+    more_than_this_run = {  # what an earlier file holds -> the phrase the refusal names
+        "more test images": (written, ["--eval-n", "20"], "more than 20 test images"),
+        "a strong evaluation": (written | {"strong_eval": {"n_test": 10}}, [], "a strong evaluation"),
+        "another model": (written | {"table": written["table"] | {"A": written["table"]["C"]}}, [], "models A"),
+        "another seed": (written | {"settings": written["settings"] | {"seed": 7}}, [], "seeds 7"),
+        "another experiment": (written | {"experiment": "svhn"}, [], "not a results file of mnist_quick"),
+    }
+    for case, (earlier, extra, phrase) in more_than_this_run.items():
+        out.write_text(json.dumps(earlier))
+        before = out.read_bytes()
+        capsys.readouterr()
+        code, err = run_main(mnist.main, command + ["--eval-n", "40"] + extra, capsys)
+        assert code == 2 and phrase in err and len(err.strip().splitlines()) == 1, (case, err)
+        assert out.read_bytes() == before, case
