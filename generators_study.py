@@ -50,6 +50,9 @@ def main(argv=None):
     cifar_dir = os.path.join(args.ckpt_dir or "checkpoints", name)
     study_name = runner.settings.run_name("generators", args)
     study_dir = os.path.join(args.ckpt_dir or "checkpoints", study_name)
+    out = args.out or os.path.join("results", study_name + ".json")
+    runner.files.check_writable(args.ckpt_dir or "checkpoints", "--ckpt-dir")  # before hours of training, not after
+    runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
     train_x, train_y, test_x, test_y = load()
     data = lambda: (train_x, train_y)
     n = settings["test_n"] or len(test_x)
@@ -101,7 +104,6 @@ def main(argv=None):
 
     report |= {"table5": table5, "table6": table6, "eval": evaluation,
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
-    out = args.out or os.path.join("results", study_name + ".json")
     examples_path = os.path.splitext(out)[0] + "_examples.npz"
     report["examples"] = os.path.basename(examples_path)
     arrays = {k: v.float().cpu().numpy() for k, v in examples.items()}

@@ -14,8 +14,10 @@ import torch
 import core
 import ensemble
 import evaluate
+import generators_study
 import mnist
 import over_training
+import precision_study
 import runner.files
 from conftest import write_fake_cifar, write_fake_mnist, write_idx
 from test_data_checks import run_main
@@ -219,6 +221,15 @@ def test_a_folder_that_cannot_be_created_is_found_at_the_door(reader, option, us
     where = argv.index(option) + 1
     argv[where] = str(blocked / os.path.basename(argv[where])) if option == "--out" else str(blocked)
     refused(main, argv, user, capsys, option, "cannot be created")
+
+
+@pytest.mark.parametrize("study", [generators_study, precision_study])
+@pytest.mark.parametrize("option", ["--out", "--ckpt-dir"])
+def test_the_studies_find_a_folder_that_cannot_be_created_at_the_door(study, option, user, capsys):
+    blocked = user / "results" / "mnist.json" / "under_a_file"  # the data are not there either: the door comes first
+    argv = ["--quick", "--gpu", "cpu", "--data-dir", str(user / "no_data"),
+            option, str(blocked / "out.json") if option == "--out" else str(blocked)]
+    refused(study.main, argv, user, capsys, option, "cannot be created")
 
 
 @pytest.mark.parametrize("extra,fragment", [(["--seed", str(2 ** 64)], "seed=18446744073709551616 is outside"),

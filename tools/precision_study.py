@@ -104,6 +104,9 @@ def main(argv=None):
     seeds = runner.cli.parse_seeds(args.seeds)
     name = "precision_study" + ("_quick" if args.quick else "")
     ckpt_dir = args.ckpt_dir or os.path.join("checkpoints", name)
+    out = args.out or os.path.join("results", f"{name}.json")
+    runner.files.check_writable(ckpt_dir, "--ckpt-dir")  # before the trainings, not after them
+    runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
     device = runner.cli.pick_device(args.gpu)
     train_x, train_y, test_x, test_y = mnist.load_data(args.data_dir, fashion=True)
     started = time.time()
@@ -141,7 +144,6 @@ def main(argv=None):
     if "float32" in stats:
         report["within_float32_spread"] = {arm: within_spread(stats, arm) for arm in stats if arm != "float32"}
     report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
-    out = args.out or os.path.join("results", f"{name}.json")
     runner.files.write_json(out, report)
     print(format_summary(stats))
     print(f"results written to {out}")
