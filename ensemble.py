@@ -31,6 +31,7 @@ import runner.jobs
 import runner.progress
 import runner.provenance
 import runner.reports
+import runner.running
 import runner.settings
 import runner.training
 import svhn
@@ -75,12 +76,15 @@ def check_dataset_run(key, args):
             runner.checkpoints.checked_checkpoint(path, settings, method, seed)
 
 
-def run_dataset(key, args, device):
+def run_dataset(key, args, device, out):
     script, paper_key, configure = DATASETS[key]
     name, settings, load = configure(args)
     provenance = runner.provenance.provenance(device, runner.provenance.command_line(args), settings["precision"])
     ckpt_dir = os.path.join(args.ckpt_dir or "checkpoints", name)
     train_x, train_y, test_x, test_y = load()
+    print(runner.running.study_banner(
+        name, settings, device, f"{key}: train or load {', '.join(NEEDED)} ({runner.running.iterations_text(settings, NEEDED)}), "
+        "craft the EAT set from A, train EAT, score EAT beside C", ckpt_dir, out, args.quick))
     models, generators, records = {}, {}, {}
     for model_name in NEEDED:
         method, seed = planned_models(settings)[model_name]
@@ -134,7 +138,7 @@ def main(argv=None):
     entries = {}
     for key in keys:
         t0 = time.time()
-        entries[key] = run_dataset(key, args, device) | {"wall_seconds": round(time.time() - t0, 1)}
+        entries[key] = run_dataset(key, args, device, out) | {"wall_seconds": round(time.time() - t0, 1)}
     with runner.files.merge_lock(out):  # one entry per data set: the entries other runs wrote meanwhile are kept
         report = {"experiment": name, "protocol": args.protocol, "datasets": read_entries(out, args.protocol) | entries,
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -26,6 +26,7 @@ import runner.files
 import runner.jobs
 import runner.provenance
 import runner.reports
+import runner.running
 import runner.settings
 import runner.training
 
@@ -54,6 +55,11 @@ def main(argv=None):
     runner.files.check_writable(args.ckpt_dir or "checkpoints", "--ckpt-dir")  # before hours of training, not after
     runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
     train_x, train_y, test_x, test_y = load()
+    cifar_models = ["A", "A'", "B", "B'", "C"]
+    print(runner.running.study_banner(
+        study_name, settings, device, f"train or load CIFAR-10's {', '.join(cifar_models)} "
+        f"({runner.running.iterations_text(settings, cifar_models)}), then the generators {', '.join(GENERATORS)} against "
+        "A (Table 5) and their transfer (Table 6)", f"{cifar_dir}, {study_dir}", out, args.quick))
     data = lambda: (train_x, train_y)
     n = settings["test_n"] or len(test_x)
     test_x, test_y = test_x[:n], test_y[:n]
@@ -64,7 +70,7 @@ def main(argv=None):
         return runner.training.prepare_model(model_name, runner.settings.METHODS[model_name.rstrip("'")], seed, settings, cifar10.build_D,
                                   cifar10.build_G, data, device, os.path.join(cifar_dir, f"{model_name}.pt"))
 
-    fixed = {m: cifar_model(m) for m in ("A", "A'", "B", "B'", "C")}
+    fixed = {m: cifar_model(m) for m in cifar_models}
     targets = {m: fixed[m][0] for m in ("A", "A'", "B", "C")}
     report = {"experiment": study_name, "protocol": settings["protocol"], "settings": settings, "attack_training": ATTACK_TRAINING,
               "provenance": runner.provenance.provenance(device, runner.provenance.command_line(args), settings["precision"]), "n_test": n, "models": {}}

@@ -101,16 +101,27 @@ def check_run(name, settings, args, seeds, chosen, ckpt_dir, out):
 def banner(name, settings, args, device, chosen, seeds, ckpt_dir, out):
     """What a run will do, said before it starts: device and precision, protocol, the models and their
     iterations, where the checkpoints and the results go, and, for --quick, that it is a smoke test."""
-    iters = {m: model_settings(settings, METHODS[m.rstrip("'")])["iters"] for m in chosen}
-    each = (f"{next(iter(iters.values()))} iterations each" if len(set(iters.values())) == 1
+    work = (f"train {', '.join(chosen)} ({iterations_text(settings, chosen)}; seed"
+            f"{'s ' + ', '.join(map(str, seeds)) if seeds else ' ' + str(settings['seed'])}, the copies seed + 1); "
+            "finished checkpoints are loaded, not retrained" if chosen
+            else "train nothing (--eval-only): score the finished checkpoints")
+    return study_banner(name, settings, device, work, ckpt_dir, "none (--no-eval)" if args.no_eval else out, args.quick)
+
+
+def iterations_text(settings, models):
+    """"200000 iterations each", or each model's where they differ (the protocols give models their own)."""
+    iters = {m: model_settings(settings, METHODS[m.rstrip("'")])["iters"] for m in models}
+    return (f"{next(iter(iters.values()))} iterations each" if len(set(iters.values())) == 1
             else ", ".join(f"{m} {n} iterations" for m, n in iters.items()))
+
+
+def study_banner(name, settings, device, work, ckpt_dir, out, quick):
+    """The banner of any run: its name, protocol, device and precision, the `work` it will do (a line),
+    where checkpoints and results go, and for --quick that it is a smoke test."""
     lines = [f"{name}: {settings['protocol']} protocol on {device_name(device)}; training in "
-             f"{core.precision_name(device, settings['precision'])}, scoring in float32",
-             f"train {', '.join(chosen)} ({each}; seed{'s ' + ', '.join(map(str, seeds)) if seeds else ' ' + str(settings['seed'])}"
-             ", the copies seed + 1); finished checkpoints are loaded, not retrained" if chosen
-             else "train nothing (--eval-only): score the finished checkpoints",
-             f"checkpoints: {ckpt_dir}; results: " + ("none (--no-eval)" if args.no_eval else out)]
-    if args.quick:
+             f"{core.precision_name(device, settings['precision'])}, scoring in float32", work,
+             f"checkpoints: {ckpt_dir}; results: {out}"]
+    if quick:
         lines.append("--quick: a smoke test of the pipeline (a tiny schedule on a few test images): its numbers are not a result")
     return "\n".join(lines)
 

@@ -107,10 +107,14 @@ def test_generator_trained_against_a_fixed_model_lowers_its_accuracy(tmp_path):
 
 
 @pytest.mark.slow
-def test_ensemble_quick_run(fake_mnist, shared_checkpoints, tmp_path):
+def test_ensemble_quick_run(fake_mnist, shared_checkpoints, tmp_path, capsys):
     out = tmp_path / "ensemble.json"
     args = ["--quick", "--gpu", "cpu", "--datasets", "mnist", "--data-dir", fake_mnist, "--ckpt-dir", shared_checkpoints]
     ensemble.main(args + ["--out", str(out)])
+    said = capsys.readouterr().out  # the banner: what it will train, where things go, that it is a smoke test
+    for fragment in ("mnist_quick: paper protocol on cpu", "A, C, A', B', C' (10 iterations each)", "EAT set", str(out),
+                     "smoke test"):
+        assert fragment in said, fragment
     entry = json.loads(out.read_text())["datasets"]["mnist"]
     assert set(entry["table"]) == {"EAT", "C"} and all(set(r) == set(COLUMNS) for r in entry["table"].values())
     eat_n = runner.settings.QUICK_SETTINGS["eat_n"]  # of the 256 fake training images
@@ -126,10 +130,14 @@ def test_ensemble_rejects_unknown_datasets():
 
 
 @pytest.mark.slow
-def test_generators_quick_run(fake_cifar10, shared_checkpoints, tmp_path, no_md5_check):
+def test_generators_quick_run(fake_cifar10, shared_checkpoints, tmp_path, no_md5_check, capsys):
     out = tmp_path / "generators.json"
     generators_study.main(["--quick", "--gpu", "cpu", "--data-dir", fake_cifar10, "--ckpt-dir", shared_checkpoints,
                            "--out", str(out)])
+    said = capsys.readouterr().out
+    for fragment in ("generators_quick: paper protocol on cpu", "A, A', B, B', C (10 iterations each)", "G3_label",
+                     str(out), "smoke test"):
+        assert fragment in said, fragment
     report = json.loads(out.read_text())
     names = list(generators_study.GENERATORS)
     assert list(report["table5"]) == names and all(set(r) == {"A", "A'", "B", "C"} for r in report["table5"].values())
