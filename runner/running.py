@@ -83,7 +83,7 @@ def check_run(name, settings, args, seeds, chosen, ckpt_dir, out):
     for seed in seeds or [None]:
         s, folder = (settings, ckpt_dir) if seed is None else (settings | {"seed": seed}, os.path.join(ckpt_dir, f"seed{seed}"))
         specs = model_specs(s, folder, chosen)
-        finished = [name for name, (method, model_seed, path, _) in specs.items() if os.path.exists(path) and
+        finished = [model for model, (method, model_seed, path, _) in specs.items() if os.path.exists(path) and
                     checked_checkpoint(path, s, method, model_seed)["record"]["iters_done"] >= model_settings(s, method)["iters"]]
         if not args.no_eval and not {"A", "B", "C"} & set(chosen + finished):
             raise UserError(f"nothing to evaluate: {folder} holds no finished checkpoint of A, B or C"

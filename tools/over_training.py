@@ -192,17 +192,21 @@ def results_problem(report):
     return None
 
 
-def reusable(earlier, name, fingerprint, it):
+def entries_of(earlier, name, fingerprint):
+    """The scored snapshots that the file holds of this model, trained as it was (the same fingerprint)."""
     model = earlier.get(name, {})
-    found = [e for e in model.get("snapshots", []) if e["iter"] == it] if model.get("fingerprint") == fingerprint else []
+    return model.get("snapshots", []) if model.get("fingerprint") == fingerprint else []
+
+
+def reusable(earlier, name, fingerprint, it):
+    found = [e for e in entries_of(earlier, name, fingerprint) if e["iter"] == it]
     return found[0] if found else None
 
 
 def not_scored_now(earlier, name, fingerprint, now):
     """The file's entries of this model (same fingerprint) at iterations other than `now`: a run of some
     snapshots (--snapshots) adds to the file and never drops the others."""
-    model = earlier.get(name, {})
-    return [e for e in model.get("snapshots", []) if e["iter"] not in now] if model.get("fingerprint") == fingerprint else []
+    return [e for e in entries_of(earlier, name, fingerprint) if e["iter"] not in now]
 
 
 def write(out, report, mine):
