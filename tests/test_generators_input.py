@@ -91,5 +91,7 @@ def test_image_generators_read_the_image_and_not_the_label(make):
     assert torch.equal(G.inputs(x, torch.arange(6)), x)
     out = G(G.inputs(x, torch.arange(6)))
     assert torch.equal(out, G(G.inputs(x, torch.arange(6).flip(0))))
-    assert torch.equal(out[:3], G(G.inputs(x[:3], torch.arange(3))))  # each image alone: no batch statistics
+    # each image alone gives its own perturbation: no batch statistics. Not bit for bit: a convolution's
+    # kernel may change with the batch size, which moves the last bits and nothing more
+    torch.testing.assert_close(out[:3], G(G.inputs(x[:3], torch.arange(3))), rtol=0, atol=1e-5)
     assert (out[:, None] != out[None]).flatten(2).any(2).sum() == 6 * 5, "two images share a perturbation"
