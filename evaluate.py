@@ -135,6 +135,7 @@ def main(argv=None):
     name = os.path.splitext(os.path.basename(args.checkpoint))[0] + ("_authors" if settings["protocol"] == "authors" else "")
     out = args.out or os.path.join("results", f"evaluate_{args.dataset}_{name}.json")
     runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
+    runner.files.check_replaceable(out, "evaluate")
     test_x, test_y = load_test(args)
     check_classes(D, test_x, test_y, args, device)
     started = time.time()

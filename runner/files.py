@@ -33,6 +33,19 @@ def write_json(path, data):
                         "free some space and run the same command again") from None
 
 
+def check_replaceable(out, experiment):
+    """That a results file a run would write over is one of `experiment`'s own (or absent), found before any
+    work: another experiment's results or a user's own file at `out` is a UserError, never overwritten.
+    Returns the parsed file, or None where there is none."""
+    earlier = read_results(out)
+    found = earlier.get("experiment") if isinstance(earlier, dict) else None
+    if earlier is not None and found != experiment:
+        held = f"results of {found}" if isinstance(found, str) else "no experiment's results"
+        raise UserError(f"{out} is not a results file of {experiment} (it holds {held}); move it away, or pass "
+                        "another --out")
+    return earlier
+
+
 def check_writable(folder, option):
     """That `folder` can be created and written to, tried now rather than at the first save: its nearest
     existing ancestor is a folder that takes a file (a temporary one). Nothing is created or left behind."""

@@ -9,7 +9,7 @@ from runner.checkpoints import checked_checkpoint
 from runner.cli import experiment_parser, parse_cli, parse_models, parse_seeds, pick_device
 from runner.errors import UserError
 from runner.evaluation import evaluate_trained, strong_eval_report
-from runner.files import check_writable, read_results, write_json
+from runner.files import check_replaceable, check_writable, write_json
 from runner.provenance import command_line, device_name, provenance
 from runner.settings import METHODS, model_settings, resolve_settings, run_name
 from runner.training import check_device, iterations_left, prepare_models
@@ -160,11 +160,9 @@ def less_than(earlier, settings, args, seeds, rows):
 
 def check_no_less(name, out, settings, args, seeds, rows):
     """A run never replaces a results file by one that holds less: it stops before training instead."""
-    earlier = read_results(out)
+    earlier = check_replaceable(out, name)
     if earlier is None:
         return
-    if not isinstance(earlier, dict) or earlier.get("experiment", name) != name:
-        raise UserError(f"{out} is not a results file of {name}; move it away, or pass another --out")
     lost = less_than(earlier, settings, args, seeds, rows)
     if lost:
         raise UserError(f"{out} holds {'; '.join(lost)}, which this run would not write: pass another --out, "

@@ -18,6 +18,8 @@ import generators_study
 import mnist
 import over_training
 import precision_study
+import bench
+import gpu_check
 import runner.files
 from conftest import write_fake_cifar, write_fake_mnist, write_idx
 from test_data_checks import run_main
@@ -42,7 +44,7 @@ def pristine(tmp_path_factory):
                         "--eval-n", "20", "--set", "strong_n=10", "--out", str(root / "results" / "over_training.json")])
     runner.files.write_json(str(root / "results" / "ensemble.json"), {"experiment": "ensemble_quick", "protocol": "paper",
                                                                      "datasets": {"svhn": {"table": {"EAT": {"clean": 90.0}}}}})
-    (root / "results" / "mnist.json").write_text('{"keep": true}')
+    (root / "results" / "mnist.json").write_text('{"experiment": "mnist_quick", "keep": true}')
     return root
 
 
@@ -230,6 +232,40 @@ def test_the_studies_find_a_folder_that_cannot_be_created_at_the_door(study, opt
     argv = ["--quick", "--gpu", "cpu", "--data-dir", str(user / "no_data"),
             option, str(blocked / "out.json") if option == "--out" else str(blocked)]
     refused(study.main, argv, user, capsys, option, "cannot be created")
+
+
+def out_of(command):
+    """`command` writing its results to the file that the test passes."""
+    def with_out(user, out):
+        main, argv = command(user)
+        argv[argv.index("--out") + 1] = str(out)
+        return main, argv
+    return with_out
+
+
+def tool(main, data=True):
+    """A study or tool writing its results to the file that the test passes; no data: the door comes first."""
+    def with_out(user, out):
+        return main, ["--gpu", "cpu", "--quick", "--out", str(out)] + (["--data-dir", str(user / "no_data")] if data else [])
+    return with_out
+
+
+WRITERS = [pytest.param(out_of(train), id="train"), pytest.param(out_of(eval_only), id="eval-only"),
+           pytest.param(out_of(score), id="evaluate"),
+           pytest.param(tool(generators_study.main), id="generators_study"),
+           pytest.param(tool(precision_study.main), id="precision_study"), pytest.param(tool(bench.main, data=False), id="bench"),
+           pytest.param(tool(gpu_check.main, data=False), id="gpu_check")]
+
+
+@pytest.mark.parametrize("held,word", [('{"my": "notes"}', "no experiment's results"), ("[1, 2]", "no experiment's results"),
+                                       ('{"experiment": "over_training"}', "results of over_training")],
+                         ids=["a-user-file", "a-list", "another-experiment"])
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_file_of_something_else_at_out_is_never_written_over(writer, held, word, user, capsys):
+    out = user / "results" / "notes.json"
+    out.write_text(held)
+    main, argv = writer(user, out)
+    refused(main, argv, user, capsys, out, "is not a results file of", word)
 
 
 @pytest.mark.parametrize("extra,fragment", [(["--seed", str(2 ** 64)], "seed=18446744073709551616 is outside"),

@@ -235,6 +235,10 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     args = parser.parse_args(argv)
     bench = runner.settings.apply_overrides(SETTINGS | (QUICK if args.quick else {}), args.set)
+    name = "bench" + ("_quick" if args.quick else "")
+    out = args.out or os.path.join("results", f"{name}.json")
+    runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")  # before the measurements, not after
+    runner.files.check_replaceable(out, name)
     device = runner.cli.pick_device(args.gpu)
     paths = paths_for(device, bench)
     rows, concurrent = {}, {}
@@ -267,14 +271,13 @@ def main(argv=None):
         projected[script_name]["concurrent_graphed"] = round(iters * concurrent[network] / 3600, 2) if concurrent else None
         print(f"{script_name:<12} six models at the paper's 200k iterations, hours: " +
               ", ".join(f"{k} {v}" for k, v in projected[script_name].items()) + (" (quick: small networks)" if args.quick else ""))
-    report = {"experiment": "bench" + ("_quick" if args.quick else ""), "bench_settings": bench,
+    report = {"experiment": name, "bench_settings": bench,
               "cpu_threads": torch.get_num_threads(), "training_path": training_path(device),
               "provenance": runner.provenance.provenance(device, " ".join(["bench.py"] + (sys.argv[1:] if argv is None else list(argv)))),
               "steps": {f"{n}/{s}": r for (n, s), r in rows.items()}, "concurrent_round_seconds": concurrent or None,
               "projected_training_hours": projected, "regulariser_relative_error": precision,
               "network_settings": {n: {k: network_settings(s, args.quick)[k] for k in ("batch_size", "g_width")}
                                    for n, (s, _) in NETWORKS.items()}}
-    out = args.out or os.path.join("results", "bench_quick.json" if args.quick else "bench.json")
     runner.files.write_json(out, report)
     print(f"results written to {out}")
     return report

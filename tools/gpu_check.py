@@ -636,7 +636,10 @@ def main(argv=None):
     device = runner.cli.pick_device(args.gpu)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    out = args.out or os.path.join("results", "gpu_check" + ("_quick" if args.quick else "") + ".json")
+    name = "gpu_check" + ("_quick" if args.quick else "")
+    out = args.out or os.path.join("results", f"{name}.json")
+    runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")  # before the budget is spent, not after
+    runner.files.check_replaceable(out, name)
     run = Run(device, settings, args.quick, out, " ".join(["gpu_check.py"] + argv))
     print(f"gpu_check on {run.report['provenance']['device']}: budget {settings['budget']:.0f} s; writing {out}", flush=True)
     run_parts(run, PARTS)
