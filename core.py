@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import math
 import os
+import pickle
 
 import numpy as np
 import torch
@@ -1018,7 +1019,19 @@ def load_checkpoint(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, foreign file: all mean "unusable"
-        raise ValueError(f"checkpoint {path} is unreadable ({type(err).__name__})") from None
+        raise ValueError(f"checkpoint {path} is unreadable: {unreadable_cause(err)}") from None
+
+
+def unreadable_cause(err):
+    """What torch.load's failure means for a user, in a few words: torch's own messages run to paragraphs,
+    and for pickled code they suggest loading it with weights_only=False, which would run that code."""
+    if isinstance(err, EOFError):
+        return "empty or cut short"
+    if isinstance(err, pickle.UnpicklingError):
+        return "it holds something other than tensors and plain data (damaged, or pickled code, which is never run)"
+    if "zip archive" in str(err):
+        return "not a whole torch file (cut short, or damaged)"
+    return f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else 'no detail'}"
 
 
 def rng_state(device):

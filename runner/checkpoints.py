@@ -38,7 +38,7 @@ def read_checkpoint(path, dataset=None):
     try:
         ckpt = core.load_checkpoint(path)
     except ValueError as err:
-        empty = os.path.getsize(path) == 0  # torch says only EOFError
+        empty = os.path.getsize(path) == 0
         raise UserError(f"{f'checkpoint {path} is empty' if empty else err}; move it away, or delete it to train that "
                         "model afresh") from None
     problem = checkpoint_problem(ckpt)

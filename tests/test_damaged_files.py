@@ -162,7 +162,7 @@ def labels_for_images(path, user):
     shutil.copyfile(path.parent / "train-labels-idx1-ubyte", path)
 
 
-BROKEN = [(emptied, "empty"), (truncated, ""), (random_bytes, ""), (bare_tensor, "holds a Tensor"),
+BROKEN = [(emptied, "empty"), (truncated, "not a whole torch file"), (random_bytes, "unreadable: "), (bare_tensor, "holds a Tensor"),
           (dict_of_other_things, "no method in its fingerprint")]
 RAW = "data/MNIST/raw/"
 
