@@ -1,5 +1,6 @@
 """Damaged data files (issue 21): each one stops the run with one line that names the file and what is
 wrong with it, exit code 2, before anything is trained or written; "not on disk" only for missing files."""
+import json
 import os
 
 import numpy as np
@@ -20,11 +21,19 @@ def run_main(main, argv, capsys):
 
 @pytest.fixture
 def untouched(tmp_path):
-    """A results file that a failed run must leave as it was, and a checkpoint folder it must not create."""
+    """experiment -> the --out and --ckpt-dir of a run that fails: a results file of `experiment`, which
+    it must leave as it was, and a checkpoint folder it must not create."""
     out, ckpt = tmp_path / "results.json", tmp_path / "ckpt"
-    out.write_text('{"keep": true}')
-    yield ["--out", str(out), "--ckpt-dir", str(ckpt)]
-    assert out.read_text() == '{"keep": true}', "a failed run overwrote the results"
+    text = None
+
+    def argv(experiment="mnist_quick"):
+        nonlocal text
+        text = json.dumps({"experiment": experiment, "keep": True})
+        out.write_text(text)
+        return ["--out", str(out), "--ckpt-dir", str(ckpt)]
+
+    yield argv
+    assert text is None or out.read_text() == text, "a failed run overwrote the results"
     assert not ckpt.exists(), "a run with damaged data trained"
 
 
@@ -54,14 +63,14 @@ def mnist_main(argv):
 
 def test_truncated_images_file_is_named_not_called_missing(tmp_path, capsys, untouched):
     data, path = damaged_mnist(tmp_path, "train-images-idx3-ubyte", lambda b: b[:5000])
-    line = one_line(*run_main(mnist_main, ["--data-dir", data] + untouched, capsys), path, "truncated", "5,000")
+    line = one_line(*run_main(mnist_main, ["--data-dir", data] + untouched(), capsys), path, "truncated", "5,000")
     assert "200,720" in line  # what its header declares: 256 images of 28 x 28 and 16 bytes of header
 
 
 def test_label_file_of_random_bytes_is_named(tmp_path, capsys, untouched):
     random_bytes = lambda b: np.random.default_rng(0).integers(0, 256, len(b), dtype=np.uint8).tobytes()
     data, path = damaged_mnist(tmp_path, "t10k-labels-idx1-ubyte", random_bytes)
-    one_line(*run_main(mnist_main, ["--data-dir", data] + untouched, capsys), path, "not an IDX file")
+    one_line(*run_main(mnist_main, ["--data-dir", data] + untouched(), capsys), path, "not an IDX file")
 
 
 def test_label_out_of_range_is_named_before_training(tmp_path, capsys, untouched):
@@ -69,7 +78,7 @@ def test_label_out_of_range_is_named_before_training(tmp_path, capsys, untouched
         b[8 + 17] = 200  # the label of training image 17, after the 8-byte header
         return b
     data, path = damaged_mnist(tmp_path, "train-labels-idx1-ubyte", label_200)
-    one_line(*run_main(mnist_main, ["--data-dir", data] + untouched, capsys), path, "label 200", "image 17", "[0, 10)")
+    one_line(*run_main(mnist_main, ["--data-dir", data] + untouched(), capsys), path, "label 200", "image 17", "[0, 10)")
 
 
 @pytest.mark.parametrize("md5", ["checked", "patched"])
@@ -82,7 +91,7 @@ def test_truncated_cifar_batch_is_named(md5, tmp_path, capsys, untouched, reques
     path = os.path.join(root, "cifar-10-batches-py", "data_batch_2")
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
-    argv = ["--gpu", "cpu", "--quick", "--models", "A", "--data-dir", root] + untouched
+    argv = ["--gpu", "cpu", "--quick", "--models", "A", "--data-dir", root] + untouched("cifar10_quick")
     one_line(*run_main(cifar10.main, argv, capsys), path, "truncated")
 
 

@@ -58,13 +58,20 @@ def assert_clean_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+def kept_results(path, experiment):
+    """A results file of `experiment` at `path` (one the run would merge into): the text an error must leave."""
+    text = json.dumps({"experiment": experiment, "keep": True})
+    path.write_text(text)
+    return text
+
+
 @pytest.fixture
 def sentinel(tmp_path):
-    """A results file that an error must leave as it was."""
+    """A results file of the quick MNIST run that an error must leave as it was."""
     path = tmp_path / "results.json"
-    path.write_text('{"keep": true}')
+    text = kept_results(path, "mnist_quick")
     yield str(path)
-    assert path.read_text() == '{"keep": true}', "a failed run overwrote the results"
+    assert path.read_text() == text, "a failed run overwrote the results"
 
 
 def test_missing_data_offline_says_which_files_go_where(tmp_path, sentinel):
@@ -72,9 +79,12 @@ def test_missing_data_offline_says_which_files_go_where(tmp_path, sentinel):
     assert_clean_error(result, "train-images-idx3-ubyte", os.path.join(str(tmp_path / "empty"), "MNIST", "raw"))
 
 
-def test_fashion_missing_data_names_its_folder(tmp_path, sentinel):
-    result = run("--quick", "--fashion", "--data-dir", str(tmp_path), "--out", sentinel)
+def test_fashion_missing_data_names_its_folder(tmp_path):
+    out = tmp_path / "results.json"
+    text = kept_results(out, "fashion_mnist_quick")
+    result = run("--quick", "--fashion", "--data-dir", str(tmp_path), "--out", str(out))
     assert_clean_error(result, os.path.join("FashionMNIST", "raw"))
+    assert out.read_text() == text, "a failed run overwrote the results"
 
 
 @pytest.mark.parametrize("args,fragment", [

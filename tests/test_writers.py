@@ -36,7 +36,7 @@ def mnist_command(data, ckpt, *args):
 @pytest.mark.slow
 def test_a_second_process_training_the_same_model_stops_and_names_the_first(fake_mnist, tmp_path):
     ckpt, out = str(tmp_path / "ckpt"), tmp_path / "results.json"
-    out.write_text('{"keep": true}')
+    out.write_text('{"experiment": "mnist_quick", "keep": true}')
     env = os.environ | {"PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     long_run = ["--iters", "100000", "--set", "ckpt_minutes=0"]  # checkpoints every 5 iterations, for a long time
     first = subprocess.Popen(mnist_command(fake_mnist, ckpt, "--no-eval", *long_run), env=env,
@@ -54,7 +54,7 @@ def test_a_second_process_training_the_same_model_stops_and_names_the_first(fake
         assert len(lines) == 1 and lines[0].startswith("error: A: "), second.stderr
         for fragment in (os.path.join(ckpt, "A.pt"), f"pid {first.pid}", platform.node(), "since 20"):
             assert fragment in lines[0], lines[0]
-        assert out.read_text() == '{"keep": true}'
+        assert out.read_text() == '{"experiment": "mnist_quick", "keep": true}'
 
         # evaluation needs no lock: the first process's latest checkpoint loads while it trains
         settings = runner.settings.resolve_settings(mnist.SETTINGS, runner.cli.experiment_parser("").parse_args(
