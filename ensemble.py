@@ -76,7 +76,24 @@ def check_dataset_run(key, args):
             runner.checkpoints.checked_checkpoint(path, settings, method, seed)
 
 
-def run_dataset(key, args, device, out):
+def iterations_to_train(key, args):
+    """name -> the iterations still to train of each of the data set's planned models, in training order."""
+    name, settings, _ = DATASETS[key][2](args)
+    ckpt_dir = os.path.join(args.ckpt_dir or "checkpoints", name)
+    specs = {model_name: (method, seed, os.path.join(ckpt_dir, f"{model_name}.pt"), True)
+             for model_name, (method, seed) in planned_models(settings).items()}
+    return runner.training.iterations_left(specs, settings)
+
+
+def later_than(left, model_name, beyond):
+    """The iterations the run trains after `model_name`: the data set's models after it, and `beyond`."""
+    names = list(left)
+    return beyond + sum(left[after] for after in names[names.index(model_name) + 1:])
+
+
+def run_dataset(key, args, device, out, left, beyond=0):
+    """The data set's entry. `left`: iterations_to_train's counts; `beyond`: the iterations of the data sets
+    after this one, both for the ETA of the whole run."""
     script, paper_key, configure = DATASETS[key]
     name, settings, load = configure(args)
     provenance = runner.provenance.provenance(device, runner.provenance.command_line(args), settings["precision"])
@@ -90,7 +107,7 @@ def run_dataset(key, args, device, out):
         method, seed = planned_models(settings)[model_name]
         models[model_name], generators[model_name], records[model_name] = runner.training.prepare_model(
             model_name, method, seed, settings, script.build_D, script.build_G,
-            lambda: (train_x, train_y), device, os.path.join(ckpt_dir, f"{model_name}.pt"))
+            lambda: (train_x, train_y), device, os.path.join(ckpt_dir, f"{model_name}.pt"), later=later_than(left, model_name, beyond))
     source_x, source_y = train_x[:settings["eat_n"] or len(train_x)], train_y[:settings["eat_n"] or len(train_x)]
     eat_info = {"n_images": 4 * len(source_x), "kinds": core.EAT_KINDS, "seconds": None}  # None: built by an earlier run
 
@@ -102,7 +119,7 @@ def run_dataset(key, args, device, out):
         return eat_set, eat_set.labels
 
     eat, _, eat_record = runner.training.prepare_model("EAT", "eat", settings["seed"], settings, script.build_D, script.build_G,
-                                            eat_data, device, os.path.join(ckpt_dir, "EAT.pt"))
+                                            eat_data, device, os.path.join(ckpt_dir, "EAT.pt"), later=later_than(left, "EAT", beyond))
     scored = {"EAT": eat, "C": models["C"], **{k: models[k] for k in ("A'", "B'", "C'")}}
     table, evaluation = runner.evaluation.evaluate_trained(scored, settings, test_x, test_y, device)
     paper = runner.reports.paper_rows(paper_key)
@@ -135,10 +152,12 @@ def main(argv=None):
         check_dataset_run(key, args)
     runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
     runner.files.check_writable(args.ckpt_dir or "checkpoints", "--ckpt-dir")
+    left = {key: iterations_to_train(key, args) for key in keys}
     entries = {}
-    for key in keys:
+    for i, key in enumerate(keys):
         t0 = time.time()
-        entries[key] = run_dataset(key, args, device, out) | {"wall_seconds": round(time.time() - t0, 1)}
+        beyond = sum(sum(left[after].values()) for after in keys[i + 1:])
+        entries[key] = run_dataset(key, args, device, out, left[key], beyond) | {"wall_seconds": round(time.time() - t0, 1)}
     with runner.files.merge_lock(out):  # one entry per data set: the entries other runs wrote meanwhile are kept
         report = {"experiment": name, "protocol": args.protocol, "datasets": read_entries(out, args.protocol) | entries,
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -66,10 +66,12 @@ def main(argv=None):
     test_x, test_y = test_x[:n], test_y[:n]
     started = time.time()
 
+    later = iterations_after(planned_models(settings, cifar_models, cifar_dir, study_dir))
+
     def cifar_model(model_name):
         seed = settings["seed"] + model_name.count("'")
         return runner.training.prepare_model(model_name, runner.settings.METHODS[model_name.rstrip("'")], seed, settings, cifar10.build_D,
-                                  cifar10.build_G, data, device, os.path.join(cifar_dir, f"{model_name}.pt"))
+                                  cifar10.build_G, data, device, os.path.join(cifar_dir, f"{model_name}.pt"), later=later[model_name])
 
     fixed = {m: cifar_model(m) for m in cifar_models}
     targets = {m: fixed[m][0] for m in ("A", "A'", "B", "C")}
@@ -82,7 +84,7 @@ def main(argv=None):
         g_settings = settings | ATTACK_TRAINING | {"generator": g_name}
         _, G, record = runner.training.prepare_model(f"{g_name} vs A", "generator", settings["seed"], g_settings,
                                           lambda s: targets["A"], build, data, device,
-                                          os.path.join(study_dir, f"{g_name}_vs_A.pt"))
+                                          os.path.join(study_dir, f"{g_name}_vs_A.pt"), later=later[f"{g_name} vs A"])
         report["models"][f"{g_name}_vs_A"] = record
         with core.scoring_mode([G]), core.full_precision(device):
             attack = lambda x, y: core.generator_attack(G, x, y, settings["eps"])
@@ -102,7 +104,7 @@ def main(argv=None):
         else:
             cotrained[g_name], _, report["models"][f"C_{g_name}"] = runner.training.prepare_model(
                 f"C with {g_name}", "advnet", settings["seed"], settings | {"generator": g_name}, cifar10.build_D, build,
-                data, device, os.path.join(study_dir, f"C_{g_name}.pt"))
+                data, device, os.path.join(study_dir, f"C_{g_name}.pt"), later=later[f"C with {g_name}"])
     with_copies = cotrained | {"A'": fixed["A'"][0], "B'": fixed["B'"][0]}
     table6, evaluation = runner.evaluation.evaluate_trained(with_copies, settings, test_x, test_y, device)
     if args.strong_eval:  # the co-trained models, attacked by transfer from A' and B' and by C's generator
@@ -119,6 +121,24 @@ def main(argv=None):
     print_tables(table5, table6)
     print(f"results written to {out} and {examples_path}")
     return report
+
+
+def planned_models(settings, cifar_models, cifar_dir, study_dir):
+    """The models the study trains or loads, in its order: label -> (method, seed, settings, checkpoint path)."""
+    seed = settings["seed"]
+    return ({m: (runner.settings.METHODS[m.rstrip("'")], seed + m.count("'"), settings, os.path.join(cifar_dir, f"{m}.pt"))
+             for m in cifar_models}
+            | {f"{g} vs A": ("generator", seed, settings | ATTACK_TRAINING | {"generator": g}, os.path.join(study_dir, f"{g}_vs_A.pt"))
+               for g in GENERATORS}
+            | {f"C with {g}": ("advnet", seed, settings | {"generator": g}, os.path.join(study_dir, f"C_{g}.pt"))
+               for g in GENERATORS if g != "G1_k64"})  # G1 k=64 co-trained is cifar10.py's C
+
+
+def iterations_after(planned):
+    """label -> the iterations the study still trains after that model, for the ETA of the whole run."""
+    left = [runner.training.iterations_left({label: (method, seed, path, True)}, model_settings)[label]
+            for label, (method, seed, model_settings, path) in planned.items()]
+    return {label: sum(left[i + 1:]) for i, label in enumerate(planned)}
 
 
 def save_npz(path, arrays):

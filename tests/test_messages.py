@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
+import ensemble
 import evaluate
+import generators_study
 import mnist
 import runner.data
 import runner.jobs
@@ -15,6 +17,8 @@ import runner.progress
 import runner.reports
 import runner.running
 import runner.settings
+import runner.training
+from conftest import write_fake_cifar, write_fake_mnist
 from runner.errors import UserError
 
 CPU = torch.device("cpu")
@@ -148,3 +152,40 @@ def test_missing_data_that_cannot_be_downloaded_gives_the_cause_and_the_files_ex
     message = str(err.value)
     assert "RuntimeError: Error downloading" in message and "no route to host" in message
     assert f"put train-images-idx3-ubyte in {tmp_path}/" in message and len(message) < 500
+
+
+class FirstModel(Exception):
+    pass
+
+
+@pytest.fixture
+def first_model(monkeypatch):
+    """What the first model a run prepares is told of the iterations that follow it (the ETA of the whole
+    run); the run stops there."""
+    seen = {}
+
+    def record(name, *args, later=0, **kwargs):
+        seen.update(name=name, later=later)
+        raise FirstModel
+
+    monkeypatch.setattr(runner.training, "prepare_model", record)
+    return seen
+
+
+def test_the_ensemble_eta_covers_every_model_of_every_data_set(first_model, tmp_path):
+    data = write_fake_mnist(str(tmp_path / "data"))
+    write_fake_mnist(data, "FashionMNIST")
+    with pytest.raises(FirstModel):
+        ensemble.main(["--gpu", "cpu", "--quick", "--datasets", "mnist,fashion_mnist", "--data-dir", data,
+                       "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(tmp_path / "ensemble.json")])
+    quick = runner.settings.QUICK_SETTINGS["iters"]
+    assert first_model == {"name": "A", "later": (5 + 6) * quick}  # MNIST's C, A', B', C' and EAT, then Fashion-MNIST's six
+
+
+def test_the_generator_study_eta_covers_every_model_it_trains(first_model, tmp_path, no_md5_check):
+    data = write_fake_cifar(str(tmp_path / "data"))
+    with pytest.raises(FirstModel):
+        generators_study.main(["--gpu", "cpu", "--quick", "--data-dir", data, "--ckpt-dir", str(tmp_path / "ckpt"),
+                               "--out", str(tmp_path / "generators.json")])
+    quick = runner.settings.QUICK_SETTINGS["iters"]
+    assert first_model == {"name": "A", "later": (4 + 4 + 3) * quick}  # A', B, B', C; four generators; three co-trained Cs
