@@ -52,16 +52,29 @@ def t_interval(mean, std, seeds):
 
 
 def over_seeds(accuracies, n):
-    "The mean of one accuracy per seed with its t interval; with one seed, that run's Wilson interval on n images."
+    """The mean of one accuracy per seed with its t interval; with one seed, that run's Wilson interval on
+    n images. The seeds share their test images, whose sampling the spread across seeds does not see:
+    the interval is never narrower than the Wilson interval of the mean on those n images (two seeds
+    that agree would otherwise claim no uncertainty at all), and stays within [0, 100]."""
     if len(accuracies) == 1:
         return wilson(accuracies[0], n)
-    return t_interval(float(np.mean(accuracies)), float(np.std(accuracies, ddof=1)), len(accuracies))
+    return seeds_interval(float(np.mean(accuracies)), float(np.std(accuracies, ddof=1)), len(accuracies), n)
+
+
+def seeds_interval(mean, std, seeds, n):
+    "over_seeds' interval from the seeds' mean and sample standard deviation, on n shared test images."
+    spread = t_interval(mean, std, seeds)
+    images = wilson(mean, n)
+    if math.isnan(images.low):
+        return spread._replace(low=max(0.0, spread.low), high=min(100.0, spread.high))
+    return Interval(spread.value, max(0.0, min(spread.low, images.low)), min(100.0, max(spread.high, images.high)),
+                    f"{spread.basis}, no narrower than Wilson on n {n:g}")
 
 
 def cell_interval(value, n, cell_stats=None):
     "A table cell's interval: over seeds where a --seeds file's statistics give two or more, else Wilson on n images."
     if cell_stats and cell_stats["n"] >= 2 and cell_stats["std"] is not None:
-        return t_interval(cell_stats["mean"], cell_stats["std"], cell_stats["n"])
+        return seeds_interval(cell_stats["mean"], cell_stats["std"], cell_stats["n"], n)
     return wilson(value, n)
 
 
@@ -261,7 +274,8 @@ def over_training_seeds(across):
         ax.set(title=f"{name}, {protocol} protocol", xlabel="iteration (grey: n seeds)", ylim=(0, 100))
     axes[0][0].set_ylabel("accuracy (%): mean, 95% band")
     axes[0][-1].legend(fontsize=7, loc="center right")
-    fig.suptitle("Over training, across seeds: t interval over the seeds; one seed: Wilson on its images", fontsize=9)
+    fig.suptitle("Over training, across seeds: t interval over the seeds, no narrower than Wilson on the images; "
+                 "one seed: Wilson on its images", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -117,7 +117,7 @@ for line in problems + hidden:
 # are on the table's `n` test images; AutoAttack's standard cascade on the first images of `--strong-eval`
 # (its own `n`). Each accuracy carries its 95% interval: Wilson's for `n` images; for a `--seeds` file,
 # the mean over its seeds with a Student t interval over them (few seeds: the t interval widens, as it
-# should). The paper's clean and PGD stand beside ours only on the paper's data set and ε; the paper has
+# should), never narrower than Wilson's on the test images the seeds share. The paper's clean and PGD stand beside ours only on the paper's data set and ε; the paper has
 # no AutoAttack. Fashion-MNIST is not in the paper: its paper cells are empty (the MNIST pattern is
 # shown beside it in the next section).
 
@@ -190,7 +190,8 @@ if subfolder_problems:
 # no star. `-`: a column the run did not evaluate. The lines above each table give the protocol (the
 # settings of the paper's text, or of the authors' code, which produced the paper's numbers) and the
 # settings that produced ours. A run made with `--seeds` shows one settings line per seed, the mean over
-# the seeds as ours, its sample standard deviation (`± sd`), and the 95% t interval over the n seeds.
+# the seeds as ours, its sample standard deviation (`± sd`), and the 95% t interval over the n seeds
+# (never narrower than Wilson's on the test images they share).
 
 # %%
 def format_seconds(seconds):
@@ -272,7 +273,7 @@ def print_dataset(result):
         print(settings_line(run, seeds_text(run["seeds"]), run["eval"]["n_test"]))
     if "runs" in data:
         print(f"ours: the mean over n = {figures.seed_counts(data)} seeds; ± sd: their sample standard deviation; "
-              "95%: t interval over the seeds")
+              "95%: t interval over the seeds, never narrower than Wilson's on the images")
     print(paper.caption)
     print(comparison(data["table"], paper, COLUMNS, runs[0][1]["eval"]["n_test"], data.get("table_stats")))
 
@@ -287,7 +288,7 @@ for_each(dataset_results, print_dataset, "no data-set results to show")
 # Bars: our accuracy per column for A, B, C, and EAT when the ensemble results cover the data set (a
 # smoke test is only ever paired with a smoke test); whiskers: the 95% interval (Wilson's on the test
 # images; a run made with `--seeds`: bars are the means over its n seeds, whiskers the t interval over
-# them). Black ticks: the paper's numbers on the same data set and ε; grey ticks: the paper's pattern on
+# them, never narrower than Wilson's). Black ticks: the paper's numbers on the same data set and ε; grey ticks: the paper's pattern on
 # another data set or ε (Fashion-MNIST beside MNIST), not a target. `python notebooks/figures.py` draws
 # the Fashion-MNIST figure the README shows with the same function.
 
@@ -612,8 +613,9 @@ for_each(over_training_results, lambda r: (print_over_training(r), figures.over_
 # results folder; `over_training.json` counts as the seeds it holds that no such file has. Per
 # (protocol, model) and snapshot: clean and PGD-10 on the first `n_test` test images, AutoAttack on the
 # first `autoattack_n`; the mean over the seeds with its 95% t interval over them (k seeds, k − 1 degrees
-# of freedom; the seeds share their test images, so this is the spread of training); a point with one
-# seed shows that run with its Wilson interval on its images. `seeds`: the seeds behind each point.
+# of freedom; the seeds share their test images, so the spread is that of training, and the interval is
+# never narrower than Wilson's on those images; all intervals within 0 to 100); a point with one seed
+# shows that run with its Wilson interval on its images. `seeds`: the seeds behind each point.
 
 # %%
 def print_over_training_seeds(across):

@@ -50,9 +50,28 @@ def test_wilson_and_t_intervals_match_known_values():
     assert figures.wilson(0, 10)[1] == 0 and round(figures.wilson(0, 10)[2], 2) == 27.75
     assert math.isnan(figures.wilson(40, None).low) and figures.wilson(40, None).basis == "n unknown"
     interval = figures.over_seeds([10.0, 12.0, 14.0], 1000)  # sd 2 over 3 seeds
-    assert interval.value == 12.0 and interval.basis == "t over 3 seeds"
+    assert interval.value == 12.0 and interval.basis.startswith("t over 3 seeds")
     assert interval.high - 12.0 == pytest.approx(T_975[3] * 2 / math.sqrt(3))
     assert figures.over_seeds([30.0], 200) == figures.wilson(30.0, 200)  # one seed: its images' interval
+
+
+def test_seeds_that_agree_keep_the_uncertainty_of_their_test_images():
+    """Two seeds with the same accuracy on the same 200 images: the t interval alone has zero width."""
+    agreeing = figures.over_seeds([17.5, 17.5], 200)
+    assert (agreeing.low, agreeing.high) == figures.wilson(17.5, 200)[1:3]
+    close = figures.over_seeds([17.4, 17.6], 200)  # the t interval, 17.5 ± 1.3, is narrower than Wilson's
+    assert (close.low, close.high) == figures.wilson(17.5, 200)[1:3]
+    cell = figures.cell_interval(17.5, 200, {"mean": 17.5, "std": 0.0, "n": 2})  # a --seeds file's table cell
+    assert (cell.low, cell.high) == figures.wilson(17.5, 200)[1:3]
+    apart = figures.over_seeds([10.0, 25.0], 200)  # here the seeds' spread is the wider: t's, 17.5 ± 95
+    assert apart.high == 100.0 and apart.low == 0.0
+
+
+def test_an_interval_over_few_seeds_stays_within_0_and_100():
+    wide = figures.over_seeds([86.3 - 1.2, 86.3 + 1.2], 1000)  # two seeds: t's factor is 12.7, so 86.3 ± 21.6
+    assert wide.high == 100.0 and wide.low == pytest.approx(86.3 - T_975[2] * 1.2)
+    low = figures.over_seeds([3.0, 9.0], 100)
+    assert low.low == 0.0
 
 
 def test_the_paper_is_compared_cell_by_cell_only_on_its_data_set_and_eps():
@@ -124,10 +143,12 @@ def test_over_training_across_seeds_means_intervals_and_seeds_per_point(seed_fil
     for key, group in [("clean", "accuracy"), ("pgd10", "accuracy"), ("autoattack", "on_autoattack_images")]:
         point = across[("paper", "C")][first["iter"]][key]
         values = [first[group][key] + 2 * s for s in (0, 1, 2)]  # sd 2 over 3 seeds
-        assert point.seeds == [0, 1, 2] and point.interval.value == pytest.approx(sum(values) / 3)
-        assert point.interval.high - point.interval.value == pytest.approx(T_975[3] * 2 / math.sqrt(3))
-        alone = across[("authors", "C")][first["iter"]][key]  # one seed: Wilson on its own images
         n = first["autoattack_n" if key == "autoattack" else "n_test"]
+        mean = sum(values) / 3
+        assert point.seeds == [0, 1, 2] and point.interval.value == pytest.approx(mean)
+        spread_high = mean + T_975[3] * 2 / math.sqrt(3)  # on 200 AutoAttack images, Wilson's is the wider
+        assert point.interval.high == pytest.approx(min(100, max(spread_high, figures.wilson(mean, n).high)))
+        alone = across[("authors", "C")][first["iter"]][key]  # one seed: Wilson on its own images
         assert alone.seeds == [0] and alone.interval == figures.wilson(first[group][key], n)
 
 
