@@ -319,6 +319,51 @@ def precision_study(result):
     return fig
 
 
+ABLATION_COLUMNS = [("clean", "clean", "n_test"), ("fgs", "FGS", "n_test"), ("pgd", "PGD-10", "n_test"),
+                    ("autoattack", "AutoAttack", "autoattack_n")]
+
+
+def ablation_intervals(data):
+    "arm -> score -> the mean over the arm's seeds with its interval (over_seeds, on the scoring's n images)."
+    scoring = data["scoring"]
+    return {arm: {key: over_seeds([entry["scores"][key] for entry in by_seed.values()], scoring[n_key])
+                  for key, _, n_key in ABLATION_COLUMNS}
+            for arm, by_seed in data["runs"].items()}
+
+
+def difference(a, b):
+    """a less b with a conservative 95% interval: the two half-widths in quadrature, as for independent
+    estimates. Arms scored on the same test images err together, which only narrows the true interval."""
+    half = math.hypot((a.high - a.low) / 2, (b.high - b.low) / 2)
+    return Interval(a.value - b.value, a.value - b.value - half, a.value - b.value + half, "difference, in quadrature")
+
+
+def ablation_differences(intervals):
+    "arm -> score -> its mean less the paper arm's, in points, with difference()'s interval; {} without the paper arm."
+    paper = intervals.get("paper")
+    return {arm: {key: difference(interval, paper[key]) for key, interval in by_key.items()}
+            for arm, by_key in intervals.items() if paper and arm != "paper"}
+
+
+def ablation_study(result):
+    "Per score, each arm's mean over its seeds with its 95% interval; the dashed line is the paper arm's mean."
+    data, intervals = result.data, ablation_intervals(result.data)
+    arms = list(intervals)[::-1]  # the paper arm on top
+    fig, axes = plt.subplots(1, len(ABLATION_COLUMNS), figsize=(3.2 * len(ABLATION_COLUMNS), 0.45 * len(arms) + 1.4),
+                             sharey=True)
+    for ax, (key, label, n_key) in zip(axes, ABLATION_COLUMNS):
+        points = [intervals[arm][key] for arm in arms]
+        ax.errorbar([p.value for p in points], range(len(arms)), xerr=error_bars(points), fmt="o", capsize=2)
+        if "paper" in intervals:
+            ax.axvline(intervals["paper"][key].value, color="grey", linestyle="--", linewidth=0.8)
+        ax.set(xlabel=f"{label} (%), n {data['scoring'][n_key]}", xlim=(0, 100))
+    axes[0].set(yticks=range(len(arms)), yticklabels=[f"{arm} ({len(data['runs'][arm])})" for arm in arms])
+    fig.suptitle(f"{result.file}{quick_tag(result)}: model C, {data['settings']['iters']} iterations; arm (n seeds): "
+                 "mean over the seeds, 95% interval", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def one_result(folder, name):
     "The checked result in the file `name` of the results folder."
     results, problems = load_all(folder, name)

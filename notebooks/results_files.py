@@ -21,6 +21,9 @@ OVER_TRAINING_FIELDS = {"dataset": str, "scoring.test_n": NUMBER, "scoring.stron
 PRECISION_FIELDS = {"settings.iters": NUMBER, "settings.test_n": NUMBER, "settings.strong_n": NUMBER, "seeds": list,
                     "arms": dict, "runs": dict, "summary": dict, "bf16_table_minus_float32": dict, "provenance.command": str}
 PRECISION_SCORES = ["clean", "fgs", "pgd", "autoattack", "g_gain_first", "g_gain_last"]
+ABLATION_FIELDS = {"settings.iters": NUMBER, "scoring.n_test": NUMBER, "scoring.autoattack_n": NUMBER, "seeds": list,
+                   "arms": dict, "runs": dict, "provenance.command": str}
+ABLATION_SCORES = ["clean", "fgs", "pgd", "autoattack"]
 SNAPSHOT_FIELDS = {"iter": NUMBER, "n_test": NUMBER, "autoattack_n": NUMBER, "accuracy.clean": NUMBER,
                    "accuracy.pgd10": NUMBER, "accuracy.pgd_ce": NUMBER, "on_autoattack_images.pgd10": NUMBER,
                    "on_autoattack_images.autoattack": NUMBER}
@@ -32,7 +35,7 @@ class BadResult(Exception):
 
 class Result(NamedTuple):
     file: str        # name in RESULTS_DIR
-    experiment: str  # mnist ... cifar100, ensemble, generators, over_training, precision_study
+    experiment: str  # mnist ... cifar100, ensemble, generators, over_training, precision_study, ablation_study
     quick: bool      # a --quick smoke test
     data: dict
     protocol: str    # paper (the settings of the paper's text; files older than --protocol) or authors
@@ -140,8 +143,18 @@ def check_precision_study(data):
             check_fields(data, STATS_FIELDS, f"summary.{arm}.{score}.")
 
 
+def check_ablation_study(data):
+    check_fields(data, ABLATION_FIELDS)
+    for arm, by_seed in data["runs"].items():
+        if not isinstance(by_seed, dict) or not by_seed:
+            raise BadResult(f"'runs.{arm}' holds no seed's model")
+        for seed in by_seed:
+            check_fields(data, {s: NUMBER for s in ABLATION_SCORES}, f"runs.{arm}.{seed}.scores.")
+
+
 CHECKS = {**{name: check_dataset_file for name in DATASETS}, "ensemble": check_ensemble, "generators": check_generators,
-          "over_training": check_over_training, "precision_study": check_precision_study}
+          "over_training": check_over_training, "precision_study": check_precision_study,
+          "ablation_study": check_ablation_study}
 
 
 def load_result(path, name=None):
@@ -175,7 +188,7 @@ def load_all(folder, pattern="*.json"):
             results.append(load_result(path, name))
         except BadResult as err:
             problems.append(f"{name}: not shown: {err}")
-    order = DATASETS + ["ensemble", "generators", "over_training", "precision_study"]
+    order = DATASETS + ["ensemble", "generators", "over_training", "precision_study", "ablation_study"]
     return sorted(results, key=lambda r: (order.index(r.experiment), r.protocol != "paper", r.quick, r.file)), problems
 
 

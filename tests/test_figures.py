@@ -202,3 +202,61 @@ def test_the_notebook_shows_intervals_and_a_summary_of_every_data_set_and_protoc
     assert re.search(r"mnist +0\.3 +paper +mnist\.json +A +5000 / 200 .*\] +99\.1 +0\.3\n", text)
     assert re.search(r"mnist +0\.1 +authors +mnist_authors\.json +A +5000 / 200 .*\]\n", text)
     assert re.search(r"\* \|ours - paper\| > 3 points: [1-9]\d* cells", text) and "   diff " in text
+
+
+# ---------------------------------------------------------------- the ablation study
+ABLATION_SCORES = {("paper", 0): (90.0, 50.0, 20.0, 17.0), ("paper", 1): (90.0, 50.0, 22.0, 17.0),
+                   ("d_every", 0): (86.0, 55.0, 36.0, 33.0), ("d_every", 1): (86.0, 55.0, 38.0, 33.0),
+                   ("g_net", 0): (90.0, 50.0, 21.0, 18.0)}  # one seed so far
+
+
+def write_ablation_file(out):
+    """A results file as tools/ablation_study.py writes it (its own merge), with made-up scores."""
+    import ablation_study
+    header = {"experiment": "ablation_study", "settings": {"iters": 2000, "seed": 0},
+              "scoring": {"n_test": 1000, "autoattack_n": 500}, "provenance": {"command": "ablation_study.py"}}
+    for (arm, seed), values in ABLATION_SCORES.items():
+        entry = {"fingerprint": f"{arm}{seed}", "overrides": ablation_study.ARMS[arm],
+                 "scores": dict(zip(["clean", "fgs", "pgd", "autoattack"], values))}
+        ablation_study.merge(str(out), header, arm, seed, entry)
+    return out
+
+
+@pytest.fixture
+def ablation_file(tmp_path):
+    return write_ablation_file(tmp_path / "ablation_study.json")
+
+
+def test_the_ablation_table_gives_each_arm_its_interval_over_seeds_and_its_difference_from_the_paper_arm(ablation_file):
+    result = figures.one_result(ablation_file.parent, ablation_file.name)
+    intervals = figures.ablation_intervals(result.data)
+    assert intervals["paper"]["pgd"] == figures.over_seeds([20.0, 22.0], 1000)
+    assert intervals["d_every"]["autoattack"] == figures.over_seeds([33.0, 33.0], 500)  # agreeing seeds: Wilson's width
+    assert intervals["g_net"]["pgd"] == figures.wilson(21.0, 1000)  # one seed: its images' interval
+    moved = figures.ablation_differences(intervals)
+    assert set(moved) == {"d_every", "g_net"}
+    pgd = moved["d_every"]["pgd"]
+    half = math.hypot(*[(i.high - i.low) / 2 for i in (intervals["d_every"]["pgd"], intervals["paper"]["pgd"])])
+    assert pgd.value == pytest.approx(16.0) and pgd.high - pgd.value == pytest.approx(half)
+    aa = moved["d_every"]["autoattack"]  # 33 against 17 on 500 images, seeds agreeing: the interval excludes 0
+    assert aa.value == pytest.approx(16.0) and aa.low > 0
+    assert moved["g_net"]["autoattack"].low < 0 < moved["g_net"]["autoattack"].high
+    assert figures.ablation_differences({k: v for k, v in intervals.items() if k != "paper"}) == {}
+
+
+def test_the_ablation_figure_draws_every_arm(ablation_file):
+    fig = figures.ablation_study(figures.one_result(ablation_file.parent, ablation_file.name))
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["g_net (1)", "d_every (2)", "paper (2)"]
+    figures.plt.close(fig)
+
+
+@pytest.mark.parametrize("change,message", [(lambda d: d["runs"].update(paper={}), "'runs.paper' holds no seed's model"),
+                                            (lambda d: d["runs"]["paper"]["0"]["scores"].pop("autoattack"),
+                                             "missing key 'runs.paper.0.scores.autoattack'")])
+def test_a_damaged_ablation_file_is_named_not_drawn(change, message, ablation_file):
+    data = json.loads(ablation_file.read_text())
+    change(data)
+    ablation_file.write_text(json.dumps(data))
+    results, problems = figures.load_all(ablation_file.parent, ablation_file.name)
+    assert not results and problems == [f"ablation_study.json: not shown: {message}"]

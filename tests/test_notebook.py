@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+from test_figures import write_ablation_file
 from test_mnist_script import OFFLINE
 
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
@@ -67,7 +68,7 @@ def quick_results(fake_mnist, tmp_path_factory, shared_checkpoints):
 @pytest.fixture
 def malformed_results(quick_results, tmp_path):
     """The quick result, a truncated JSON file, a valid one without its table, one whose strong
-    evaluation lacks a model's checks, and bench.py's file."""
+    evaluation lacks a model's checks, bench.py's file, and an ablation study's."""
     shutil.copy(quick_results / "mnist_quick.json", tmp_path)
     (tmp_path / "mnist.json").write_text('{"experiment": "mnist"')
     report = json.loads((quick_results / "mnist_quick.json").read_text())
@@ -76,6 +77,7 @@ def malformed_results(quick_results, tmp_path):
     del report["table"]
     (tmp_path / "cifar10.json").write_text(json.dumps(report | {"experiment": "cifar10"}))
     (tmp_path / "bench.json").write_text(json.dumps({"experiment": "bench"}))  # beside the results, as committed
+    write_ablation_file(tmp_path / "ablation_study.json")  # a well-formed one: its section runs
     return tmp_path
 
 
@@ -107,6 +109,7 @@ def test_malformed_results_are_named_in_one_line_each(malformed_results, monkeyp
     assert "svhn.json: not shown: missing key 'strong_eval.models.B.checks'" in text
     assert "bench.json: not shown: bench.py's speed measurements, not accuracies" in text
     assert "mnist_quick.json  [QUICK SMOKE TEST" in text and kinds.count("display_data") >= 3  # bars, eps sweep, curves
+    assert "less the paper arm, points [95% interval]" in text and "+16.0 [10.7, 21.3]*" in text  # d_every's AutoAttack
     assert "masking flags of C: " in text and "model C of mnist_quick.json (mnist, paper protocol), white box, by batch-norm mode" in text
 
 
