@@ -24,7 +24,7 @@
 # The notebook reads every `results/*.json` (or every `*.json` in the folder named by the environment
 # variable `RESULTS_DIR`, absolute or relative to `notebooks/`) and the paper's numbers from
 # `paper_tables.json`; it writes nothing. To regenerate the results, from the repository root
-# (the README has the options):
+# (docs/running.md has the options):
 #
 # | command | reproduces | writes |
 # | --- | --- | --- |
@@ -68,10 +68,10 @@ plt.rcParams.update({"figure.dpi": 80, "font.size": 9})
 # %% [markdown]
 # ## Which results are here
 #
-# Each file is checked against the README's schema ("Results JSON") before anything is drawn: a file
+# Each file is checked against its schema (docs/results-json.md) before anything is drawn: a file
 # that is not valid JSON or lacks a key the notebook needs is named below with the reason, and skipped.
 # The checks are in `results_files.py`, the figures and intervals in `figures.py`: `python notebooks/figures.py`
-# redraws the figures the README shows with the same functions.
+# redraws the figures the README and docs/ show with the same functions.
 
 # %%
 def hide_superseded_quick(results):
@@ -100,7 +100,7 @@ def for_each(results, show, none_line):
 
 loaded, problems = load_all(RESULTS_DIR)
 shown, hidden = hide_superseded_quick(loaded)
-# over_training.json and precision_study.json are not listed: studies of their own (README)
+# over_training.json, precision_study.json and ablation_study.json are not listed: studies of their own (docs/)
 missing = [f"{name}.json ({COMMANDS[name]} --gpu 0)" for name in COMMANDS if not (RESULTS_DIR / f"{name}.json").exists()]
 print(f"results folder: {RESULTS_DIR}" + ("" if RESULTS_DIR.is_dir() else " (does not exist)"))
 print("shown:", ", ".join(r.file + (" (quick smoke test)" if r.quick else "") for r in shown) or "nothing")
@@ -322,7 +322,7 @@ for_each(ensemble_results, print_ensemble, "no ensemble results to show")
 # %% [markdown]
 # ## Is the robustness real? Strong attacks and gradient-masking checks
 #
-# Runs made with `--strong-eval` (README, "Strong evaluation"). Per model: the paper's PGD-10 beside
+# Runs made with `--strong-eval` (docs/strong-evaluation.md). Per model: the paper's PGD-10 beside
 # PGD-CE with 100 steps and 5 restarts, PGD on the CW margin, AutoAttack (its standard cascade, the
 # number RobustBench reports; in results made before the cascade was run, the lowest accuracy of its
 # four attacks alone, marked `*`), C's generator, the best transfer attack, and `robust`, the
@@ -603,7 +603,7 @@ def print_over_training(result):
 
 over_training_results = [r for r in shown if r.experiment == "over_training"]
 for_each(over_training_results, lambda r: (print_over_training(r), figures.over_training(r), plt.show()),
-         "no over-training results to show (README: Robust accuracy over training)")
+         "no over-training results to show (docs/over-training.md)")
 
 
 # %% [markdown]
@@ -679,7 +679,7 @@ def print_precision_study(result):
 
 precision_results = [r for r in shown if r.experiment == "precision_study"]
 for_each(precision_results, lambda r: (print_precision_study(r), figures.precision_study(r), plt.show()),
-         "no precision study to show (README: Precision: bf16 trains the same model C as float32)")
+         "no precision study to show (docs/precision.md)")
 
 
 # %% [markdown]
@@ -715,4 +715,4 @@ def print_ablation_study(result):
 
 ablation_results = [r for r in shown if r.experiment == "ablation_study"]
 for_each(ablation_results, lambda r: (print_ablation_study(r), figures.ablation_study(r), plt.show()),
-         "no ablation study to show (docs/over-training.md: Which of the authors' settings carries it)")
+         "no ablation study to show (docs/over-training.md)")

@@ -1,5 +1,5 @@
-"""The results files the notebook and figures.py read: each checked against the README's schema
-("Results JSON") where it enters, so that a file that is not valid JSON or lacks a key is named with the
+"""The results files the notebook and figures.py read: each checked against its schema
+(docs/results-json.md) where it enters, so that a file that is not valid JSON or lacks a key is named with the
 reason and skipped, never drawn."""
 import json
 from typing import NamedTuple
@@ -168,7 +168,7 @@ def load_result(path, name=None):
     label = need(data, "experiment", str)
     experiment = label.removesuffix("_quick").removesuffix("_authors")
     if experiment == "bench":
-        raise BadResult("bench.py's speed measurements, not accuracies (README: Measure speed)")
+        raise BadResult("bench.py's speed measurements, not accuracies (docs/speed-and-gpu.md)")
     if experiment not in CHECKS:
         raise BadResult(f"unknown experiment '{label}'")
     CHECKS[experiment](data)
