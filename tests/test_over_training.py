@@ -256,6 +256,29 @@ def test_some_snapshots_are_scored_on_request_and_the_others_kept(scored, fake_m
         over_training.main(command + ["--out", str(copy_of_out), "--snapshots", "last,7"] + SCORING)
 
 
+def test_a_pass_stopped_halfway_keeps_every_entry_the_file_held(scored, fake_mnist, tmp_path, monkeypatch):
+    """--snapshots all over a file that holds the last snapshot's entry (a run of --snapshots last,best
+    before it), stopped after it has scored the first: the file still holds the last one's."""
+    ckpt_dir, out = scored
+    report = json.loads(open(out).read())
+    first, last = report["models"]["C"]["snapshots"]
+    report["models"]["C"]["snapshots"] = [last]
+    partial = tmp_path / "over_training_quick.json"
+    partial.write_text(json.dumps(report))
+    real_write = over_training.write
+
+    def write_then_stop(*args):
+        real_write(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(over_training, "score_snapshot", lambda *a: first)
+    monkeypatch.setattr(over_training, "write", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        over_training.main([os.path.join(ckpt_dir, "C.pt"), "--dataset", "mnist", "--data-dir", fake_mnist,
+                            "--out", str(partial), "--snapshots", "all"] + SCORING)
+    assert json.loads(partial.read_text())["models"]["C"]["snapshots"] == [first, last]
+
+
 def test_a_checkpoint_without_snapshots_is_a_clear_error(reference, fake_mnist, tmp_path):
     folder, _ = reference
     state = core.load_checkpoint(str(folder / "advnet.pt"))

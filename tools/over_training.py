@@ -203,12 +203,6 @@ def reusable(earlier, name, fingerprint, it):
     return found[0] if found else None
 
 
-def not_scored_now(earlier, name, fingerprint, now):
-    """The file's entries of this model (same fingerprint) at iterations other than `now`: a run of some
-    snapshots (--snapshots) adds to the file and never drops the others."""
-    return [e for e in entries_of(earlier, name, fingerprint) if e["iter"] not in now]
-
-
 def write(out, report, mine):
     """The report with this process's models `mine` and what another process has written meanwhile of
     the others (scored the same way), read and written under the file's merge lock."""
@@ -266,10 +260,12 @@ def main(argv=None):
                       "trained_settings": trained, "autoattack": runner.evaluation.autoattack_version(s),
                       "model": {k: v for k, v in ckpt["record"].items() if k != "history"},
                       "best_snapshot": ckpt["record"].get("best_snapshot"),
-                      "snapshots": not_scored_now(earlier, name, ckpt["fingerprint"], {it for it, _ in found[name]})}
+                      # every entry the file holds stays in it while this pass goes: one stopped halfway loses none
+                      "snapshots": entries_of(earlier, name, ckpt["fingerprint"])}
         for it, snapshot in found[name]:
             entry = reusable(earlier, name, ckpt["fingerprint"], it) or score_snapshot(script, snapshot, s, test_x, test_y, device)
-            mine[name]["snapshots"] = sorted(mine[name]["snapshots"] + [entry], key=lambda e: e["iter"])
+            others = [e for e in mine[name]["snapshots"] if e["iter"] != it]
+            mine[name]["snapshots"] = sorted(others + [entry], key=lambda e: e["iter"])
             write(args.out, report | {"wall_seconds": round(time.time() - started, 1)}, mine)
     report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
     write(args.out, report, mine)
