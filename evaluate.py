@@ -136,6 +136,8 @@ def main(argv=None):
     out = args.out or os.path.join("results", f"evaluate_{args.dataset}_{name}.json")
     runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
     runner.files.check_replaceable(out, "evaluate")
+    if args.robustbench:
+        check_model_info(model_info_path(out))
     test_x, test_y = load_test(args)
     check_classes(D, test_x, test_y, args, device)
     started = time.time()
@@ -158,7 +160,7 @@ def main(argv=None):
     runner.files.write_json(out, report)
     print(f"results written to {out}")
     if args.robustbench:
-        info_path = os.path.splitext(out)[0] + "_model_info.json"
+        info_path = model_info_path(out)
         runner.files.write_json(info_path, model_info(report, D, paper_table))
         print(f"RobustBench model_info written to {info_path}")
     return report
@@ -170,6 +172,19 @@ def fraction(eps):
         if abs(eps * denominator - round(eps * denominator)) < 1e-9:
             return f"{round(eps * denominator)}/{denominator}"
     return f"{eps:g}"
+
+
+def model_info_path(out):
+    return os.path.splitext(out)[0] + "_model_info.json"
+
+
+def check_model_info(path):
+    """That a model_info file --robustbench would write over is one it wrote (or absent): a user's own file
+    there is a UserError before any scoring, never overwritten."""
+    earlier = runner.files.read_results(path)
+    if earlier is not None and not (isinstance(earlier, dict) and {"threat_model", "autoattack_acc"} <= set(earlier)):
+        raise runner.errors.UserError(f"{path} is not a RobustBench model_info file that --robustbench wrote; move it "
+                                      "away, or pass another --out")
 
 
 def model_info(report, D, paper_table):

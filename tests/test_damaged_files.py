@@ -268,6 +268,14 @@ def test_a_file_of_something_else_at_out_is_never_written_over(writer, held, wor
     refused(main, argv, user, capsys, out, "is not a results file of", word)
 
 
+@pytest.mark.parametrize("held", ['{"my": "notes"}', "[1, 2]", "not json"])
+def test_a_file_of_something_else_where_robustbench_writes_is_never_written_over(held, user, capsys):
+    main, argv = score(user, "--robustbench")
+    info = user / "results" / "evaluate_model_info.json"
+    info.write_text(held)
+    refused(main, argv, user, capsys, info)
+
+
 @pytest.mark.parametrize("extra,fragment", [(["--seed", str(2 ** 64)], "seed=18446744073709551616 is outside"),
                                             (["--seed", str(2 ** 64 - 1)], "outside"),  # its copies' seed would be 2**64
                                             (["--seeds", f"0,{2 ** 70}"], "--seeds"), (["--seeds", "-1"], "--seeds")])
