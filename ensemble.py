@@ -62,38 +62,35 @@ def planned_models(settings):
             | {"EAT": ("eat", settings["seed"])})
 
 
+def planned_specs(key, args):
+    """The data set's settings and its planned models as runner.training specs, name -> (method, seed,
+    checkpoint path, train), in training order. The checkpoints are the data set's own: its models are reused."""
+    name, settings, _ = DATASETS[key][2](args)
+    ckpt_dir = os.path.join(args.ckpt_dir or "checkpoints", name)
+    return settings, {model_name: (method, seed, os.path.join(ckpt_dir, f"{model_name}.pt"), True)
+                      for model_name, (method, seed) in planned_models(settings).items()}
+
+
 def check_dataset_run(key, args):
     """What run_dataset will read, checked before any data set's training: its settings, and every
     checkpoint it will resume or load (runner.checkpoints.checked_checkpoint)."""
-    name, settings, _ = DATASETS[key][2](args)
+    settings, specs = planned_specs(key, args)
     if settings["val_n"]:
         raise runner.errors.UserError("ensemble.py: val_n would hold images out of the models' training but not out of the "
                                    "EAT set built from them; run it without val_n (and eval_every)")
-    ckpt_dir = os.path.join(args.ckpt_dir or "checkpoints", name)  # the data set's own: its models are reused
-    for model_name, (method, seed) in planned_models(settings).items():
-        path = os.path.join(ckpt_dir, f"{model_name}.pt")
+    for method, seed, path, _ in specs.values():
         if os.path.exists(path):
             runner.checkpoints.checked_checkpoint(path, settings, method, seed)
 
 
 def iterations_to_train(key, args):
     """name -> the iterations still to train of each of the data set's planned models, in training order."""
-    name, settings, _ = DATASETS[key][2](args)
-    ckpt_dir = os.path.join(args.ckpt_dir or "checkpoints", name)
-    specs = {model_name: (method, seed, os.path.join(ckpt_dir, f"{model_name}.pt"), True)
-             for model_name, (method, seed) in planned_models(settings).items()}
+    settings, specs = planned_specs(key, args)
     return runner.training.iterations_left(specs, settings)
 
 
-def later_than(left, model_name, beyond):
-    """The iterations the run trains after `model_name`: the data set's models after it, and `beyond`."""
-    names = list(left)
-    return beyond + sum(left[after] for after in names[names.index(model_name) + 1:])
-
-
-def run_dataset(key, args, device, out, left, beyond=0):
-    """The data set's entry. `left`: iterations_to_train's counts; `beyond`: the iterations of the data sets
-    after this one, both for the ETA of the whole run."""
+def run_dataset(key, args, device, out, later):
+    """The data set's entry. `later`: name -> the iterations the whole run trains after that model (its ETA)."""
     script, paper_key, configure = DATASETS[key]
     name, settings, load = configure(args)
     provenance = runner.provenance.provenance(device, runner.provenance.command_line(args), settings["precision"])
@@ -107,7 +104,7 @@ def run_dataset(key, args, device, out, left, beyond=0):
         method, seed = planned_models(settings)[model_name]
         models[model_name], generators[model_name], records[model_name] = runner.training.prepare_model(
             model_name, method, seed, settings, script.build_D, script.build_G,
-            lambda: (train_x, train_y), device, os.path.join(ckpt_dir, f"{model_name}.pt"), later=later_than(left, model_name, beyond))
+            lambda: (train_x, train_y), device, os.path.join(ckpt_dir, f"{model_name}.pt"), later=later[model_name])
     source_x, source_y = train_x[:settings["eat_n"] or len(train_x)], train_y[:settings["eat_n"] or len(train_x)]
     eat_info = {"n_images": 4 * len(source_x), "kinds": core.EAT_KINDS, "seconds": None}  # None: built by an earlier run
 
@@ -119,7 +116,7 @@ def run_dataset(key, args, device, out, left, beyond=0):
         return eat_set, eat_set.labels
 
     eat, _, eat_record = runner.training.prepare_model("EAT", "eat", settings["seed"], settings, script.build_D, script.build_G,
-                                            eat_data, device, os.path.join(ckpt_dir, "EAT.pt"), later=later_than(left, "EAT", beyond))
+                                            eat_data, device, os.path.join(ckpt_dir, "EAT.pt"), later=later["EAT"])
     scored = {"EAT": eat, "C": models["C"], **{k: models[k] for k in ("A'", "B'", "C'")}}
     table, evaluation = runner.evaluation.evaluate_trained(scored, settings, test_x, test_y, device)
     paper = runner.reports.paper_rows(paper_key)
@@ -157,7 +154,8 @@ def main(argv=None):
     for i, key in enumerate(keys):
         t0 = time.time()
         beyond = sum(sum(left[after].values()) for after in keys[i + 1:])
-        entries[key] = run_dataset(key, args, device, out, left[key], beyond) | {"wall_seconds": round(time.time() - t0, 1)}
+        later = runner.training.iterations_after_each(left[key], beyond)
+        entries[key] = run_dataset(key, args, device, out, later) | {"wall_seconds": round(time.time() - t0, 1)}
     with runner.files.merge_lock(out):  # one entry per data set: the entries other runs wrote meanwhile are kept
         report = {"experiment": name, "protocol": args.protocol, "datasets": read_entries(out, args.protocol) | entries,
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -66,14 +66,15 @@ def main(argv=None):
     test_x, test_y = test_x[:n], test_y[:n]
     started = time.time()
 
-    later = iterations_after(planned_models(settings, cifar_models, cifar_dir, study_dir))
+    plan = planned_models(settings, cifar_models, cifar_dir, study_dir)
+    later = runner.training.iterations_after_each(iterations_to_train(plan))
 
-    def cifar_model(model_name):
-        seed = settings["seed"] + model_name.count("'")
-        return runner.training.prepare_model(model_name, runner.settings.METHODS[model_name.rstrip("'")], seed, settings, cifar10.build_D,
-                                  cifar10.build_G, data, device, os.path.join(cifar_dir, f"{model_name}.pt"), later=later[model_name])
+    def prepare(label, build_D, build_G):
+        method, seed, model_settings, path = plan[label]
+        return runner.training.prepare_model(label, method, seed, model_settings, build_D, build_G, data, device, path,
+                                             later=later[label])
 
-    fixed = {m: cifar_model(m) for m in cifar_models}
+    fixed = {m: prepare(m, cifar10.build_D, cifar10.build_G) for m in cifar_models}
     targets = {m: fixed[m][0] for m in ("A", "A'", "B", "C")}
     report = {"experiment": study_name, "protocol": settings["protocol"], "settings": settings, "attack_training": ATTACK_TRAINING,
               "provenance": runner.provenance.provenance(device, runner.provenance.command_line(args), settings["precision"]), "n_test": n, "models": {}}
@@ -81,10 +82,7 @@ def main(argv=None):
     # ------------------------------------------------------------- Table 5: generators against fixed A
     table5, examples = {}, {}
     for g_name, build in GENERATORS.items():
-        g_settings = settings | ATTACK_TRAINING | {"generator": g_name}
-        _, G, record = runner.training.prepare_model(f"{g_name} vs A", "generator", settings["seed"], g_settings,
-                                          lambda s: targets["A"], build, data, device,
-                                          os.path.join(study_dir, f"{g_name}_vs_A.pt"), later=later[f"{g_name} vs A"])
+        _, G, record = prepare(f"{g_name} vs A", lambda s: targets["A"], build)
         report["models"][f"{g_name}_vs_A"] = record
         with core.scoring_mode([G]), core.full_precision(device):
             attack = lambda x, y: core.generator_attack(G, x, y, settings["eps"])
@@ -102,9 +100,7 @@ def main(argv=None):
         if g_name == "G1_k64":  # cifar10.py's model C
             cotrained[g_name], report["models"]["C_G1_k64"] = fixed["C"][0], fixed["C"][2]
         else:
-            cotrained[g_name], _, report["models"][f"C_{g_name}"] = runner.training.prepare_model(
-                f"C with {g_name}", "advnet", settings["seed"], settings | {"generator": g_name}, cifar10.build_D, build,
-                data, device, os.path.join(study_dir, f"C_{g_name}.pt"), later=later[f"C with {g_name}"])
+            cotrained[g_name], _, report["models"][f"C_{g_name}"] = prepare(f"C with {g_name}", cifar10.build_D, build)
     with_copies = cotrained | {"A'": fixed["A'"][0], "B'": fixed["B'"][0]}
     table6, evaluation = runner.evaluation.evaluate_trained(with_copies, settings, test_x, test_y, device)
     if args.strong_eval:  # the co-trained models, attacked by transfer from A' and B' and by C's generator
@@ -134,11 +130,10 @@ def planned_models(settings, cifar_models, cifar_dir, study_dir):
                for g in GENERATORS if g != "G1_k64"})  # G1 k=64 co-trained is cifar10.py's C
 
 
-def iterations_after(planned):
-    """label -> the iterations the study still trains after that model, for the ETA of the whole run."""
-    left = [runner.training.iterations_left({label: (method, seed, path, True)}, model_settings)[label]
-            for label, (method, seed, model_settings, path) in planned.items()]
-    return {label: sum(left[i + 1:]) for i, label in enumerate(planned)}
+def iterations_to_train(plan):
+    """label -> the iterations still to train of each planned model (each under its own settings)."""
+    return {label: runner.training.iterations_left({label: (method, seed, path, True)}, model_settings)[label]
+            for label, (method, seed, model_settings, path) in plan.items()}
 
 
 def save_npz(path, arrays):

@@ -12,7 +12,7 @@ from runner.evaluation import evaluate_trained, strong_eval_report
 from runner.files import check_replaceable, check_writable, write_json
 from runner.provenance import command_line, device_name, provenance
 from runner.settings import METHODS, model_settings, resolve_settings, run_name
-from runner.training import check_device, iterations_left, prepare_models
+from runner.training import check_device, iterations_after_each, iterations_left, prepare_models
 
 
 def configure_with(name, settings, load_data, authors=None):
@@ -130,9 +130,10 @@ def iterations_after(settings, seeds, ckpt_dir, chosen):
     """seed -> the iterations still to train in the seeds after it (the ETA of a run over --seeds)."""
     if not seeds:
         return {}
-    left = [sum(iterations_left(model_specs(settings | {"seed": seed}, os.path.join(ckpt_dir, f"seed{seed}"), chosen),
-                                settings).values()) for seed in seeds]
-    return {seed: sum(left[i + 1:]) for i, seed in enumerate(seeds)}
+    def seed_total(seed):
+        specs = model_specs(settings | {"seed": seed}, os.path.join(ckpt_dir, f"seed{seed}"), chosen)
+        return sum(iterations_left(specs, settings).values())
+    return iterations_after_each({seed: seed_total(seed) for seed in seeds})
 
 
 def less_than(earlier, settings, args, seeds, rows):

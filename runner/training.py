@@ -246,6 +246,13 @@ def iterations_left(specs, settings):
     return {name: left(method, path, train) for name, (method, _, path, train) in specs.items()}
 
 
+def iterations_after_each(left, beyond=0):
+    """name -> the iterations a run trains after that one, for its ETA: those of the names after it in
+    `left` (name -> iterations, in the run's order), and `beyond`, what comes after them all."""
+    counts = list(left.values())
+    return {name: beyond + sum(counts[i + 1:]) for i, name in enumerate(left)}
+
+
 def prepare_models(specs, settings, build_D, build_G, data, device, later=0):
     """prepare_model for several models, specs: name -> (method, seed, ckpt_path, train). One after
     another or, with `concurrent_models`, all at once (run_in_turn): a batch-64 model leaves most of
@@ -254,10 +261,9 @@ def prepare_models(specs, settings, build_D, build_G, data, device, later=0):
     iterations the run will train after these models, for the ETA of the whole run. Returns
     name -> (D, G, record)."""
     if not settings["concurrent_models"]:
-        left, names = iterations_left(specs, settings), list(specs)
-        return {name: prepare_model(name, method, seed, settings, build_D, build_G, data, device, path, train,
-                                    later + sum(left[after] for after in names[i + 1:]))
-                for i, (name, (method, seed, path, train)) in enumerate(specs.items())}
+        after = iterations_after_each(iterations_left(specs, settings), later)
+        return {name: prepare_model(name, method, seed, settings, build_D, build_G, data, device, path, train, after[name])
+                for name, (method, seed, path, train) in specs.items()}
     built = {name: build_models(spec[1], settings, build_D, build_G, device) for name, spec in specs.items()}
     with StopFlag() as stop:
         runs = {name: training_run(name, method, seed, *built[name], batch_maker(seed, settings, data, device),

@@ -156,7 +156,7 @@ def test_ensemble_keeps_the_entries_another_run_wrote_meanwhile(tmp_path, monkey
     out = str(tmp_path / "ensemble.json")
     runner.files.write_json(out, {"experiment": "ensemble", "datasets": {"cifar10": {"table": "earlier"}}})
 
-    def run_dataset(key, args, device, results, *eta):  # while this run trains, another one finishes SVHN and writes its entry
+    def run_dataset(key, args, device, results, later):  # while this run trains, another one finishes SVHN and writes its entry
         with open(out) as f:
             report = json.load(f)
         report["datasets"]["svhn"] = {"table": "other run"}
