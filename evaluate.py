@@ -134,8 +134,7 @@ def main(argv=None):
     D, G = build(script, settings, ckpt, args.checkpoint, device)
     name = os.path.splitext(os.path.basename(args.checkpoint))[0] + ("_authors" if settings["protocol"] == "authors" else "")
     out = args.out or os.path.join("results", f"evaluate_{args.dataset}_{name}.json")
-    runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
-    runner.files.check_replaceable(out, "evaluate")
+    runner.files.check_results_file(out, "evaluate")
     if args.robustbench:
         check_model_info(model_info_path(out))
     test_x, test_y = load_test(args)

@@ -53,8 +53,7 @@ def main(argv=None):
     study_dir = os.path.join(args.ckpt_dir or "checkpoints", study_name)
     out = args.out or os.path.join("results", study_name + ".json")
     runner.files.check_writable(args.ckpt_dir or "checkpoints", "--ckpt-dir")  # before hours of training, not after
-    runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
-    runner.files.check_replaceable(out, study_name)
+    runner.files.check_results_file(out, study_name)
     train_x, train_y, test_x, test_y = load()
     cifar_models = ["A", "A'", "B", "B'", "C"]
     print(runner.running.study_banner(

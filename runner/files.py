@@ -46,6 +46,13 @@ def check_replaceable(out, experiment):
     return earlier
 
 
+def check_results_file(out, experiment):
+    """The results file `out` checked before any work: its folder can be written, and what it holds (if
+    anything) is `experiment`'s own results (check_replaceable, whose parsed file it returns)."""
+    check_writable(os.path.dirname(os.path.abspath(out)), "--out")
+    return check_replaceable(out, experiment)
+
+
 def check_writable(folder, option):
     """That `folder` can be created and written to, tried now rather than at the first save: its nearest
     existing ancestor is a folder that takes a file (a temporary one). Nothing is created or left behind."""

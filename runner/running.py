@@ -9,7 +9,7 @@ from runner.checkpoints import checked_checkpoint
 from runner.cli import experiment_parser, parse_cli, parse_models, parse_seeds, pick_device
 from runner.errors import UserError
 from runner.evaluation import evaluate_trained, strong_eval_report
-from runner.files import check_replaceable, check_writable, write_json
+from runner.files import check_results_file, check_writable, write_json
 from runner.provenance import command_line, device_name, provenance
 from runner.settings import METHODS, model_settings, resolve_settings, run_name
 from runner.training import check_device, iterations_after_each, iterations_left, prepare_models
@@ -94,8 +94,6 @@ def check_run(name, settings, args, seeds, chosen, ckpt_dir, out):
         check_no_less(name, out, settings, args, seeds, rows)
     if not args.eval_only or args.strong_eval:  # the strong evaluation keeps AutoAttack's state beside the checkpoints
         check_writable(ckpt_dir, "--ckpt-dir")
-    if not args.no_eval:
-        check_writable(os.path.dirname(os.path.abspath(out)), "--out")
 
 
 def banner(name, settings, args, device, chosen, seeds, ckpt_dir, out):
@@ -160,8 +158,9 @@ def less_than(earlier, settings, args, seeds, rows):
 
 
 def check_no_less(name, out, settings, args, seeds, rows):
-    """A run never replaces a results file by one that holds less: it stops before training instead."""
-    earlier = check_replaceable(out, name)
+    """The results file checked before training: its folder writable, the run's own (check_results_file),
+    and never replaced by one that holds less: the run stops instead."""
+    earlier = check_results_file(out, name)
     if earlier is None:
         return
     lost = less_than(earlier, settings, args, seeds, rows)

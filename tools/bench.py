@@ -237,8 +237,7 @@ def main(argv=None):
     bench = runner.settings.apply_overrides(SETTINGS | (QUICK if args.quick else {}), args.set)
     name = "bench" + ("_quick" if args.quick else "")
     out = args.out or os.path.join("results", f"{name}.json")
-    runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")  # before the measurements, not after
-    runner.files.check_replaceable(out, name)
+    runner.files.check_results_file(out, name)  # before the measurements, not after
     device = runner.cli.pick_device(args.gpu)
     paths = paths_for(device, bench)
     rows, concurrent = {}, {}

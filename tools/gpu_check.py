@@ -638,8 +638,7 @@ def main(argv=None):
         torch.cuda.set_device(device)
     name = "gpu_check" + ("_quick" if args.quick else "")
     out = args.out or os.path.join("results", f"{name}.json")
-    runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")  # before the budget is spent, not after
-    runner.files.check_replaceable(out, name)
+    runner.files.check_results_file(out, name)  # before the budget is spent, not after
     run = Run(device, settings, args.quick, out, " ".join(["gpu_check.py"] + argv))
     print(f"gpu_check on {run.report['provenance']['device']}: budget {settings['budget']:.0f} s; writing {out}", flush=True)
     run_parts(run, PARTS)

@@ -106,8 +106,7 @@ def main(argv=None):
     ckpt_dir = args.ckpt_dir or os.path.join("checkpoints", name)
     out = args.out or os.path.join("results", f"{name}.json")
     runner.files.check_writable(ckpt_dir, "--ckpt-dir")  # before the trainings, not after them
-    runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
-    runner.files.check_replaceable(out, name)
+    runner.files.check_results_file(out, name)
     device = runner.cli.pick_device(args.gpu)
     train_x, train_y, test_x, test_y = mnist.load_data(args.data_dir, fashion=True)
     started = time.time()
