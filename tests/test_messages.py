@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import ablation_study
 import ensemble
 import evaluate
 import generators_study
@@ -189,3 +190,13 @@ def test_the_generator_study_eta_covers_every_model_it_trains(first_model, tmp_p
                                "--out", str(tmp_path / "generators.json")])
     quick = runner.settings.QUICK_SETTINGS["iters"]
     assert first_model == {"name": "A", "later": (4 + 4 + 3) * quick}  # A', B, B', C; four generators; three co-trained Cs
+
+
+def test_the_ablation_eta_covers_every_arm_and_seed_still_to_train(first_model, tmp_path):
+    data = write_fake_mnist(str(tmp_path / "data"), "FashionMNIST")
+    options = ["--gpu", "cpu", "--quick", "--data-dir", data, "--arms", "paper,d_every", "--seeds", "0,1",
+               "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(tmp_path / "ablation.json")]
+    with pytest.raises(FirstModel):
+        ablation_study.main(options)
+    quick = runner.settings.QUICK_SETTINGS["iters"]
+    assert first_model == {"name": "C paper seed 0", "later": 3 * quick}  # paper seed 1, d_every seeds 0 and 1

@@ -184,6 +184,20 @@ def format_summary(report):
 
 
 # ======================================================================================= run
+def iterations_to_train(work, trained_with, args, settings, scoring):
+    """(arm, seed) -> the iterations that model still has to train, in the run's order, for the ETA of the
+    whole run: none for a model already scored into --out, nor for any with --eval-only."""
+    scored = {} if args.no_eval else earlier_runs(args.out, args.name, settings, scoring)
+
+    def left(arm, seed):
+        fingerprint = runner.settings.fingerprint(trained_with[arm], "advnet", seed)
+        if reusable(scored, arm, seed, fingerprint):
+            return 0
+        spec = {arm: ("advnet", seed, checkpoint(args.ckpt_dir, arm, seed), not args.eval_only)}
+        return runner.training.iterations_left(spec, trained_with[arm])[arm]
+    return {(arm, seed): left(arm, seed) for arm, seed in work}
+
+
 def parse_args(argv):
     args = runner.cli.parse_cli(runner.cli.study_parser(__doc__, ARMS, SEEDS), argv, __file__)
     args.arm_list = runner.cli.parse_arms(args.arms, ARMS)
@@ -208,6 +222,7 @@ def main(argv=None):
     if not args.no_eval:
         earlier_runs(args.out, args.name, settings, scoring)  # a file it cannot add to stops it before any training
     work = [(arm, seed) for arm in args.arm_list for seed in args.seed_list]
+    later = runner.training.iterations_after_each(iterations_to_train(work, trained_with, args, settings, scoring))
     for i, (arm, seed) in enumerate(work, 1):
         fingerprint, label = runner.settings.fingerprint(trained_with[arm], "advnet", seed), f"[{i}/{len(work)}] {arm} seed {seed}"
         if not args.no_eval and reusable(earlier_runs(args.out, args.name, settings, scoring), arm, seed, fingerprint):
@@ -215,7 +230,8 @@ def main(argv=None):
             continue
         path = checkpoint(args.ckpt_dir, arm, seed)
         D, _, record = runner.training.prepare_model(f"C {arm} seed {seed}", "advnet", seed, trained_with[arm], mnist.build_D,
-                                                mnist.build_G, lambda: (train_x, train_y), device, path, not args.eval_only)
+                                                mnist.build_G, lambda: (train_x, train_y), device, path, not args.eval_only,
+                                                later=later[arm, seed])
         if record["iters_done"] < settings["iters"]:
             print(f"{label}: {record['iters_done']} of {settings['iters']} iterations in {path}, not scored", flush=True)
             continue
