@@ -2,6 +2,7 @@
 UserError that names it."""
 import math
 import os
+import pickle
 
 import torch
 
@@ -47,12 +48,24 @@ def file_problem(path):
             import scipy.io
             scipy.io.loadmat(path)
         else:
-            import pickle
             with open(path, "rb") as f:
-                pickle.load(f, encoding="latin1")
+                ArraysOnly(f, encoding="latin1").load()
     except Exception as err:
         return f"unreadable ({failure(err)})"
     return None
+
+
+class ArraysOnly(pickle.Unpickler):
+    """CIFAR's pickles hold dicts, lists, text and numpy arrays. Anything else a pickle names would run
+    code on loading, so this reader refuses it: the diagnostic reads a file torchvision already
+    failed on, and has no reason to run it a second time."""
+    ARRAYS = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+              ("numpy._core.multiarray", "_reconstruct")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ARRAYS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR file does not")
+        return super().find_class(module, name)
 
 
 def idx_problem(path):

@@ -2,6 +2,7 @@
 wrong with it, exit code 2, before anything is trained or written; "not on disk" only for missing files."""
 import json
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -93,6 +94,33 @@ def test_truncated_cifar_batch_is_named(md5, tmp_path, capsys, untouched, reques
         f.truncate(os.path.getsize(path) // 2)
     argv = ["--gpu", "cpu", "--quick", "--models", "A", "--data-dir", root] + untouched("cifar10_quick")
     one_line(*run_main(cifar10.main, argv, capsys), path, "truncated")
+
+
+PAYLOAD_RUNS = []
+
+
+def payload():
+    """What a pickle with code in it runs when it is loaded: counted here."""
+    PAYLOAD_RUNS.append(1)
+    return "not a batch"
+
+
+class WithCode:
+    def __reduce__(self):
+        return payload, ()
+
+
+def test_a_cifar_batch_with_code_in_it_is_named_and_its_code_not_run_again(tmp_path, no_md5_check):
+    """torchvision unpickles CIFAR's batches, and so runs what one names; the diagnostic that follows
+    its failure must not run it a second time, and names the file and what it names."""
+    root = write_fake_cifar(str(tmp_path / "data"), 10)
+    path = os.path.join(root, "cifar-10-batches-py", "data_batch_2")
+    with open(path, "wb") as f:
+        pickle.dump(WithCode(), f)
+    PAYLOAD_RUNS.clear()
+    with pytest.raises(runner.errors.UserError, match=r"data_batch_2 is unreadable .*names test_data_checks\.payload"):
+        cifar10.load_data(root)
+    assert len(PAYLOAD_RUNS) == 1  # torchvision's own load
 
 
 def test_missing_file_is_still_not_on_disk_and_named(tmp_path):
