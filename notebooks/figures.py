@@ -389,7 +389,8 @@ def over_training_seeds_figure(folder):
 FIGURES = {"accuracy.png": accuracy_figure,
            "over_training.png": lambda folder: over_training(one_result(folder, "over_training.json")),
            "over_training_seeds.png": over_training_seeds_figure,
-           "precision_study.png": lambda folder: precision_study(one_result(folder, "precision_study.json"))}
+           "precision_study.png": lambda folder: precision_study(one_result(folder, "precision_study.json")),
+           "ablation_study.png": lambda folder: ablation_study(one_result(folder, "ablation_study.json"))}
 
 
 def save(fig, path):
