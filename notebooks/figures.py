@@ -45,10 +45,12 @@ def wilson(accuracy, n):
     return Interval(accuracy, min(accuracy, 100 * (centre - half)), max(accuracy, 100 * (centre + half)), f"Wilson, n {n:g}")
 
 
-def t_interval(mean, std, seeds):
-    "The 95% Student t interval of a mean (%) over `seeds` runs with sample standard deviation `std`."
-    half = stats.t.ppf(0.975, seeds - 1) * std / math.sqrt(seeds)
-    return Interval(mean, mean - half, mean + half, f"t over {seeds} seeds")
+def t_interval(mean, std, seeds, df=None):
+    """The 95% Student t interval of a mean (%) over `seeds` runs with sample standard deviation `std`,
+    estimated with `df` degrees of freedom (default seeds - 1: from these runs alone)."""
+    df = seeds - 1 if df is None else df
+    half = stats.t.ppf(0.975, df) * std / math.sqrt(seeds)
+    return Interval(mean, mean - half, mean + half, f"t over {seeds} seeds" + (f", spread on {df} df" if df != seeds - 1 else ""))
 
 
 def over_seeds(accuracies, n):
@@ -61,9 +63,9 @@ def over_seeds(accuracies, n):
     return seeds_interval(float(np.mean(accuracies)), float(np.std(accuracies, ddof=1)), len(accuracies), n)
 
 
-def seeds_interval(mean, std, seeds, n):
-    "over_seeds' interval from the seeds' mean and sample standard deviation, on n shared test images."
-    spread = t_interval(mean, std, seeds)
+def seeds_interval(mean, std, seeds, n, df=None):
+    "over_seeds' interval from the seeds' mean and sample standard deviation (on df), on n shared test images."
+    spread = t_interval(mean, std, seeds, df)
     images = wilson(mean, n)
     if math.isnan(images.low):
         return spread._replace(low=max(0.0, spread.low), high=min(100.0, spread.high))
@@ -323,26 +325,60 @@ ABLATION_COLUMNS = [("clean", "clean", "n_test"), ("fgs", "FGS", "n_test"), ("pg
                     ("autoattack", "AutoAttack", "autoattack_n")]
 
 
+def pooled_spread(by_arm):
+    """The seeds' standard deviation pooled over the arms (each arm's squared deviations from its own
+    mean, summed) and its degrees of freedom, the sum over arms of seeds - 1; (nan, 0) where no arm has
+    two seeds. It assumes the seeds spread alike in every arm, and so lets two seeds an arm give a
+    usable interval: eight arms of two seeds estimate the spread on 8 df (t factor 2.3), where each
+    arm alone has 1 (t factor 12.7)."""
+    df = sum(len(values) - 1 for values in by_arm.values())
+    if not df:
+        return math.nan, 0
+    squares = sum(float(np.sum((np.asarray(values) - np.mean(values)) ** 2)) for values in by_arm.values())
+    return math.sqrt(squares / df), df
+
+
+def ablation_spreads(data):
+    "score -> (arm -> the arm's accuracies, one per seed; pooled_spread of them)."
+    spreads = {}
+    for key, _, _ in ABLATION_COLUMNS:
+        by_arm = {arm: [entry["scores"][key] for entry in by_seed.values()] for arm, by_seed in data["runs"].items()}
+        spreads[key] = by_arm, pooled_spread(by_arm)
+    return spreads
+
+
 def ablation_intervals(data):
-    "arm -> score -> the mean over the arm's seeds with its interval (over_seeds, on the scoring's n images)."
-    scoring = data["scoring"]
-    return {arm: {key: over_seeds([entry["scores"][key] for entry in by_seed.values()], scoring[n_key])
-                  for key, _, n_key in ABLATION_COLUMNS}
-            for arm, by_seed in data["runs"].items()}
+    """arm -> score -> the mean over the arm's seeds with its 95% interval: Student's t on the spread
+    pooled over the arms, never narrower than Wilson's on the scoring's n images (seeds_interval);
+    Wilson's alone while no arm has two seeds."""
+    intervals = {arm: {} for arm in data["runs"]}
+    for key, _, n_key in ABLATION_COLUMNS:
+        by_arm, (std, df) = ablation_spreads(data)[key]
+        n = data["scoring"][n_key]
+        for arm, values in by_arm.items():
+            mean = float(np.mean(values))
+            intervals[arm][key] = seeds_interval(mean, std, len(values), n, df) if df else wilson(mean, n)
+    return intervals
 
 
-def difference(a, b):
-    """a less b with a conservative 95% interval: the two half-widths in quadrature, as for independent
-    estimates. Arms scored on the same test images err together, which only narrows the true interval."""
-    half = math.hypot((a.high - a.low) / 2, (b.high - b.low) / 2)
-    return Interval(a.value - b.value, a.value - b.value - half, a.value - b.value + half, "difference, in quadrature")
-
-
-def ablation_differences(intervals):
-    "arm -> score -> its mean less the paper arm's, in points, with difference()'s interval; {} without the paper arm."
-    paper = intervals.get("paper")
-    return {arm: {key: difference(interval, paper[key]) for key, interval in by_key.items()}
-            for arm, by_key in intervals.items() if paper and arm != "paper"}
+def ablation_differences(data):
+    """arm -> score -> its mean less the paper arm's, in points, with a 95% interval: Student's t on the
+    spread pooled over the arms, never narrower than the two means' Wilson half-widths in quadrature
+    (as for independent test images: arms scored on the same images err together, which only narrows
+    the true interval); {} without the paper arm."""
+    if "paper" not in data["runs"]:
+        return {}
+    moved = {arm: {} for arm in data["runs"] if arm != "paper"}
+    for key, _, n_key in ABLATION_COLUMNS:
+        by_arm, (std, df) = ablation_spreads(data)[key]
+        paper, n = float(np.mean(by_arm["paper"])), data["scoring"][n_key]
+        for arm in moved:
+            mean = float(np.mean(by_arm[arm]))
+            images = math.hypot(*[(w.high - w.low) / 2 for w in (wilson(mean, n), wilson(paper, n))])
+            spread = stats.t.ppf(0.975, df) * std * math.sqrt(1 / len(by_arm[arm]) + 1 / len(by_arm["paper"])) if df else 0.0
+            half, basis = max(images, spread), (f"t, spread pooled on {df} df" if spread > images else "Wilson, in quadrature")
+            moved[arm][key] = Interval(mean - paper, mean - paper - half, mean - paper + half, basis)
+    return moved
 
 
 def ablation_study(result):

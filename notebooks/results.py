@@ -688,10 +688,12 @@ for_each(precision_results, lambda r: (print_precision_study(r), figures.precisi
 # `tools/ablation_study.py`: Fashion-MNIST model C under the paper's protocol (`paper`), and again with
 # one of the authors' settings switched on at a time, then the five together (`all`); each arm with
 # each seed, scored in float32: clean, FGS and PGD-10 on the first `n_test` test images, AutoAttack's
-# standard cascade on the first `autoattack_n`. Per arm: the mean over its seeds with its 95% interval
-# (Student's t over the seeds, never narrower than Wilson's on the shared images; one seed: Wilson's).
-# Below it, each arm less the paper arm, in points, with a conservative 95% interval (the two
-# half-widths in quadrature); `*` where that interval excludes 0: the setting moves that score.
+# standard cascade on the first `autoattack_n`. Per arm: the mean over its seeds with its 95% interval:
+# Student's t on the seeds' spread pooled over the arms (it assumes every arm spreads alike across
+# seeds), never narrower than Wilson's on the shared images; Wilson's alone while no arm has two seeds.
+# Below it, each arm less the paper arm, in points, with its 95% interval on the same pooled spread
+# (never narrower than the two Wilson half-widths in quadrature); `*` where it excludes 0: the
+# setting moves that score.
 
 # %%
 def print_ablation_study(result):
@@ -703,7 +705,7 @@ def print_ablation_study(result):
     for arm, by_key in intervals.items():
         print(f"{arm:<15}{','.join(data['runs'][arm]):<8}"
               + "".join(f"{interval_text(by_key[key]):>24}" for key, _, _ in figures.ABLATION_COLUMNS))
-    moved = figures.ablation_differences(intervals)
+    moved = figures.ablation_differences(data)
     if moved:
         print("\nless the paper arm, points [95% interval]; *: the interval excludes 0")
         for arm, by_key in moved.items():

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from scipy import stats
 
 from conftest import ROOT
 
@@ -230,18 +231,36 @@ def ablation_file(tmp_path):
 def test_the_ablation_table_gives_each_arm_its_interval_over_seeds_and_its_difference_from_the_paper_arm(ablation_file):
     result = figures.one_result(ablation_file.parent, ablation_file.name)
     intervals = figures.ablation_intervals(result.data)
-    assert intervals["paper"]["pgd"] == figures.over_seeds([20.0, 22.0], 1000)
-    assert intervals["d_every"]["autoattack"] == figures.over_seeds([33.0, 33.0], 500)  # agreeing seeds: Wilson's width
-    assert intervals["g_net"]["pgd"] == figures.wilson(21.0, 1000)  # one seed: its images' interval
-    moved = figures.ablation_differences(intervals)
+    # PGD: paper 20, 22; d_every 36, 38; g_net 21: squared deviations 2 + 2 + 0 on 1 + 1 + 0 df
+    t2, pooled = stats.t.ppf(0.975, 2), math.sqrt(4 / 2)
+    assert intervals["paper"]["pgd"] == figures.seeds_interval(21.0, pooled, 2, 1000, df=2)
+    assert intervals["paper"]["pgd"].high - 21.0 == pytest.approx(t2 * pooled / math.sqrt(2))  # not 12.7 * sd / sqrt(2)
+    g_net = intervals["g_net"]["pgd"]  # one seed: the seeds' spread the other arms show, not its images' alone
+    assert g_net.high - 21.0 == pytest.approx(t2 * pooled) and g_net.high > figures.wilson(21.0, 1000).high
+    agreeing, images = intervals["d_every"]["autoattack"], figures.wilson(33.0, 500)  # seeds that agree everywhere
+    assert (agreeing.low, agreeing.high) == (images.low, images.high)  # Wilson's width, not none
+    moved = figures.ablation_differences(result.data)
     assert set(moved) == {"d_every", "g_net"}
     pgd = moved["d_every"]["pgd"]
-    half = math.hypot(*[(i.high - i.low) / 2 for i in (intervals["d_every"]["pgd"], intervals["paper"]["pgd"])])
-    assert pgd.value == pytest.approx(16.0) and pgd.high - pgd.value == pytest.approx(half)
-    aa = moved["d_every"]["autoattack"]  # 33 against 17 on 500 images, seeds agreeing: the interval excludes 0
-    assert aa.value == pytest.approx(16.0) and aa.low > 0
+    assert pgd.value == pytest.approx(16.0) and pgd.high - pgd.value == pytest.approx(t2 * pooled * math.sqrt(1 / 2 + 1 / 2))
+    assert pgd.low > 0  # each arm's own two seeds (t factor 12.7) would not tell 16 points from 0
+    aa = moved["d_every"]["autoattack"]  # 33 against 17 on 500 images, no spread: the images' intervals in quadrature
+    half = math.hypot(*[(w.high - w.low) / 2 for w in (figures.wilson(33.0, 500), figures.wilson(17.0, 500))])
+    assert aa.value == pytest.approx(16.0) and aa.high - aa.value == pytest.approx(half) and aa.low > 0
     assert moved["g_net"]["autoattack"].low < 0 < moved["g_net"]["autoattack"].high
-    assert figures.ablation_differences({k: v for k, v in intervals.items() if k != "paper"}) == {}
+    without_paper = json.loads(ablation_file.read_text())
+    del without_paper["runs"]["paper"]
+    assert figures.ablation_differences(without_paper) == {}
+
+
+def test_the_ablation_table_of_single_seeds_gives_each_arm_its_images_interval(tmp_path):
+    data = json.loads(write_ablation_file(tmp_path / "ablation_study.json").read_text())
+    data["runs"] = {arm: {"0": by_seed["0"]} for arm, by_seed in data["runs"].items()}
+    intervals = figures.ablation_intervals(data)
+    assert intervals["paper"]["pgd"] == figures.wilson(20.0, 1000)
+    moved = figures.ablation_differences(data)["d_every"]["pgd"]
+    half = math.hypot(*[(w.high - w.low) / 2 for w in (figures.wilson(36.0, 1000), figures.wilson(20.0, 1000))])
+    assert moved.value == pytest.approx(16.0) and moved.high - moved.value == pytest.approx(half)
 
 
 def test_the_ablation_figure_draws_every_arm(ablation_file):
