@@ -131,8 +131,8 @@ def planned_models(settings, cifar_models, cifar_dir, study_dir):
 
 def iterations_to_train(plan):
     """label -> the iterations still to train of each planned model (each under its own settings)."""
-    return {label: runner.training.iterations_left({label: (method, seed, path, True)}, model_settings)[label]
-            for label, (method, seed, model_settings, path) in plan.items()}
+    return {label: runner.training.model_iterations_left(method, path, True, model_settings)
+            for label, (method, _, model_settings, path) in plan.items()}
 
 
 def save_npz(path, arrays):

@@ -351,9 +351,9 @@ def ablation_intervals(data):
     """arm -> score -> the mean over the arm's seeds with its 95% interval: Student's t on the spread
     pooled over the arms, never narrower than Wilson's on the scoring's n images (seeds_interval);
     Wilson's alone while no arm has two seeds."""
-    intervals = {arm: {} for arm in data["runs"]}
+    intervals, spreads = {arm: {} for arm in data["runs"]}, ablation_spreads(data)
     for key, _, n_key in ABLATION_COLUMNS:
-        by_arm, (std, df) = ablation_spreads(data)[key]
+        by_arm, (std, df) = spreads[key]
         n = data["scoring"][n_key]
         for arm, values in by_arm.items():
             mean = float(np.mean(values))
@@ -368,9 +368,9 @@ def ablation_differences(data):
     the true interval); {} without the paper arm."""
     if "paper" not in data["runs"]:
         return {}
-    moved = {arm: {} for arm in data["runs"] if arm != "paper"}
+    moved, spreads = {arm: {} for arm in data["runs"] if arm != "paper"}, ablation_spreads(data)
     for key, _, n_key in ABLATION_COLUMNS:
-        by_arm, (std, df) = ablation_spreads(data)[key]
+        by_arm, (std, df) = spreads[key]
         paper, n = float(np.mean(by_arm["paper"])), data["scoring"][n_key]
         for arm in moved:
             mean = float(np.mean(by_arm[arm]))

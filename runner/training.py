@@ -235,15 +235,19 @@ def prepare_model(name, method, seed, settings, build_D, build_G, data, device, 
                              ckpt_path, train, later)
 
 
+def model_iterations_left(method, path, train, settings):
+    """The iterations one model, trained with `settings`, still has to train: all of them without a
+    checkpoint at `path`, the rest with one, none when it is not to be trained."""
+    if not train:
+        return 0
+    iters = model_settings(settings, method)["iters"]
+    return max(iters - read_checkpoint(path)["record"]["iters_done"], 0) if os.path.exists(path) else iters
+
+
 def iterations_left(specs, settings):
-    """The iterations still to train of the models in `specs` (name -> (method, seed, ckpt_path, train)),
-    name -> count: all of a model's without a checkpoint, the rest of one with, none of one not trained."""
-    def left(method, path, train):
-        iters = model_settings(settings, method)["iters"]
-        if not train:
-            return 0
-        return max(iters - read_checkpoint(path)["record"]["iters_done"], 0) if os.path.exists(path) else iters
-    return {name: left(method, path, train) for name, (method, _, path, train) in specs.items()}
+    """model_iterations_left of the models in `specs` (name -> (method, seed, ckpt_path, train)), all
+    trained with `settings`: name -> count."""
+    return {name: model_iterations_left(method, path, train, settings) for name, (method, _, path, train) in specs.items()}
 
 
 def iterations_after_each(left, beyond=0):

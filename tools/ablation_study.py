@@ -193,8 +193,8 @@ def iterations_to_train(work, trained_with, args, settings, scoring):
         fingerprint = runner.settings.fingerprint(trained_with[arm], "advnet", seed)
         if reusable(scored, arm, seed, fingerprint):
             return 0
-        spec = {arm: ("advnet", seed, checkpoint(args.ckpt_dir, arm, seed), not args.eval_only)}
-        return runner.training.iterations_left(spec, trained_with[arm])[arm]
+        return runner.training.model_iterations_left("advnet", checkpoint(args.ckpt_dir, arm, seed), not args.eval_only,
+                                                     trained_with[arm])
     return {(arm, seed): left(arm, seed) for arm, seed in work}
 
 
