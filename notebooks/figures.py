@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats
 
-from results_files import NUMBER, BadResult, load_all, need, quick_tag
+from results_files import NUMBER, BadResult, check_fields, load_all, need, quick_tag
 
 PAPER = json.loads((Path(__file__).resolve().parent.parent / "paper_tables.json").read_text())
 COLUMNS = PAPER["columns"]
@@ -220,12 +220,12 @@ SEED_SCORES = [("clean", "clean", "accuracy", "n_test"), ("pgd10", "PGD-10", "ac
                ("autoattack", "AutoAttack", "on_autoattack_images", "autoattack_n")]
 
 
-def over_training_runs(folder):
+def over_training_runs(folder, files="over_training/*.json", fallback="over_training.json"):
     """(protocol, model, seed) -> (file, model entry) of every over-training result: the per-seed files
-    over_training/<protocol>_seed<s>.json first, then over_training.json for what they lack; and one
+    (default over_training/<protocol>_seed<s>.json) first, then `fallback` for what they lack; and one
     line per file or model left out."""
-    per_seed, problems = load_all(folder, "over_training/*.json")
-    single, more_problems = load_all(folder, "over_training.json")
+    per_seed, problems = load_all(folder, files)
+    single, more_problems = load_all(folder, fallback) if fallback else ([], [])
     runs = {}
     for result in per_seed + single:
         if result.experiment != "over_training" or result.quick:
@@ -280,6 +280,49 @@ def over_training_seeds(across):
                  "one seed: Wilson on its images", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+PICKS = ["last", "validation's pick"]
+PICKED_SCORES = [("clean", "clean"), ("pgd10", "PGD-10"), ("autoattack", "AutoAttack")]  # all on AutoAttack's images
+
+
+def picked_snapshots(model):
+    "The last scored snapshot of one model and the one its validation picks, by PICKS."
+    scored = {snapshot["iter"]: snapshot for snapshot in model["snapshots"]}
+    best = need(model, "best_snapshot.iter", NUMBER)
+    if best not in scored:
+        raise BadResult(f"validation's pick, iteration {best}, was not scored")
+    return dict(zip(PICKS, [scored[max(scored)], scored[best]]))
+
+
+class PickedPoint(NamedTuple):
+    interval: Interval
+    seeds: list
+    iters: list  # the snapshot's iteration, seed by seed
+
+
+def picked_across_seeds(runs):
+    """(protocol, model, n AutoAttack images) -> pick -> score -> PickedPoint: clean, PGD-10 and AutoAttack on
+    AutoAttack's images at the last snapshot and at validation's pick, the mean over seeds (which may pick
+    different iterations); and one line per model left out."""
+    values, problems = {}, []
+    for (protocol, name, seed), (file, model) in sorted(runs.items(), key=lambda item: str(item[0])):
+        try:
+            picked = picked_snapshots(model)
+            for snapshot in picked.values():
+                check_fields(snapshot, {f"on_autoattack_images.{key}": NUMBER for key, _ in PICKED_SCORES})
+        except BadResult as err:
+            problems.append(f"{file}: {name} seed {seed} left out: {err}")
+            continue
+        for which, snapshot in picked.items():
+            by_score = values.setdefault((protocol, name, snapshot["autoattack_n"]), {}).setdefault(which, {})
+            for key, _ in PICKED_SCORES:
+                by_score.setdefault(key, []).append((seed, snapshot["iter"], snapshot["on_autoattack_images"][key]))
+    return {(protocol, name, n): {which: {key: PickedPoint(over_seeds([v for _, _, v in seeds], n), [s for s, _, _ in seeds],
+                                                          [it for _, it, _ in seeds])
+                                          for key, seeds in by_score.items()}
+                                  for which, by_score in by_pick.items()}
+            for (protocol, name, n), by_pick in values.items()}, problems
 
 
 def curve(model, key, scale):

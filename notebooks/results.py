@@ -642,6 +642,38 @@ else:
 
 
 # %% [markdown]
+# ### AutoAttack on more images, at the last snapshot and at validation's pick
+#
+# `tools/over_training.py … --snapshots last,best --set strong_n=1000` scores only those two snapshots,
+# AutoAttack on the first 1000 test images; per protocol and seed into
+# `over_training/autoattack1000/<protocol>_seed<s>.json`. Clean, PGD-10 and AutoAttack all on AutoAttack's
+# images, the mean over the seeds with the interval of the table above. Validation may pick another
+# iteration for each seed: `iterations` lists them.
+
+# %%
+def print_picked(across):
+    for (protocol, name, n), by_pick in sorted(across.items()):
+        print(f"\n{name}, {protocol} protocol, first {n} test images: accuracy (%) [95% interval]")
+        print(f"{'snapshot':>18}" + "".join(f"{label:>22}" for _, label in figures.PICKED_SCORES)
+              + "   n seeds: which (iterations)")
+        for which, points in by_pick.items():
+            clean = points["clean"]
+            kind = "t interval" if len(clean.seeds) > 1 else "Wilson"
+            print(f"{which:>18}" + "".join(f"{interval_text(points[key].interval):>22}" for key, _ in figures.PICKED_SCORES)
+                  + f"   {len(clean.seeds)}: {', '.join(map(str, clean.seeds))} ({kind}; {', '.join(map(str, clean.iters))})")
+
+
+picked_runs, picked_problems = figures.over_training_runs(RESULTS_DIR, "over_training/autoattack1000/*.json", None)
+picked, more_picked_problems = figures.picked_across_seeds(picked_runs)
+for line in picked_problems + more_picked_problems:
+    print(line)
+if picked:
+    print_picked(picked)
+else:
+    print("no AutoAttack on more images at the last snapshot and validation's pick")
+
+
+# %% [markdown]
 # ## Mixed precision: does bf16 train the same model C?
 #
 # `tools/precision_study.py`: Fashion-MNIST model C (G1 k=8, 1000 iterations) trained with each seed in

@@ -173,6 +173,50 @@ def test_the_notebook_tabulates_over_training_across_seeds(seed_files, monkeypat
     assert "3: 0, 1, 2 (t interval)" in text and "1: 0 (Wilson)" in text
 
 
+@pytest.fixture
+def picked_files(tmp_path):
+    """results/over_training/autoattack1000/: the committed paper seed 1 file as paper seeds 0, 1 and 2 (seed s:
+    every accuracy + 2s points, validation's pick at iteration 1000 for seeds 0 and 1, at the last for seed 2),
+    and as authors seed 0, whose validation picks an iteration that was not scored."""
+    committed = json.loads((RESULTS / "over_training" / "autoattack1000" / "paper_seed1.json").read_text())
+    folder = tmp_path / "over_training" / "autoattack1000"
+    folder.mkdir(parents=True)
+    for protocol, seed, best in [("paper", 0, 1000), ("paper", 1, 1000), ("paper", 2, 5000), ("authors", 0, 3000)]:
+        data = copy.deepcopy(committed) | {"protocol": protocol}
+        model = data["models"]["C"]
+        model["seed"], model["best_snapshot"]["iter"] = seed, best
+        for snapshot in model["snapshots"]:
+            snapshot["on_autoattack_images"] = {k: v + 2 * seed for k, v in snapshot["on_autoattack_images"].items()}
+        (folder / f"{protocol}_seed{seed}.json").write_text(json.dumps(data))
+    return tmp_path, {s["iter"]: s["on_autoattack_images"] for s in committed["models"]["C"]["snapshots"]}
+
+
+def test_autoattack_on_more_images_is_averaged_over_seeds_at_the_last_snapshot_and_at_validations_pick(picked_files):
+    folder, committed = picked_files
+    runs, problems = figures.over_training_runs(folder, "over_training/autoattack1000/*.json", None)
+    across, left_out = figures.picked_across_seeds(runs)
+    assert problems == [] and left_out == [
+        "over_training/autoattack1000/authors_seed0.json: C seed 0 left out: validation's pick, iteration 3000, was not scored"]
+    assert list(across) == [("paper", "C", 1000)]
+    picks = across[("paper", "C", 1000)]
+    for which, iters in [("last", [5000, 5000, 5000]), ("validation's pick", [1000, 1000, 5000])]:
+        for key, _ in figures.PICKED_SCORES:
+            values = [committed[it][key] + 2 * seed for seed, it in enumerate(iters)]
+            point = picks[which][key]
+            assert point.seeds == [0, 1, 2] and point.iters == iters
+            assert point.interval == figures.over_seeds(values, 1000)
+
+
+def test_the_notebook_tabulates_autoattack_on_more_images(picked_files, monkeypatch):
+    folder, committed = picked_files
+    text, _ = run_notebook(folder, monkeypatch)
+    assert "C, paper protocol, first 1000 test images: accuracy (%) [95% interval]" in text
+    values = [committed[it]["autoattack"] + 2 * seed for seed, it in enumerate([1000, 1000, 5000])]
+    pick = figures.interval_text(figures.over_seeds(values, 1000))
+    assert re.search(rf"validation's pick .*{re.escape(pick)}   3: 0, 1, 2 \(t interval; 1000, 1000, 5000\)", text)
+    assert "authors_seed0.json: C seed 0 left out: validation's pick, iteration 3000, was not scored" in text
+
+
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:work|home|tmp|root|Users|mnt|data|var|opt|scratch)\b")
 
 
