@@ -83,12 +83,14 @@ def guarded(model, device):
 @contextlib.contextmanager
 def atomic_state_writes():
     """pyautoattack writes its state file in place (open "w"): a kill or a power cut mid-write would
-    leave it torn. Within this context its writes go through core.atomic_write, with the same content."""
+    leave it torn. Within this context its writes go through core.atomic_write, with the same content,
+    and none is skipped: pyautoattack skips the one marking an attack done when it saved the robust flags
+    less than a minute before, so a cut in the next attack's first batch would lose the mark."""
     state_class = package().state.EvaluationState
     in_place = state_class.to_disk
 
     def to_disk(self, force=False):
-        if self.path is None or (not force and (datetime.datetime.now() - self._last_saved).total_seconds() < self._SAVE_TIMEOUT):
+        if self.path is None:
             return
         self._last_saved = datetime.datetime.now()
         state = dataclasses.asdict(self) | {"_run_attacks": list(self._run_attacks)}
@@ -155,8 +157,10 @@ def cascade(model, x, y, settings, batch_size, state_path, left=tuple(NAMES.valu
     state_path = pathlib.Path(state_path)
     said = state_path.with_suffix(".warnings.json")
     state = read_state(state_path)
-    if state is None:
-        state_path.unlink(missing_ok=True)  # an unusable one (cut before its clean pass ended) would fail pyautoattack's read
+    if state is None or not state[1] & set(left):
+        # unusable (cut before its clean pass ended) it would fail pyautoattack's read; cut before any of its
+        # attacks ended, resuming it would only nest another state file for the same attacks
+        state_path.unlink(missing_ok=True)
         os.makedirs(state_path.parent, exist_ok=True)
         aa = standard(model, settings, x.device)
         aa.attacks_to_run = list(left)

@@ -281,6 +281,31 @@ def test_interrupted_cascade_resumes_with_the_same_result(tmp_path, monkeypatch)
     assert torch.equal(resumed, whole) and whole.any()
 
 
+def test_a_cascade_cut_twice_in_one_attack_keeps_one_state_file_per_attack(tmp_path, monkeypatch):
+    """Cut in APGD-T's first batch: the state keeps APGD-CE done (pyautoattack alone would not have
+    saved that mark). Resumed and cut there again: the third run resumes from the first state without
+    nesting a state for the same attack again, with the uninterrupted run's result."""
+    model = trained_mlp(0)
+    images, labels = learnable_set(60, 7)
+    x, y = core.to_float(images), labels
+    whole, _ = runner.autoattack_suite.cascade(model, x, y, aa_settings(), 10, tmp_path / "whole.json")
+    targeted = pyautoattack.autopgd_base.APGDAttack_targeted.perturb
+
+    def cut(self, x, y=None, x_init=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pyautoattack.autopgd_base.APGDAttack_targeted, "perturb", cut)
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            runner.autoattack_suite.cascade(model, x, y, aa_settings(), 10, tmp_path / "cut.json")
+        assert runner.autoattack_suite.read_state(tmp_path / "cut.json")[1] == {"apgd-ce"}
+    monkeypatch.setattr(pyautoattack.autopgd_base.APGDAttack_targeted, "perturb", targeted)
+    resumed, _ = runner.autoattack_suite.cascade(model, x, y, aa_settings(), 10, tmp_path / "cut.json")
+    assert torch.equal(resumed, whole) and whole.any()
+    states = sorted(p.name for p in tmp_path.glob("cut*.json") if not p.name.endswith(".warnings.json"))
+    assert states == ["cut.apgd-t.json", "cut.json"]
+
+
 def test_cascade_state_is_never_written_in_place(tmp_path, monkeypatch):
     """pyautoattack opens its state file with "w": a kill or power cut then would leave it torn. Every
     write is a core.atomic_write (to a temporary name, fsynced, renamed) instead."""
