@@ -223,7 +223,8 @@ SEED_SCORES = [("clean", "clean", "accuracy", "n_test"), ("pgd10", "PGD-10", "ac
 def over_training_runs(folder, files="over_training/*.json", fallback="over_training.json"):
     """(protocol, model, seed) -> (file, model entry) of every over-training result: the per-seed files
     (default over_training/<protocol>_seed<s>.json) first, then `fallback` for what they lack; and one
-    line per file or model left out."""
+    line per file or model left out, among them a seed trained otherwise than the first one read of its
+    protocol and model (a mean over seeds is a mean over seeds alone)."""
     per_seed, problems = load_all(folder, files)
     single, more_problems = load_all(folder, fallback) if fallback else ([], [])
     runs = {}
@@ -234,14 +235,29 @@ def over_training_runs(folder, files="over_training/*.json", fallback="over_trai
         for name, model in result.data["models"].items():
             try:
                 key = (result.protocol, name, need(model, "seed", NUMBER))
+                apart = settings_apart(model, runs, key)
             except BadResult as err:
                 problems.append(f"{result.file}: model {name} left out: {err}")
                 continue
             if key in runs:
                 problems.append(f"{result.file}: {name} seed {key[2]} left out: already read from {runs[key][0]}")
+            elif apart:
+                problems.append(f"{result.file}: {name} seed {key[2]} left out: trained otherwise than {apart}")
             else:
                 runs[key] = (result.file, model)
     return runs, problems + more_problems
+
+
+def settings_apart(model, runs, key):
+    "How a model's trained settings, less its seed, differ from those of the first seed read of its protocol and model."
+    settings = need(model, "trained_settings", dict)
+    first = next(((file, entry) for (protocol, name, _), (file, entry) in runs.items() if (protocol, name) == key[:2]), None)
+    if first is None:
+        return ""
+    theirs = first[1]["trained_settings"]
+    differ = [f"{k} {settings.get(k)} against {theirs.get(k)}" for k in sorted((set(settings) | set(theirs)) - {"seed"})
+              if settings.get(k) != theirs.get(k)]
+    return f"{first[0]} ({', '.join(differ)})" if differ else ""
 
 
 class SeedPoint(NamedTuple):

@@ -615,7 +615,8 @@ for_each(over_training_results, lambda r: (print_over_training(r), figures.over_
 # first `autoattack_n`; the mean over the seeds with its 95% t interval over them (k seeds, k − 1 degrees
 # of freedom; the seeds share their test images, so the spread is that of training, and the interval is
 # never narrower than Wilson's on those images; all intervals within 0 to 100); a point with one seed
-# shows that run with its Wilson interval on its images. `seeds`: the seeds behind each point.
+# shows that run with its Wilson interval on its images. `seeds`: the seeds behind each point. A seed
+# trained with other settings than the first one read of its protocol and model is left out, and named.
 
 # %%
 def print_over_training_seeds(across):

@@ -153,6 +153,19 @@ def test_over_training_across_seeds_means_intervals_and_seeds_per_point(seed_fil
         assert alone.seeds == [0] and alone.interval == figures.wilson(first[group][key], n)
 
 
+def test_a_seed_trained_with_other_settings_is_left_out_of_the_mean_and_named(seed_files):
+    folder, _ = seed_files
+    path = folder / "over_training" / "paper_seed2.json"
+    data = json.loads(path.read_text())
+    data["models"]["C"]["trained_settings"]["d_every"] = 5
+    path.write_text(json.dumps(data))
+    runs, problems = figures.over_training_runs(folder)
+    assert ("paper", "C", 2) not in runs and ("paper", "B", 2) in runs
+    assert "over_training/paper_seed2.json: C seed 2 left out: trained otherwise than over_training/paper_seed0.json " \
+           "(d_every 5 against None)" in problems
+    assert figures.over_training_across_seeds(runs)[("paper", "C")][1000]["clean"].seeds == [0, 1]
+
+
 def test_over_training_across_seeds_works_on_the_committed_files_and_in_the_figure(seed_files, tmp_path):
     runs, problems = figures.over_training_runs(RESULTS)
     assert problems == [] and runs[("paper", "C", 0)][0] == "over_training.json"  # seed 0 from the one-seed file
