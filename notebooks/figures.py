@@ -91,6 +91,11 @@ def interval_text(interval, digits=1):
     return f"{interval.value:.{digits}f} {bounds_text(interval, digits)}"
 
 
+def difference_text(interval):
+    "A difference in points with its interval, and * where the interval excludes 0."
+    return f"{interval.value:+.1f} {bounds_text(interval)}" + ("*" if interval.low > 0 or interval.high < 0 else " ")
+
+
 def error_bars(intervals):
     "matplotlib's yerr (distances below and above) of a list of Intervals (None: no bar)."
     below = [np.nan if i is None else i.value - i.low for i in intervals]
@@ -315,6 +320,7 @@ class PickedPoint(NamedTuple):
     interval: Interval
     seeds: list
     iters: list  # the snapshot's iteration, seed by seed
+    values: list  # the accuracy, seed by seed
 
 
 def picked_across_seeds(runs):
@@ -335,10 +341,27 @@ def picked_across_seeds(runs):
             for key, _ in PICKED_SCORES:
                 by_score.setdefault(key, []).append((seed, snapshot["iter"], snapshot["on_autoattack_images"][key]))
     return {(protocol, name, n): {which: {key: PickedPoint(over_seeds([v for _, _, v in seeds], n), [s for s, _, _ in seeds],
-                                                          [it for _, it, _ in seeds])
+                                                          [it for _, it, _ in seeds], [v for _, _, v in seeds])
                                           for key, seeds in by_score.items()}
                                   for which, by_score in by_pick.items()}
             for (protocol, name, n), by_pick in values.items()}, problems
+
+
+def protocols_apart(picked):
+    """(model, n AutoAttack images) -> pick -> score -> the authors' protocol's mean over its seeds less the
+    paper's, in points, with the interval of `difference` on the seeds' spread pooled over the two
+    protocols; for each model that both protocols scored on n images."""
+    apart = {}
+    for (protocol, name, n), by_pick in picked.items():
+        paper = picked.get(("paper", name, n))
+        if protocol != "authors" or paper is None:
+            continue
+        apart[(name, n)] = {which: {key: difference(points[key].values, paper[which][key].values, n,
+                                                    pooled_spread({"authors": points[key].values,
+                                                                   "paper": paper[which][key].values}))
+                                    for key, _ in PICKED_SCORES}
+                            for which, points in by_pick.items()}
+    return apart
 
 
 def curve(model, key, scale):
@@ -421,23 +444,28 @@ def ablation_intervals(data):
 
 
 def ablation_differences(data):
-    """arm -> score -> its mean less the paper arm's, in points, with a 95% interval: Student's t on the
-    spread pooled over the arms, never narrower than the two means' Wilson half-widths in quadrature
-    (as for independent test images: arms scored on the same images err together, which only narrows
-    the true interval); {} without the paper arm."""
+    """arm -> score -> its mean less the paper arm's, in points, with the interval of `difference` on the
+    seeds' spread pooled over all the arms; {} without the paper arm."""
     if "paper" not in data["runs"]:
         return {}
     moved, spreads = {arm: {} for arm in data["runs"] if arm != "paper"}, ablation_spreads(data)
     for key, _, n_key in ABLATION_COLUMNS:
-        by_arm, (std, df) = spreads[key]
-        paper, n = float(np.mean(by_arm["paper"])), data["scoring"][n_key]
+        by_arm, spread = spreads[key]
         for arm in moved:
-            mean = float(np.mean(by_arm[arm]))
-            images = math.hypot(*[(w.high - w.low) / 2 for w in (wilson(mean, n), wilson(paper, n))])
-            spread = stats.t.ppf(0.975, df) * std * math.sqrt(1 / len(by_arm[arm]) + 1 / len(by_arm["paper"])) if df else 0.0
-            half, basis = max(images, spread), (f"t, spread pooled on {df} df" if spread > images else "Wilson, in quadrature")
-            moved[arm][key] = Interval(mean - paper, mean - paper - half, mean - paper + half, basis)
+            moved[arm][key] = difference(by_arm[arm], by_arm["paper"], data["scoring"][n_key], spread)
     return moved
+
+
+def difference(values, baseline, n, spread):
+    """The mean of `values` less that of `baseline` (accuracies in %, one per seed, on the same n test
+    images), in points, with a 95% interval: Student's t on `spread`, a pooled_spread (std, df), never
+    narrower than the two means' Wilson half-widths in quadrature (as for independent test images: runs
+    scored on the same images err together, which only narrows the true interval)."""
+    (mean, base), (std, df) = (float(np.mean(values)), float(np.mean(baseline))), spread
+    images = math.hypot(*[(w.high - w.low) / 2 for w in (wilson(mean, n), wilson(base, n))])
+    seeds = stats.t.ppf(0.975, df) * std * math.sqrt(1 / len(values) + 1 / len(baseline)) if df else 0.0
+    half, basis = max(images, seeds), (f"t, spread pooled on {df} df" if seeds > images else "Wilson, in quadrature")
+    return Interval(mean - base, mean - base - half, mean - base + half, basis)
 
 
 def ablation_study(result):

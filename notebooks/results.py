@@ -649,7 +649,9 @@ else:
 # AutoAttack on the first 1000 test images; per protocol and seed into
 # `over_training/autoattack1000/<protocol>_seed<s>.json`. Clean, PGD-10 and AutoAttack all on AutoAttack's
 # images, the mean over the seeds with the interval of the table above. Validation may pick another
-# iteration for each seed: `iterations` lists them.
+# iteration for each seed: `iterations` lists them. Then, where both protocols scored a model, the authors'
+# mean less the paper's: Student's t on the seeds' spread pooled over the two protocols, never narrower
+# than the two means' Wilson half-widths in quadrature (as the ablation's differences below).
 
 # %%
 def print_picked(across):
@@ -664,12 +666,23 @@ def print_picked(across):
                   + f"   {len(clean.seeds)}: {', '.join(map(str, clean.seeds))} ({kind}; {', '.join(map(str, clean.iters))})")
 
 
+
+def print_protocols_apart(apart):
+    for (name, n), by_pick in sorted(apart.items()):
+        print(f"\n{name}, the authors' protocol less the paper's, first {n} test images: points [95% interval];"
+              " *: the interval excludes 0")
+        print(f"{'snapshot':>18}" + "".join(f"{label:>22}" for _, label in figures.PICKED_SCORES))
+        for which, by_key in by_pick.items():
+            print(f"{which:>18}" + "".join(f"{figures.difference_text(by_key[key]):>22}" for key, _ in figures.PICKED_SCORES))
+
+
 picked_runs, picked_problems = figures.over_training_runs(RESULTS_DIR, "over_training/autoattack1000/*.json", None)
 picked, more_picked_problems = figures.picked_across_seeds(picked_runs)
 for line in picked_problems + more_picked_problems:
     print(line)
 if picked:
     print_picked(picked)
+    print_protocols_apart(figures.protocols_apart(picked))
 else:
     print("no AutoAttack on more images at the last snapshot and validation's pick")
 
@@ -742,8 +755,7 @@ def print_ablation_study(result):
     if moved:
         print("\nless the paper arm, points [95% interval]; *: the interval excludes 0")
         for arm, by_key in moved.items():
-            cell = lambda d: f"{d.value:+.1f} {figures.bounds_text(d)}" + ("*" if d.low > 0 or d.high < 0 else " ")
-            print(f"{arm:<23}" + "".join(f"{cell(by_key[key]):>24}" for key, _, _ in figures.ABLATION_COLUMNS))
+            print(f"{arm:<23}" + "".join(f"{figures.difference_text(by_key[key]):>24}" for key, _, _ in figures.ABLATION_COLUMNS))
     for arm, overrides in data["arms"].items():
         print(f"  {arm}: {overrides or 'the paper protocol'}")
 

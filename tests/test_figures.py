@@ -190,16 +190,19 @@ def test_the_notebook_tabulates_over_training_across_seeds(seed_files, monkeypat
 def picked_files(tmp_path):
     """results/over_training/autoattack1000/: the committed paper seed 1 file as paper seeds 0, 1 and 2 (seed s:
     every accuracy + 2s points, validation's pick at iteration 1000 for seeds 0 and 1, at the last for seed 2),
-    and as authors seed 0, whose validation picks an iteration that was not scored."""
+    as authors seed 0, whose validation picks an iteration that was not scored, and as authors seed 1 (every
+    accuracy + 6 points, validation's pick the last snapshot)."""
     committed = json.loads((RESULTS / "over_training" / "autoattack1000" / "paper_seed1.json").read_text())
     folder = tmp_path / "over_training" / "autoattack1000"
     folder.mkdir(parents=True)
-    for protocol, seed, best in [("paper", 0, 1000), ("paper", 1, 1000), ("paper", 2, 5000), ("authors", 0, 3000)]:
+    for protocol, seed, best in [("paper", 0, 1000), ("paper", 1, 1000), ("paper", 2, 5000), ("authors", 0, 3000),
+                                 ("authors", 1, 5000)]:
         data = copy.deepcopy(committed) | {"protocol": protocol}
         model = data["models"]["C"]
         model["seed"], model["best_snapshot"]["iter"] = seed, best
+        offset = 2 * seed + (4 if protocol == "authors" else 0)
         for snapshot in model["snapshots"]:
-            snapshot["on_autoattack_images"] = {k: v + 2 * seed for k, v in snapshot["on_autoattack_images"].items()}
+            snapshot["on_autoattack_images"] = {k: v + offset for k, v in snapshot["on_autoattack_images"].items()}
         (folder / f"{protocol}_seed{seed}.json").write_text(json.dumps(data))
     return tmp_path, {s["iter"]: s["on_autoattack_images"] for s in committed["models"]["C"]["snapshots"]}
 
@@ -210,14 +213,39 @@ def test_autoattack_on_more_images_is_averaged_over_seeds_at_the_last_snapshot_a
     across, left_out = figures.picked_across_seeds(runs)
     assert problems == [] and left_out == [
         "over_training/autoattack1000/authors_seed0.json: C seed 0 left out: validation's pick, iteration 3000, was not scored"]
-    assert list(across) == [("paper", "C", 1000)]
+    assert sorted(across) == [("authors", "C", 1000), ("paper", "C", 1000)]
     picks = across[("paper", "C", 1000)]
     for which, iters in [("last", [5000, 5000, 5000]), ("validation's pick", [1000, 1000, 5000])]:
         for key, _ in figures.PICKED_SCORES:
             values = [committed[it][key] + 2 * seed for seed, it in enumerate(iters)]
             point = picks[which][key]
             assert point.seeds == [0, 1, 2] and point.iters == iters
-            assert point.interval == figures.over_seeds(values, 1000)
+            assert point.interval == figures.over_seeds(values, 1000) and point.values == values
+
+
+def test_the_authors_protocol_is_compared_with_the_papers_on_the_seeds_spread_pooled_over_both(picked_files):
+    folder, committed = picked_files
+    files = folder / "over_training" / "autoattack1000"
+    second = json.loads((files / "authors_seed1.json").read_text())  # authors seed 2: seed 1's accuracies + 2 points
+    second["models"]["C"]["seed"] = 2
+    for snapshot in second["models"]["C"]["snapshots"]:
+        snapshot["on_autoattack_images"] = {k: v + 2 for k, v in snapshot["on_autoattack_images"].items()}
+    (files / "authors_seed2.json").write_text(json.dumps(second))
+    runs, _ = figures.over_training_runs(folder, "over_training/autoattack1000/*.json", None)
+    apart = figures.protocols_apart(figures.picked_across_seeds(runs)[0])
+    assert list(apart) == [("C", 1000)] and list(apart[("C", 1000)]) == figures.PICKS
+    # last snapshot, every score: the authors' seeds at + 6 and + 8 against the paper's at + 0, 2, 4: 5 points
+    # apart; squared deviations 2 and 8 pooled on 1 + 2 df
+    t3, pooled = stats.t.ppf(0.975, 3), math.sqrt(10 / 3)
+    for key, _ in figures.PICKED_SCORES:
+        last = apart[("C", 1000)]["last"][key]
+        assert last.value == pytest.approx(5.0) and last.high - last.value == pytest.approx(t3 * pooled * math.sqrt(1 / 2 + 1 / 3))
+    # validation's pick: the authors' at 5000 (+ 6, + 8), the paper's at 1000, 1000, 5000 (+ 0, + 2, + 4)
+    aa = {it: committed[it]["autoattack"] for it in (1000, 5000)}
+    authors, paper = [aa[5000] + 6, aa[5000] + 8], [aa[1000], aa[1000] + 2, aa[5000] + 4]
+    pick = apart[("C", 1000)]["validation's pick"]["autoattack"]
+    assert pick == figures.difference(authors, paper, 1000, figures.pooled_spread({"authors": authors, "paper": paper}))
+    assert pick.value == pytest.approx(aa[5000] + 7 - sum(paper) / 3)
 
 
 def test_the_notebook_tabulates_autoattack_on_more_images(picked_files, monkeypatch):
@@ -227,6 +255,9 @@ def test_the_notebook_tabulates_autoattack_on_more_images(picked_files, monkeypa
     values = [committed[it]["autoattack"] + 2 * seed for seed, it in enumerate([1000, 1000, 5000])]
     pick = figures.interval_text(figures.over_seeds(values, 1000))
     assert re.search(rf"validation's pick .*{re.escape(pick)}   3: 0, 1, 2 \(t interval; 1000, 1000, 5000\)", text)
+    apart = figures.interval_text(figures.Interval(4.0, *[4.0 + s * T_975[3] * 2 * math.sqrt(4 / 3) for s in (-1, 1)], ""))
+    assert "C, the authors' protocol less the paper's, first 1000 test images" in text
+    assert re.search(rf"last .*\+{re.escape(apart)} $", text, re.M)  # within 10 points of 0: no star
     assert "authors_seed0.json: C seed 0 left out: validation's pick, iteration 3000, was not scored" in text
 
 
