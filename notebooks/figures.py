@@ -340,11 +340,15 @@ def picked_across_seeds(runs):
             by_score = values.setdefault((protocol, name, snapshot["autoattack_n"]), {}).setdefault(which, {})
             for key, _ in PICKED_SCORES:
                 by_score.setdefault(key, []).append((seed, snapshot["iter"], snapshot["on_autoattack_images"][key]))
-    return {(protocol, name, n): {which: {key: PickedPoint(over_seeds([v for _, _, v in seeds], n), [s for s, _, _ in seeds],
-                                                          [it for _, it, _ in seeds], [v for _, _, v in seeds])
-                                          for key, seeds in by_score.items()}
+    return {(protocol, name, n): {which: {key: picked_point(seeds, n) for key, seeds in by_score.items()}
                                   for which, by_score in by_pick.items()}
             for (protocol, name, n), by_pick in values.items()}, problems
+
+
+def picked_point(seeds, n):
+    "A PickedPoint from (seed, iteration, accuracy) per seed, the accuracies on the same n images."
+    ids, iters, values = map(list, zip(*seeds))
+    return PickedPoint(over_seeds(values, n), ids, iters, values)
 
 
 def protocols_apart(picked):
@@ -356,11 +360,11 @@ def protocols_apart(picked):
         paper = picked.get(("paper", name, n))
         if protocol != "authors" or paper is None:
             continue
-        apart[(name, n)] = {which: {key: difference(points[key].values, paper[which][key].values, n,
-                                                    pooled_spread({"authors": points[key].values,
-                                                                   "paper": paper[which][key].values}))
-                                    for key, _ in PICKED_SCORES}
-                            for which, points in by_pick.items()}
+        for which, points in by_pick.items():
+            for key, _ in PICKED_SCORES:
+                ours, theirs = points[key].values, paper[which][key].values
+                spread = pooled_spread({"authors": ours, "paper": theirs})
+                apart.setdefault((name, n), {}).setdefault(which, {})[key] = difference(ours, theirs, n, spread)
     return apart
 
 

@@ -666,7 +666,6 @@ def print_picked(across):
                   + f"   {len(clean.seeds)}: {', '.join(map(str, clean.seeds))} ({kind}; {', '.join(map(str, clean.iters))})")
 
 
-
 def print_protocols_apart(apart):
     for (name, n), by_pick in sorted(apart.items()):
         print(f"\n{name}, the authors' protocol less the paper's, first {n} test images: points [95% interval];"
