@@ -83,12 +83,20 @@ def load_data(data_dir, fashion):
     return runner.data.open_dataset(make, dataset.__name__, where, files, n_classes=10, image_shape=(1, 28, 28))
 
 
-def training_from(data, first):
-    """The data with the training images before `first` left out (train_from)."""
+def training_from(data, first, val_n=0):
+    """The data with the training images before `first` left out (train_from); with `val_n`, the first
+    `val_n` of those left out follow as a fifth item, the validation split of val_from=unused."""
     train_x, train_y, test_x, test_y = data
     if first >= len(train_x):
         raise runner.errors.UserError(f"train_from={first} leaves none of the {len(train_x)} training images")
-    return train_x[first:], train_y[first:], test_x, test_y
+    unused = [(train_x[:val_n], train_y[:val_n])] if val_n else []
+    return train_x[first:], train_y[first:], test_x, test_y, *unused
+
+
+def training_data(data_dir, fashion, settings):
+    """load_data, less the images before train_from, with val_from=unused's validation split (training_from)."""
+    val_n = settings["val_n"] if settings["val_from"] == "unused" else 0
+    return training_from(load_data(data_dir, fashion), settings["train_from"], val_n)
 
 
 def build_D(settings):
@@ -106,7 +114,7 @@ def configure(args, fashion=False):
     settings = runner.settings.resolve_settings(SETTINGS, args, FASHION if fashion else None,
                                            FASHION_AUTHORS if fashion else AUTHORS)
     name = runner.settings.run_name("fashion_mnist" if fashion else "mnist", args)
-    return name, settings, lambda: training_from(load_data(args.data_dir, fashion), settings["train_from"])
+    return name, settings, lambda: training_data(args.data_dir, fashion, settings)
 
 
 def main(argv=None):

@@ -185,13 +185,13 @@ def run_seed(name, settings, args, data, build_D, build_G, device, ckpt_dir, cho
     """One run of the experiment with settings["seed"]: trains the chosen models, and unless --no-eval
     evaluates them; returns that run's report (the results JSON of a single-seed run). `later`: the
     iterations the run trains after this seed's."""
-    train_x, train_y, test_x, test_y = data
+    train_x, train_y, test_x, test_y, *unused = data  # unused: val_from=unused's validation split, where there is one
     started = time.time()
     report = {"experiment": name, "protocol": settings["protocol"], "settings": settings, "seeds": {},
               "provenance": provenance(device, command_line(args), settings["precision"]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": {}}
     finished, generators, specs = {}, {}, model_specs(settings, ckpt_dir, chosen)
-    prepared = prepare_models(specs, settings, build_D, build_G, lambda: (train_x, train_y), device, later)
+    prepared = prepare_models(specs, settings, build_D, build_G, lambda: (train_x, train_y, *unused), device, later)
     for model_name, (D, G, record) in prepared.items():
         if record["iters_done"] >= settings["iters"]:
             report["seeds"][model_name] = specs[model_name][1]

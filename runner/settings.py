@@ -51,7 +51,10 @@ COMMON_SETTINGS = dict(
     strong_restarts=5,       # --strong-eval: random restarts of PGD-CE
     square_queries=5000,     # --strong-eval: queries of the Square attack (AutoAttack standard: 5000)
     eat_n=0,                 # ensemble.py: training images the EAT set is built from (the first n); 0 = all
-    val_n=0,                 # training images held out as a validation split (drawn by HELD_OUT_SEED, the same for every model); 0 = none
+    val_n=0,                 # images of a validation split, the same for every model (and seed); 0 = none
+    val_from="training",     # where they come from: training (drawn by HELD_OUT_SEED from the training images, which
+                             # lose them), or unused (the first val_n of the train_from images no model trains on:
+                             # training is then that of val_n=0, and the split is not in the fingerprint)
     eval_every=0,            # iterations between scorings of the validation split (clean, FGS, PGD; C: its generator), float32; 0 = never
     keep_every=0,            # iterations between kept checkpoints, <model>.iter<N>.pt beside the running one; 0 = none
     eat_bn="running",        # ensemble.py: batch norm of A while it crafts the EAT set: running, or batch (on minibatches of batch_size)
@@ -76,9 +79,10 @@ MODEL_ROWS = {"standard": "A", "pgd": "B", "advnet": "C", "eat": "EAT"}  # metho
 # are left out of the fingerprint, so that the older checkpoints still resume and load.
 NEUTRAL_SETTINGS = dict(protocol="paper", d_lr_drop2_at=1.0, d_lr_drop2_factor=0.01, d_fresh_momentum=False, d_every=1,
                         d_net="paper", g_net="paper", pixel_scale=255, g_weight_decay=0.0, augment_pad=4,
-                        eat_bn="running", train_from=0)
+                        eat_bn="running", train_from=0, val_from="training")
 NETS = ("paper", "authors")
 PROTOCOLS = ("paper", "authors")
+VAL_FROM = ("training", "unused")
 # --quick: a pipeline check, not a result; small enough that ensemble.py and generators_study.py (which
 # train 16 and 13 models) take under 3 minutes on a 2-core CPU
 QUICK_SETTINGS = dict(iters=10, batch_size=16, g_width=4, test_n=100, log_every=5, pgd_steps=5,
@@ -194,6 +198,11 @@ def check_model_settings(s):
     for key in ("bn_eval", "eat_bn"):
         if s[key] not in core.BN_MODES:
             raise UserError(f"{key} must be one of {', '.join(core.BN_MODES)}, not {s[key]!r}")
+    if s["val_from"] not in VAL_FROM:
+        raise UserError(f"val_from must be one of {', '.join(VAL_FROM)}, not {s['val_from']!r}")
+    if s["val_from"] == "unused" and s["val_n"] > s.get("train_from", 0):
+        raise UserError(f"val_from=unused takes the validation split from the first train_from={s.get('train_from', 0)} "
+                        f"training images, which no model trains on: val_n={s['val_n']} is more than those")
     if s["eval_every"] and not s["val_n"]:
         raise UserError("eval_every needs a validation split held out of the training set: set val_n too (e.g. val_n=1000)")
     if s["eval_every"] and s["keep_every"] % s["eval_every"]:
@@ -258,8 +267,8 @@ def fingerprint(settings, method, seed):
         kept.pop("eat_n", None)
     if method != "eat":
         kept.pop("eat_bn", None)
-    if not kept.get("val_n"):  # nothing held out: how every checkpoint older than val_n was trained
-        kept.pop("val_n", None)
+    if not kept.get("val_n") or kept.get("val_from") == "unused":  # training as every checkpoint older than val_n
+        kept.pop("val_n", None), kept.pop("val_from", None)
     return json.dumps(kept | {"method": method, "model_seed": seed})
 
 

@@ -211,12 +211,18 @@ def build_models(seed, settings, build_D, build_G, device):
 
 def batch_maker(seed, settings, data, device):
     """make_batches for train_model: `data()` gives the training (images, labels), asked for only when
-    there is training to do. With `val_n`, those images are held out (held_out_split) and the batches
-    carry them, on the device, as `held_out` (else None)."""
+    there is training to do, and with val_from=unused the validation split as a third item. With `val_n`,
+    the batches carry that split, on the device, as `held_out` (else None): with val_from=training it is
+    held out of the training images (held_out_split)."""
     def make_batches():
-        images, labels = data()
+        images, labels, *unused = data()
         held_out, pad = None, settings["augment_pad"]
-        if settings["val_n"]:
+        if settings["val_n"] and settings["val_from"] == "unused":
+            if not unused:
+                raise UserError("val_from=unused: this command does not set aside the unused training images "
+                                "(train_from) that the validation split would come from; use val_from=training")
+            held_out = unused[0]
+        elif settings["val_n"]:
             (images, labels), held_out = held_out_split(images, labels, settings["val_n"])
         try:
             batches = core.Batches(images, labels, settings["batch_size"], seed, device,

@@ -16,9 +16,10 @@ def milestone(it, settings):
 
 
 def note_held_out(record, batches, settings):
-    """The record says which images training did not see: the results JSON carries it."""
+    """The record says which images the validation split holds: the results JSON carries it."""
     if getattr(batches, "held_out", None):
-        record["held_out"] = {"val_n": len(batches.held_out[1]), "seed": HELD_OUT_SEED, "train_n": len(batches.images)}
+        drawn = {"seed": HELD_OUT_SEED} if settings["val_from"] == "training" else {"val_from": "unused"}
+        record["held_out"] = {"val_n": len(batches.held_out[1]), **drawn, "train_n": len(batches.images)}
 
 
 def validate_if_due(name, method, D, G, batches, settings, device, it, record):

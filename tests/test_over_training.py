@@ -140,6 +140,31 @@ def test_val_n_changes_the_fingerprint_and_the_evaluation_settings_do_not():
     assert json.loads(runner.settings.fingerprint(s | {"val_n": 50}, "advnet", 0)) == before | {"val_n": 50}
 
 
+def test_val_from_unused_scores_the_images_before_train_from_and_trains_as_without_a_split(tmp_path):
+    images, labels = data(96)
+    first = 32  # train_from: images 0 to 31 are never trained on, and the split is their first 16
+    split = mnist.training_from((images, labels, images[:8], labels[:8]), first, val_n=16)
+    assert torch.equal(split[4][0], images[:16]) and torch.equal(split[0], images[first:])
+    unused = SETTINGS | {"val_from": "unused", "train_from": first}
+    runs = {}
+    for name, settings, given in (("split", unused, split), ("none", unused | {"val_n": 0, "eval_every": 0, "keep_every": 0},
+                                                             split[:4])):
+        make = runner.training.batch_maker(0, settings, lambda: (given[0], given[1], *given[4:]), CPU)
+        D, G = runner.training.build_models(0, settings, mnist.build_D, mnist.build_G, CPU)
+        record = runner.training.train_model("C", "advnet", 0, D, G, make, settings, CPU, str(tmp_path / f"{name}.pt"))
+        runs[name] = (D, G, record)
+    (D, G, record), (D0, G0, _) = runs["split"], runs["none"]
+    assert record["held_out"] == {"val_n": 16, "val_from": "unused", "train_n": 64}
+    assert [v["iter"] for v in record["val_history"]] == [2, 4, 6, 8]
+    for a, b in ((D, D0), (G, G0)):
+        assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    # so its checkpoint is one of val_n=0, and the same model loads under either
+    assert runner.settings.fingerprint(unused, "advnet", 0) == runner.settings.fingerprint(unused | {"val_n": 0}, "advnet", 0)
+    assert "val_from" not in json.loads(runner.settings.fingerprint(SETTINGS, "advnet", 0))  # training: older checkpoints'
+    with pytest.raises(runner.errors.UserError, match="does not set aside"):
+        runner.training.batch_maker(0, unused, lambda: split[:2], CPU)()
+
+
 class Args:
     quick, iters, seed, eval_n, bn_eval = False, None, None, None, None
 
@@ -149,7 +174,10 @@ class Args:
 
 @pytest.mark.parametrize("pairs,fragment", [(["eval_every=100"], "set val_n too"),
                                             (["eval_every=300", "val_n=500", "keep_every=1000"], "not a multiple"),
-                                            (["val_n=-1"], "outside its range")])
+                                            (["val_n=-1"], "outside its range"),
+                                            (["val_n=10", "val_from=unused"], "train_from=0"),
+                                            (["val_n=6000", "val_from=unused", "train_from=5000"], "val_n=6000 is more"),
+                                            (["val_from=test"], "val_from must be one of")])
 def test_validation_settings_are_checked(pairs, fragment):
     with pytest.raises(runner.errors.UserError, match=fragment):
         runner.settings.resolve_settings(mnist.SETTINGS, Args(*pairs))
