@@ -7,10 +7,18 @@ one) and checkpoints. It needs only torch and numpy and imports nothing else of 
 copy it alone. This repository's experiment machinery (settings, command line, the resumable
 training loop, provenance) is the package runner/, which imports this file.
 
-Conventions: images are float tensors in [0, 1]; eps is in [0, 1] units; models scale their input to
-[-1, 1] inside and return logits; attacks are pure functions that leave a model's batch-norm
-statistics, train/eval mode and parameter gradients as they found them. Long loops take an optional
-`progress`, any object with update(done, extra=None). Bad arguments raise ValueError.
+Conventions: images are float tensors in [0, 1], (N, C, H, W); public functions also take uint8 (0-255)
+and convert it, never changing the caller's tensor, and refuse anything else (`to_float`). Labels are
+integer tensors; devices a torch.device or a string. eps is in [0, 1] units (8/255, not 8). Models take
+[0, 1] images and return logits (the networks here scale their input to [-1, 1] inside). Attacks are
+pure functions that leave a model's batch-norm statistics, train/eval mode and parameter gradients as
+they found them, and use the model in the mode it is in; `robust_accuracy` and the evaluation functions
+score in eval mode. Everything computes in float32 unless asked for "bf16" or "auto" (`autocast`).
+Long loops take an optional `progress`, any object with update(done, extra=None). Bad arguments raise
+ValueError. `__all__` lists the public API; the other names are helpers.
+
+Training: `make_step(method, D, G, settings)` with `PAPER_SETTINGS`'s keys; the generator contract is
+`check_generator`'s; checkpoints are `save_checkpoint`'s.
 """
 import contextlib
 import difflib
@@ -24,6 +32,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
+
+__all__ = [
+    # devices and precision
+    "PRECISIONS", "as_device", "autocast", "full_precision", "amp_dtype", "precision_name", "to_device",
+    # data
+    "to_float", "Batches", "from_hwc", "crop_flip",
+    # networks: the paper's D and G (appendix), the authors' variants
+    "D1", "D2", "SvhnD", "G1", "G2", "G3", "AuthorsG1", "MnistG",
+    # modes
+    "BN_MODES", "scoring_mode", "bn_stats_frozen",
+    # attacks
+    "fgs", "fgs_least_likely", "pgd", "predict", "generator_attack", "project", "check_threat_model", "cw_margin",
+    # training
+    "PAPER_SETTINGS", "METHODS", "make_step", "step_settings", "check_generator", "perturbed", "standard_step",
+    "pgd_training_step", "generator_step", "discriminator_grads", "adversarial_network_step", "make_optimizer",
+    "decay_groups", "set_learning_rate", "reset_momentum", "GraphedStep", "StaticAdversarialSet", "build_eat_set",
+    # evaluation
+    "robust_accuracy", "evaluate_table", "transfer_accuracy", "strong_attacks", "strong_evaluation", "masking_checks",
+    # checkpoints
+    "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "atomic_write",
+]
 
 
 # =====================================================================================================
@@ -485,6 +514,7 @@ def predict(model, x):
 
 @torch.no_grad()
 def least_likely(model, x):
+    """The class the model finds least likely for each image of `x`."""
     with bn_stats_frozen(model):
         return model(x).argmin(1)
 
@@ -517,6 +547,7 @@ def fgs_least_likely(model, x, eps):
 
 
 def project(x_adv, x, eps):
+    """x_adv projected onto the L-inf eps-ball around x and onto [0, 1]."""
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
 
 
@@ -1217,6 +1248,15 @@ def sync_folder(folder):
 
 
 def save_checkpoint(path, state):
+    """Writes `state`, a dict of tensors and plain data (numbers, strings, lists, dicts), to `path` with
+    torch.save, atomically (`atomic_write`); `load_checkpoint` reads it back, on the CPU, refusing pickled code.
+
+    The format, as this repository's scripts write it: {"D": D.state_dict(), "opt_D": ..., and "G",
+    "opt_G" where the method has them (make_step's modules, by their names), "rng": rng_state(device),
+    "record": the run's progress and history, "fingerprint": its settings}. To resume: each module's
+    load_state_dict(state[name]), then set_learning_rate(opt, float(opt.param_groups[0]["lr"])) for each
+    optimiser (a loaded rate is a CPU tensor; the steps read it on the device), then
+    set_rng_state(state["rng"], device). To score: D.load_state_dict(state["D"]) into the same network."""
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
