@@ -299,3 +299,30 @@ def test_a_checkpoint_saved_and_loaded_resumes_the_same_training(core, tmp_path)
     step2(*batches(1))
     assert same(weights(D2, G2), uninterrupted)
     assert 0 <= core.robust_accuracy(D2, images, labels, EPS) <= 100
+
+
+# ---------------------------------------------------------------- the user's page, run from a copy of core.py alone
+def test_the_using_core_example_runs_from_a_copy_of_core_alone(tmp_path):
+    """docs/using-core.md's example, on tiny data, in a folder that holds only core.py. Without the
+    autoattack package (pyautoattack) its AutoAttack part is left out, and the rest still runs."""
+    import re
+    import subprocess
+    with open(os.path.join(ROOT, "docs", "using-core.md"), encoding="utf-8") as f:
+        code = re.search(r"```python\n(.*?)```", f.read(), re.DOTALL).group(1)
+    sized = "ITERS, N_TEST = 2000, 1000"
+    assert sized in code, "the example's size line changed: update this test's tiny sizes"
+    code = code.replace(sized, "ITERS, N_TEST = 3, 16").replace("torch.rand(4096", "torch.rand(128").replace("(4096,)", "(128,)")
+    try:
+        import pyautoattack  # noqa: F401
+        autoattack = True
+    except ImportError:
+        autoattack = False
+        code = re.sub(r"# AutoAttack's standard version.*?\n\n", "", code, flags=re.DOTALL)
+    shutil.copy(os.path.join(ROOT, "core.py"), tmp_path)
+    (tmp_path / "example.py").write_text(code)
+    run = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                         env=os.environ | {"PYTHONPATH": "", "CUDA_VISIBLE_DEVICES": ""})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert re.search(r"^clean [\d.]+ PGD-10 [\d.]+$", run.stdout, re.MULTILINE), run.stdout
+    assert re.search(r"^AutoAttack [\d.]+$", run.stdout, re.MULTILINE) or not autoattack, run.stdout
+    assert sorted(set(os.listdir(tmp_path)) - {"__pycache__"}) == ["core.py", "example.py", "model_c.pt"]
