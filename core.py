@@ -24,6 +24,7 @@ import contextlib
 import difflib
 import itertools
 import math
+import numbers
 import os
 import pickle
 
@@ -520,7 +521,7 @@ def least_likely(model, x):
 
 
 def check_eps(eps):
-    if not isinstance(eps, (int, float)) or not 0 <= eps <= 1:
+    if not isinstance(eps, numbers.Real) or not 0 <= eps <= 1:
         raise ValueError(f"eps is an L-inf radius in [0, 1] pixel units (8/255, not 8), not {eps!r}")
 
 
@@ -559,7 +560,7 @@ def pgd(model, x, y, eps, alpha=None, steps=10, loss="ce", restarts=1):
     section's head); returns float images in [0, 1]."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}, not {loss!r}")
-    if not isinstance(restarts, int) or restarts < 1 or not isinstance(steps, int) or steps < 0:
+    if not isinstance(restarts, numbers.Integral) or restarts < 1 or not isinstance(steps, numbers.Integral) or steps < 0:
         raise ValueError(f"pgd needs restarts >= 1 and steps >= 0 (integers), not restarts={restarts!r}, steps={steps!r}")
     return pgd_unchecked(model, attack_input(x, eps), y, eps, alpha, steps, loss, restarts)
 
@@ -833,7 +834,7 @@ def resolve_settings(settings):
         if s[key] not in allowed:
             raise ValueError(f"setting {key} must be one of {allowed}, not {s[key]!r}")
     for key in ("g_steps", "pgd_steps"):
-        if not isinstance(s[key], int) or s[key] < 0:
+        if not isinstance(s[key], numbers.Integral) or s[key] < 0:
             raise ValueError(f"setting {key} must be an integer >= 0, not {s[key]!r}")
     for key in ("d_lr", "g_lr", "fd_h", "pgd_alpha", "d_weight_decay", "g_weight_decay"):
         if s[key] is not None and not s[key] >= 0:
