@@ -179,7 +179,7 @@ class Batches:
 
     def __init__(self, images, labels, batch_size, seed, device, augment=None):
         if not isinstance(images, StaticAdversarialSet) and getattr(images, "dtype", None) != torch.uint8:
-            to_float(images)  # refuses what is not images in [0, 1] before any training
+            images = to_float(images)  # refuses what is not images in [0, 1] before any training
         labels, device = as_labels(labels), as_device(device)
         if len(images) < batch_size:
             raise ValueError(f"the training set has {len(images)} images, fewer than one batch of {batch_size}")

@@ -326,3 +326,9 @@ def test_the_using_core_example_runs_from_a_copy_of_core_alone(tmp_path):
     assert re.search(r"^clean [\d.]+ PGD-10 [\d.]+$", run.stdout, re.MULTILINE), run.stdout
     assert re.search(r"^AutoAttack [\d.]+$", run.stdout, re.MULTILINE) or not autoattack, run.stdout
     assert sorted(set(os.listdir(tmp_path)) - {"__pycache__"}) == ["core.py", "example.py", "model_c.pt"]
+
+
+def test_batches_of_float64_images_are_float32(core):
+    images, labels = learnable_set(16, seed=15)
+    x, y = core.Batches(images.double() / 255, labels.int(), 8, 0, "cpu")(0)
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
