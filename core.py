@@ -648,7 +648,11 @@ def pgd_training_step(D, opt_D, x, y, eps, alpha=None, steps=10, with_clean=Fals
 def perturbed(x, g_out, eps):
     """x + eps * G's output, the output clamped to the generator contract's [-1, 1], so that D trains within
     eps of x in L-inf whatever a custom G returns (a tanh output, the paper's, passes unchanged, gradient
-    included). Pixels are not clipped to [0, 1]: the paper trains D on x + eps * G(x) as it is."""
+    included). Pixels are not clipped to [0, 1]: the paper trains D on x + eps * G(x) as it is. An output
+    shaped otherwise than x, which would broadcast, raises ValueError."""
+    if g_out.shape != x.shape:
+        raise ValueError(f"G's output has shape {tuple(g_out.shape)}, its images {tuple(x.shape)}: the generator "
+                         "contract wants one perturbation per image, shaped like it")
     return x + eps * g_out.clamp(-1, 1)
 
 

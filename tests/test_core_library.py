@@ -168,6 +168,20 @@ def test_a_generator_without_inputs_is_refused_by_name(core):
         core.make_step("advnet", small_d(), None, {"eps": EPS})
 
 
+def test_a_generator_output_shaped_otherwise_than_the_images_is_refused_before_any_change(core):
+    class OnePerImage(ImageG):
+        def forward(self, x):
+            return super().forward(x).mean((1, 2, 3), keepdim=True)  # (N, 1, 1, 1): would broadcast
+
+    images, labels = learnable_set(8, seed=16)
+    D, G = small_d(), OnePerImage()
+    before = weights(D, G)
+    step, _ = core.make_step("advnet", D, G, {"eps": EPS})
+    with pytest.raises(ValueError, match="shape"):
+        step(core.to_float(images), labels)
+    assert same(weights(D, G), before)
+
+
 def test_an_unbounded_generator_never_trains_d_outside_the_eps_ball(core):
     images, labels = learnable_set(16, seed=7)
     x = core.to_float(images)
