@@ -821,7 +821,7 @@ def step_settings(settings):
     return {key: value for key, value in settings.items() if key in PAPER_SETTINGS}
 
 
-def resolve_settings(settings):
+def checked_settings(settings):
     """PAPER_SETTINGS updated by `settings`, checked: ValueError for an unknown key (naming the closest
     valid one), a missing eps, or a value out of its range."""
     for key in settings:
@@ -875,7 +875,7 @@ def make_step(method, D, G=None, settings=None):
     contract. Every argument is checked before any weight changes."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: one of {METHODS}")
-    s = resolve_settings(settings or {})
+    s = checked_settings(settings or {})
     if method in ("advnet", "generator"):
         check_generator(G)
     make_opt_G = lambda: make_optimizer(s["g_opt"], decay_groups(G, s["g_weight_decay"]) if s["g_weight_decay"]
