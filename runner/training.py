@@ -78,7 +78,7 @@ def training_lock(ckpt_path, name):
 
 def locked_training_run(name, method, seed, D, G, make_batches, settings, device, ckpt_path, stop, train, later):
     s, fp = model_settings(settings, method), fingerprint(settings, method, seed)
-    step, modules = core.make_step(method, D, G, s)
+    step, modules = core.make_step(method, D, G, core.step_settings(s))
     step = graphed_or_eager(step, s, device, [m for m in modules.values() if isinstance(m, torch.optim.Optimizer)])
     record = {"method": method, "iters_done": 0, "train_seconds": 0.0, "history": []}
     if os.path.exists(ckpt_path):

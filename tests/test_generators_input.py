@@ -64,7 +64,7 @@ def test_training_draws_g2_noise_afresh_for_every_batch(method):
     G = core.G2(k=2, channels=1, size=28)
     drawn = recording_inputs(G)
     settings = mnist.SETTINGS | runner.settings.QUICK_SETTINGS | dict(g_steps=1, precision="float32")
-    step, _ = core.make_step(method, D, G, settings)
+    step, _ = core.make_step(method, D, G, core.step_settings(settings))
     x, y = torch.rand(4, 1, 28, 28), torch.arange(4)
     for _ in range(3):
         step(x, y)

@@ -58,7 +58,7 @@ def test_a_capture_steps_adam_as_capturable_and_gives_each_group_its_flag_back(f
     need no more. C's G steps with Adam on MNIST and CIFAR: without the flag, no C step could be graphed."""
     torch.manual_seed(0)
     settings = mnist.SETTINGS | runner.settings.QUICK_SETTINGS
-    step, modules = core.make_step("advnet", mnist.build_D(settings), mnist.build_G(settings), settings)
+    step, modules = core.make_step("advnet", mnist.build_D(settings), mnist.build_G(settings), core.step_settings(settings))
     optimizers = [m for m in modules.values() if isinstance(m, torch.optim.Optimizer)]
     adam = [g for opt in optimizers for g in opt.param_groups if "capturable" in g]
     assert adam and not any(g["capturable"] for g in adam), "the test needs an Adam built as training builds it"

@@ -79,12 +79,12 @@ def test_make_step_passes_the_settings_through_with_their_signs(changes):
     torch.manual_seed(0)
     D, G = core.D1(), core.G1(k=4, channels=1)
     x, y = mnist_batch(16)
-    step, modules = core.make_step("advnet", D, G, settings)
+    step, modules = core.make_step("advnet", D, G, core.step_settings(settings))
     copies = copy.deepcopy((D, G, modules["opt_D"], modules["opt_G"]))
     h = settings["fd_h"] or settings["g_lr"] / 10
     step(x, y)
     core.adversarial_network_step(*copies, x, y, settings["eps"], lam=settings["lam"], gamma=settings["gamma"], h=h,
-                                  g_steps=settings["g_steps"], hvp=settings["hvp"])
+                                  g_steps=settings["g_steps"], hvp=settings["hvp"], precision=settings["precision"])
     assert_identical((D, G, modules["opt_D"], modules["opt_G"]), copies)
 
 
@@ -196,7 +196,7 @@ def test_weight_decay_on_every_kernel_and_nothing_else(method, network):
     settings = mnist.SETTINGS | runner.settings.QUICK_SETTINGS | dict(d_weight_decay=0.01, d_lr=0.5, d_momentum=0.0)
     torch.manual_seed(0)
     D = core.D1() if network == "D1" else core.D2()
-    _, modules = core.make_step(method, D, core.G1(k=4, channels=1), settings)
+    _, modules = core.make_step(method, D, core.G1(k=4, channels=1), core.step_settings(settings))
     opt_D = modules["opt_D"]
     kernels, others = kernels_and_others(D)
     assert kernels and others and len(kernels) + len(others) == len(list(D.parameters()))

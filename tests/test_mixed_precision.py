@@ -95,7 +95,7 @@ def c_step(precision, enclosing="nothing"):
     D, G, x, y = fitted_pair()
     settings = mnist.SETTINGS | {"eps": EPS, "g_width": 8, "precision": precision}
     D_before = copy.deepcopy(D).eval()
-    step, _ = core.make_step("advnet", D, G, settings)
+    step, _ = core.make_step("advnet", D, G, core.step_settings(settings))
     step = runner.training.graphed_or_eager(step, settings, CPU)
     with ENCLOSING[enclosing]():
         stats = step(x, y)

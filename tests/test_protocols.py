@@ -382,11 +382,11 @@ def test_g_weight_decay_decays_gs_kernels_only(g_opt):
     _, settings, _ = mnist.configure(parse("--quick", "--protocol", "authors"))
     c = runner.settings.model_settings(settings, "advnet") | {"g_opt": g_opt}
     D, G = mnist.build_D(c), mnist.build_G(c)
-    opt_G = core.make_step("advnet", D, G, c)[1]["opt_G"]
+    opt_G = core.make_step("advnet", D, G, core.step_settings(c))[1]["opt_G"]
     decay = {id(p): group["weight_decay"] for group in opt_G.param_groups for p in group["params"]}
     assert all(decay[id(p)] == (1e-5 if p.dim() > 1 else 0.0) for p in G.parameters())
     _, paper, _ = mnist.configure(parse("--quick"))
-    assert len(core.make_step("advnet", D, G, paper)[1]["opt_G"].param_groups) == 1  # as in older checkpoints
+    assert len(core.make_step("advnet", D, G, core.step_settings(paper))[1]["opt_G"].param_groups) == 1  # as in older checkpoints
 
 
 # ---------------------------------------------------------------- their networks, their inputs, their EAT set

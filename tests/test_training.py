@@ -164,7 +164,7 @@ def test_a_training_step_and_its_batch_read_nothing_back_to_the_host(method, gen
     data = (core.StaticAdversarialSet(images, labels, torch.zeros((3, 32, 3, 32, 32), dtype=torch.float16), 0.03)
             if method == "eat" else images)
     batches = core.Batches(data, labels.repeat(len(data) // 32), 8, 0, torch.device("cpu"), core.crop_flip)
-    step, _ = core.make_step(method, D, G, settings)
+    step, _ = core.make_step(method, D, G, core.step_settings(settings))
     step(*batches(0))  # optimiser state is created on the first step
     with bench.StepCount() as counted:  # the batch's read too: with graphs it happens every iteration
         stats = step(*batches(1))

@@ -100,7 +100,7 @@ def runnable_step(method, script, settings, shape, device, path, warmup):
     D, G = D.to(device, memory_format=layout), G.to(device, memory_format=layout)
     if flags.get("compile"):
         D.compile(), G.compile()
-    step, modules = core.make_step(method, D, G, settings | {"precision": "bf16" if flags["bf16"] else "float32"})
+    step, modules = core.make_step(method, D, G, core.step_settings(settings) | {"precision": "bf16" if flags["bf16"] else "float32"})
     batches = batch_source(method, shape, settings["batch_size"], device)
     if flags.get("graphs"):
         optimizers = [m for m in modules.values() if isinstance(m, torch.optim.Optimizer)]
@@ -176,7 +176,7 @@ def count_step(method, script, settings, shape, device):
     step, after a first step has created the optimisers' state."""
     torch.manual_seed(0)
     D, G = script.build_D(settings).to(device), script.build_G(settings).to(device)
-    step, _ = core.make_step(method, D, G, settings)
+    step, _ = core.make_step(method, D, G, core.step_settings(settings))
     batches = batch_source(method, shape, settings["batch_size"], device)
     step(*batches(0))
     with StepCount() as counter:
