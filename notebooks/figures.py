@@ -96,6 +96,15 @@ def difference_text(interval):
     return f"{interval.value:+.1f} {bounds_text(interval)}" + ("*" if interval.low > 0 or interval.high < 0 else " ")
 
 
+def paper_difference(interval, theirs, n):
+    """A cell of ours, its `interval` (cell_interval), less the paper's accuracy `theirs`, in points, with a
+    95% interval: the two half-widths in quadrature, the paper's its Wilson's on as many test images as
+    ours (it scored its whole test set, as large as ours to within a batch)."""
+    half = math.hypot((interval.high - interval.low) / 2, (lambda w: (w.high - w.low) / 2)(wilson(theirs, n)))
+    d = interval.value - theirs
+    return Interval(d, d - half, d + half, "ours and the paper's half-widths in quadrature")
+
+
 def error_bars(intervals):
     "matplotlib's yerr (distances below and above) of a list of Intervals (None: no bar)."
     below = [np.nan if i is None else i.value - i.low for i in intervals]

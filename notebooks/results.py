@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -184,7 +184,9 @@ if subfolder_problems:
 # ## Tables 1, 2, 3, 7 and Fashion-MNIST: ours beside the paper
 #
 # Per model: our accuracy with its 95% interval beneath (`95% lo`, `95% hi`: Wilson's for the `n_test`
-# images), the paper's, and the difference ours − paper, with `*` where it exceeds 3 points. The
+# images), the paper's, and the difference ours − paper (`diff`), with `*` where it exceeds 3 points,
+# and its 95% interval beneath (`Δ lo`, `Δ hi`: our half-width and that of the paper's Wilson interval on
+# as many images, in quadrature); the last line counts the cells within 3 points. The
 # difference is shown only on the paper's data set and ε. Fashion-MNIST is not in the paper: the
 # paper's MNIST rows (ε 0.3) are printed beside ours as the pattern to expect, with no difference and
 # no star. `-`: a column the run did not evaluate. The lines above each table give the protocol (the
@@ -223,6 +225,10 @@ def diff_cell(d):
     return f"{d:+8.2f}" + ("*" if abs(d) > HIGHLIGHT else " ")
 
 
+def bound_cell(d):
+    return f"{d:+8.2f} "
+
+
 def format_cells(values, form):
     return "".join(f"{'-':>8} " if v is None else form(v) for v in values)
 
@@ -237,7 +243,7 @@ def comparison(ours, paper, columns, n_test, table_stats=None):
     def label(row, kind):
         return f"{row:<{width}}  {kind:<6}"
 
-    lines, n_marked = [label("", "") + "".join(f"{c:>8} " for c in columns)], 0
+    lines, n_marked, n_compared = [label("", "") + "".join(f"{c:>8} " for c in columns)], 0, 0
     for row in rows:
         mine = [ours[row].get(c) for c in columns]
         cell_stats = (table_stats or {}).get(row, {})
@@ -251,13 +257,19 @@ def comparison(ours, paper, columns, n_test, table_stats=None):
             theirs = [paper.rows[row].get(c) for c in columns]
             lines.append(label("", "paper") + format_cells(theirs, value_cell))
             if paper.same:
-                diffs = [None if a is None or b is None else a - b for a, b in zip(mine, theirs)]
-                n_marked += sum(d is not None and abs(d) > HIGHLIGHT for d in diffs)
-                lines.append(label("", "diff") + format_cells(diffs, diff_cell))
+                diffs = [None if i is None or b is None else figures.paper_difference(i, b, n_test)
+                         for i, b in zip(intervals, theirs)]
+                n_compared += sum(d is not None for d in diffs)
+                n_marked += sum(d is not None and abs(d.value) > HIGHLIGHT for d in diffs)
+                lines.append(label("", "diff") + format_cells([d and d.value for d in diffs], diff_cell))
+                lines.append(label("", "Δ lo") + format_cells([d and d.low for d in diffs], bound_cell))
+                lines.append(label("", "Δ hi") + format_cells([d and d.high for d in diffs], bound_cell))
     if not paper.rows:
         lines.append("(no paper numbers to compare)")
     elif paper.same:
-        lines.append(f"* |ours - paper| > {HIGHLIGHT:g} points: {n_marked} cells")
+        lines.append(f"* |ours - paper| > {HIGHLIGHT:g} points: {n_marked} cells; within {HIGHLIGHT:g} points: "
+                     f"{n_compared - n_marked} of {n_compared}; Δ lo, Δ hi: the 95% interval of diff, ours and the "
+                     "paper's half-widths in quadrature")
     else:
         lines.append("not compared cell by cell: another data set or eps than the paper's")
     return "\n".join(line.rstrip() for line in lines)

@@ -293,6 +293,30 @@ def test_the_notebook_shows_intervals_and_a_summary_of_every_data_set_and_protoc
     assert re.search(r"\* \|ours - paper\| > 3 points: [1-9]\d* cells", text) and "   diff " in text
 
 
+def test_a_table_on_the_papers_data_set_gives_each_difference_from_the_paper_its_interval(monkeypatch, tmp_path):
+    report = json.loads((RESULTS / "fashion_mnist.json").read_text()) | {"experiment": "mnist"}
+    (tmp_path / "mnist.json").write_text(json.dumps(report | {"settings": report["settings"] | {"eps": 0.3}}))
+    text, _ = run_notebook(tmp_path, monkeypatch)
+    table = text[text.index("=== mnist: mnist.json"):]
+    rows = table.splitlines()
+    c_paper = next(i for i, line in enumerate(rows) if line.startswith("C ")) + 3  # C: ours, 95% lo, 95% hi, paper
+    n, ours = report["eval"]["n_test"], report["table"]["C"]["pgd"]
+    half = lambda i: (i.high - i.low) / 2
+    d = figures.paper_difference(figures.wilson(ours, n), 56.51, n)
+    assert d.value == ours - 56.51
+    assert half(d) == pytest.approx(math.hypot(half(figures.wilson(ours, n)), half(figures.wilson(56.51, n))))
+    cells = lambda line: line.split()[-9:]  # the nine columns, pgd third
+    assert rows[c_paper].split()[0] == "paper" and rows[c_paper + 1].split()[0] == "diff"
+    assert cells(rows[c_paper + 1])[2] == f"{d.value:+.2f}*"
+    assert (rows[c_paper + 2].split()[0], cells(rows[c_paper + 2])[2]) == ("Δ", f"{d.low:+.2f}")
+    assert (rows[c_paper + 3].split()[0], cells(rows[c_paper + 3])[2]) == ("Δ", f"{d.high:+.2f}")
+    paper = figures.PAPER["tables"]["mnist"]["rows"]
+    compared = 9 * len(set(paper) & set(report["table"]))  # A, B and C (EAT is the ensemble's), every column
+    far = sum(abs(report["table"][row][col] - value) > 3 for row in report["table"]
+              for col, value in zip(figures.COLUMNS, paper[row]))
+    assert f"> 3 points: {far} cells; within 3 points: {compared - far} of {compared}" in table
+
+
 # ---------------------------------------------------------------- the ablation study
 ABLATION_SCORES = {("paper", 0): (90.0, 50.0, 20.0, 17.0), ("paper", 1): (90.0, 50.0, 22.0, 17.0),
                    ("d_every", 0): (86.0, 55.0, 36.0, 33.0), ("d_every", 1): (86.0, 55.0, 38.0, 33.0),
