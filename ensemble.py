@@ -147,7 +147,7 @@ def main(argv=None):
     read_entries(out, args.protocol)  # a file of another kind or protocol stops the run before any training
     for key in keys:
         check_dataset_run(key, args)
-    runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
+    runner.files.check_out_file(out)
     runner.files.check_writable(args.ckpt_dir or "checkpoints", "--ckpt-dir")
     left = {key: iterations_to_train(key, args) for key in keys}
     entries = {}

@@ -113,6 +113,11 @@ def build(script, settings, ckpt, path, device):
 def trained_settings(script, authors, trained, method, args, scoring=None):
     """The settings a checkpoint is scored with: its script's, under the protocol of its fingerprint (which
     leaves out the paper's), the fingerprint's own values over them, `scoring` over those, then this command's."""
+    unknown = sorted(set(trained) - known_settings(script))
+    if unknown:
+        raise runner.errors.UserError(f"{args.checkpoint} was trained with settings this version does not know "
+                                      f"({', '.join(unknown)}): it comes from another version of this repository; "
+                                      "score it with that version")
     protocol = trained.get("protocol", "paper")
     if getattr(args, "protocol", None) not in (None, protocol):
         raise runner.errors.UserError(f"{args.checkpoint} was trained under the {protocol} protocol, not {args.protocol}: "
@@ -123,6 +128,13 @@ def trained_settings(script, authors, trained, method, args, scoring=None):
                                            authors, SCORING_SETTINGS, "a training setting: a checkpoint is scored "
                                            "with the settings it was trained with")
     return runner.settings.model_settings(resolved, method)
+
+
+def known_settings(script):
+    """The settings a fingerprint of `script`'s models may name: its own, every protocol's, and the
+    generator that generators_study.py trains C with."""
+    s = runner.settings
+    return {*script.SETTINGS, *s.COMMON_SETTINGS, *s.AUTHORS_SETTINGS, *s.NEUTRAL_SETTINGS, *s.SETTING_RANGES, "generator"}
 
 
 def main(argv=None):
@@ -136,6 +148,7 @@ def main(argv=None):
     out = args.out or os.path.join("results", f"evaluate_{args.dataset}_{name}.json")
     runner.files.check_results_file(out, "evaluate")
     if args.robustbench:
+        runner.files.check_out_file(model_info_path(out))
         check_model_info(model_info_path(out))
     test_x, test_y = load_test(args)
     check_classes(D, test_x, test_y, args, device)

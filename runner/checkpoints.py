@@ -57,10 +57,23 @@ def read_checkpoint(path, dataset=None):
     if problem:
         raise UserError(f"{path} is not a checkpoint of this repository ({problem}); move it away, or delete it to "
                         "train that model afresh")
+    broken = non_finite(ckpt)
+    if broken:
+        raise UserError(f"{path} holds weights that are not finite (NaN or inf, first in {broken}): a model that "
+                        "cannot be scored or trained on; delete it to train that model afresh")
     if dataset and ckpt.get("dataset", dataset) != dataset:
         raise UserError(f"{path} holds a model trained on {ckpt['dataset']}, not {dataset}: is --dataset right? (a run "
                         f"of {dataset} needs a --ckpt-dir of its own)")
     return ckpt
+
+
+def non_finite(ckpt):
+    """The first of a checkpoint's weights (D's, G's) that holds a NaN or an infinity, as `D.<name>`, or None."""
+    for net in ("D", "G"):
+        for name, tensor in ckpt.get(net, {}).items():
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                return f"{net}.{name}"
+    return None
 
 
 def checked_checkpoint(path, settings, method, seed):
