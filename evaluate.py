@@ -74,6 +74,9 @@ def parse_args(argv):
     return args
 
 
+AUTOATTACK_STATE = "the checkpoint's folder (AutoAttack keeps its state there, to resume)"
+
+
 def load(path, dataset):
     """(checkpoint, its training settings, method, seed) from a checkpoint's fingerprint; one of another
     data set than `dataset` (as the checkpoint records it: older ones do not) is a UserError."""
@@ -147,6 +150,8 @@ def main(argv=None):
     name = os.path.splitext(os.path.basename(args.checkpoint))[0] + ("_authors" if settings["protocol"] == "authors" else "")
     out = args.out or os.path.join("results", f"evaluate_{args.dataset}_{name}.json")
     runner.files.check_results_file(out, "evaluate")
+    if args.strong_eval or args.robustbench:
+        runner.files.check_writable(os.path.dirname(os.path.abspath(args.checkpoint)), AUTOATTACK_STATE)
     if args.robustbench:
         runner.files.check_out_file(model_info_path(out))
         check_model_info(model_info_path(out))

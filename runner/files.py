@@ -46,7 +46,31 @@ def check_replaceable(out, experiment):
         held = f"results of {found}" if isinstance(found, str) else "no experiment's results"
         raise UserError(f"{out} is not a results file of {experiment} (it holds {held}); move it away, or pass "
                         "another --out")
+    problem = earlier and shape_problem(earlier)
+    if problem:
+        raise UserError(f"{out} is damaged ({problem}); move it away, or pass another --out")
     return earlier
+
+
+SHAPES = ["settings", "eval", "table", "strong_eval", "runs", "models"]  # the objects a run's results may hold
+
+
+def shape_problem(report):
+    """What makes a results file's runs (the file, and each of its `runs`) of the wrong shape for a run to
+    read and add to, or None: each of SHAPES it holds an object, each table's cells accuracies."""
+    runs = report.get("runs")
+    parts = [("", report)] + ([(f"runs.{seed}.", run) for seed, run in runs.items()] if isinstance(runs, dict) else [])
+    for where, part in parts:
+        if not isinstance(part, dict):
+            return f"'{where[:-1]}' is not an object"
+        wrong = [key for key in SHAPES if key in part and not isinstance(part[key], dict)]
+        if wrong:
+            return f"'{where}{wrong[0]}' is {json.dumps(part[wrong[0]])[:40]}, not an object"
+        for row, cells in part.get("table", {}).items():
+            value = out_of_range(cells, list(cells)) if isinstance(cells, dict) else "not a row of accuracies"
+            if value:
+                return f"'{where}table.{row}' holds {value}, not an accuracy in [0, 100]"
+    return None
 
 
 def check_results_file(out, experiment):

@@ -223,3 +223,32 @@ def test_precision_study_run_for_another_seed_adds_it_to_the_file(fake_fashion, 
     with pytest.raises(runner.errors.UserError, match=r"is damaged \(float32 seed 0: pgd=101.0 is not an accuracy"):
         precision_study.main(common + ["--seeds", "2"])
     assert json.loads(out.read_text()) == damaged
+
+
+@pytest.mark.parametrize("damage", [{"eval": None}, {"table": {"A": {"clean": 120.0}}}, {"runs": {"0": {"eval": []}}}])
+def test_a_results_file_of_the_wrong_shape_is_named_before_training_and_kept(damage, fake_mnist, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps({"experiment": "mnist_quick", "settings": {"seed": 0}} | damage))
+    before = out.read_bytes()
+    code, err = run_main(mnist.main, ["--quick", "--gpu", "cpu", "--models", "A", "--data-dir", fake_mnist, "--ckpt-dir",
+                                      str(tmp_path / "ckpt"), "--out", str(out)], capsys)
+    assert code == 2 and err.startswith(f"error: {out} is damaged (") and len(err.splitlines()) == 1, err
+    assert out.read_bytes() == before and not (tmp_path / "ckpt").exists()
+
+
+def test_autoattacks_state_beside_a_checkpoint_on_a_read_only_file_system_is_refused_before_scoring(
+        quick_A, fake_mnist, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    shutil.copy(quick_A, folder / "A.pt")
+    taken = runner.files.tempfile.TemporaryFile
+
+    def read_only_there(dir=None, **kwargs):  # the probe of a writable folder meets a read-only file system
+        if os.path.samefile(dir, folder):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), dir)
+        return taken(dir=dir, **kwargs)
+    monkeypatch.setattr(runner.files.tempfile, "TemporaryFile", read_only_there)
+    code, err = run_main(evaluate.main, [str(folder / "A.pt"), "--dataset", "mnist", "--gpu", "cpu", "--strong-eval",
+                                         "--data-dir", fake_mnist, "--out", str(tmp_path / "e.json")], capsys)
+    assert code == 2 and "AutoAttack keeps its state there" in err and "read-only: choose a place" in err, err
+    assert len(err.splitlines()) == 1 and "scoring" not in capsys.readouterr().out and not (tmp_path / "e.json").exists()

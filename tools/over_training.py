@@ -253,6 +253,8 @@ def main(argv=None):
         "precision": runner.evaluation.SCORING_PRECISION}
     protocol = next(iter(settings.values()))["protocol"]
     runner.files.check_out_file(args.out)
+    for path in args.checkpoints:
+        runner.files.check_writable(os.path.dirname(os.path.abspath(path)), evaluate.AUTOATTACK_STATE)
     earlier = earlier_scores(args.out, scoring, protocol)
     test_x, test_y = load_test(args)
     started = time.time()
