@@ -104,17 +104,10 @@ def score(D, settings, scoring, test_x, test_y, device, state_dir):
 # ======================================================================================= the results file
 def earlier_runs(out, name, settings, scoring):
     """arm -> seed -> entry of the results file `out` ({} where there is none yet), checked to be this
-    study's, made with these settings (but how often checkpoints are saved) and scored this way."""
-    earlier = runner.files.read_results(out)
+    study's (earlier_file), made with these settings (but how often checkpoints are saved) and scored this way."""
+    earlier = earlier_file(out, name)
     if earlier is None:
         return {}
-    found = earlier.get("experiment") if isinstance(earlier, dict) else None
-    if found != name:
-        raise runner.errors.UserError(f"{out} is not a results file of {name} (it holds {found or 'something else'}): "
-                                   "pass another --out")
-    if not well_formed(earlier):
-        raise runner.errors.UserError(f"{out} is damaged (not settings, scoring and arm -> seed -> scores, each an "
-                                      "accuracy in [0, 100]): move it away, or pass another --out")
     differing = sorted(k for k in settings.keys() & earlier["settings"].keys()
                        if k != "ckpt_minutes" and settings[k] != earlier["settings"][k])
     differing += ["scoring"] if earlier["scoring"] != scoring else []
@@ -122,6 +115,22 @@ def earlier_runs(out, name, settings, scoring):
         raise runner.errors.UserError(f"{out} was made with other settings ({', '.join(differing)}): run with the same "
                                    "settings, or pass another --out")
     return earlier["runs"]
+
+
+def earlier_file(out, name):
+    """The parsed results file `out`, or None where there is none yet, checked where it enters to be this
+    study's and of its shape (well_formed): the check that needs no data, made before they are loaded."""
+    earlier = runner.files.read_results(out)
+    if earlier is None:
+        return None
+    found = earlier.get("experiment") if isinstance(earlier, dict) else None
+    if found != name:
+        raise runner.errors.UserError(f"{out} is not a results file of {name} (it holds {found or 'something else'}): "
+                                   "pass another --out")
+    if not well_formed(earlier):
+        raise runner.errors.UserError(f"{out} is damaged (not settings, scoring and arm -> seed -> scores, each an "
+                                      "accuracy in [0, 100]): move it away, or pass another --out")
+    return earlier
 
 
 def well_formed(report):
@@ -219,6 +228,7 @@ def main(argv=None):
     runner.files.check_writable(args.ckpt_dir, "--ckpt-dir")  # before the data and the trainings, not after
     if not args.no_eval:
         runner.files.check_out_file(args.out)
+        earlier_file(args.out, args.name)
     device = runner.cli.pick_device(args.gpu)
     train_x, train_y, test_x, test_y = mnist.training_from(mnist.load_data(args.data_dir, fashion=True), settings["train_from"])
     scoring = scoring_of(settings, len(test_x))
