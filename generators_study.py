@@ -112,7 +112,7 @@ def main(argv=None):
     examples_path = examples_file(out)
     report["examples"] = os.path.basename(examples_path)
     arrays = {k: v.float().cpu().numpy() for k, v in examples.items()}
-    core.atomic_write(examples_path, lambda tmp: save_npz(tmp, arrays))
+    runner.files.write_atomically(examples_path, lambda tmp: save_npz(tmp, arrays))
     runner.files.write_json(out, report)
     print_tables(table5, table6)
     print(f"results written to {out} and {examples_path}")

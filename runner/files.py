@@ -29,9 +29,14 @@ def write_json(path, data):
         with open(tmp, "w") as f:
             json.dump(data, f, indent=1)
             f.write("\n")
+    write_atomically(path, write)
+
+
+def write_atomically(path, write):
+    """core.atomic_write, whose failure (a full disk, say) is a UserError: atomic_write has kept what was there."""
     try:
         core.atomic_write(path, write)
-    except OSError as err:  # a full disk, say: atomic_write has kept what was there
+    except OSError as err:
         raise UserError(f"{path} not written ({err.strerror or err}); what it held is kept, and so are the checkpoints: "
                         f"{advice(err)}, and run the same command again") from None
 

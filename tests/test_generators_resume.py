@@ -1,5 +1,6 @@
 """generators_study.py resumes a run cut after its first generator, and runs again once finished: the
 generators' checkpoints (G and opt_G, no D) are read as what they are."""
+import errno
 import json
 import os
 
@@ -8,6 +9,7 @@ import torch
 
 import generators_study
 import runner.checkpoints
+import runner.errors
 import runner.training
 
 
@@ -61,3 +63,14 @@ def test_generators_study_resumes_after_a_cut_and_runs_again_once_finished(fake_
     assert again["table5"] == first["table5"] and again["table6"] == first["table6"]
     assert set(first["models"]) == {f"{g}_vs_A" for g in generators_study.GENERATORS} | {
         f"C_{g}" for g in generators_study.GENERATORS}
+
+    def disk_full(path, arrays):
+        with open(path, "wb") as f:
+            f.write(b"the first bytes")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    monkeypatch.setattr(generators_study, "save_npz", disk_full)  # a full disk at its first write
+    kept = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path) if name.startswith("generators")}
+    with pytest.raises(runner.errors.UserError, match=r"_examples.npz not written \(No space left on device\); what it "
+                                                      r"held is kept.*: free some space"):
+        generators_study.main(command)
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path) if name.startswith("generators")} == kept
