@@ -200,7 +200,7 @@ def test_a_results_table_with_an_infinite_accuracy_is_refused_where_it_enters(tm
 
 def fake_scores(D, settings, test_x, test_y, device, state_dir):
     """Scores that name the model's first weight, so that each seed's entry is its own."""
-    first = float(next(D.parameters()).flatten()[0]) % 1
+    first = next(D.parameters()).detach().flatten()[0].item() % 1
     columns = {"clean": 50 + first, "fgs": 40.0, "pgd": 30.0}
     return {"float32": columns | {"autoattack": 20.0}, "bf16": dict(columns)}
 
