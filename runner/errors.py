@@ -66,8 +66,8 @@ def exit_on_error(main):
 
 
 def flushed(main):
-    """main(), its output then flushed, also where it exits early (argparse's --help): a closed pipe shows
-    here, as a BrokenPipeError, and not in Python's own flush at exit, which prints a traceback."""
+    """main(), its output then flushed, also where it ends with sys.exit: a closed pipe shows here, as a
+    BrokenPipeError, and not in Python's own flush at exit, which prints a traceback."""
     try:
         main()
     except SystemExit:
