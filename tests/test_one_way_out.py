@@ -252,3 +252,19 @@ def test_autoattacks_state_beside_a_checkpoint_on_a_read_only_file_system_is_ref
                                          "--data-dir", fake_mnist, "--out", str(tmp_path / "e.json")], capsys)
     assert code == 2 and "AutoAttack keeps its state there" in err and "read-only: choose a place" in err, err
     assert len(err.splitlines()) == 1 and "scoring" not in capsys.readouterr().out and not (tmp_path / "e.json").exists()
+
+
+def test_the_studies_refuse_to_add_to_a_file_whose_accuracies_are_out_of_range(tmp_path):
+    import ablation_study
+    ablation = json.loads((Path(ROOT) / "results" / "ablation_study.json").read_text())
+    next(iter(next(iter(ablation["runs"].values())).values()))["scores"]["autoattack"] = float("inf")
+    out = tmp_path / "ablation.json"
+    out.write_text(json.dumps(ablation))
+    with pytest.raises(runner.errors.UserError, match="is damaged .* accuracy in \\[0, 100\\]"):
+        ablation_study.earlier_file(str(out), ablation["experiment"])
+    scored = json.loads((Path(ROOT) / "results" / "over_training.json").read_text())
+    next(iter(scored["models"].values()))["snapshots"][0]["accuracy"]["pgd10"] = -3.0
+    out = tmp_path / "over_training.json"
+    out.write_text(json.dumps(scored))
+    with pytest.raises(runner.errors.UserError, match="holds pgd10=-3.0, not an accuracy in \\[0, 100\\]"):
+        over_training.earlier_scores(str(out), scored["scoring"], scored.get("protocol", "paper"))
