@@ -144,10 +144,10 @@ def main(argv=None):
     device = runner.cli.pick_device(args.gpu)
     name = runner.settings.run_name("ensemble", args)
     out = args.out or os.path.join("results", name + ".json")
+    runner.files.check_out_file(out)
     read_entries(out, args.protocol)  # a file of another kind or protocol stops the run before any training
     for key in keys:
         check_dataset_run(key, args)
-    runner.files.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
     runner.files.check_writable(args.ckpt_dir or "checkpoints", "--ckpt-dir")
     left = {key: iterations_to_train(key, args) for key in keys}
     entries = {}

@@ -74,6 +74,9 @@ def parse_args(argv):
     return args
 
 
+AUTOATTACK_STATE = "the checkpoint's folder (AutoAttack keeps its state there, to resume)"
+
+
 def load(path, dataset):
     """(checkpoint, its training settings, method, seed) from a checkpoint's fingerprint; one of another
     data set than `dataset` (as the checkpoint records it: older ones do not) is a UserError."""
@@ -113,6 +116,11 @@ def build(script, settings, ckpt, path, device):
 def trained_settings(script, authors, trained, method, args, scoring=None):
     """The settings a checkpoint is scored with: its script's, under the protocol of its fingerprint (which
     leaves out the paper's), the fingerprint's own values over them, `scoring` over those, then this command's."""
+    unknown = sorted(set(trained) - known_settings(script))
+    if unknown:
+        raise runner.errors.UserError(f"{args.checkpoint} was trained with settings this version does not know "
+                                      f"({', '.join(unknown)}): it comes from another version of this repository; "
+                                      "score it with that version")
     protocol = trained.get("protocol", "paper")
     if getattr(args, "protocol", None) not in (None, protocol):
         raise runner.errors.UserError(f"{args.checkpoint} was trained under the {protocol} protocol, not {args.protocol}: "
@@ -125,6 +133,13 @@ def trained_settings(script, authors, trained, method, args, scoring=None):
     return runner.settings.model_settings(resolved, method)
 
 
+def known_settings(script):
+    """The settings a fingerprint of `script`'s models may name: its own, every protocol's, and the
+    generator that generators_study.py trains C with."""
+    s = runner.settings
+    return {*script.SETTINGS, *s.COMMON_SETTINGS, *s.AUTHORS_SETTINGS, *s.NEUTRAL_SETTINGS, *s.SETTING_RANGES, "generator"}
+
+
 def main(argv=None):
     args = parse_args(argv)
     script, load_test, paper_table, authors = DATASETS[args.dataset]
@@ -135,7 +150,10 @@ def main(argv=None):
     name = os.path.splitext(os.path.basename(args.checkpoint))[0] + ("_authors" if settings["protocol"] == "authors" else "")
     out = args.out or os.path.join("results", f"evaluate_{args.dataset}_{name}.json")
     runner.files.check_results_file(out, "evaluate")
+    if args.strong_eval or args.robustbench:
+        runner.files.check_writable(os.path.dirname(os.path.abspath(args.checkpoint)), AUTOATTACK_STATE)
     if args.robustbench:
+        runner.files.check_out_file(model_info_path(out))
         check_model_info(model_info_path(out))
     test_x, test_y = load_test(args)
     check_classes(D, test_x, test_y, args, device)

@@ -54,6 +54,7 @@ def main(argv=None):
     out = args.out or os.path.join("results", study_name + ".json")
     runner.files.check_writable(args.ckpt_dir or "checkpoints", "--ckpt-dir")  # before hours of training, not after
     runner.files.check_results_file(out, study_name)
+    runner.files.check_out_file(examples_file(out))
     train_x, train_y, test_x, test_y = load()
     cifar_models = ["A", "A'", "B", "B'", "C"]
     print(runner.running.study_banner(
@@ -108,10 +109,10 @@ def main(argv=None):
 
     report |= {"table5": table5, "table6": table6, "eval": evaluation,
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
-    examples_path = os.path.splitext(out)[0] + "_examples.npz"
+    examples_path = examples_file(out)
     report["examples"] = os.path.basename(examples_path)
     arrays = {k: v.float().cpu().numpy() for k, v in examples.items()}
-    core.atomic_write(examples_path, lambda tmp: save_npz(tmp, arrays))
+    runner.files.write_atomically(examples_path, lambda tmp: save_npz(tmp, arrays))
     runner.files.write_json(out, report)
     print_tables(table5, table6)
     print(f"results written to {out} and {examples_path}")
@@ -133,6 +134,11 @@ def iterations_to_train(plan):
     """label -> the iterations still to train of each planned model (each under its own settings)."""
     return {label: runner.training.model_iterations_left(method, path, True, model_settings)
             for label, (method, _, model_settings, path) in plan.items()}
+
+
+def examples_file(out):
+    """Where the example perturbations go, beside the results file `out`."""
+    return os.path.splitext(out)[0] + "_examples.npz"
 
 
 def save_npz(path, arrays):

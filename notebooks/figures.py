@@ -530,11 +530,14 @@ FIGURES = {"accuracy.png": accuracy_figure,
 
 
 def save(fig, path):
-    "Written whole or not at all: a figure a reader has is never replaced by a half-written file."
+    "Written whole or not at all: a figure a reader has is never replaced by a half-written file, nor joined by one."
     partial = path.with_name(path.name + ".partial")
-    fig.savefig(partial, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(partial, path)
+    try:
+        fig.savefig(partial, format="png", dpi=100)
+        os.replace(partial, path)
+    finally:
+        plt.close(fig)
+        partial.unlink(missing_ok=True)
 
 
 def main(argv=None):
@@ -543,7 +546,7 @@ def main(argv=None):
     parser.add_argument("--results", type=Path, default=here.parent / "results", help="the results folder (default: results/)")
     parser.add_argument("--out", type=Path, default=here / "figures", help="where the figures go (default: notebooks/figures/)")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)  # a file in its place, or no permission: one line (exit_on_error)
     failed = []
     for name, draw in FIGURES.items():
         try:
@@ -552,9 +555,22 @@ def main(argv=None):
         except BadResult as err:
             failed.append(f"{name} not drawn: {err}")
     if failed:
-        print("error: " + "; ".join(failed), file=sys.stderr)
-        sys.exit(2)
+        raise BadResult("; ".join(failed))  # the others are drawn
+
+
+def run_command():
+    """The command's way out is the repository's (runner/errors.py: one line and its exit status for
+    what a user can fix); the notebook, which imports this module, reads only the results files."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from runner.errors import UserError, exit_on_error
+
+    def drawn():
+        try:
+            main()
+        except BadResult as err:
+            raise UserError(str(err)) from None
+    exit_on_error(drawn)
 
 
 if __name__ == "__main__":
-    main()
+    run_command()

@@ -2,11 +2,18 @@
 (docs/results-json.md) where it enters, so that a file that is not valid JSON or lacks a key is named with the
 reason and skipped, never drawn."""
 import json
+import math
 from typing import NamedTuple
 
 DATASETS = ["mnist", "fashion_mnist", "svhn", "cifar10", "cifar100"]
 NUMBER = (int, float)
 OPTIONAL_TEXT = (str, type(None))
+
+
+class Accuracy:
+    "The type `need` checks a percentage as: a finite number in [0, 100] (JSON may say Infinity or NaN)."
+
+
 RUN_FIELDS = {"settings.eps": NUMBER, "settings.iters": NUMBER, "provenance.device": str,
               "provenance.git_commit": OPTIONAL_TEXT, "provenance.git_dirty": (bool, type(None)),
               "wall_seconds": NUMBER, "models": dict}
@@ -21,12 +28,13 @@ OVER_TRAINING_FIELDS = {"dataset": str, "scoring.test_n": NUMBER, "scoring.stron
 PRECISION_FIELDS = {"settings.iters": NUMBER, "settings.test_n": NUMBER, "settings.strong_n": NUMBER, "seeds": list,
                     "arms": dict, "runs": dict, "summary": dict, "bf16_table_minus_float32": dict, "provenance.command": str}
 PRECISION_SCORES = ["clean", "fgs", "pgd", "autoattack", "g_gain_first", "g_gain_last"]
+PRECISION_KINDS = {s: Accuracy for s in PRECISION_SCORES[:4]} | {s: NUMBER for s in PRECISION_SCORES[4:]}  # gains: points
 ABLATION_FIELDS = {"settings.iters": NUMBER, "scoring.n_test": NUMBER, "scoring.autoattack_n": NUMBER, "seeds": list,
                    "arms": dict, "runs": dict, "provenance.command": str}
 ABLATION_SCORES = ["clean", "fgs", "pgd", "autoattack"]
-SNAPSHOT_FIELDS = {"iter": NUMBER, "n_test": NUMBER, "autoattack_n": NUMBER, "accuracy.clean": NUMBER,
-                   "accuracy.pgd10": NUMBER, "accuracy.pgd_ce": NUMBER, "on_autoattack_images.pgd10": NUMBER,
-                   "on_autoattack_images.autoattack": NUMBER}
+SNAPSHOT_FIELDS = {"iter": NUMBER, "n_test": NUMBER, "autoattack_n": NUMBER, "accuracy.clean": Accuracy,
+                   "accuracy.pgd10": Accuracy, "accuracy.pgd_ce": Accuracy, "on_autoattack_images.pgd10": Accuracy,
+                   "on_autoattack_images.autoattack": Accuracy}
 
 
 class BadResult(Exception):
@@ -42,7 +50,7 @@ class Result(NamedTuple):
 
 
 def need(obj, dotted, types):
-    "The value at a dotted key path, checked to be of `types`."
+    "The value at a dotted key path, checked to be of `types` (Accuracy: a percentage)."
     value, keys = obj, dotted.split(".")
     for i, key in enumerate(keys):
         if not isinstance(value, dict):
@@ -50,8 +58,10 @@ def need(obj, dotted, types):
         if key not in value:
             raise BadResult(f"missing key '{'.'.join(keys[:i + 1])}'")
         value = value[key]
-    if not isinstance(value, types):
+    if not isinstance(value, NUMBER if types is Accuracy else types):
         raise BadResult(f"'{dotted}' has the wrong type ({type(value).__name__})")
+    if types is Accuracy and not (math.isfinite(value) and 0 <= value <= 100):
+        raise BadResult(f"'{dotted}' is {value}, not an accuracy in [0, 100]")
     return value
 
 
@@ -65,8 +75,9 @@ def check_table(obj, dotted):
     if not table:
         raise BadResult(f"'{dotted}' has no rows")
     for row, values in table.items():
-        if not isinstance(values, dict) or not all(isinstance(v, NUMBER) for v in values.values()):
+        if not isinstance(values, dict):
             raise BadResult(f"'{dotted}.{row}' is not a column -> accuracy mapping")
+        check_fields(obj, {f"{row}.{column}": Accuracy for column in values}, dotted + ".")
 
 
 def check_models(obj, prefix):
@@ -83,7 +94,7 @@ def check_strong(run):
         return
     check_fields(run, STRONG_FIELDS, "strong_eval.")
     for name in run["strong_eval"]["models"]:
-        check_fields(run, {f"{name}.accuracy.{key}": NUMBER for key in STRONG_ACCURACY}, "strong_eval.models.")
+        check_fields(run, {f"{name}.accuracy.{key}": Accuracy for key in STRONG_ACCURACY}, "strong_eval.models.")
         for check in need(run, f"strong_eval.models.{name}.checks", dict):
             check_fields(run, {"flag": bool, "why": str}, f"strong_eval.models.{name}.checks.{check}.")
 
@@ -104,7 +115,7 @@ def check_dataset_file(data):
     check_table(data, "table")
     for row, columns in need(data, "table_stats", dict).items():
         for column in columns:
-            check_fields(data, STATS_FIELDS, f"table_stats.{row}.{column}.")
+            check_fields(data, STATS_FIELDS | {"mean": Accuracy}, f"table_stats.{row}.{column}.")
 
 
 def check_ensemble(data):
@@ -137,7 +148,7 @@ def check_precision_study(data):
     check_fields(data, PRECISION_FIELDS)
     for arm, by_seed in data["runs"].items():
         for seed in by_seed:
-            check_fields(data, {f"{s}": NUMBER for s in PRECISION_SCORES}, f"runs.{arm}.{seed}.float32.")
+            check_fields(data, PRECISION_KINDS, f"runs.{arm}.{seed}.float32.")
             check_models({"models": {seed: by_seed[seed]["model"]}}, "")
         for score in PRECISION_SCORES:
             check_fields(data, STATS_FIELDS, f"summary.{arm}.{score}.")
@@ -149,7 +160,7 @@ def check_ablation_study(data):
         if not isinstance(by_seed, dict) or not by_seed:
             raise BadResult(f"'runs.{arm}' holds no seed's model")
         for seed in by_seed:
-            check_fields(data, {s: NUMBER for s in ABLATION_SCORES}, f"runs.{arm}.{seed}.scores.")
+            check_fields(data, {s: Accuracy for s in ABLATION_SCORES}, f"runs.{arm}.{seed}.scores.")
 
 
 CHECKS = {**{name: check_dataset_file for name in DATASETS}, "ensemble": check_ensemble, "generators": check_generators,

@@ -15,7 +15,15 @@ CHECKPOINT_PARTS = [("fingerprint", lambda c: c["fingerprint"], str),
                     ("method in its fingerprint", lambda c: json.loads(c["fingerprint"])["method"], str),
                     ("model_seed in its fingerprint", lambda c: json.loads(c["fingerprint"])["model_seed"], int),
                     ("record", lambda c: c["record"], dict), ("iters_done in its record", lambda c: c["record"]["iters_done"], int),
-                    ("rng state", lambda c: c["rng"]["cpu"], torch.Tensor), ("weights of D", lambda c: c["D"], dict)]
+                    ("rng state", lambda c: c["rng"]["cpu"], torch.Tensor)]
+TRAINED_ALONE = {"generator": "G"}  # the weights a method's checkpoint holds (core.make_step), where they are not D's
+
+
+def weights_part(ckpt):
+    """The part naming the weights a checkpoint must hold: G's for a generator trained alone (Table 5),
+    D's for every other method."""
+    net = TRAINED_ALONE.get(json.loads(ckpt["fingerprint"])["method"], "D")
+    return f"weights of {net}", lambda c: c[net], dict
 
 
 def checkpoint_problem(ckpt):
@@ -23,13 +31,17 @@ def checkpoint_problem(ckpt):
     if not isinstance(ckpt, dict):
         return f"it holds a {type(ckpt).__name__}, not a checkpoint's dict"
     for what, part, kind in CHECKPOINT_PARTS:
-        try:
-            found = part(ckpt)
-        except (KeyError, TypeError, ValueError, IndexError):
-            found = None
-        if not isinstance(found, kind):
+        if not isinstance(reach(part, ckpt), kind):
             return f"it has no {what} of type {kind.__name__}"
-    return None
+    what, part, kind = weights_part(ckpt)  # the parts above are sound, so the method can be read
+    return None if isinstance(reach(part, ckpt), kind) else f"it has no {what} of type {kind.__name__}"
+
+
+def reach(part, ckpt):
+    try:
+        return part(ckpt)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
 
 
 def read_checkpoint(path, dataset=None):
@@ -45,10 +57,23 @@ def read_checkpoint(path, dataset=None):
     if problem:
         raise UserError(f"{path} is not a checkpoint of this repository ({problem}); move it away, or delete it to "
                         "train that model afresh")
+    broken = non_finite(ckpt)
+    if broken:
+        raise UserError(f"{path} holds weights that are not finite (NaN or inf, first in {broken}): a model that "
+                        "cannot be scored or trained on; delete it to train that model afresh")
     if dataset and ckpt.get("dataset", dataset) != dataset:
         raise UserError(f"{path} holds a model trained on {ckpt['dataset']}, not {dataset}: is --dataset right? (a run "
                         f"of {dataset} needs a --ckpt-dir of its own)")
     return ckpt
+
+
+def non_finite(ckpt):
+    """The first of a checkpoint's weights (D's, G's) that holds a NaN or an infinity, as `D.<name>`, or None."""
+    for net in ("D", "G"):
+        for name, tensor in ckpt.get(net, {}).items():
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                return f"{net}.{name}"
+    return None
 
 
 def checked_checkpoint(path, settings, method, seed):

@@ -42,9 +42,12 @@ def experiment_parser(description, models=True):
 
 
 def parse_cli(parser, argv, script):
-    """parse_args, remembering the command so that --gpu 0,1,... can start one process per GPU."""
+    """parse_args, remembering the command so that --gpu 0,1,... can start one process per GPU; a pair of
+    options that would do nothing together is refused here, for every command that has them."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if getattr(args, "no_eval", False) and getattr(args, "eval_only", False):
+        raise UserError("--no-eval trains only and --eval-only scores only: choose one")
     args.argv, args.script = argv, os.path.abspath(script)
     return args
 

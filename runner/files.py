@@ -4,11 +4,14 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import tempfile
 
 import core
-from runner.errors import UserError, failure
+from runner.errors import UserError, advice, failure
+
+ATOMIC_SUFFIX = len(".tmp") + 12  # what core.atomic_write's temporary name adds to a file's: 6 random bytes in hex
 
 
 @contextlib.contextmanager
@@ -26,11 +29,16 @@ def write_json(path, data):
         with open(tmp, "w") as f:
             json.dump(data, f, indent=1)
             f.write("\n")
+    write_atomically(path, write)
+
+
+def write_atomically(path, write):
+    """core.atomic_write, whose failure (a full disk, say) is a UserError: atomic_write has kept what was there."""
     try:
         core.atomic_write(path, write)
-    except OSError as err:  # a full disk, say: atomic_write has kept what was there
+    except OSError as err:
         raise UserError(f"{path} not written ({err.strerror or err}); what it held is kept, and so are the checkpoints: "
-                        "free some space and run the same command again") from None
+                        f"{advice(err)}, and run the same command again") from None
 
 
 def check_replaceable(out, experiment):
@@ -43,19 +51,55 @@ def check_replaceable(out, experiment):
         held = f"results of {found}" if isinstance(found, str) else "no experiment's results"
         raise UserError(f"{out} is not a results file of {experiment} (it holds {held}); move it away, or pass "
                         "another --out")
+    problem = earlier and shape_problem(earlier)
+    if problem:
+        raise UserError(f"{out} is damaged ({problem}); move it away, or pass another --out")
     return earlier
 
 
+SHAPES = ["settings", "eval", "table", "strong_eval", "runs", "models"]  # the objects a run's results may hold
+
+
+def shape_problem(report):
+    """What makes a results file's runs (the file, and each of its `runs`) of the wrong shape for a run to
+    read and add to, or None: each of SHAPES it holds an object, each table's cells accuracies."""
+    runs = report.get("runs")
+    parts = [("", report)] + ([(f"runs.{seed}.", run) for seed, run in runs.items()] if isinstance(runs, dict) else [])
+    for where, part in parts:
+        if not isinstance(part, dict):
+            return f"'{where[:-1]}' is not an object"
+        wrong = [key for key in SHAPES if key in part and not isinstance(part[key], dict)]
+        if wrong:
+            return f"'{where}{wrong[0]}' is {json.dumps(part[wrong[0]])[:40]}, not an object"
+        for row, cells in part.get("table", {}).items():
+            value = out_of_range(cells, list(cells)) if isinstance(cells, dict) else "not a row of accuracies"
+            if value:
+                return f"'{where}table.{row}' holds {value}, not an accuracy in [0, 100]"
+    return None
+
+
 def check_results_file(out, experiment):
-    """The results file `out` checked before any work: its folder can be written, and what it holds (if
-    anything) is `experiment`'s own results (check_replaceable, whose parsed file it returns)."""
-    check_writable(os.path.dirname(os.path.abspath(out)), "--out")
+    """The results file `out` checked before any work: it can be written (check_out_file), and what it holds
+    (if anything) is `experiment`'s own results (check_replaceable, whose parsed file it returns)."""
+    check_out_file(out)
     return check_replaceable(out, experiment)
 
 
+def check_out_file(out, option="--out", longer_by=0):
+    """That the file `out` can be written atomically, tried before any work: not a folder, its name within
+    the file system's limit with atomic_write's temporary suffix (and `longer_by` characters that a file
+    named after it adds), in a folder that can be written (check_writable)."""
+    if os.path.isdir(out):
+        raise UserError(f"{option}: {out} is a folder; name a file, such as {os.path.join(out, 'results.json')}")
+    check_writable(os.path.dirname(os.path.abspath(out)), option)
+    check_name_length(out, option, ATOMIC_SUFFIX + longer_by)
+
+
 def check_writable(folder, option):
-    """That `folder` can be created and written to, tried now rather than at the first save: its nearest
-    existing ancestor is a folder that takes a file (a temporary one). Nothing is created or left behind."""
+    """That `folder` can be created and written to, tried now rather than at the first save: its names fit
+    the file system, and its nearest existing ancestor is a folder that takes a file (a temporary one).
+    Nothing is created or left behind."""
+    check_name_length(folder, option)
     existing = os.path.abspath(folder)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
@@ -66,7 +110,37 @@ def check_writable(folder, option):
             pass
     except OSError as err:
         raise UserError(f"{option}: {folder} cannot be {'written to' if os.path.isdir(folder) else 'created'} "
-                        f"({failure(err)}); choose a folder you can write to") from None
+                        f"({failure(err)}); {advice(err)}") from None
+
+
+def check_name_length(path, option, suffix=0):
+    """That each name in `path` fits its file system's limit (NAME_MAX, commonly 255 bytes), the last one
+    with `suffix` more characters, as a writer will name it."""
+    names = os.path.abspath(path).split(os.sep)[1:]
+    limit = os.pathconf(nearest_folder(path), "PC_NAME_MAX")
+    for i, name in enumerate(names):
+        size = len(os.fsencode(name)) + (suffix if i == len(names) - 1 else 0)
+        if size > limit:
+            raise UserError(f"{option}: {path}: the name {name[:40]}... is {size} bytes with what a writer adds, over the "
+                            f"file system's {limit}; choose a shorter name")
+
+
+def nearest_folder(path):
+    """The nearest folder of `path` that exists: itself, or one above it."""
+    existing = os.path.abspath(path)
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    return existing
+
+
+def out_of_range(scores, names):
+    """The first of `names` whose value in `scores` is no accuracy in percent (a finite number in [0, 100]),
+    as `name=value`, or None: a results file merged into is checked where it enters."""
+    for name in names:
+        value = scores.get(name) if isinstance(scores, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and 0 <= value <= 100):
+            return f"{name}={value}"
+    return None
 
 
 def read_results(out):

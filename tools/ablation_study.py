@@ -104,14 +104,10 @@ def score(D, settings, scoring, test_x, test_y, device, state_dir):
 # ======================================================================================= the results file
 def earlier_runs(out, name, settings, scoring):
     """arm -> seed -> entry of the results file `out` ({} where there is none yet), checked to be this
-    study's, made with these settings (but how often checkpoints are saved) and scored this way."""
-    earlier = runner.files.read_results(out)
+    study's (earlier_file), made with these settings (but how often checkpoints are saved) and scored this way."""
+    earlier = earlier_file(out, name)
     if earlier is None:
         return {}
-    if not well_formed(earlier) or earlier["experiment"] != name:
-        found = earlier.get("experiment") if isinstance(earlier, dict) else None
-        raise runner.errors.UserError(f"{out} is not a results file of {name} (it holds {found or 'something else'}): "
-                                   "pass another --out")
     differing = sorted(k for k in settings.keys() & earlier["settings"].keys()
                        if k != "ckpt_minutes" and settings[k] != earlier["settings"][k])
     differing += ["scoring"] if earlier["scoring"] != scoring else []
@@ -121,12 +117,29 @@ def earlier_runs(out, name, settings, scoring):
     return earlier["runs"]
 
 
+def earlier_file(out, name):
+    """The parsed results file `out`, or None where there is none yet, checked where it enters to be this
+    study's and of its shape (well_formed): the check that needs no data, made before they are loaded."""
+    earlier = runner.files.read_results(out)
+    if earlier is None:
+        return None
+    found = earlier.get("experiment") if isinstance(earlier, dict) else None
+    if found != name:
+        raise runner.errors.UserError(f"{out} is not a results file of {name} (it holds {found or 'something else'}): "
+                                   "pass another --out")
+    if not well_formed(earlier):
+        raise runner.errors.UserError(f"{out} is damaged (not settings, scoring and arm -> seed -> scores, each an "
+                                      "accuracy in [0, 100]): move it away, or pass another --out")
+    return earlier
+
+
 def well_formed(report):
     """A results file of this tool's shape: its settings, scoring and arm -> seed -> entry with scores."""
     entries = lambda runs: [e for by_seed in runs.values() if isinstance(by_seed, dict) for e in by_seed.values()]
     return (isinstance(report, dict) and isinstance(report.get("settings"), dict) and isinstance(report.get("scoring"), dict)
             and isinstance(report.get("runs"), dict) and all(isinstance(r, dict) for r in report["runs"].values())
-            and all(isinstance(e, dict) and {"fingerprint", "scores"} <= set(e) for e in entries(report["runs"])))
+            and all(isinstance(e, dict) and {"fingerprint", "scores"} <= set(e) and not runner.files.out_of_range(e["scores"], SCORES)
+                    for e in entries(report["runs"])))
 
 
 def reusable(runs, arm, seed, fingerprint):
@@ -201,8 +214,6 @@ def iterations_to_train(work, trained_with, args, settings, scoring):
 def parse_args(argv):
     args = runner.cli.parse_cli(runner.cli.study_parser(__doc__, ARMS, SEEDS), argv, __file__)
     args.arm_list = runner.cli.parse_arms(args.arms, ARMS)
-    if args.no_eval and args.eval_only:
-        raise runner.errors.UserError("--no-eval trains only and --eval-only scores only: choose one")
     args.seed_list = runner.cli.parse_seeds(args.seeds)
     args.name = "ablation_study" + ("_quick" if args.quick else "")
     args.ckpt_dir = args.ckpt_dir or os.path.join("checkpoints", args.name)
@@ -214,6 +225,10 @@ def main(argv=None):
     args = parse_args(argv)
     settings = runner.settings.resolve_settings(SETTINGS, args, QUICK if args.quick else None)
     trained_with = {arm: arm_settings(settings, arm) for arm in args.arm_list}
+    runner.files.check_writable(args.ckpt_dir, "--ckpt-dir")  # before the data and the trainings, not after
+    if not args.no_eval:
+        runner.files.check_out_file(args.out)
+        earlier_file(args.out, args.name)
     device = runner.cli.pick_device(args.gpu)
     train_x, train_y, test_x, test_y = mnist.training_from(mnist.load_data(args.data_dir, fashion=True), settings["train_from"])
     scoring = scoring_of(settings, len(test_x))

@@ -39,6 +39,7 @@ SETTINGS = dict(
     compile=True,            # also measure the compiled path (torch.compile of D and G)
 )
 QUICK = dict(iters=2, warmup=1, compile=False)
+LEAST = dict(iters=1, warmup=0)  # each count's smallest value: a rate needs one timed iteration
 NETWORKS = {  # name -> (script whose settings and networks are benchmarked, input shape)
     "mnist": (mnist, (1, 28, 28)),
     "cifar": (cifar10, (3, 32, 32)),
@@ -235,6 +236,9 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     args = parser.parse_args(argv)
     bench = runner.settings.apply_overrides(SETTINGS | (QUICK if args.quick else {}), args.set)
+    low = [f"{key}={bench[key]} (at least {least})" for key, least in LEAST.items() if bench[key] < least]
+    if low:
+        raise runner.errors.UserError(f"--set {', '.join(low)}")
     name = "bench" + ("_quick" if args.quick else "")
     out = args.out or os.path.join("results", f"{name}.json")
     runner.files.check_results_file(out, name)  # before the measurements, not after

@@ -99,7 +99,10 @@ def chosen(found, ckpt, path, choice):
     if choice == "all":
         return found
     listed, wanted = dict(found), set()
-    for word in [w.strip() for w in choice.split(",") if w.strip()]:
+    words = [w.strip() for w in choice.split(",") if w.strip()]
+    if not words:
+        raise runner.errors.UserError(f"--snapshots {choice!r} names no snapshot: give all, last, best or iterations")
+    for word in words:
         if word == "last":
             wanted.add(max(listed))
         elif word == "best":
@@ -189,6 +192,11 @@ def results_problem(report):
         if not (isinstance(entries, list) and isinstance(model.get("fingerprint"), str)
                 and all(isinstance(e, dict) and isinstance(e.get("iter"), int) for e in entries)):
             return f"its entry {name} is not a model's scored snapshots"
+        for e in entries:
+            accuracy = e.get("accuracy")
+            wrong = runner.files.out_of_range(accuracy, list(accuracy) if isinstance(accuracy, dict) and accuracy else ["clean"])
+            if wrong:
+                return f"its entry {name} at iteration {e['iter']} holds {wrong}, not an accuracy in [0, 100]"
     return None
 
 
@@ -244,7 +252,9 @@ def main(argv=None):
     scoring = {"dataset": args.dataset} | {k: next(iter(settings.values()))[k] for k in SCORING_KEYS} | {
         "precision": runner.evaluation.SCORING_PRECISION}
     protocol = next(iter(settings.values()))["protocol"]
-    runner.files.check_writable(os.path.dirname(os.path.abspath(args.out)), "--out")
+    runner.files.check_out_file(args.out)
+    for path in args.checkpoints:
+        runner.files.check_writable(os.path.dirname(os.path.abspath(path)), evaluate.AUTOATTACK_STATE)
     earlier = earlier_scores(args.out, scoring, protocol)
     test_x, test_y = load_test(args)
     started = time.time()

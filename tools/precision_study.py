@@ -10,6 +10,7 @@ each model's training history. Writes results/precision_study.json.
     python tools/precision_study.py --gpu cpu --data-dir data                  # train both arms, score all three
     python tools/precision_study.py --gpu cpu --arms bf16 --seeds 1,2 --no-eval   # spread trainings over processes
 """
+import json
 import os
 import time
 
@@ -69,6 +70,47 @@ def score(D, settings, test_x, test_y, device, state_dir):
     return scored
 
 
+def earlier_runs(earlier, out, settings):
+    """arm -> seed -> run of the results file at `out` (parsed: `earlier`; {} where there is none), which
+    this command adds to: checked where it enters to be made with these settings, each run's scores
+    accuracies in [0, 100]. Else a UserError: merged into, the file would mix two studies, or lose them."""
+    if earlier is None:
+        return {}
+    theirs, mine = earlier.get("settings"), json.loads(json.dumps(settings))  # as JSON has them
+    differing = sorted(k for k in mine.keys() & theirs.keys() if k != "ckpt_minutes" and mine[k] != theirs[k]) \
+        if isinstance(theirs, dict) else ["all"]
+    if differing:
+        raise runner.errors.UserError(f"{out} holds a study made with other settings ({', '.join(differing)}): run with "
+                                      "the same settings, or pass another --out")
+    runs = earlier.get("runs")
+    if not isinstance(runs, dict) or not all(isinstance(by_seed, dict) for by_seed in runs.values()):
+        raise runner.errors.UserError(f"{out} is damaged (its runs are not arm -> seed -> run): move it away, or pass "
+                                      "another --out")
+    for arm, by_seed in runs.items():
+        if arm not in ARMS:
+            raise runner.errors.UserError(f"{out} holds an arm this version does not know ({arm}): pass another --out")
+        for seed, run in by_seed.items():
+            problem = run_problem(run)
+            if problem:
+                raise runner.errors.UserError(f"{out} is damaged ({arm} seed {seed}: {problem}): move it away, or pass "
+                                              "another --out")
+    return runs
+
+
+def run_problem(run):
+    """What makes one entry of the file no run this tool scored, or None."""
+    if not isinstance(run, dict) or not isinstance(run.get("bf16_table"), dict):
+        return "not a scored run"
+    wrong = runner.files.out_of_range(run.get("float32"), SCORES[:4])
+    return wrong and f"{wrong} is not an accuracy in [0, 100]"
+
+
+def joined(earlier, runs):
+    """The runs of the file with this command's over them, arms in ARMS's order and seeds in theirs."""
+    arms = [a for a in ARMS if a in earlier or a in runs]  # earlier_runs refused any other
+    return {a: dict(sorted((earlier.get(a, {}) | runs.get(a, {})).items(), key=lambda item: int(item[0]))) for a in arms}
+
+
 def summary(runs):
     """arm -> score -> mean, std (runner.reports.mean_std), n, and the lowest and highest over the seeds."""
     table = {}
@@ -106,7 +148,7 @@ def main(argv=None):
     ckpt_dir = args.ckpt_dir or os.path.join("checkpoints", name)
     out = args.out or os.path.join("results", f"{name}.json")
     runner.files.check_writable(ckpt_dir, "--ckpt-dir")  # before the trainings, not after them
-    runner.files.check_results_file(out, name)
+    earlier_runs(runner.files.check_results_file(out, name), out, settings)  # one it cannot add to stops it now
     device = runner.cli.pick_device(args.gpu)
     train_x, train_y, test_x, test_y = mnist.load_data(args.data_dir, fashion=True)
     started = time.time()
@@ -135,16 +177,19 @@ def main(argv=None):
         runs[arm][str(seed)] = {"checkpoint": checkpoint(ckpt_dir, arm, seed), "float32": scored["float32"] | g_gains(record)
                                 | {"train_seconds": round(record["train_seconds"], 1)}, "bf16_table": scored["bf16"],
                                 "model": record}
-    stats = summary(runs)
-    report = {"experiment": name, "settings": settings, "arms": {a: ARMS[a][1] for a in arms}, "seeds": seeds,
-              "provenance": runner.provenance.provenance(device, runner.provenance.command_line(args), "float32"),
-              "scoring": {"n_test": settings["test_n"], "autoattack_n": settings["strong_n"],
-                          "autoattack": runner.evaluation.autoattack_version(settings)},
-              "runs": runs, "summary": stats, "bf16_table_minus_float32": table_differences(runs)}
-    if "float32" in stats:
-        report["within_float32_spread"] = {arm: within_spread(stats, arm) for arm in stats if arm != "float32"}
-    report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
-    runner.files.write_json(out, report)
+    with runner.files.merge_lock(out):  # the seeds and arms another command scored into the file stay
+        runs = joined(earlier_runs(runner.files.read_results(out), out, settings), runs)
+        stats = summary(runs)
+        report = {"experiment": name, "settings": settings, "arms": {a: ARMS[a][1] for a in runs},
+                  "seeds": sorted({int(seed) for by_seed in runs.values() for seed in by_seed}),
+                  "provenance": runner.provenance.provenance(device, runner.provenance.command_line(args), "float32"),
+                  "scoring": {"n_test": settings["test_n"], "autoattack_n": settings["strong_n"],
+                              "autoattack": runner.evaluation.autoattack_version(settings)},
+                  "runs": runs, "summary": stats, "bf16_table_minus_float32": table_differences(runs)}
+        if "float32" in stats:
+            report["within_float32_spread"] = {arm: within_spread(stats, arm) for arm in stats if arm != "float32"}
+        report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
+        runner.files.write_json(out, report)
     print(format_summary(stats))
     print(f"results written to {out}")
     return report
