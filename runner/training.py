@@ -12,7 +12,7 @@ import torch
 
 import core
 from runner.checkpoints import checked_checkpoint, kept_checkpoint, read_checkpoint, restore
-from runner.errors import UserError, failure
+from runner.errors import UserError, advice, failure
 from runner.progress import Progress, StopFlag
 from runner.provenance import GIT_AT_START, device_name
 from runner.settings import RECORDED_APART, fingerprint, lr_at, model_settings
@@ -98,9 +98,10 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
             core.save_checkpoint(path, {"fingerprint": fp, "record": record, "rng": core.rng_state(device), **recorded,
                                         **{k: m.state_dict() for k, m in modules.items()}})
         except Exception as err:  # a full disk, a read-only folder (torch says RuntimeError): atomic_write has kept the last good checkpoint
+            remedy = advice(err) if isinstance(err, OSError) else "free some space or make the folder writable"
             raise UserError(f"{name}: training reached iteration {record['iters_done']} of {s['iters']}, but {path} "
-                            f"could not be saved ({failure(err)}); {kept_checkpoint(ckpt_path)}: free some space or make "
-                            "the folder writable, and run the same command to resume") from None
+                            f"could not be saved ({failure(err)}); {kept_checkpoint(ckpt_path)}: {remedy}, and run "
+                            "the same command to resume") from None
 
     batches = make_batches()
     note_held_out(record, batches, s)

@@ -4,6 +4,7 @@ the door (a folder that cannot be written, a seed torch cannot take, a checkpoin
 score): each one stops its command with one line and exit code 2, before anything is trained or scored,
 and leaves every file that was there byte for byte as it was."""
 import json
+import errno
 import os
 import shutil
 
@@ -313,6 +314,25 @@ def test_a_failed_save_of_any_kind_keeps_the_last_good_checkpoint(user, monkeypa
                    f"{ckpt / 'A.pt'} keeps iteration 5", "reached iteration 10 of 10", trained=True)
     assert "make the folder writable" in line
     assert sorted(os.listdir(ckpt)) == ["A.pt", "A.pt.lock"]  # no temporary file left
+
+
+@pytest.mark.parametrize("code,remedy", [(errno.ENOSPC, "free some space"), (errno.EROFS, "choose a place on a writable one"),
+                                         (errno.ENAMETOOLONG, "choose a shorter name")])
+def test_a_checkpoint_that_cannot_be_saved_is_told_what_its_cause_asks(user, monkeypatch, capsys, code, remedy):
+    main, argv = train(user)
+    ckpt = user / "fresh"
+    argv[argv.index("--ckpt-dir") + 1] = str(ckpt)
+    real_save = torch.save
+
+    def fails_second_time(state, path):
+        if (ckpt / "A.pt").exists():
+            raise OSError(code, os.strerror(code), str(path))
+        real_save(state, path)
+
+    monkeypatch.setattr(torch, "save", fails_second_time)
+    line = refused(main, argv + ["--set", "ckpt_minutes=0"], user, capsys, os.strerror(code),
+                   f"{ckpt / 'A.pt'} keeps iteration 5", f"{remedy}, and run the same command to resume", trained=True)
+    assert (remedy == "free some space") == ("free some space" in line)
 
 
 # ---------------------------------------------------------------- what is recorded
