@@ -238,7 +238,8 @@ def over_training_runs(folder, files="over_training/*.json", fallback="over_trai
     """(protocol, model, seed) -> (file, model entry) of every over-training result: the per-seed files
     (default over_training/<protocol>_seed<s>.json) first, then `fallback` for what they lack; and one
     line per file or model left out, among them a seed trained otherwise than the first one read of its
-    protocol and model (a mean over seeds is a mean over seeds alone)."""
+    protocol and model (a mean over seeds is a mean over seeds alone). A copy (C', trained beside C with
+    the next seed) counts as its model (C) with its own seed."""
     per_seed, problems = load_all(folder, files)
     single, more_problems = load_all(folder, fallback) if fallback else ([], [])
     runs = {}
@@ -248,7 +249,7 @@ def over_training_runs(folder, files="over_training/*.json", fallback="over_trai
             continue
         for name, model in result.data["models"].items():
             try:
-                key = (result.protocol, name, need(model, "seed", NUMBER))
+                key = (result.protocol, name.rstrip("'"), need(model, "seed", NUMBER))
                 apart = settings_apart(model, runs, key)
             except BadResult as err:
                 problems.append(f"{result.file}: model {name} left out: {err}")

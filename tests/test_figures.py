@@ -166,6 +166,32 @@ def test_a_seed_trained_with_other_settings_is_left_out_of_the_mean_and_named(se
     assert figures.over_training_across_seeds(runs)[("paper", "C")][1000]["clean"].seeds == [0, 1]
 
 
+def test_a_copy_scored_over_training_is_its_model_with_its_own_seed(seed_files):
+    folder, _ = seed_files
+    path = folder / "over_training" / "paper_seed1.json"
+    data = json.loads(path.read_text())
+    data["models"] = {"C'": data["models"]["C"]}  # Table 1's C' (seed 1), from the folder of C (seed 0)
+    path.write_text(json.dumps(data))
+    runs, problems = figures.over_training_runs(folder)
+    assert not any("seed1" in line for line in problems) and runs[("paper", "C", 1)][0] == "over_training/paper_seed1.json"
+    assert ("paper", "B", 1) not in runs and not any("'" in name for _, name, _ in runs)
+    assert figures.over_training_across_seeds(runs)[("paper", "C")][1000]["clean"].seeds == [0, 1, 2]
+
+
+def test_the_notebook_shows_the_study_on_mnist_apart_from_fashion_mnist(seed_files, monkeypatch):
+    folder, _ = seed_files
+    (folder / "over_training.json").unlink()
+    (folder / "over_training").rename(folder / "over_training_mnist")
+    path = folder / "over_training_mnist" / "paper_seed1.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"models": {"C'": json.loads(path.read_text())["models"]["C"]}}))
+    text, _ = run_notebook(folder, monkeypatch)
+    assert "no over-training results to show across seeds (over_training/*.json)" in text
+    mnist = text[text.index("no AutoAttack on more images at the last snapshot and validation's pick (over_training/"):]
+    c_paper = mnist[mnist.index("C, paper protocol: accuracy"):]
+    assert re.search(r"\n +1000 .*   3: 0, 1, 2 \(t interval\)\n", c_paper)
+    assert "no AutoAttack on more images at the last snapshot and validation's pick (over_training_mnist/" in mnist
+
+
 def test_over_training_across_seeds_works_on_the_committed_files_and_in_the_figure(seed_files, tmp_path):
     runs, problems = figures.over_training_runs(RESULTS)
     assert problems == [] and runs[("paper", "C", 0)][0] == "over_training.json"  # seed 0 from the one-seed file
