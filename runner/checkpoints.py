@@ -7,7 +7,7 @@ import torch
 
 import core
 from runner.errors import UserError, failure
-from runner.settings import fingerprint
+from runner.settings import NEUTRAL_SETTINGS, fingerprint
 
 
 # What every checkpoint of this repository holds: (what, how to reach it, its type)
@@ -79,8 +79,18 @@ def non_finite(ckpt):
 def checked_checkpoint(path, settings, method, seed):
     """read_checkpoint, of a model trained with `settings` (its fingerprint): one a run may resume or load."""
     ckpt = read_checkpoint(path, settings.get("dataset"))
-    if ckpt["fingerprint"] != fingerprint(settings, method, seed):
-        raise UserError(f"checkpoint {path} was trained with other settings; delete it, or pass --ckpt-dir to keep both")
+    trained, expected = json.loads(ckpt["fingerprint"]), json.loads(fingerprint(settings, method, seed))
+    unknown = sorted(set(trained) - set(expected) - set(settings))
+    if unknown:
+        raise UserError(f"checkpoint {path} was trained with settings this version does not know ({', '.join(unknown)}): "
+                        "it comes from another version of this repository; resume it with that version, or pass "
+                        "--ckpt-dir to train afresh")
+    if trained != expected:
+        value = lambda fp, k: fp.get(k, NEUTRAL_SETTINGS.get(k, "none"))  # left out: at its neutral value, or unset
+        apart = [f"{k} {value(trained, k)} against {value(expected, k)}" for k in sorted(set(trained) | set(expected))
+                 if value(trained, k) != value(expected, k)]
+        raise UserError(f"checkpoint {path} was trained with other settings ({', '.join(apart)} here); delete it, "
+                        "or pass --ckpt-dir to keep both")
     return ckpt
 
 

@@ -136,6 +136,13 @@ def replaced_by(folder):
     return replace
 
 
+def from_a_newer_version(path, user):
+    """The checkpoint as a later version would write it: a setting this version does not know in its fingerprint."""
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["fingerprint"] = json.dumps(json.loads(ckpt["fingerprint"]) | {"setting_of_later": 1})
+    torch.save(ckpt, path)
+
+
 def json_of(data):
     def write(path, user):
         path.write_text(json.dumps(data))
@@ -179,9 +186,12 @@ ROWS = [
       for reader in (train, eval_only, score, over) for damage, word in BROKEN],
     *[pytest.param(reader, "ckpt/A.pt", replaced_by("fashion"), ["trained on fashion_mnist, not mnist"],
                    id=f"checkpoint-{reader.__name__}-another-dataset") for reader in (train, eval_only, score, over)],
-    *[pytest.param(reader, "ckpt/A.pt", replaced_by(other), ["trained with other settings"],
+    *[pytest.param(reader, "ckpt/A.pt", replaced_by(other), ["trained with other settings", apart],
                    id=f"checkpoint-{reader.__name__}-another-{other}")
-      for reader in (train, eval_only) for other in ("authors", "width")],
+      for reader in (train, eval_only) for other, apart in (("authors", "protocol authors against paper"),
+                                                            ("width", "g_width 8 against 4"))],
+    *[pytest.param(reader, "ckpt/A.pt", from_a_newer_version, ["does not know (setting_of_later)", "another version"],
+                   id=f"checkpoint-{reader.__name__}-newer-version") for reader in (train, eval_only)],
     pytest.param(lambda user: score(user, "--protocol", "paper"), "ckpt/A.pt", replaced_by("authors"),
                  ["trained under the authors protocol"], id="checkpoint-score-another-protocol"),
     pytest.param(train_afresh, "fresh/B.pt", bare_tensor, ["holds a Tensor"], id="checkpoint-of-a-later-model-train"),
