@@ -41,8 +41,9 @@ def wilson(accuracy, n):
     p, z2 = accuracy / 100, Z95 ** 2
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    # the interval holds the accuracy; min and max keep rounding at 0 and 100 % from moving a bound past it
-    return Interval(accuracy, min(accuracy, 100 * (centre - half)), max(accuracy, 100 * (centre + half)), f"Wilson, n {n:g}")
+    # the interval holds the accuracy and stays within [0, 100]: rounding at 0 and 100 % moves no bound past either
+    low, high = max(0.0, min(accuracy, 100 * (centre - half))), min(100.0, max(accuracy, 100 * (centre + half)))
+    return Interval(accuracy, low, high, f"Wilson, n {n:g}")
 
 
 def t_interval(mean, std, seeds, df=None):

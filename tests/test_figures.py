@@ -49,6 +49,8 @@ def test_wilson_and_t_intervals_match_known_values():
     low, high = figures.wilson(50, 10)[1:3]  # 5 of 10: the textbook's 0.2366 to 0.7634
     assert (round(low, 2), round(high, 2)) == (23.66, 76.34)
     assert figures.wilson(0, 10)[1] == 0 and round(figures.wilson(0, 10)[2], 2) == 27.75
+    # rounding at the ends: 0 of 9,984 gave a lower bound of -3e-18, printed "-0.00"; 5,000 of 5,000 one above 100
+    assert figures.wilson(0.0, 9984).low == 0.0 and figures.wilson(100.0, 5000).high == 100.0
     assert math.isnan(figures.wilson(40, None).low) and figures.wilson(40, None).basis == "n unknown"
     interval = figures.over_seeds([10.0, 12.0, 14.0], 1000)  # sd 2 over 3 seeds
     assert interval.value == 12.0 and interval.basis.startswith("t over 3 seeds")
