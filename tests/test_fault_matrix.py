@@ -69,7 +69,8 @@ NOT_APPLICABLE = {  # (entry point, fault) -> why the row does not apply
 @pytest.fixture(scope="module")
 def world(fake_mnist, fake_fashion, tmp_path_factory):  # noqa: F811 (the fixture imported above)
     """The files a user has: a checkpoint with a kept snapshot, a folder, a file, a results file of the
-    wrong shape, a results folder; `root` holds them all, and is compared before and after each row."""
+    wrong shape, a results folder; `root` holds them all, and is compared before and after each row. And
+    the fake data sets (MNIST; Fashion-MNIST, for the studies)."""
     root = tmp_path_factory.mktemp("user")
     mnist.main(QUICK + ["--models", "A", "--no-eval", "--data-dir", fake_mnist, "--ckpt-dir", str(root / "ckpt"),
                         "--set", "keep_every=5"])
@@ -168,12 +169,12 @@ def test_standard_output_closed_early_ends_as_one_line(entry, world, tmp_path):
 
 FAULTS = os.path.join(ROOT, "tests", "faults")  # its sitecustomize.py brings a fault about at a command's Nth write
 WRITES_LOG = "writes.log"
-# the command of each entry point that runs to its last write, every write into the folder `user`, which holds
-# the user's earlier files (kept/: the world's checkpoint and its snapshots), the scoring tools' input
 def scoring(w, user):
+    """What the scoring tools need: the user's checkpoint, with its snapshots (kept/, see user_folder), and data."""
     return [os.path.join(user, "kept", "A.pt"), "--dataset", "mnist", "--data-dir", w["data"]]
 
 
+# the command of each entry point that runs to its last write, every write into the folder `user`
 WRITING = {"mnist.py": lambda w, user: QUICK + ["--models", "A", "--data-dir", w["data"], "--ckpt-dir", f"{user}/ckpt",
                                                  "--out", f"{user}/mnist.json"],
            "ensemble.py": lambda w, user: QUICK + ["--datasets", "mnist", "--data-dir", w["data"], "--ckpt-dir", f"{user}/ckpt",
