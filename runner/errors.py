@@ -40,6 +40,13 @@ def advice(err):
     return ADVICE.get(err.errno, "check the path and the disk")
 
 
+def for_the_user(err):
+    """Whether `err` is one that exit_on_error ends as the user's to fix (a UserError, a failed file operation
+    of a cause in ADVICE), rather than a failure of the work under way: code that carries on past failures
+    (one measurement of several) lets these through."""
+    return isinstance(err, UserError) or (isinstance(err, OSError) and err.errno in ADVICE)
+
+
 def kind_name(kind):
     """How a message names the values of a type: "an integer", not "a int"."""
     return {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(kind, f"a {kind.__name__}")

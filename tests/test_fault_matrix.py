@@ -1,9 +1,14 @@
 """Every entry point found in the tree (the top-level scripts, every tools/*.py, notebooks/figures.py)
 crossed with the faults a user meets at its doors: an --out that is a folder, that lies under a file,
 whose name is too long once atomic_write's temporary suffix is added, or that is read-only, an --out
-(or, for figures.py, a results file) of the wrong shape, and standard output closed early. Each row
-runs the command as a user does and asserts its exit status, one line on stderr naming the fault and
-no traceback, and that every file there before is byte for byte the same. A new tool is a new row."""
+(or, for figures.py, a results file) of the wrong shape, and standard output closed early; and with the
+faults that meet it at its writes, brought about in its own process (tests/faults/sitecustomize.py): a
+disk that fills at its first write, at its first write into each other folder and at its last (not at
+each of its writes: later_writes says why), and Ctrl-C at its first write. Each row runs the command as
+a user does and asserts its exit status, one line on stderr naming the fault (after any progress lines)
+and no traceback, and that every file there before is byte for byte the same; a write stopped leaves no
+torn file and no temporary one, and the same command again ends well: after the first write's fault
+every command, after every fault the training scripts, which resume. A new tool is a new row."""
 import glob
 import json
 import os
@@ -15,8 +20,9 @@ import pytest
 
 import mnist
 from conftest import ROOT
+from test_precision_study import fake_fashion  # noqa: F401 (a fixture: Fashion-MNIST for the studies)
 
-pytestmark = pytest.mark.slow  # about 60 commands, each a few seconds
+pytestmark = pytest.mark.slow  # about 130 commands, each a few seconds
 
 
 def entry_points():
@@ -61,9 +67,10 @@ NOT_APPLICABLE = {  # (entry point, fault) -> why the row does not apply
 
 
 @pytest.fixture(scope="module")
-def world(fake_mnist, tmp_path_factory):
+def world(fake_mnist, fake_fashion, tmp_path_factory):  # noqa: F811 (the fixture imported above)
     """The files a user has: a checkpoint with a kept snapshot, a folder, a file, a results file of the
-    wrong shape, a results folder; `root` holds them all, and is compared before and after each row."""
+    wrong shape, a results folder; `root` holds them all, and is compared before and after each row. And
+    the fake data sets (MNIST; Fashion-MNIST, for the studies)."""
     root = tmp_path_factory.mktemp("user")
     mnist.main(QUICK + ["--models", "A", "--no-eval", "--data-dir", fake_mnist, "--ckpt-dir", str(root / "ckpt"),
                         "--set", "keep_every=5"])
@@ -76,9 +83,9 @@ def world(fake_mnist, tmp_path_factory):
     read_only = unwritable_folder() or str(root / "read-only")
     if not unwritable_folder():
         os.mkdir(read_only, 0o555)
-    return {"root": str(root), "ckpt": str(root / "ckpt" / "A.pt"), "data": fake_mnist, "folder": str(root / "folder"),
-            "file": str(root / "a-file"), "wrong_shape": str(root / "wrong.json"), "results": str(root / "results"),
-            "read_only": read_only}
+    return {"root": str(root), "ckpt": str(root / "ckpt" / "A.pt"), "data": fake_mnist, "fashion": fake_fashion,
+            "folder": str(root / "folder"), "file": str(root / "a-file"), "wrong_shape": str(root / "wrong.json"),
+            "results": str(root / "results"), "read_only": read_only}
 
 
 def tree(root):
@@ -87,8 +94,12 @@ def tree(root):
             if not f.endswith(".lock")}  # a lock file is emptied by its holder, by design
 
 
-def run(entry, argv, cwd, stdout=subprocess.DEVNULL):
+def run(entry, argv, cwd, stdout=subprocess.DEVNULL, fault=None):
+    """The command as a user runs it; with `fault` ("enospc:N", "sigint:N" or "count"), tests/faults/sitecustomize.py
+    brings it about at the Nth file write."""
     env = os.environ | {"PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    if fault:
+        env |= {"PYTHONPATH": os.pathsep.join([FAULTS, ROOT]), "FAULT_AT_WRITE": fault, "FAULT_LOG": os.path.join(cwd, WRITES_LOG)}
     return subprocess.run([sys.executable, os.path.join(ROOT, entry), *argv], cwd=cwd, env=env, stdout=stdout,
                           stderr=subprocess.PIPE, text=True, timeout=300)
 
@@ -154,3 +165,128 @@ def test_standard_output_closed_early_ends_as_one_line(entry, world, tmp_path):
         os.close(write)
     assert_one_line(result, 141, "standard output was closed early")
     assert tree(world["ckpt"].rsplit("/", 1)[0]) == before
+
+
+FAULTS = os.path.join(ROOT, "tests", "faults")  # its sitecustomize.py brings a fault about at a command's Nth write
+WRITES_LOG = "writes.log"
+def scoring(w, user):
+    """What the scoring tools need: the user's checkpoint, with its snapshots (kept/, see user_folder), and data."""
+    return [os.path.join(user, "kept", "A.pt"), "--dataset", "mnist", "--data-dir", w["data"]]
+
+
+# the command of each entry point that runs to its last write, every write into the folder `user`
+WRITING = {"mnist.py": lambda w, user: QUICK + ["--models", "A", "--data-dir", w["data"], "--ckpt-dir", f"{user}/ckpt",
+                                                 "--out", f"{user}/mnist.json"],
+           "ensemble.py": lambda w, user: QUICK + ["--datasets", "mnist", "--data-dir", w["data"], "--ckpt-dir", f"{user}/ckpt",
+                                                    "--out", f"{user}/ensemble.json"],
+           "evaluate.py": lambda w, user: scoring(w, user) + ["--gpu", "cpu", "--out", f"{user}/evaluation.json"],
+           "tools/over_training.py": lambda w, user: scoring(w, user) + QUICK + [
+               "--eval-n", "32", "--set", "strong_n=8", "--out", f"{user}/over_training.json"],
+           "tools/ablation_study.py": lambda w, user: QUICK + ["--data-dir", w["fashion"], "--ckpt-dir", f"{user}/ckpt", "--arms",
+                                                               "paper", "--seeds", "0", "--set", "g_steps=1", "--eval-n", "32",
+                                                               "--set", "strong_n=16", "--out", f"{user}/ablation.json"],
+           "tools/precision_study.py": lambda w, user: QUICK + ["--data-dir", w["fashion"], "--ckpt-dir", f"{user}/ckpt", "--arms",
+                                                                "float32", "--seeds", "0", "--eval-n", "32", "--set", "strong_n=16",
+                                                                "--out", f"{user}/precision.json"],
+           "tools/bench.py": lambda w, user: QUICK + ["--set", "iters=1", "--set", "warmup=0", "--out", f"{user}/bench.json"],
+           "tools/gpu_check.py": lambda w, user: QUICK + ["--set", "budget=1", "--out", f"{user}/gpu_check.json"],
+           FIGURES: lambda w, user: ["--results", os.path.join(ROOT, "results"), "--out", f"{user}/figures"]}
+REFUSED_FAKE_DATA = ("its data set (SVHN, CIFAR) is checked against its MD5 sums, which fake files pass only within the "
+                     "test's own process; it trains and writes through runner.running and core.atomic_write, as mnist.py does")
+WRITE_FAULTS = {  # fault -> (FAULT_AT_WRITE's kind, the exit status, what the one line holds)
+    "disk full at its first write": ("enospc", 2, ["error: ", "No space left on device", "free some space"]),
+    "disk full at the first write into each other folder and at its last": ("enospc", 2, ["error: ", "No space left on device",
+                                                                                     "free some space"]),
+    "Ctrl-C at its first write": ("sigint", 130, ["interrupted: ", "run the same command to resume"])}
+NOT_APPLICABLE |= {(entry, fault): REFUSED_FAKE_DATA for entry in ("cifar10.py", "cifar100.py", "svhn.py", "generators_study.py")
+                   for fault in WRITE_FAULTS}
+WRITE_ROWS = [(entry, fault) for entry in ENTRY_POINTS for fault in WRITE_FAULTS]
+TRAINING = {"mnist.py", "ensemble.py", "tools/ablation_study.py", "tools/precision_study.py"}  # they resume what a fault kept
+counted_writes = {}  # entry point -> the files a whole run of its WRITING command writes, in order
+
+
+def fault_shim():
+    """tests/faults/sitecustomize.py as a module (inert here: no FAULT_AT_WRITE in this process), for what it writes."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("fault_shim", os.path.join(FAULTS, "sitecustomize.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def torn_or_left_behind(folder):
+    """The files under `folder` that a failed write left torn under their own name, or left behind (a temporary file)."""
+    torn = fault_shim().TORN
+    return [path for path, data in tree(folder).items()
+            if data == torn or ".tmp" in os.path.basename(path) or path.endswith(".partial")]
+
+
+def user_folder(world, folder):
+    """`folder`/user, holding the user's earlier files (a copy of the world's checkpoint folder) on first use."""
+    user = os.path.join(folder, "user")
+    if not os.path.exists(user):
+        shutil.copytree(os.path.dirname(world["ckpt"]), os.path.join(user, "kept"))
+    return user
+
+
+def run_writing(entry, world, folder, fault=None):
+    """The entry point's WRITING command, run in `folder` with its files in `folder`/user; its result."""
+    return run(entry, WRITING[entry](world, user_folder(world, folder)), cwd=str(folder), fault=fault)
+
+
+def run_again(entry, world, folder):
+    """The same command without the fault: it ends well (it resumes what was kept); the files it wrote, in order."""
+    log = os.path.join(folder, WRITES_LOG)
+    if os.path.exists(log):
+        os.remove(log)
+    result = run_writing(entry, world, folder, fault="count")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    with open(log) as f:
+        return f.read().splitlines()
+
+
+def writes_of(entry, world, folder):
+    """What a whole run of `entry` writes, in order: counted once, by the first-write row or here."""
+    if entry not in counted_writes:
+        counted_writes[entry] = run_again(entry, world, folder)
+    return counted_writes[entry]
+
+
+def later_writes(writes):
+    """The numbers (from 1) of the first write into each folder but the first one's, and of the last write: a
+    new file torn at its first write, or one that a run keeps rewriting, replaced by less at its last. The
+    other files of a folder are more of one kind (checkpoints, AutoAttack states, figures), written the same
+    way; every write, each a few seconds of a quick run, would make this matrix many minutes longer."""
+    firsts = {os.path.dirname(path): n for n, path in reversed(list(enumerate(writes, 1)))}
+    return sorted((set(firsts.values()) | {len(writes)}) - {1})
+
+
+def assert_stops_at_the_write(entry, fault, at, world, folder):
+    """The command with the fault at write `at`: one line naming its cause, the user's files unchanged,
+    nothing torn or left behind."""
+    kind, status, fragments = WRITE_FAULTS[fault]
+    before = tree(world["root"]) | tree(user_folder(world, folder))
+    result = run_writing(entry, world, folder, fault=f"{kind}:{at}")
+    assert result.returncode == status and "Traceback" not in result.stderr, (at, result.stderr[-2000:])
+    said = [line for line in result.stderr.splitlines() if line.startswith(("error", "interrupted", "stopped", "warning"))]
+    assert len(said) == 1 and said[0] == result.stderr.strip().splitlines()[-1], (at, result.stderr[-2000:])
+    assert all(fragment in said[0] for fragment in fragments), (at, said[0])
+    assert said[0].startswith(fragments[0]), said[0]
+    after = tree(world["root"]) | tree(folder)
+    assert {path: after.get(path) for path in before} == before and torn_or_left_behind(folder) == [], at
+
+
+@pytest.mark.parametrize("entry,fault", WRITE_ROWS, ids=[f"{e}: {f}" for e, f in WRITE_ROWS])
+def test_a_full_disk_or_ctrl_c_at_a_write_ends_as_one_line_and_leaves_every_file_whole(entry, fault, world, tmp_path):
+    if (entry, fault) in NOT_APPLICABLE:
+        pytest.skip(NOT_APPLICABLE[(entry, fault)])
+    first = fault == "disk full at its first write"  # which leaves nothing to resume: run again, it counts a whole run's writes
+    due = [1] if first or fault == "Ctrl-C at its first write" else later_writes(writes_of(entry, world, tmp_path / "counted"))
+    if not due:
+        pytest.skip(f"{entry} writes one file once: the first-write row is its only one")
+    for at in due:
+        assert_stops_at_the_write(entry, fault, at, world, tmp_path / f"write{at}")
+        if first or entry in TRAINING:  # they resume; the other commands only start again, as the first-write row shows
+            writes = run_again(entry, world, tmp_path / f"write{at}")
+    if first:
+        counted_writes[entry] = writes

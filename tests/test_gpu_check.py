@@ -1,6 +1,8 @@
 """gpu_check.py, the one prepared GPU acceptance run: its --quick run on the CPU (every section, the CUDA-only
 parts skipped with a note), its budget, and the verdicts and defaults it derives from measurements."""
+import errno
 import json
+import os
 import textwrap
 
 import pytest
@@ -8,6 +10,7 @@ import torch
 
 import core
 import gpu_check
+import runner.errors
 import runner.files
 
 CPU = torch.device("cpu")
@@ -76,6 +79,19 @@ def test_a_spent_budget_skips_the_later_parts_and_measurements_with_a_note(tmp_p
     assert report["slow"]["first"] == {"done": True} and report["slow"]["second"] == {"skipped": gpu_check.SPENT}
     assert report["later"]["skipped"] == gpu_check.SPENT
     assert report["verdicts"]["later"]["verdict"] == "not run"
+
+
+@pytest.mark.parametrize("error", [runner.errors.UserError("results.json not written (No space left on device)"),
+                                   OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "results.json")])
+def test_a_failed_save_within_a_measurement_stops_the_run_and_is_not_recorded_as_the_measurement(error, tmp_path):
+    run = gpu_check.Run(CPU, gpu_check.SETTINGS, True, str(tmp_path / "check.json"), "test")
+
+    def saves(run, result):
+        raise error
+    assert run.attempt(lambda: 1 / 0)["error"].startswith("ZeroDivisionError")  # a failed measurement: noted, the run goes on
+    with pytest.raises(type(error)):
+        gpu_check.run_parts(run, [("saves", saves, lambda result, settings: {})])
+    assert not (tmp_path / "check.json").exists()
 
 
 def test_with_no_budget_the_file_still_has_every_section_and_keeps_the_defaults_off(tmp_path):

@@ -111,7 +111,9 @@ class Run:
             return {"skipped": SPENT}
         try:
             result = work()
-        except Exception as err:  # one failed measurement must not cost the others
+        except Exception as err:  # one failed measurement must not cost the others; a full disk at a save stops them all
+            if runner.errors.for_the_user(err):
+                raise
             result = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
         return result
 
