@@ -307,8 +307,9 @@ def test_eval_only_with_nothing_to_score_keeps_the_results(keep, user, capsys):
     refused(main, argv, user, capsys, "nothing to evaluate", folder, "mnist.json is left as it is")
 
 
-def test_a_failed_save_of_any_kind_keeps_the_last_good_checkpoint(user, monkeypatch, capsys):
-    """torch.save into a read-only or vanished folder raises RuntimeError, not OSError."""
+def second_save_fails(user, monkeypatch, error):
+    """Training A into a fresh folder, its checkpoint saved at every logging step, where the second save
+    raises error(path): (main, argv, the folder)."""
     main, argv = train(user)
     ckpt = user / "fresh"
     argv[argv.index("--ckpt-dir") + 1] = str(ckpt)
@@ -316,11 +317,17 @@ def test_a_failed_save_of_any_kind_keeps_the_last_good_checkpoint(user, monkeypa
 
     def fails_second_time(state, path):
         if (ckpt / "A.pt").exists():
-            raise RuntimeError(f"File {path} cannot be opened.")
+            raise error(path)
         real_save(state, path)
 
     monkeypatch.setattr(torch, "save", fails_second_time)
-    line = refused(main, argv + ["--set", "ckpt_minutes=0"], user, capsys, "RuntimeError: File", "cannot be opened",
+    return main, argv + ["--set", "ckpt_minutes=0"], ckpt
+
+
+def test_a_failed_save_of_any_kind_keeps_the_last_good_checkpoint(user, monkeypatch, capsys):
+    """torch.save into a read-only or vanished folder raises RuntimeError, not OSError."""
+    main, argv, ckpt = second_save_fails(user, monkeypatch, lambda path: RuntimeError(f"File {path} cannot be opened."))
+    line = refused(main, argv, user, capsys, "RuntimeError: File", "cannot be opened",
                    f"{ckpt / 'A.pt'} keeps iteration 5", "reached iteration 10 of 10", trained=True)
     assert "make the folder writable" in line
     assert sorted(os.listdir(ckpt)) == ["A.pt", "A.pt.lock"]  # no temporary file left
@@ -329,18 +336,8 @@ def test_a_failed_save_of_any_kind_keeps_the_last_good_checkpoint(user, monkeypa
 @pytest.mark.parametrize("code,remedy", [(errno.ENOSPC, "free some space"), (errno.EROFS, "choose a place on a writable one"),
                                          (errno.ENAMETOOLONG, "choose a shorter name")])
 def test_a_checkpoint_that_cannot_be_saved_is_told_what_its_cause_asks(user, monkeypatch, capsys, code, remedy):
-    main, argv = train(user)
-    ckpt = user / "fresh"
-    argv[argv.index("--ckpt-dir") + 1] = str(ckpt)
-    real_save = torch.save
-
-    def fails_second_time(state, path):
-        if (ckpt / "A.pt").exists():
-            raise OSError(code, os.strerror(code), str(path))
-        real_save(state, path)
-
-    monkeypatch.setattr(torch, "save", fails_second_time)
-    line = refused(main, argv + ["--set", "ckpt_minutes=0"], user, capsys, os.strerror(code),
+    main, argv, ckpt = second_save_fails(user, monkeypatch, lambda path: OSError(code, os.strerror(code), str(path)))
+    line = refused(main, argv, user, capsys, os.strerror(code),
                    f"{ckpt / 'A.pt'} keeps iteration 5", f"{remedy}, and run the same command to resume", trained=True)
     assert (remedy == "free some space") == ("free some space" in line)
 
