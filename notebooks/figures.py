@@ -537,6 +537,8 @@ def save(fig, path):
     try:
         fig.savefig(partial, format="png", dpi=100)
         os.replace(partial, path)
+    except OSError as err:  # named for the figure the user asked for, not for the temporary file
+        raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         plt.close(fig)
         partial.unlink(missing_ok=True)

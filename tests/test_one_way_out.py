@@ -122,8 +122,9 @@ def test_a_figure_that_cannot_be_written_leaves_no_partial_file(out_dir, monkeyp
     import matplotlib.figure
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
     (out_dir / "accuracy.png").write_bytes(b"the reader's figure")
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as err:
         figures.save(figures.plt.figure(), out_dir / "accuracy.png")
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(out_dir / "accuracy.png")  # not the .partial
     assert [p.name for p in out_dir.iterdir()] == ["accuracy.png"] and (out_dir / "accuracy.png").read_bytes() == b"the reader's figure"
 
 
