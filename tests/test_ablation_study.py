@@ -120,6 +120,14 @@ def test_a_second_identical_run_trains_and_scores_nothing_and_a_changed_model_is
     assert again["runs"]["gamma_sign"]["0"]["fingerprint"] == first["runs"]["gamma_sign"]["0"]["fingerprint"]
 
 
+def test_val_from_unused_takes_the_split_from_the_images_before_train_from(fake_fashion, tmp_path):  # noqa: F811
+    # the split comes as a fifth item of mnist.training_data: a study that unpacked four could not run with it
+    ablation_study.main(options(fake_fashion, tmp_path, "--arms", "paper", "--no-eval", "--set", "train_from=40",
+                                "--set", "val_from=unused"))
+    record = core.load_checkpoint(ablation_study.checkpoint(tmp_path, "paper", 0))["record"]
+    assert record["held_out"] == {"val_n": 32, "val_from": "unused", "train_n": 256 - 40}
+
+
 def test_an_unknown_arm_is_one_line_and_exit_2():
     run = subprocess.run([sys.executable, TOOL, "--arms", "paper,bogus"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr

@@ -230,7 +230,7 @@ def main(argv=None):
         runner.files.check_out_file(args.out)
         earlier_file(args.out, args.name)
     device = runner.cli.pick_device(args.gpu)
-    train_x, train_y, test_x, test_y = mnist.training_from(mnist.load_data(args.data_dir, fashion=True), settings["train_from"])
+    train_x, train_y, test_x, test_y, *unused = mnist.training_data(args.data_dir, True, settings)
     scoring = scoring_of(settings, len(test_x))
     header = {"experiment": args.name, "settings": settings, "scoring": scoring,
               "provenance": runner.provenance.provenance(device, runner.provenance.command_line(args), settings["precision"])}
@@ -245,7 +245,7 @@ def main(argv=None):
             continue
         path = checkpoint(args.ckpt_dir, arm, seed)
         D, _, record = runner.training.prepare_model(f"C {arm} seed {seed}", "advnet", seed, trained_with[arm], mnist.build_D,
-                                                mnist.build_G, lambda: (train_x, train_y), device, path, not args.eval_only,
+                                                mnist.build_G, lambda: (train_x, train_y, *unused), device, path, not args.eval_only,
                                                 later=later[arm, seed])
         if record["iters_done"] < settings["iters"]:
             print(f"{label}: {record['iters_done']} of {settings['iters']} iterations in {path}, not scored", flush=True)
