@@ -176,6 +176,11 @@ def read_entries(out, protocol):
     if report.get("protocol", "paper") != protocol:  # files older than the protocols are the paper's
         raise runner.errors.UserError(f"{out} holds results of the {report.get('protocol', 'paper')} protocol, not "
                                    f"{protocol}; pass another --out")
+    for dataset, entry in entries.items():
+        problem = runner.files.shape_problem(entry)
+        if problem:
+            raise runner.errors.UserError(f"{out} is damaged (datasets.{dataset}: {problem}); move it away, or pass "
+                                          "another --out")
     return entries
 
 

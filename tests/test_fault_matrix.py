@@ -3,12 +3,12 @@ crossed with the faults a user meets at its doors: an --out that is a folder, th
 whose name is too long once atomic_write's temporary suffix is added, or that is read-only, an --out
 (or, for figures.py, a results file) of the wrong shape, and standard output closed early; and with the
 faults that meet it at its writes, brought about in its own process (tests/faults/sitecustomize.py): a
-disk that fills at its first write, at its first write into each other folder and at its last (not at
-each of its writes: later_writes says why), and Ctrl-C at its first write. Each row runs the command as
-a user does and asserts its exit status, one line on stderr naming the fault (after any progress lines)
-and no traceback, and that every file there before is byte for byte the same; a write stopped leaves no
-torn file and no temporary one, and the same command again ends well: after the first write's fault
-every command, after every fault the training scripts, which resume. A new tool is a new row."""
+disk that fills at each of its writes, and Ctrl-C at its first write. Each row runs the command as a user
+does and asserts its exit status, one line on stderr naming the fault (after any progress lines) and no
+traceback, and that every file there before is byte for byte the same; a write stopped leaves no torn
+file and no temporary one, and the same command again ends well: after a closed stdout and the first
+write's fault every command, and the training scripts, which resume, after the faults resumed_after
+names. A new tool is a new row."""
 import glob
 import json
 import os
@@ -145,28 +145,6 @@ def closed_stdout():
     return write
 
 
-# what reaches its first line on stdout before any long work, with the fake data; the other commands print
-# only after training or scoring (their way out is the same exit_on_error, which the rows above hold them to)
-FIRST_LINE_SOON = {"mnist.py": lambda w: QUICK + ["--models", "A", "--data-dir", w["data"], "--ckpt-dir", w["root"] + "/ckpt2"],
-                   "evaluate.py": NEEDS["evaluate.py"],
-                   "tools/gpu_check.py": lambda w: QUICK + ["--set", "budget=1"],
-                   FIGURES: lambda w: ["--results", os.path.join(ROOT, "results")]}
-
-
-@pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_standard_output_closed_early_ends_as_one_line(entry, world, tmp_path):
-    if entry not in FIRST_LINE_SOON:
-        pytest.skip("its first line on stdout comes only after training or scoring")
-    before = tree(world["ckpt"].rsplit("/", 1)[0])
-    write = closed_stdout()
-    try:
-        result = run(entry, FIRST_LINE_SOON[entry](world) + ["--out", str(tmp_path / "out")], cwd=str(tmp_path), stdout=write)
-    finally:
-        os.close(write)
-    assert_one_line(result, 141, "standard output was closed early")
-    assert tree(world["ckpt"].rsplit("/", 1)[0]) == before
-
-
 FAULTS = os.path.join(ROOT, "tests", "faults")  # its sitecustomize.py brings a fault about at a command's Nth write
 WRITES_LOG = "writes.log"
 def scoring(w, user):
@@ -195,8 +173,7 @@ REFUSED_FAKE_DATA = ("its data set (SVHN, CIFAR) is checked against its MD5 sums
                      "test's own process; it trains and writes through runner.running and core.atomic_write, as mnist.py does")
 WRITE_FAULTS = {  # fault -> (FAULT_AT_WRITE's kind, the exit status, what the one line holds)
     "disk full at its first write": ("enospc", 2, ["error: ", "No space left on device", "free some space"]),
-    "disk full at the first write into each other folder and at its last": ("enospc", 2, ["error: ", "No space left on device",
-                                                                                     "free some space"]),
+    "disk full at each later write": ("enospc", 2, ["error: ", "No space left on device", "free some space"]),
     "Ctrl-C at its first write": ("sigint", 130, ["interrupted: ", "run the same command to resume"])}
 NOT_APPLICABLE |= {(entry, fault): REFUSED_FAKE_DATA for entry in ("cifar10.py", "cifar100.py", "svhn.py", "generators_study.py")
                    for fault in WRITE_FAULTS}
@@ -241,6 +218,8 @@ def run_again(entry, world, folder):
         os.remove(log)
     result = run_writing(entry, world, folder, fault="count")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    if not os.path.exists(log):
+        return []  # it found everything done: nothing to write
     with open(log) as f:
         return f.read().splitlines()
 
@@ -252,13 +231,22 @@ def writes_of(entry, world, folder):
     return counted_writes[entry]
 
 
-def later_writes(writes):
-    """The numbers (from 1) of the first write into each folder but the first one's, and of the last write: a
-    new file torn at its first write, or one that a run keeps rewriting, replaced by less at its last. The
-    other files of a folder are more of one kind (checkpoints, AutoAttack states, figures), written the same
-    way; every write, each a few seconds of a quick run, would make this matrix many minutes longer."""
+def resumed_after(writes):
+    """The numbers (from 1) of the writes after whose fault a training script is also run again: the first
+    into each folder but the first one's, and the last. The writes between are more of one kind (checkpoints,
+    AutoAttack states), each resumed from as the first of its kind is; running again after every one would
+    add minutes to this matrix and no new case."""
     firsts = {os.path.dirname(path): n for n, path in reversed(list(enumerate(writes, 1)))}
-    return sorted((set(firsts.values()) | {len(writes)}) - {1})
+    return (set(firsts.values()) | {len(writes)}) - {1}
+
+
+def assert_ends_with_one_line(result, status, fragments, at=None):
+    """The exit status, no traceback, and after any progress lines one line that begins with fragments[0] and
+    holds the others: the only one that says what stopped the command."""
+    assert result.returncode == status and "Traceback" not in result.stderr, (at, result.stderr[-2000:])
+    said = [line for line in result.stderr.splitlines() if line.startswith(("error", "interrupted", "stopped", "warning"))]
+    assert len(said) == 1 and said[0] == result.stderr.strip().splitlines()[-1], (at, result.stderr[-2000:])
+    assert said[0].startswith(fragments[0]) and all(fragment in said[0] for fragment in fragments), (at, said[0])
 
 
 def assert_stops_at_the_write(entry, fault, at, world, folder):
@@ -266,12 +254,7 @@ def assert_stops_at_the_write(entry, fault, at, world, folder):
     nothing torn or left behind."""
     kind, status, fragments = WRITE_FAULTS[fault]
     before = tree(world["root"]) | tree(user_folder(world, folder))
-    result = run_writing(entry, world, folder, fault=f"{kind}:{at}")
-    assert result.returncode == status and "Traceback" not in result.stderr, (at, result.stderr[-2000:])
-    said = [line for line in result.stderr.splitlines() if line.startswith(("error", "interrupted", "stopped", "warning"))]
-    assert len(said) == 1 and said[0] == result.stderr.strip().splitlines()[-1], (at, result.stderr[-2000:])
-    assert all(fragment in said[0] for fragment in fragments), (at, said[0])
-    assert said[0].startswith(fragments[0]), said[0]
+    assert_ends_with_one_line(run_writing(entry, world, folder, fault=f"{kind}:{at}"), status, fragments, at)
     after = tree(world["root"]) | tree(folder)
     assert {path: after.get(path) for path in before} == before and torn_or_left_behind(folder) == [], at
 
@@ -281,12 +264,88 @@ def test_a_full_disk_or_ctrl_c_at_a_write_ends_as_one_line_and_leaves_every_file
     if (entry, fault) in NOT_APPLICABLE:
         pytest.skip(NOT_APPLICABLE[(entry, fault)])
     first = fault == "disk full at its first write"  # which leaves nothing to resume: run again, it counts a whole run's writes
-    due = [1] if first or fault == "Ctrl-C at its first write" else later_writes(writes_of(entry, world, tmp_path / "counted"))
+    writes = [] if first or fault == "Ctrl-C at its first write" else writes_of(entry, world, tmp_path / "counted")
+    due = range(2, len(writes) + 1) if writes else [1]
     if not due:
         pytest.skip(f"{entry} writes one file once: the first-write row is its only one")
     for at in due:
         assert_stops_at_the_write(entry, fault, at, world, tmp_path / f"write{at}")
-        if first or entry in TRAINING:  # they resume; the other commands only start again, as the first-write row shows
-            writes = run_again(entry, world, tmp_path / f"write{at}")
+        if first or (entry in TRAINING and at in resumed_after(writes)):  # the other commands only start again,
+            again = run_again(entry, world, tmp_path / f"write{at}")       # as the first-write row shows
     if first:
-        counted_writes[entry] = writes
+        counted_writes[entry] = again
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_standard_output_closed_early_ends_as_one_line_and_the_same_command_ends_well(entry, world, tmp_path):
+    if entry not in WRITING:
+        pytest.skip(REFUSED_FAKE_DATA)
+    folder = tmp_path / "closed"
+    before = tree(world["root"]) | tree(user_folder(world, folder))
+    write = closed_stdout()
+    try:
+        result = run(entry, WRITING[entry](world, user_folder(world, folder)), cwd=str(folder), stdout=write)
+    finally:
+        os.close(write)
+    assert_ends_with_one_line(result, 141, ["stopped: ", "standard output was closed early"])
+    after = tree(world["root"]) | tree(folder)
+    assert {path: after.get(path) for path in before} == before and torn_or_left_behind(folder) == []
+    run_again(entry, world, folder)  # what it had done is kept, or done again: nothing stands in the way
+
+
+# where each entry point's own results file holds an accuracy that it reads back when it merges into the file
+ACCURACY_IN_OUT = {"mnist.py": ["table", "A", "clean"], "ensemble.py": ["datasets", "mnist", "table", "C", "clean"],
+                   "evaluate.py": ["table", "model", "clean"],
+                   "tools/over_training.py": ["models", "A", "snapshots", 0, "accuracy", "clean"],
+                   "tools/ablation_study.py": ["runs", "paper", "0", "scores", "clean"],
+                   "tools/precision_study.py": ["runs", "float32", "0", "float32", "clean"]}
+NO_ACCURACY_READ = "its results hold timings and verdicts, no accuracy that it reads back"
+NOT_APPLICABLE |= {("tools/bench.py", "out with an accuracy"): NO_ACCURACY_READ,
+                   ("tools/gpu_check.py", "out with an accuracy"): NO_ACCURACY_READ,
+                   (FIGURES, "out with an accuracy"): "figures.py reads no --out; its results files have the row below"}
+NOT_APPLICABLE |= {(entry, "out with an accuracy"): REFUSED_FAKE_DATA
+                   for entry in ("cifar10.py", "cifar100.py", "svhn.py", "generators_study.py")}
+OUT_OF_RANGE = [150, float("inf"), -1]
+
+
+def damaged(report, where, value):
+    """`report` with the number at `where` (keys and indices) set to `value`."""
+    report = json.loads(json.dumps(report))
+    part = report
+    for key in where[:-1]:
+        part = part[key]
+    part[where[-1]] = value
+    return report
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_an_out_holding_an_accuracy_out_of_range_is_named_and_refused_and_kept(entry, world, tmp_path):
+    if (entry, "out with an accuracy") in NOT_APPLICABLE:
+        pytest.skip(NOT_APPLICABLE[(entry, "out with an accuracy")])
+    argv = WRITING[entry](world, user_folder(world, tmp_path / "whole"))
+    out = argv[argv.index("--out") + 1]
+    run_again(entry, world, tmp_path / "whole")
+    written = json.loads(open(out).read())
+    for value in OUT_OF_RANGE:
+        folder = tmp_path / f"value{value}"
+        user = user_folder(world, folder)
+        damaged_out = out.replace(str(tmp_path / "whole" / "user"), user)
+        with open(damaged_out, "w") as f:
+            json.dump(damaged(written, ACCURACY_IN_OUT[entry], value), f)
+        before = tree(world["root"]) | tree(user)
+        result = run_writing(entry, world, folder)
+        assert_ends_with_one_line(result, 2, ["error: ", os.path.basename(damaged_out), f"clean={value}",
+                                              "not an accuracy in [0, 100]"], value)
+        assert tree(world["root"]) | tree(folder) == before, value  # nothing written, nothing trained
+
+
+@pytest.mark.parametrize("value", OUT_OF_RANGE)
+def test_figures_names_a_results_file_with_an_accuracy_out_of_range_and_draws_the_others(value, world, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(os.path.join(ROOT, "results"), results)
+    report = json.loads((results / "fashion_mnist.json").read_text())
+    (results / "fashion_mnist.json").write_text(json.dumps(damaged(report, ["table", "A", "clean"], value)))
+    result = run(FIGURES, ["--results", str(results), "--out", str(tmp_path / "figures")], cwd=str(tmp_path))
+    assert_one_line(result, 2, f"accuracy.png not drawn: fashion_mnist.json: not shown: 'table.A.clean' is {value}, "
+                               "not an accuracy in [0, 100]")
+    assert sorted(os.listdir(tmp_path / "figures")) == sorted(set(figures_drawn()) - {"accuracy.png"})

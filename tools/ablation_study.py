@@ -119,7 +119,7 @@ def earlier_runs(out, name, settings, scoring):
 
 def earlier_file(out, name):
     """The parsed results file `out`, or None where there is none yet, checked where it enters to be this
-    study's and of its shape (well_formed): the check that needs no data, made before they are loaded."""
+    study's and of its shape (shape_problem): the check that needs no data, made before they are loaded."""
     earlier = runner.files.read_results(out)
     if earlier is None:
         return None
@@ -127,19 +127,25 @@ def earlier_file(out, name):
     if found != name:
         raise runner.errors.UserError(f"{out} is not a results file of {name} (it holds {found or 'something else'}): "
                                    "pass another --out")
-    if not well_formed(earlier):
-        raise runner.errors.UserError(f"{out} is damaged (not settings, scoring and arm -> seed -> scores, each an "
-                                      "accuracy in [0, 100]): move it away, or pass another --out")
+    problem = shape_problem(earlier)
+    if problem:
+        raise runner.errors.UserError(f"{out} is damaged ({problem}): move it away, or pass another --out")
     return earlier
 
 
-def well_formed(report):
-    """A results file of this tool's shape: its settings, scoring and arm -> seed -> entry with scores."""
-    entries = lambda runs: [e for by_seed in runs.values() if isinstance(by_seed, dict) for e in by_seed.values()]
-    return (isinstance(report, dict) and isinstance(report.get("settings"), dict) and isinstance(report.get("scoring"), dict)
-            and isinstance(report.get("runs"), dict) and all(isinstance(r, dict) for r in report["runs"].values())
-            and all(isinstance(e, dict) and {"fingerprint", "scores"} <= set(e) and not runner.files.out_of_range(e["scores"], SCORES)
-                    for e in entries(report["runs"])))
+def shape_problem(report):
+    """What keeps a results file from this tool's shape (its settings, scoring and arm -> seed -> entry with
+    scores, each an accuracy in [0, 100]), or None."""
+    if not all(isinstance(report.get(key), dict) for key in ("settings", "scoring", "runs")):
+        return "not settings, scoring and runs, each an object"
+    for arm, by_seed in report["runs"].items():
+        for seed, entry in by_seed.items() if isinstance(by_seed, dict) else [("", None)]:
+            if not (isinstance(entry, dict) and {"fingerprint", "scores"} <= set(entry)):
+                return f"'runs.{arm}.{seed}' is not an entry with a fingerprint and scores"
+            wrong = runner.files.out_of_range(entry["scores"], SCORES)
+            if wrong:
+                return f"'runs.{arm}.{seed}.scores' holds {wrong}, not an accuracy in [0, 100]"
+    return None
 
 
 def reusable(runs, arm, seed, fingerprint):
