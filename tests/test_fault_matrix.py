@@ -22,7 +22,7 @@ import mnist
 from conftest import ROOT
 from test_precision_study import fake_fashion  # noqa: F401 (a fixture: Fashion-MNIST for the studies)
 
-pytestmark = pytest.mark.slow  # about 130 commands, each a few seconds
+pytestmark = pytest.mark.slow  # about 230 commands, each a few seconds
 
 
 def entry_points():
