@@ -154,20 +154,21 @@ def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_
 
 def test_ensemble_keeps_the_entries_another_run_wrote_meanwhile(tmp_path, monkeypatch):
     out = str(tmp_path / "ensemble.json")
-    runner.files.write_json(out, {"experiment": "ensemble", "datasets": {"cifar10": {"table": "earlier"}}})
+    earlier, other, this = ({"C": {"clean": accuracy}} for accuracy in (10.0, 20.0, 30.0))  # one table for each writer
+    runner.files.write_json(out, {"experiment": "ensemble", "datasets": {"cifar10": {"table": earlier}}})
 
     def run_dataset(key, args, device, results, later):  # while this run trains, another one finishes SVHN and writes its entry
         with open(out) as f:
             report = json.load(f)
-        report["datasets"]["svhn"] = {"table": "other run"}
+        report["datasets"]["svhn"] = {"table": other}
         runner.files.write_json(out, report)
-        return {"table": "this run"}
+        return {"table": this}
 
     monkeypatch.setattr(ensemble, "run_dataset", run_dataset)
     ensemble.main(["--gpu", "cpu", "--datasets", "mnist", "--out", out])
     with open(out) as f:
         entries = json.load(f)["datasets"]
-    assert {k: v["table"] for k, v in entries.items()} == {"cifar10": "earlier", "svhn": "other run", "mnist": "this run"}
+    assert {k: v["table"] for k, v in entries.items()} == {"cifar10": earlier, "svhn": other, "mnist": this}
 
 
 def test_ensemble_merge_waits_for_another_process_merging(tmp_path):
