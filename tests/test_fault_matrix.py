@@ -175,8 +175,8 @@ WRITE_FAULTS = {  # fault -> (FAULT_AT_WRITE's kind, the exit status, what the o
     "disk full at its first write": ("enospc", 2, ["error: ", "No space left on device", "free some space"]),
     "disk full at each later write": ("enospc", 2, ["error: ", "No space left on device", "free some space"]),
     "Ctrl-C at its first write": ("sigint", 130, ["interrupted: ", "run the same command to resume"])}
-NOT_APPLICABLE |= {(entry, fault): REFUSED_FAKE_DATA for entry in ("cifar10.py", "cifar100.py", "svhn.py", "generators_study.py")
-                   for fault in WRITE_FAULTS}
+MD5_DATA = ("cifar10.py", "cifar100.py", "svhn.py", "generators_study.py")  # the entry points REFUSED_FAKE_DATA is about
+NOT_APPLICABLE |= {(entry, fault): REFUSED_FAKE_DATA for entry in MD5_DATA for fault in WRITE_FAULTS}
 WRITE_ROWS = [(entry, fault) for entry in ENTRY_POINTS for fault in WRITE_FAULTS]
 TRAINING = {"mnist.py", "ensemble.py", "tools/ablation_study.py", "tools/precision_study.py"}  # they resume what a fault kept
 counted_writes = {}  # entry point -> the files a whole run of its WRITING command writes, in order
@@ -303,9 +303,14 @@ NO_ACCURACY_READ = "its results hold timings and verdicts, no accuracy that it r
 NOT_APPLICABLE |= {("tools/bench.py", "out with an accuracy"): NO_ACCURACY_READ,
                    ("tools/gpu_check.py", "out with an accuracy"): NO_ACCURACY_READ,
                    (FIGURES, "out with an accuracy"): "figures.py reads no --out; its results files have the row below"}
-NOT_APPLICABLE |= {(entry, "out with an accuracy"): REFUSED_FAKE_DATA
-                   for entry in ("cifar10.py", "cifar100.py", "svhn.py", "generators_study.py")}
+NOT_APPLICABLE |= {(entry, "out with an accuracy"): REFUSED_FAKE_DATA for entry in MD5_DATA}
 OUT_OF_RANGE = [150, float("inf"), -1]
+
+
+def out_of(entry, world, user):
+    """The --out of the entry point's WRITING command with its files in `user`."""
+    argv = WRITING[entry](world, user)
+    return argv[argv.index("--out") + 1]
 
 
 def damaged(report, where, value):
@@ -322,14 +327,13 @@ def damaged(report, where, value):
 def test_an_out_holding_an_accuracy_out_of_range_is_named_and_refused_and_kept(entry, world, tmp_path):
     if (entry, "out with an accuracy") in NOT_APPLICABLE:
         pytest.skip(NOT_APPLICABLE[(entry, "out with an accuracy")])
-    argv = WRITING[entry](world, user_folder(world, tmp_path / "whole"))
-    out = argv[argv.index("--out") + 1]
     run_again(entry, world, tmp_path / "whole")
-    written = json.loads(open(out).read())
+    with open(out_of(entry, world, user_folder(world, tmp_path / "whole"))) as f:
+        written = json.load(f)
     for value in OUT_OF_RANGE:
         folder = tmp_path / f"value{value}"
         user = user_folder(world, folder)
-        damaged_out = out.replace(str(tmp_path / "whole" / "user"), user)
+        damaged_out = out_of(entry, world, user)
         with open(damaged_out, "w") as f:
             json.dump(damaged(written, ACCURACY_IN_OUT[entry], value), f)
         before = tree(world["root"]) | tree(user)

@@ -139,7 +139,9 @@ def shape_problem(report):
     if not all(isinstance(report.get(key), dict) for key in ("settings", "scoring", "runs")):
         return "not settings, scoring and runs, each an object"
     for arm, by_seed in report["runs"].items():
-        for seed, entry in by_seed.items() if isinstance(by_seed, dict) else [("", None)]:
+        if not isinstance(by_seed, dict):
+            return f"'runs.{arm}' is not an object of seeds"
+        for seed, entry in by_seed.items():
             if not (isinstance(entry, dict) and {"fingerprint", "scores"} <= set(entry)):
                 return f"'runs.{arm}.{seed}' is not an entry with a fingerprint and scores"
             wrong = runner.files.out_of_range(entry["scores"], SCORES)
