@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import NamedTuple
 
@@ -231,6 +232,7 @@ def over_training(result):
     return fig
 
 
+PAPER_COLUMN = {"clean": "clean", "pgd10": "pgd"}  # our score -> the paper's column of it
 SEED_SCORES = [("clean", "clean", "accuracy", "n_test"), ("pgd10", "PGD-10", "accuracy", "n_test"),
                ("autoattack", "AutoAttack", "on_autoattack_images", "autoattack_n")]
 
@@ -295,22 +297,32 @@ def over_training_across_seeds(runs):
             for curve_key, by_iter in scores.items()}
 
 
-def over_training_seeds(across):
-    "One panel per (protocol, model): clean, PGD-10 and AutoAttack per snapshot, mean over seeds with 95% band; n seeds per point."
+def over_training_seeds(across, subject="", paper=None):
+    """One panel per (protocol, model): clean, PGD-10 and AutoAttack per snapshot, mean over seeds with 95% band;
+    n seeds per point; `subject` (the data set) opens the title. `paper` (a paper_table on the same data set
+    and eps) adds each model's clean and PGD of the paper as dotted lines in the colour of ours."""
     fig, axes = plt.subplots(1, len(across), figsize=(4.5 * len(across), 3.4), sharey=True, squeeze=False)
     for ax, ((protocol, name), by_iter) in zip(axes[0], sorted(across.items())):
         iters = list(by_iter)
         for key, label, _, _ in SEED_SCORES:
             points = [by_iter[it][key] for it in iters]
-            band(ax, iters, [p.interval for p in points], label=label, color="black" if key == "autoattack" else None)
+            line = band(ax, iters, [p.interval for p in points], label=label, color="black" if key == "autoattack" else None)
+            theirs = paper.rows.get(name, {}).get(PAPER_COLUMN.get(key)) if paper and paper.same else None
+            if theirs is not None:
+                ax.axhline(theirs, color=line.get_color(), linestyle=":", linewidth=1, label=f"{label}, the paper's")
         for it in iters:
             ax.annotate(f"{len(by_iter[it]['clean'].seeds)}", (it, 2), ha="center", fontsize=7, color="grey")
         ax.set(title=f"{name}, {protocol} protocol", xlabel="iteration (grey: n seeds)", ylim=(0, 100))
     axes[0][0].set_ylabel("accuracy (%): mean, 95% band")
-    axes[0][-1].legend(fontsize=7, loc="center right")
-    fig.suptitle("Over training, across seeds: t interval over the seeds, no narrower than Wilson on the images; "
-                 "one seed: Wilson on its images", fontsize=9)
-    fig.tight_layout()
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3)  # under the panels, over no curve
+    title = (f"{subject + ', o' if subject else 'O'}ver training, across seeds: t interval over the seeds, no narrower "
+             "than Wilson on the images; one seed: Wilson on its images")
+    title = textwrap.fill(title, 14 * 4.5 * len(across))  # a narrow figure's title in lines, not cut off
+    fig.suptitle(title, fontsize=9)
+    legend_rows = math.ceil(len(labels) / 3)
+    fig.set_figheight(3.4 + 0.2 * legend_rows + 0.15 * title.count("\n"))
+    fig.tight_layout(rect=(0, 0.06 * legend_rows, 1, 1))
     return fig
 
 
@@ -516,17 +528,19 @@ def accuracy_figure(folder):
     return accuracy_bars(result, ensemble_entry(ensemble, result))
 
 
-def over_training_seeds_figure(folder):
-    runs, _ = over_training_runs(folder)
+def over_training_seeds_figure(folder, files="over_training/*.json", fallback="over_training.json", subject="", paper=None):
+    runs, _ = over_training_runs(folder, files, fallback)
     if not runs:
-        raise BadResult("no over-training result (over_training.json or over_training/*.json)")
-    return over_training_seeds(over_training_across_seeds(runs))
+        raise BadResult(f"no over-training result ({' or '.join(filter(None, [fallback, files]))})")
+    return over_training_seeds(over_training_across_seeds(runs), subject, paper)
 
 
 # file name -> how to draw it from a results folder: every figure README.md and docs/ show
 FIGURES = {"accuracy.png": accuracy_figure,
            "over_training.png": lambda folder: over_training(one_result(folder, "over_training.json")),
-           "over_training_seeds.png": over_training_seeds_figure,
+           "over_training_seeds.png": lambda folder: over_training_seeds_figure(folder, subject="Fashion-MNIST, eps 0.1"),
+           "over_training_mnist.png": lambda folder: over_training_seeds_figure(folder, "over_training_mnist/*.json", None,
+                                                                               "MNIST, eps 0.3", paper_table("mnist", 0.3)),
            "precision_study.png": lambda folder: precision_study(one_result(folder, "precision_study.json")),
            "ablation_study.png": lambda folder: ablation_study(one_result(folder, "ablation_study.json"))}
 

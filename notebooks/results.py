@@ -642,8 +642,9 @@ def print_over_training_seeds(across):
                   + f"   {len(seeds)}: {', '.join(map(str, seeds))} ({kind})")
 
 
-def show_across_seeds(files, fallback=None):
-    "The over-training results in `files` (a pattern in the results folder), their means over seeds: table and figure."
+def show_across_seeds(files, fallback=None, paper=None):
+    """The over-training results in `files` (a pattern in the results folder), their means over seeds: table and
+    figure, with the paper's clean and PGD as dotted lines where `paper` is its table on the same data set."""
     runs, problems = figures.over_training_runs(RESULTS_DIR, files, fallback)
     for line in problems:
         print(line)
@@ -652,7 +653,7 @@ def show_across_seeds(files, fallback=None):
         return
     across = figures.over_training_across_seeds(runs)
     print_over_training_seeds(across)
-    figures.over_training_seeds(across)
+    figures.over_training_seeds(across, paper=paper)
     plt.show()
 
 
@@ -716,9 +717,10 @@ show_picked("over_training/autoattack1000/*.json")
 # a copy such as C' counts as its model with its own seed) and with seeds 0 and 1 under the paper's
 # text (G1 with k = 8, not the paper's 64), a snapshot every 4,000; scored as above into
 # `over_training_mnist/<protocol>_seed<s>.json` and `over_training_mnist/autoattack1000/` (docs/mnist.md).
+# Dotted lines: the paper's clean and PGD accuracy of C in Table 1, after 200,000 minibatches.
 
 # %%
-show_across_seeds("over_training_mnist/*.json")
+show_across_seeds("over_training_mnist/*.json", paper=paper_table("mnist", 0.3))
 show_picked("over_training_mnist/autoattack1000/*.json")
 
 

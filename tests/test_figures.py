@@ -419,3 +419,22 @@ def test_a_damaged_ablation_file_is_named_not_drawn(change, message, ablation_fi
     ablation_file.write_text(json.dumps(data))
     results, problems = figures.load_all(ablation_file.parent, ablation_file.name)
     assert not results and problems == [f"ablation_study.json: not shown: {message}"]
+
+
+def test_the_mnist_curve_sets_the_papers_clean_and_pgd_beside_ours_only_on_its_data_set_and_eps():
+    import matplotlib
+    matplotlib.use("Agg")
+    runs, problems = figures.over_training_runs(RESULTS, "over_training_mnist/*.json", None)
+    assert runs and problems == []
+    across = figures.over_training_across_seeds(runs)
+
+    def flat_lines(paper):
+        fig = figures.over_training_seeds(across, "MNIST", paper)
+        found = sorted(line.get_ydata()[0] for ax in fig.axes for line in ax.get_lines() if line.get_linestyle() == ":")
+        figures.plt.close(fig)
+        return found
+
+    c = figures.PAPER["tables"]["mnist"]["rows"]["C"]  # clean, FGS, PGD, ...
+    assert flat_lines(figures.paper_table("mnist", 0.3)) == sorted([c[0], c[2]])
+    assert flat_lines(figures.paper_table("fashion_mnist", 0.1)) == []  # the MNIST pattern, not a comparable number
+    assert flat_lines(None) == []
