@@ -3,7 +3,7 @@ with seed s, and the copies A', B', C' with seed s+1; evaluate white-box and bla
 write results/cifar10.json and print the table beside the paper's.
 
     python cifar10.py --gpu 0                      # the paper's protocol (200k iterations per model)
-    python cifar10.py --gpu 0 --protocol authors   # the settings of the authors' code instead
+    python cifar10.py --gpu 0 --protocol authors   # the authors' code's settings, which made the paper's table
     python cifar10.py --gpu 0,1,2,3                # the six trainings spread over four GPUs, then evaluation
     python cifar10.py --quick                      # a smoke test of the whole pipeline
 """

@@ -3,7 +3,7 @@ with seed s, and the copies A', B', C' with seed s+1; evaluate white-box and bla
 write results/mnist.json and print the table beside the paper's.
 
     python mnist.py --gpu 0                    # the paper's protocol (200k iterations per model)
-    python mnist.py --gpu 0 --protocol authors # the settings of the authors' code instead
+    python mnist.py --gpu 0 --protocol authors # the authors' code's settings, which made the paper's table
     python mnist.py --quick                    # a smoke test of the whole pipeline, minutes on a CPU
     python mnist.py --fashion --iters 2000     # Fashion-MNIST, same protocol, eps 0.1
 """

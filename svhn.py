@@ -3,7 +3,7 @@ with seed s, and the copies A', B', C' with seed s+1, on the training set plus 8
 `extra`; evaluate white-box and black-box FGS/PGD; write results/svhn.json beside the paper's table.
 
     python svhn.py --gpu 0                      # the paper's protocol (200k iterations per model)
-    python svhn.py --gpu 0 --protocol authors   # the settings of the authors' code instead
+    python svhn.py --gpu 0 --protocol authors   # the authors' code's settings, which made the paper's table
     python svhn.py --quick                      # a smoke test of the whole pipeline
 """
 import os

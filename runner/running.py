@@ -115,10 +115,14 @@ def iterations_text(settings, models):
 
 def study_banner(name, settings, device, work, ckpt_dir, out, quick):
     """The banner of any run: its name, protocol, device and precision, the `work` it will do (a line),
-    where checkpoints and results go, and for --quick that it is a smoke test."""
+    where checkpoints and results go, and for --quick that it is a smoke test. Under the paper's protocol
+    it says which one reproduces the tables: a user who wants them should not learn it from the numbers."""
     lines = [f"{name}: {settings['protocol']} protocol on {device_name(device)}; training in "
              f"{core.precision_name(device, settings['precision'])}, scoring in float32", work,
              f"checkpoints: {ckpt_dir}; results: {out}"]
+    if settings["protocol"] == "paper":
+        lines.insert(1, "the paper's protocol follows its text; its tables came from the authors' code, which "
+                        "--protocol authors follows (docs/protocols.md)")
     if quick:
         lines.append("--quick: a smoke test of the pipeline (a tiny schedule on a few test images): its numbers are not a result")
     return "\n".join(lines)

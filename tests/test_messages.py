@@ -35,12 +35,13 @@ def test_the_banner_says_device_precision_protocol_models_iterations_paths_and_s
     _, settings, _ = mnist.configure(args)
     text = runner.running.banner("mnist_quick", settings, args, CPU, ["A", "C"], None, "ck/mnist_quick", "res/m.json")
     for fragment in ("cpu", "float32" if settings["precision"] == "float32" else "bf16", "paper protocol", "A, C",
-                     "10 iterations each", "ck/mnist_quick", "res/m.json", "smoke test"):
+                     "10 iterations each", "ck/mnist_quick", "res/m.json", "smoke test", "--protocol authors follows"):
         assert fragment in text, fragment
     full = parse("--iters", "700", "--protocol", "authors")
     _, settings, _ = mnist.configure(full)
     text = runner.running.banner("mnist_authors", settings, full, CPU, ["A"], None, "ck", "out.json")
     assert "authors protocol" in text and "700 iterations" in text and "smoke test" not in text
+    assert "--protocol authors" not in text  # the hint is for a run that does not follow the authors' code
 
 
 class FakeClock:
