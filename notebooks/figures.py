@@ -318,10 +318,10 @@ def over_training_seeds(across, subject="", paper=None):
     fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3)  # under the panels, over no curve
     title = (f"{subject + ', o' if subject else 'O'}ver training, across seeds: t interval over the seeds, no narrower "
              "than Wilson on the images; one seed: Wilson on its images")
-    title = textwrap.fill(title, 14 * 4.5 * len(across))  # a narrow figure's title in lines, not cut off
+    title = textwrap.fill(title, round(14 * fig.get_figwidth()))  # a narrow figure's title in lines, not cut off
     fig.suptitle(title, fontsize=9)
     legend_rows = math.ceil(len(labels) / 3)
-    fig.set_figheight(3.4 + 0.2 * legend_rows + 0.15 * title.count("\n"))
+    fig.set_figheight(fig.get_figheight() + 0.2 * legend_rows + 0.15 * title.count("\n"))
     fig.tight_layout(rect=(0, 0.06 * legend_rows, 1, 1))
     return fig
 
