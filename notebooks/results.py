@@ -725,6 +725,35 @@ show_picked("over_training_mnist/autoattack1000/*.json")
 
 
 # %% [markdown]
+# ### Why AutoAttack takes more than PGD
+#
+# `tools/attack_gap.py`: one checkpoint attacked on its first `n_test` test images by PGD variants that
+# each take one ingredient of APGD-CE (AutoAttack's first attack), all on the cross-entropy with
+# `steps` steps from one random start, beside APGD-CE itself; scored as the checkpoint's protocol
+# scores. `pgd`: fixed steps of 2.5 eps / steps; `pgd_keep_first`: the same, each image kept at the
+# first iterate that fools the model; `pgd_eps4`: fixed steps of eps / 4; `pgd_halving`: steps from
+# 2 eps, halved after every fifth of the run; `pgd_halving_momentum`: with APGD's momentum;
+# `apgd_ce_among_clean`: APGD-CE's images, each scored in a batch of clean ones. In %, with 95% Wilson
+# intervals (`zero_gradient_percent`: the images whose input gradient is exactly zero).
+
+# %%
+def print_attack_gap(result):
+    data, n = result.data, result.data["n_test"]
+    print(f"\n=== {result.file}: {data['dataset']}, {result.protocol} protocol, iteration {data['iteration']}, "
+          f"eps {data['eps']:g}, {data['steps']} steps, the first {n} test images")
+    for attack, value in data["accuracy"].items():
+        print(f"{attack:>22}  " + (f"{value:.1f}" if attack == "zero_gradient_percent" else interval_text(wilson(value, n))))
+
+
+gap_results, gap_problems = load_all(RESULTS_DIR, "attack_gap/*.json")
+for line in gap_problems + [f"{r.file}: not shown: not an attack-gap result ({r.experiment})" for r in gap_results
+                            if r.experiment != "attack_gap"]:
+    print(line)
+for_each([r for r in gap_results if r.experiment == "attack_gap"], print_attack_gap,
+         "no attack-gap study to show (docs/mnist.md)")
+
+
+# %% [markdown]
 # ## Mixed precision: does bf16 train the same model C?
 #
 # `tools/precision_study.py`: Fashion-MNIST model C (G1 k=8, 1000 iterations) trained with each seed in

@@ -32,6 +32,8 @@ PRECISION_KINDS = {s: Accuracy for s in PRECISION_SCORES[:4]} | {s: NUMBER for s
 ABLATION_FIELDS = {"settings.iters": NUMBER, "scoring.n_test": NUMBER, "scoring.autoattack_n": NUMBER, "seeds": list,
                    "arms": dict, "runs": dict, "provenance.command": str}
 ABLATION_SCORES = ["clean", "fgs", "pgd", "autoattack"]
+ATTACK_GAP_FIELDS = {"dataset": str, "iteration": NUMBER, "n_test": NUMBER, "eps": NUMBER, "steps": NUMBER,
+                     "accuracy": dict, "provenance.command": str}
 SNAPSHOT_FIELDS = {"iter": NUMBER, "n_test": NUMBER, "autoattack_n": NUMBER, "accuracy.clean": Accuracy,
                    "accuracy.pgd10": Accuracy, "accuracy.pgd_ce": Accuracy, "on_autoattack_images.pgd10": Accuracy,
                    "on_autoattack_images.autoattack": Accuracy}
@@ -163,9 +165,16 @@ def check_ablation_study(data):
             check_fields(data, {s: Accuracy for s in ABLATION_SCORES}, f"runs.{arm}.{seed}.scores.")
 
 
+def check_attack_gap(data):
+    check_fields(data, ATTACK_GAP_FIELDS)
+    if not data["accuracy"]:
+        raise BadResult("'accuracy' is empty")
+    check_fields(data, {name: Accuracy for name in data["accuracy"]}, "accuracy.")
+
+
 CHECKS = {**{name: check_dataset_file for name in DATASETS}, "ensemble": check_ensemble, "generators": check_generators,
           "over_training": check_over_training, "precision_study": check_precision_study,
-          "ablation_study": check_ablation_study}
+          "ablation_study": check_ablation_study, "attack_gap": check_attack_gap}
 
 
 def load_result(path, name=None):
@@ -199,7 +208,7 @@ def load_all(folder, pattern="*.json"):
             results.append(load_result(path, name))
         except BadResult as err:
             problems.append(f"{name}: not shown: {err}")
-    order = DATASETS + ["ensemble", "generators", "over_training", "precision_study", "ablation_study"]
+    order = DATASETS + ["ensemble", "generators", "over_training", "precision_study", "ablation_study", "attack_gap"]
     return sorted(results, key=lambda r: (order.index(r.experiment), r.protocol != "paper", r.quick, r.file)), problems
 
 

@@ -78,6 +78,10 @@ def malformed_results(quick_results, tmp_path):
     (tmp_path / "cifar10.json").write_text(json.dumps(report | {"experiment": "cifar10"}))
     (tmp_path / "bench.json").write_text(json.dumps({"experiment": "bench"}))  # beside the results, as committed
     write_ablation_file(tmp_path / "ablation_study.json")  # a well-formed one: its section runs
+    (tmp_path / "attack_gap").mkdir()
+    shutil.copy(os.path.join(ROOT, "results", "attack_gap", "mnist_authors_C.iter20000.json"), tmp_path / "attack_gap")
+    gap = json.loads((tmp_path / "attack_gap" / "mnist_authors_C.iter20000.json").read_text())
+    (tmp_path / "attack_gap" / "bad.json").write_text(json.dumps(gap | {"accuracy": gap["accuracy"] | {"pgd": 150}}))
     return tmp_path
 
 
@@ -108,6 +112,8 @@ def test_malformed_results_are_named_in_one_line_each(malformed_results, monkeyp
     assert "cifar10.json: not shown: missing key 'table'" in text
     assert "svhn.json: not shown: missing key 'strong_eval.models.B.checks'" in text
     assert "bench.json: not shown: bench.py's speed measurements, not accuracies" in text
+    assert "attack_gap/bad.json: not shown: 'accuracy.pgd' is 150, not an accuracy in [0, 100]" in text
+    assert "pgd_halving  53.0 [46.1, 59.8]" in text  # the well-formed attack-gap file, with its Wilson interval
     assert "mnist_quick.json  [QUICK SMOKE TEST" in text and kinds.count("display_data") >= 3  # bars, eps sweep, curves
     assert "less the paper arm, points [95% interval]" in text and "+16.0 [10.7, 21.3]*" in text  # d_every's AutoAttack
     assert "masking flags of C: " in text and "model C of mnist_quick.json (mnist, paper protocol), white box, by batch-norm mode" in text
