@@ -35,7 +35,7 @@ import runner.provenance
 
 SCORING = dict(test_n=200)  # images; strong_steps (100) comes from the checkpoint's settings
 APGD_MOMENTUM = 0.25        # APGD's x + 0.75 (z - x) + 0.25 (x - x_previous) (Croce & Hein, 2020)
-HALVINGS = 5                # pgd_halving halves its step after every fifth of the run
+PHASES = 5                  # pgd_halving: five equal parts of the run, each with half the step of the one before
 
 
 def parse_args(argv):
@@ -55,7 +55,7 @@ def parse_args(argv):
 
 def halving(eps, steps):
     "pgd_halving's step at step k: 2 eps, halved after every fifth of the run."
-    fifth = max(1, steps // HALVINGS)
+    fifth = max(1, steps // PHASES)
     return lambda k: 2 * eps / 2 ** (k // fifth)
 
 
