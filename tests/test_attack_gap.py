@@ -81,20 +81,26 @@ def test_pure_and_within_the_threat_model():
     stats = [t.clone() for t in (model[1].running_mean, model[1].running_var)]
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     for name, craft in attack_gap.attacks(0.3, 4, 0).items():
-        x_adv = craft(model, x, y)
+        rng = torch.get_rng_state()
+        with torch.no_grad():  # an attack needs no caller's grad mode
+            x_adv = craft(model, x, y)
+        assert name != "apgd_ce" or torch.equal(torch.get_rng_state(), rng), "APGD-CE seeded the global generator"
         assert (x_adv - x).abs().max() <= 0.3 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1, name
         assert model.training and torch.equal(model[1].running_mean, stats[0]) and torch.equal(model[1].running_var, stats[1]), name
         assert all(p.grad is None for p in model.parameters()), name
 
 
-def test_a_results_file_of_another_checkpoint_or_size_is_refused(tmp_path):
+def test_a_results_file_of_another_snapshot_checkpoint_or_tool_is_refused(tmp_path):
     out = tmp_path / "gap.json"
-    out.write_text(json.dumps({"experiment": "attack_gap", "fingerprint": "f", "n_test": 200, "accuracy": {"pgd": 50.0}}))
-    assert attack_gap.earlier_scores(str(out), "C.pt", "f", 200)["accuracy"] == {"pgd": 50.0}
-    for fingerprint, n in (("g", 200), ("f", 100)):
-        with pytest.raises(runner.errors.UserError, match="pass another --out"):
-            attack_gap.earlier_scores(str(out), "C.pt", fingerprint, n)
-    assert attack_gap.earlier_scores(str(tmp_path / "none.json"), "C.pt", "f", 200) is None
+    report = {"experiment": "attack_gap", "fingerprint": "f", "iteration": 4000, "n_test": 200, "eps": 0.3, "steps": 100,
+              "eval_batch": 64, "bn_eval": "batch"}
+    out.write_text(json.dumps(report | {"accuracy": {"pgd": 50.0}}))
+    assert attack_gap.earlier_scores(str(out), report)["accuracy"] == {"pgd": 50.0}
+    # another snapshot of the same run shares its fingerprint: only the iteration tells them apart
+    for key, value in (("iteration", 20000), ("fingerprint", "g"), ("n_test", 100), ("experiment", "over_training")):
+        with pytest.raises(runner.errors.UserError, match=f"{key} .* there, .* here"):
+            attack_gap.earlier_scores(str(out), report | {key: value})
+    assert attack_gap.earlier_scores(str(tmp_path / "none.json"), report) is None
 
 
 @pytest.mark.slow

@@ -66,13 +66,14 @@ def pgd_variant(model, x, y, eps, steps, step, momentum=0.0, keep_first=False):
     x_adv = core.project(x + torch.empty_like(x).uniform_(-eps, eps), x, eps)
     previous, kept = x_adv, x_adv.clone()
     fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    for k in range(steps):
-        z = core.project(x_adv + step(k) * core.input_grad(model, x_adv, y).sign(), x, eps)
-        m = momentum if k else 0.0
-        previous, x_adv = x_adv, core.project(x_adv + (1 - m) * (z - x_adv) + m * (x_adv - previous), x, eps)
-        if keep_first:
-            first = (core.predict(model, x_adv) != y) & ~fooled
-            kept[first], fooled = x_adv[first], fooled | first
+    with torch.enable_grad():  # as core.pgd: an attack called under no_grad still needs its input gradients
+        for k in range(steps):
+            z = core.project(x_adv + step(k) * core.input_grad(model, x_adv, y).sign(), x, eps)
+            m = momentum if k else 0.0
+            previous, x_adv = x_adv, core.project(x_adv + (1 - m) * (z - x_adv) + m * (x_adv - previous), x, eps)
+            if keep_first:
+                first = (core.predict(model, x_adv) != y) & ~fooled
+                kept[first], fooled = x_adv[first], fooled | first
     return torch.where(fooled[:, None, None, None], kept, x_adv).detach()
 
 
@@ -123,16 +124,21 @@ def percent(right):
     return round(100.0 * right.float().mean().item(), 2)
 
 
-def earlier_scores(out, checkpoint, fingerprint, n):
-    """What `out` already holds for this checkpoint on these n images (None where there is no file); a file
-    of another tool, checkpoint or n is a UserError, as merging into it would replace it by less."""
+SAME = ["experiment", "fingerprint", "iteration", "n_test", "eps", "steps", "eval_batch", "bn_eval"]  # what a reused file must share
+
+
+def earlier_scores(out, report):
+    """What `out` already holds of the attacks `report` describes (None where there is no file). A file of
+    another tool, another snapshot of the run (they share its fingerprint), or scored another way is a
+    UserError naming what differs: merged into, it would be relabelled or replaced by less."""
     earlier = runner.files.read_results(out)
     if earlier is None:
         return None
-    mine = (earlier.get("experiment"), earlier.get("fingerprint"), earlier.get("n_test")) if isinstance(earlier, dict) else None
-    if mine != ("attack_gap", fingerprint, n) or not isinstance(earlier.get("accuracy"), dict):
-        raise runner.errors.UserError(f"{out} holds another checkpoint's or another tool's results, or on another number of "
-                                      f"images than {n} ({checkpoint}): pass another --out")
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("accuracy"), dict):
+        raise runner.errors.UserError(f"{out} is not a results file of attack_gap.py: pass another --out")
+    differs = [f"{key} {earlier.get(key)!r} there, {report[key]!r} here" for key in SAME if earlier.get(key) != report[key]]
+    if differs:
+        raise runner.errors.UserError(f"{out} holds other scores ({'; '.join(differs)}): pass another --out")
     return earlier
 
 
@@ -148,21 +154,21 @@ def main(argv=None):
     runner.files.check_out_file(out)
     test_x, test_y = load_test(args)
     n = min(args.eval_n or settings["test_n"], len(test_x))
-    earlier = earlier_scores(out, args.checkpoint, ckpt["fingerprint"], n) or {}
-    accuracy = earlier.get("accuracy", {})
     x, y = core.to_float(test_x[:n].to(device)), test_y[:n].to(device)
     eps, steps, batch = settings["eps"], settings["strong_steps"], settings["eval_batch"]
     report = {"experiment": "attack_gap", "checkpoint": os.path.abspath(args.checkpoint), "dataset": args.dataset,
               "protocol": settings["protocol"], "method": method, "seed": seed, "fingerprint": ckpt["fingerprint"],
               "iteration": ckpt["record"]["iters_done"], "n_test": n, "eps": eps, "steps": steps, "eval_batch": batch,
               "bn_eval": settings["bn_eval"], "provenance": runner.provenance.provenance(
-                  device, runner.provenance.command_line(args), "float32"), "seconds": earlier.get("seconds", {})}
+                  device, runner.provenance.command_line(args), "float32")}
+    earlier = earlier_scores(out, report) or {}
+    accuracy, report["seconds"] = earlier.get("accuracy", {}), earlier.get("seconds", {})
     with core.scoring_mode([D], settings["bn_eval"]), core.full_precision(device):
         if "zero_gradient_percent" not in accuracy:
             accuracy["zero_gradient_percent"] = percent(torch.cat([core.zero_gradient(D, x[i:i + batch], y[i:i + batch])
                                                                   for i in range(0, n, batch)]))
         for attack, craft in attacks(eps, steps, settings["seed"]).items():
-            if attack in accuracy:
+            if attack in accuracy and (attack != "apgd_ce" or "apgd_ce_among_clean" in accuracy):
                 continue
             print(f"{name}: {attack} on {n} images", file=sys.stderr, flush=True)
             t0 = time.time()
