@@ -38,6 +38,7 @@ FIGURES = "notebooks/figures.py"
 # what a command needs before it reaches its --out (a checkpoint to score, a results folder); all others run --quick
 NEEDS = {"evaluate.py": lambda w: [w["ckpt"], "--dataset", "mnist", "--data-dir", w["data"]],
          "tools/over_training.py": lambda w: [w["ckpt"], "--dataset", "mnist", "--data-dir", w["data"]],
+         "tools/attack_gap.py": lambda w: [w["ckpt"], "--dataset", "mnist", "--data-dir", w["data"]],
          FIGURES: lambda w: ["--results", w["results"]]}
 QUICK = ["--quick", "--gpu", "cpu"]
 
@@ -160,6 +161,8 @@ WRITING = {"mnist.py": lambda w, user: QUICK + ["--models", "A", "--data-dir", w
            "evaluate.py": lambda w, user: scoring(w, user) + ["--gpu", "cpu", "--out", f"{user}/evaluation.json"],
            "tools/over_training.py": lambda w, user: scoring(w, user) + QUICK + [
                "--eval-n", "32", "--set", "strong_n=8", "--out", f"{user}/over_training.json"],
+           "tools/attack_gap.py": lambda w, user: scoring(w, user) + ["--gpu", "cpu", "--eval-n", "8",
+                                                                      "--out", f"{user}/attack_gap.json"],
            "tools/ablation_study.py": lambda w, user: QUICK + ["--data-dir", w["fashion"], "--ckpt-dir", f"{user}/ckpt", "--arms",
                                                                "paper", "--seeds", "0", "--set", "g_steps=1", "--eval-n", "32",
                                                                "--set", "strong_n=16", "--out", f"{user}/ablation.json"],
@@ -297,6 +300,7 @@ def test_standard_output_closed_early_ends_as_one_line_and_the_same_command_ends
 ACCURACY_IN_OUT = {"mnist.py": ["table", "A", "clean"], "ensemble.py": ["datasets", "mnist", "table", "C", "clean"],
                    "evaluate.py": ["table", "model", "clean"],
                    "tools/over_training.py": ["models", "A", "snapshots", 0, "accuracy", "clean"],
+                   "tools/attack_gap.py": ["accuracy", "pgd"],
                    "tools/ablation_study.py": ["runs", "paper", "0", "scores", "clean"],
                    "tools/precision_study.py": ["runs", "float32", "0", "float32", "clean"]}
 NO_ACCURACY_READ = "its results hold timings and verdicts, no accuracy that it reads back"
@@ -338,7 +342,7 @@ def test_an_out_holding_an_accuracy_out_of_range_is_named_and_refused_and_kept(e
             json.dump(damaged(written, ACCURACY_IN_OUT[entry], value), f)
         before = tree(world["root"]) | tree(user)
         result = run_writing(entry, world, folder)
-        assert_ends_with_one_line(result, 2, ["error: ", os.path.basename(damaged_out), f"clean={value}",
+        assert_ends_with_one_line(result, 2, ["error: ", os.path.basename(damaged_out), f"{ACCURACY_IN_OUT[entry][-1]}={value}",
                                               "not an accuracy in [0, 100]"], value)
         assert tree(world["root"]) | tree(folder) == before, value  # nothing written, nothing trained
 

@@ -136,6 +136,9 @@ def earlier_scores(out, report):
         return None
     if not isinstance(earlier, dict) or not isinstance(earlier.get("accuracy"), dict):
         raise runner.errors.UserError(f"{out} is not a results file of attack_gap.py: pass another --out")
+    wrong = runner.files.out_of_range(earlier["accuracy"], list(earlier["accuracy"]))
+    if wrong:
+        raise runner.errors.UserError(f"{out} holds {wrong}, not an accuracy in [0, 100]: move it away, or pass another --out")
     differs = [f"{key} {earlier.get(key)!r} there, {report[key]!r} here" for key in SAME if earlier.get(key) != report[key]]
     if differs:
         raise runner.errors.UserError(f"{out} holds other scores ({'; '.join(differs)}): pass another --out")
