@@ -117,3 +117,6 @@ def test_a_second_run_scores_only_what_is_missing(quick_run, fake_mnist, tmp_pat
     second = attack_gap.main(args)
     assert [line for line in capsys.readouterr().err.splitlines() if " on 8 images" in line] == ["C: pgd_halving on 8 images"]
     assert second["accuracy"] == first["accuracy"] and set(second["seconds"]) == set(first["seconds"])
+    stamp = out.stat().st_mtime_ns
+    attack_gap.main(args)  # everything scored: the file, and the provenance of who scored it, stay as they are
+    assert out.stat().st_mtime_ns == stamp

@@ -27,6 +27,7 @@ import torch
 import _root  # noqa: F401 (first: the repository's root on sys.path, for the imports below)
 import core
 import evaluate
+import over_training
 import runner.autoattack_suite
 import runner.cli
 import runner.errors
@@ -108,20 +109,12 @@ def among_clean(model, x_adv, x, y, batch_size):
     return torch.stack(right)
 
 
-def score(model, craft, x, y, eps, batch_size):
-    "(per image: classified right after craft, the crafted images), crafted and scored batch by batch."
-    right, crafted = [], []
-    for start in range(0, len(x), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        x_adv = craft(model, xb, yb)
-        core.check_threat_model(x_adv, xb, eps)
-        right.append(core.predict(model, x_adv) == yb)
-        crafted.append(x_adv)
-    return torch.cat(right), torch.cat(crafted)
-
-
-def percent(right):
-    return round(100.0 * right.float().mean().item(), 2)
+def keeping(craft, kept):
+    "craft, each batch it crafts also appended to `kept` (APGD-CE's images, scored again among clean ones)."
+    def craft_and_keep(model, x, y):
+        kept.append(craft(model, x, y))
+        return kept[-1]
+    return craft_and_keep
 
 
 SAME = ["experiment", "fingerprint", "iteration", "n_test", "eps", "steps", "eval_batch", "bn_eval"]  # what a reused file must share
@@ -168,21 +161,22 @@ def main(argv=None):
     accuracy, report["seconds"] = earlier.get("accuracy", {}), earlier.get("seconds", {})
     with core.scoring_mode([D], settings["bn_eval"]), core.full_precision(device):
         if "zero_gradient_percent" not in accuracy:
-            accuracy["zero_gradient_percent"] = percent(torch.cat([core.zero_gradient(D, x[i:i + batch], y[i:i + batch])
-                                                                  for i in range(0, n, batch)]))
+            zero = torch.cat([core.zero_gradient(D, x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)])
+            accuracy["zero_gradient_percent"] = over_training.percent(zero)
+            runner.files.write_json(out, report | {"accuracy": accuracy})
         for attack, craft in attacks(eps, steps, settings["seed"]).items():
             if attack in accuracy and (attack != "apgd_ce" or "apgd_ce_among_clean" in accuracy):
                 continue
             print(f"{name}: {attack} on {n} images", file=sys.stderr, flush=True)
             t0 = time.time()
             torch.manual_seed(settings["seed"])
-            right, x_adv = score(D, craft, x, y, eps, batch)
-            accuracy[attack] = percent(right)
+            crafted = []
+            scored = keeping(craft, crafted) if attack == "apgd_ce" else craft
+            accuracy[attack] = over_training.percent(over_training.correct(D, scored, x, y, eps, device, batch))
             if attack == "apgd_ce":
-                accuracy["apgd_ce_among_clean"] = percent(among_clean(D, x_adv, x, y, batch))
+                accuracy["apgd_ce_among_clean"] = over_training.percent(among_clean(D, torch.cat(crafted), x, y, batch))
             report["seconds"][attack] = round(time.time() - t0, 1)
-            runner.files.write_json(out, report | {"accuracy": accuracy})
-    runner.files.write_json(out, report | {"accuracy": accuracy})
+            runner.files.write_json(out, report | {"accuracy": accuracy})  # a file already whole is not written again
     print(f"{name} (iteration {report['iteration']}), accuracy in percent on the first {n} test images, "
           f"eps {eps:g}, {steps} steps:")
     for attack, value in accuracy.items():
