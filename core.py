@@ -47,7 +47,7 @@ __all__ = [
     "fgs", "fgs_least_likely", "pgd", "predict", "generator_attack", "project", "check_threat_model", "cw_margin",
     # training
     "PAPER_SETTINGS", "METHODS", "make_step", "step_settings", "check_generator", "perturbed", "standard_step",
-    "pgd_training_step", "generator_step", "discriminator_grads", "adversarial_network_step", "make_optimizer",
+    "pgd_training_step", "warmup_eps", "generator_step", "discriminator_grads", "adversarial_network_step", "make_optimizer",
     "decay_groups", "set_learning_rate", "reset_momentum", "GraphedStep", "StaticAdversarialSet", "build_eat_set",
     # evaluation
     "robust_accuracy", "evaluate_table", "transfer_accuracy", "strong_attacks", "strong_evaluation", "masking_checks",
@@ -645,6 +645,16 @@ def pgd_training_step(D, opt_D, x, y, eps, alpha=None, steps=10, with_clean=Fals
     return stats
 
 
+def warmup_eps(eps, it, warmup_iters):
+    """B's training radius at iteration `it` (counted from 0) of a linear warm-up over its first
+    `warmup_iters` iterations: eps * (it + 1) / warmup_iters, then eps. PGD training from the first step
+    at MNIST's eps = 0.3 can turn D1 into a constant classifier: within about 50 steps every ReLU of its
+    second convolution is dead and the loss sits at ln 10, for good. The authors' TensorFlow code does
+    this too, for 2 of 4 seeds; their default seed is one that recovers. A warm-up over a few hundred
+    steps avoids it. Pass the result to the pgd step: step(x, y, eps=warmup_eps(...))."""
+    return eps if it + 1 >= warmup_iters else eps * (it + 1) / warmup_iters
+
+
 def perturbed(x, g_out, eps):
     """x + eps * G's output, the output clamped to the generator contract's [-1, 1], so that D trains within
     eps of x in L-inf whatever a custom G returns (a tanh output, the paper's, passes unchanged, gradient
@@ -871,8 +881,10 @@ def make_step(method, D, G=None, settings=None):
 
     standard, pgd, advnet: models A, B, C (A and B need no G). eat: standard training on a static
     adversarial set (the batches hold it). generator: G alone, by gradient ascent against the fixed D
-    (paper Table 5). C's step takes `d_step=False` for G's steps alone. G must meet `check_generator`'s
-    contract. Every argument is checked before any weight changes."""
+    (paper Table 5). C's step takes `d_step=False` for G's steps alone; B's takes `eps=`, one step's
+    radius up to settings' eps, for a warm-up (`warmup_eps`; PGD's step size is then eps / 4 unless
+    `pgd_alpha` is set). G must meet `check_generator`'s contract. Every argument is checked before any
+    weight changes."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: one of {METHODS}")
     s = checked_settings(settings or {})
@@ -893,10 +905,11 @@ def make_step(method, D, G=None, settings=None):
     if method in ("standard", "eat"):
         return (lambda x, y: standard_step(D, opt_D, x, y, s["precision"])), {"D": D, "opt_D": opt_D}
     if method == "pgd":
-        alpha = s["pgd_alpha"] or None
-        return (lambda x, y: pgd_training_step(D, opt_D, x, y, s["eps"], alpha, s["pgd_steps"], s["pgd_train_clean"],
-                                               s["precision"])), \
-            {"D": D, "opt_D": opt_D}
+        def pgd_step(x, y, eps=None):  # eps: this step's radius, for a warm-up (warmup_eps); alpha follows it
+            eps = s["eps"] if eps is None else eps
+            alpha = s["pgd_alpha"] or eps / 4
+            return pgd_training_step(D, opt_D, x, y, eps, alpha, s["pgd_steps"], s["pgd_train_clean"], s["precision"])
+        return pgd_step, {"D": D, "opt_D": opt_D}
     if method == "advnet":
         opt_G = make_opt_G()
         return (lambda x, y, d_step=True: adversarial_network_step(D, G, opt_D, opt_G, x, y, s["eps"], s["lam"], s["gamma"],

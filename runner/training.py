@@ -120,8 +120,7 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
             if s["d_fresh_momentum"] and it > 0 and lr_now != lr_at(it - 1, s):  # a drop here, not a resume
                 core.reset_momentum(modules["opt_D"])
         x, y = batches(it)
-        # d_every > 1 (C): G's steps on every minibatch, D's only on every d_every-th, counted in minibatches
-        stats = step(x, y, d_step=it % s["d_every"] == 0) if method == "advnet" and s["d_every"] > 1 else step(x, y)
+        stats = step(x, y, **step_options(method, it, s))
         for k, v in stats.items():
             sums[k] = sums.get(k, 0) + v.float()
             counts[k] = counts.get(k, 0) + 1
@@ -145,6 +144,16 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
                 raise KeyboardInterrupt(f"{name}: stopped at iteration {it + 1}; checkpoint saved to {ckpt_path}")
         yield
     return record
+
+
+def step_options(method, it, s):
+    """What iteration `it`'s step takes beyond its batch: with d_every > 1 (C), G steps on every minibatch
+    and D only on every d_every-th; with pgd_eps_warmup (B), the warm-up's radius."""
+    if method == "advnet" and s["d_every"] > 1:
+        return {"d_step": it % s["d_every"] == 0}
+    if method == "pgd" and s["pgd_eps_warmup"]:
+        return {"eps": core.warmup_eps(s["eps"], it, int(s["pgd_eps_warmup"] * s["iters"]))}
+    return {}
 
 
 def run_in_turn(runs, device, streams=True):

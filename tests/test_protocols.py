@@ -311,6 +311,40 @@ def test_d_steps_on_every_5th_minibatch_after_its_g_steps_and_across_a_resume(mo
     assert [lr for _, lr in d_steps] == pytest.approx([0.01, 0.01, 0.01, 0.001, 0.001])
 
 
+# ---------------------------------------------------------------- B's warm-up of its training radius (not theirs)
+def test_warmup_eps_grows_linearly_to_eps_then_stays():
+    assert [core.warmup_eps(0.3, it, 4) for it in range(6)] == pytest.approx([0.075, 0.15, 0.225, 0.3, 0.3, 0.3])
+    assert core.warmup_eps(0.3, 0, 0) == 0.3
+
+
+def test_b_trains_at_the_warmups_radius_across_a_resume(monkeypatch, tmp_path):
+    _, settings, _ = mnist.configure(parse("--quick", "--protocol", "authors", "--set", "pgd_eps_warmup=0.5",
+                                           "--set", "ckpt_minutes=0"))  # 10 iterations, the first 5 ramp
+    radii, step = [], core.pgd_training_step
+
+    def recording_step(D, opt_D, x, y, eps, alpha, *args):
+        radii.append((eps, alpha))
+        return step(D, opt_D, x, y, eps, alpha, *args)
+    monkeypatch.setattr(core, "pgd_training_step", recording_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "B.pt", settings, "pgd", interrupt_at(3))  # stops after minibatch 3, resumes at 4
+    _, record = train(tmp_path / "B.pt", settings, "pgd")
+    assert [s["from_iter"] for s in record["sessions"]] == [0, 4]
+    eps = [0.06, 0.12, 0.18, 0.24, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]
+    assert radii == pytest.approx([(e, e / 4) for e in eps])
+
+
+def test_the_warmup_is_mnists_b_alone_and_earlier_checkpoints_keep_their_fingerprints():
+    _, authors, _ = mnist.configure(parse("--protocol", "authors"))
+    _, everyone, _ = mnist.configure(parse("--protocol", "authors", "--set", "pgd_eps_warmup=0.1"))
+    for method in ("standard", "advnet", "eat"):  # trained before the warm-up existed: they still load
+        assert runner.settings.fingerprint(everyone, method, 0) == runner.settings.fingerprint(authors, method, 0)
+        assert "pgd_eps_warmup" not in runner.settings.fingerprint(authors, method, 0)
+    assert json.loads(runner.settings.fingerprint(authors, "pgd", 0))["pgd_eps_warmup"] == 0.05
+    _, fashion, _ = mnist.configure(parse("--protocol", "authors"), fashion=True)
+    assert "pgd_eps_warmup" not in runner.settings.fingerprint(fashion, "pgd", 0)
+
+
 def test_fresh_momentum_buffer_is_the_steps_gradient():
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(5))
@@ -457,7 +491,8 @@ def test_cifar10_crops_shift_by_2_pixels():
 # ---------------------------------------------------------------- errors
 @pytest.mark.parametrize("argv, fragment", [
     (["--set", "protocol=authors"], "--protocol"),
-    (["--protocol", "authors", "--set", "cuda_graphs=true"], "d_every"),
+    (["--protocol", "authors", "--set", "cuda_graphs=true", "--set", "pgd_eps_warmup=0"], "d_every"),
+    (["--set", "cuda_graphs=true", "--set", "pgd_eps_warmup=0.05"], "pgd_eps_warmup"),
     (["--set", "g_net=theirs"], "g_net"),
 ])
 def test_bad_protocol_settings_are_one_line_errors(argv, fragment):
