@@ -111,7 +111,7 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
                                               "device": device_name(device), "precision": core.precision_name(device, s["precision"]),
                                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     progress = Progress(s["iters"], f"{name} ({method})", start=start, later=later, on_cpu=device.type == "cpu")
-    sums, counts, t_start, t_saved, lr_now = {}, {}, time.time(), time.time(), None
+    sums, counts, t_start, t_saved, lr_now, warned_stuck = {}, {}, time.time(), time.time(), None, False
     seconds_before = record["train_seconds"]
     for it in range(start, s["iters"]):
         if "opt_D" in modules and lr_at(it, s) != lr_now:
@@ -135,6 +135,9 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
             record["train_seconds"] = seconds_before + time.time() - t_start
             sums, counts = {}, {}
             progress.update(it + 1, " ".join(f"{k}={v:.3f}" for k, v in means.items() if k in ("loss", "acc", "acc_adv")))
+            if not warned_stuck and stuck_at_chance(record["history"], s.get("n_classes", 10)):
+                print(stuck_warning(name, method, s.get("n_classes", 10)), file=sys.stderr)
+                warned_stuck = True
             validate_if_due(name, method, D, G, batches, s, device, it + 1, record)
             if last or stop.raised or time.time() - t_saved >= 60 * s["ckpt_minutes"]:
                 save()
@@ -144,6 +147,32 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
                 raise KeyboardInterrupt(f"{name}: stopped at iteration {it + 1}; checkpoint saved to {ckpt_path}")
         yield
     return record
+
+
+STUCK_ITERS = 500  # iterations a model's cross-entropies must sit at ln(n_classes) before it is called stuck
+
+
+def stuck_at_chance(history, n_classes):
+    """Whether every cross-entropy the training step reports (`cross_entropies`) has stayed within 0.01
+    of ln(n_classes) over the last STUCK_ITERS iterations of `history`: the model gives every image the
+    same probabilities, 1/n_classes each."""
+    if not history or history[-1]["iter"] < STUCK_ITERS:
+        return False
+    recent = [h for h in history if h["iter"] > history[-1]["iter"] - STUCK_ITERS]
+    return all(abs(ce - math.log(n_classes)) < 0.01 for h in recent for ce in cross_entropies(h))
+
+
+def cross_entropies(entry):
+    """The cross-entropies of a history entry: the clean and adversarial ones where the step reports them
+    apart (B, C), else its loss (A, EAT)."""
+    return [entry[k] for k in ("loss_clean", "loss_adv") if k in entry] or [entry["loss"]]
+
+
+def stuck_warning(name, method, n_classes):
+    remedy = "with its radius warmed up (--set pgd_eps_warmup=0.05)" if method == "pgd" else "with a smaller learning rate"
+    return (f"warning: {name}: its training cross-entropy has sat at ln {n_classes} = {math.log(n_classes):.3f} for "
+            f"{STUCK_ITERS} iterations: it gives every image the same probabilities, as a network whose ReLUs have "
+            f"all died does, and such a network rarely recovers. Stop it, and train it afresh {remedy}")
 
 
 def step_options(method, it, s):

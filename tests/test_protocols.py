@@ -345,6 +345,37 @@ def test_the_warmup_is_mnists_b_alone_and_earlier_checkpoints_keep_their_fingerp
     assert "pgd_eps_warmup" not in runner.settings.fingerprint(fashion, "pgd", 0)
 
 
+def dead_d1(settings):
+    """D1 with every ReLU of its second convolution dead and a zero output bias: 1/10 for every class."""
+    D = core.D1()
+    with torch.no_grad():
+        D.conv2.bias.fill_(-100.0)
+        D.fc.bias.zero_()
+    return D
+
+
+@pytest.mark.parametrize("dead", [True, False])
+def test_a_model_stuck_at_chance_is_named_once(dead, monkeypatch, tmp_path, capsys):
+    _, settings, _ = mnist.configure(parse("--quick", "--iters", "600", "--set", "log_every=100"))
+    if dead:
+        monkeypatch.setattr(mnist, "build_D", dead_d1)
+    train(tmp_path / "A.pt", settings)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "sat at ln 10 = 2.303" in line]
+    assert len(warnings) == (1 if dead else 0), warnings
+
+
+def test_stuck_needs_every_cross_entropy_at_chance_for_500_iterations():
+    at_chance = [{"iter": i, "loss_clean": 2.30, "loss_adv": 2.305, "loss": 4.6} for i in range(100, 1001, 100)]
+    assert runner.training.stuck_at_chance(at_chance, 10)
+    assert not runner.training.stuck_at_chance(at_chance[:4], 10)  # 400 iterations
+    assert not runner.training.stuck_at_chance(at_chance, 100)
+    for at in (-1, -3):  # the last entry, or one before it within the 500 iterations
+        moved = [dict(h) for h in at_chance]
+        moved[at]["loss_adv"] = 2.2
+        assert not runner.training.stuck_at_chance(moved, 10)
+    assert runner.training.stuck_at_chance([{"iter": 500, "loss": 2.3026}], 10)  # A reports its loss alone
+
+
 def test_fresh_momentum_buffer_is_the_steps_gradient():
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(5))
