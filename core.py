@@ -647,11 +647,15 @@ def pgd_training_step(D, opt_D, x, y, eps, alpha=None, steps=10, with_clean=Fals
 
 def warmup_eps(eps, it, warmup_iters):
     """B's training radius at iteration `it` (counted from 0) of a linear warm-up over its first
-    `warmup_iters` iterations: eps * (it + 1) / warmup_iters, then eps. PGD training from the first step
-    at MNIST's eps = 0.3 can turn D1 into a constant classifier: within about 50 steps every ReLU of its
-    second convolution is dead and the loss sits at ln 10, for good. The authors' TensorFlow code does
-    this too, for 2 of 4 seeds; their default seed is one that recovers. A warm-up over a few hundred
-    steps avoids it. Pass the result to the pgd step: step(x, y, eps=warmup_eps(...))."""
+    `warmup_iters` iterations: eps * (it + 1) / warmup_iters, then eps. PGD training at MNIST's eps = 0.3
+    from the first step can turn D1 into a constant classifier: within about 50 steps nearly every ReLU
+    of its second convolution is dead and the loss sits at ln 10. The authors' TensorFlow code does this
+    too; with some seeds it recovers after a few hundred steps, with others not (ours stayed dead for
+    2,000). Pass the result to B's step: step(x, y, eps=warmup_eps(eps, it, n)) (not to a GraphedStep,
+    which replays one radius)."""
+    check_eps(eps)
+    if not all(isinstance(n, numbers.Integral) and n >= 0 for n in (it, warmup_iters)):
+        raise ValueError(f"warmup_eps needs integers it >= 0 and warmup_iters >= 0, not {it!r} and {warmup_iters!r}")
     return eps if it + 1 >= warmup_iters else eps * (it + 1) / warmup_iters
 
 
@@ -907,6 +911,8 @@ def make_step(method, D, G=None, settings=None):
     if method == "pgd":
         def pgd_step(x, y, eps=None):  # eps: this step's radius, for a warm-up (warmup_eps); alpha follows it
             eps = s["eps"] if eps is None else eps
+            if not 0 < eps <= s["eps"]:
+                raise ValueError(f"B's step: eps={eps!r} is outside (0, {s['eps']}], the settings' radius")
             alpha = s["pgd_alpha"] or eps / 4
             return pgd_training_step(D, opt_D, x, y, eps, alpha, s["pgd_steps"], s["pgd_train_clean"], s["precision"])
         return pgd_step, {"D": D, "opt_D": opt_D}

@@ -214,7 +214,9 @@ def model_info(report, D, paper_table):
              f"test images; clean accuracy on the same images",
              f"trained under the {report['protocol']} protocol"
              + (f" (the settings of the authors' code: {settings['protocol_source']})" if report["protocol"] == "authors"
-                else " (the settings of the paper's text)")]
+                else " (the settings of the paper's text)")
+             + (f"; its eps grew over its first {settings['pgd_warmup_iters']} steps"
+                if report["method"] == "pgd" and settings.get("pgd_warmup_iters") else "")]
     if strong["models"]["model"]["autoattack_warnings"]:
         notes.append("AutoAttack warned: " + " | ".join(strong["models"]["model"]["autoattack_warnings"]))
     return PAPER | {

@@ -4,6 +4,7 @@ write results/mnist.json and print the table beside the paper's.
 
     python mnist.py --gpu 0                    # the paper's protocol (200k iterations per model)
     python mnist.py --gpu 0 --protocol authors # the authors' code's settings, which made the paper's table
+                                               # (B's eps warmed up: docs/protocols.md)
     python mnist.py --quick                    # a smoke test of the whole pipeline, minutes on a CPU
     python mnist.py --fashion --iters 2000     # Fashion-MNIST, same protocol, eps 0.1
 """
@@ -43,8 +44,8 @@ AUTHORS = dict(
     ),
     B=dict(                  # run_pgd_mnist.py + adversarial_networks/train_pgd_mnist.py: lr 0.01 (the paper's), no drop
         d_weight_decay=1e-4, # '--weight-decay', default=1E-4
-        pgd_eps_warmup=0.05, # not theirs: from eps = 0.3 at the first step D1 can die (every conv2 ReLU, for good), as
-                             # their own code does for some seeds (docs/protocols.md); eps grows over the first 5 %
+        pgd_warmup_iters=1000,  # not theirs: from eps = 0.3 at the first step D1 can die (every conv2 ReLU), as their
+                                # own code does with some seeds (docs/protocols.md); eps grows over 1,000 minibatches
     ),
     C=dict(                  # run_gan_mnist.py + adversarial_networks/train_gan_mnist.py
         d_every=5,           # if batch_idx % 5 == 0: ... d_train_and_restore_op (after g_train_op5): 25 G steps per D step
@@ -64,7 +65,7 @@ AUTHORS = dict(
 FASHION = dict(dataset="fashion_mnist", eps=0.1)  # --fashion: Fashion-MNIST, at its usual radius
 # The authors have no Fashion-MNIST code: --fashion --protocol authors applies their MNIST settings, less B's
 # warm-up (at eps = 0.1 B trains from the first step, and the checkpoints trained without it stay valid)
-FASHION_AUTHORS = AUTHORS | dict(B={k: v for k, v in AUTHORS["B"].items() if k != "pgd_eps_warmup"},
+FASHION_AUTHORS = AUTHORS | dict(B={k: v for k, v in AUTHORS["B"].items() if k != "pgd_warmup_iters"},
                                  protocol_source="whxbergkamp/RobustDL_GAN mnist/, extrapolated to Fashion-MNIST "
                                                  "(the authors have no Fashion-MNIST code)")
 

@@ -34,7 +34,7 @@ COMMON_SETTINGS = dict(
     pgd_steps=10,            # PGD steps, in training (B) and evaluation
     pgd_alpha=0.0,           # PGD step size, [0, 1] units; 0 = eps / 4 (paper)
     pgd_train_clean=False,   # B trains on CE_adv only (authors' code); true adds CE_clean
-    pgd_eps_warmup=0.0,      # B: fraction of iters over which its training radius grows linearly from 0 to eps (0: none)
+    pgd_warmup_iters=0,      # B: iterations over which its training radius grows linearly from eps/n to eps (0: none)
     test_n=0,                # test images scored (the first n); 0 = the whole test set
     eval_batch=500,          # images per evaluation batch
     log_every=100,           # iterations between history entries (and NaN checks)
@@ -80,7 +80,7 @@ MODEL_ROWS = {"standard": "A", "pgd": "B", "advnet": "C", "eat": "EAT"}  # metho
 # are left out of the fingerprint, so that the older checkpoints still resume and load.
 NEUTRAL_SETTINGS = dict(protocol="paper", d_lr_drop2_at=1.0, d_lr_drop2_factor=0.01, d_fresh_momentum=False, d_every=1,
                         d_net="paper", g_net="paper", pixel_scale=255, g_weight_decay=0.0, augment_pad=4,
-                        eat_bn="running", train_from=0, val_from="training", pgd_eps_warmup=0.0)
+                        eat_bn="running", train_from=0, val_from="training", pgd_warmup_iters=0)
 NETS = ("paper", "authors")
 PROTOCOLS = ("paper", "authors")
 VAL_FROM = ("training", "unused")
@@ -97,7 +97,7 @@ SETTING_RANGES = dict(
     d_lr_drop2_at="[0, 1]", d_lr_drop2_factor="[0, 1]", d_every="[1, inf)", pixel_scale="[1, inf)", train_from="[0, inf)",
     g_width="[1, inf)", g_lr="(0, inf)", g_momentum="[0, 1)", g_beta1="[0, 1)", g_beta2="[0, 1)", g_steps="[1, inf)",
     g_weight_decay="[0, inf)", augment_pad="[0, inf)",
-    lam="[0, inf)", gamma="(-inf, inf)", fd_h="[0, inf)", pgd_steps="[1, inf)", pgd_alpha="[0, 1]", pgd_eps_warmup="[0, 1]",
+    lam="[0, inf)", gamma="(-inf, inf)", fd_h="[0, inf)", pgd_steps="[1, inf)", pgd_alpha="[0, 1]", pgd_warmup_iters="[0, inf)",
     test_n="[0, inf)", eval_batch="[1, inf)", log_every="[1, inf)", ckpt_minutes="[0, inf)", strong_n="[0, inf)",
     strong_steps="[1, inf)", strong_restarts="[1, inf)", square_queries="[1, inf)", eat_n="[0, inf)", val_n="[0, inf)",
     eval_every="[0, inf)", keep_every="[0, inf)",
@@ -194,8 +194,8 @@ def check_model_settings(s):
         raise UserError("compile and cuda_graphs are two ways to cut the launches: set one of them")
     if s["cuda_graphs"] and s["d_every"] > 1:
         raise UserError("d_every > 1 alternates two different steps, which one captured CUDA graph cannot replay: drop cuda_graphs")
-    if s["cuda_graphs"] and s["pgd_eps_warmup"]:
-        raise UserError("pgd_eps_warmup changes B's radius at every step of its warm-up, which one captured CUDA graph "
+    if s["cuda_graphs"] and s["pgd_warmup_iters"]:
+        raise UserError("pgd_warmup_iters changes B's radius at every step of its warm-up, which one captured CUDA graph "
                         "cannot replay: drop cuda_graphs")
     if s["precision"] not in core.PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(core.PRECISIONS)}, not {s['precision']!r}")
@@ -272,7 +272,7 @@ def fingerprint(settings, method, seed):
     if method != "eat":
         kept.pop("eat_bn", None)
     if method != "pgd":
-        kept.pop("pgd_eps_warmup", None)
+        kept.pop("pgd_warmup_iters", None)
     if not kept.get("val_n") or kept.get("val_from") == "unused":  # training as every checkpoint older than val_n
         kept.pop("val_n", None), kept.pop("val_from", None)
     return json.dumps(kept | {"method": method, "model_seed": seed})

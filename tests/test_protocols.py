@@ -47,6 +47,7 @@ EVERY_DATA_SET = dict(
     pgd_steps=10,            # run_*.py: '--pgd-iter', default=10
     pgd_alpha=0.0,           # train_pgd_*.py, black_box_*.py: step_size = epsilon*0.25 (0: eps / 4)
     pgd_train_clean=False,   # train_pgd_*.py: D's loss is the adversarial cross-entropy alone
+    pgd_warmup_iters=0,      # train_pgd_*.py: one epsilon from the first step (MNIST's B departs: below)
     bn_eval="batch",         # black_box_*.py: get_discriminator(..., is_training=True)
     eval_batch=64,           # black_box_*.py: '--batch-size', default=64
     eat_bn="batch",          # ensemble_examples_wrapper*.py: the model built with is_training=True, batches of 64
@@ -63,7 +64,8 @@ THEIRS = {
             d_net="paper",      # models/simple_cnn_mnist.py: discriminator is the paper's D1
         ),
         A=dict(d_lr=0.1, d_lr_drop_at=1.0, d_weight_decay=1e-4),   # run_standard_mnist.py: 0.1, '1E-4'; only train_op runs
-        B=dict(d_lr=0.01, d_lr_drop_at=1.0, d_weight_decay=1e-4),  # run_pgd_mnist.py: 0.01, 1E-4; only train_op runs
+        B=dict(d_lr=0.01, d_lr_drop_at=1.0, d_weight_decay=1e-4,   # run_pgd_mnist.py: 0.01, 1E-4; only train_op runs
+               pgd_warmup_iters=1000),  # not theirs: ours, so that B does not die at the start (docs/protocols.md)
         C=dict(d_lr=0.01,           # run_gan_mnist.py: '--learning-rate', default=0.01
                d_lr_drop_at=0.5,    # train_gan_mnist.py: if batch_idx<100000: ..._op else ..._op2
                d_every=5,           # train_gan_mnist.py: if batch_idx % 5 == 0: ... d_train_and_restore_op
@@ -116,7 +118,8 @@ THEIRS = {
     ),
 }
 # No authors' code: Fashion-MNIST takes MNIST's values (eps 0.1, the repository's), CIFAR-100 CIFAR-10's
-THEIRS["fashion_mnist"] = THEIRS["mnist"] | {"common": THEIRS["mnist"]["common"] | {"eps": 0.1}}
+THEIRS["fashion_mnist"] = THEIRS["mnist"] | {"common": THEIRS["mnist"]["common"] | {"eps": 0.1},
+                                              "B": THEIRS["mnist"]["B"] | {"pgd_warmup_iters": 0}}  # B trains at 0.1
 THEIRS["cifar100"] = THEIRS["cifar10"] | {"common": THEIRS["cifar10"]["common"] | {"n_classes": 100}}
 CONFIGURE = {"mnist": mnist.configure, "fashion_mnist": lambda args: mnist.configure(args, fashion=True),
              "svhn": svhn.configure, "cifar10": cifar10.configure, "cifar100": cifar100.configure}
@@ -315,11 +318,14 @@ def test_d_steps_on_every_5th_minibatch_after_its_g_steps_and_across_a_resume(mo
 def test_warmup_eps_grows_linearly_to_eps_then_stays():
     assert [core.warmup_eps(0.3, it, 4) for it in range(6)] == pytest.approx([0.075, 0.15, 0.225, 0.3, 0.3, 0.3])
     assert core.warmup_eps(0.3, 0, 0) == 0.3
+    for bad in ((8, 0, 4), (0.3, -1, 4), (0.3, 0, 2.5)):
+        with pytest.raises(ValueError):
+            core.warmup_eps(*bad)
 
 
 def test_b_trains_at_the_warmups_radius_across_a_resume(monkeypatch, tmp_path):
-    _, settings, _ = mnist.configure(parse("--quick", "--protocol", "authors", "--set", "pgd_eps_warmup=0.5",
-                                           "--set", "ckpt_minutes=0"))  # 10 iterations, the first 5 ramp
+    _, settings, _ = mnist.configure(parse("--quick", "--protocol", "authors", "--set", "pgd_warmup_iters=5",
+                                           "--set", "ckpt_minutes=0", "--set", "log_every=2"))  # 10 iterations, 5 ramp
     radii, step = [], core.pgd_training_step
 
     def recording_step(D, opt_D, x, y, eps, alpha, *args):
@@ -332,17 +338,21 @@ def test_b_trains_at_the_warmups_radius_across_a_resume(monkeypatch, tmp_path):
     assert [s["from_iter"] for s in record["sessions"]] == [0, 4]
     eps = [0.06, 0.12, 0.18, 0.24, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]
     assert radii == pytest.approx([(e, e / 4) for e in eps])
+    assert [h.get("eps") for h in record["history"]] == pytest.approx([0.12, 0.24, None, None, None])
+    step, _ = core.make_step("pgd", mnist.build_D(settings), settings=core.step_settings(settings))
+    with pytest.raises(ValueError, match="outside"):
+        step(*tiny_mnist(4), eps=0.5)  # wider than the settings' 0.3
 
 
 def test_the_warmup_is_mnists_b_alone_and_earlier_checkpoints_keep_their_fingerprints():
     _, authors, _ = mnist.configure(parse("--protocol", "authors"))
-    _, everyone, _ = mnist.configure(parse("--protocol", "authors", "--set", "pgd_eps_warmup=0.1"))
+    _, everyone, _ = mnist.configure(parse("--protocol", "authors", "--set", "pgd_warmup_iters=100"))
     for method in ("standard", "advnet", "eat"):  # trained before the warm-up existed: they still load
         assert runner.settings.fingerprint(everyone, method, 0) == runner.settings.fingerprint(authors, method, 0)
-        assert "pgd_eps_warmup" not in runner.settings.fingerprint(authors, method, 0)
-    assert json.loads(runner.settings.fingerprint(authors, "pgd", 0))["pgd_eps_warmup"] == 0.05
+        assert "pgd_warmup_iters" not in runner.settings.fingerprint(authors, method, 0)
+    assert json.loads(runner.settings.fingerprint(authors, "pgd", 0))["pgd_warmup_iters"] == 1000
     _, fashion, _ = mnist.configure(parse("--protocol", "authors"), fashion=True)
-    assert "pgd_eps_warmup" not in runner.settings.fingerprint(fashion, "pgd", 0)
+    assert "pgd_warmup_iters" not in runner.settings.fingerprint(fashion, "pgd", 0)
 
 
 def dead_d1(settings):
@@ -371,8 +381,10 @@ def test_stuck_needs_every_cross_entropy_at_chance_for_500_iterations():
     assert not runner.training.stuck_at_chance(at_chance, 100)
     for at in (-1, -3):  # the last entry, or one before it within the 500 iterations
         moved = [dict(h) for h in at_chance]
-        moved[at]["loss_adv"] = 2.2
+        moved[at]["loss_adv"] = 2.1
         assert not runner.training.stuck_at_chance(moved, 10)
+    svhn_frequencies = [{"iter": i, "loss": 2.236} for i in range(100, 601, 100)]  # a dead D's loss on SVHN's labels
+    assert runner.training.stuck_at_chance(svhn_frequencies, 10)
     assert runner.training.stuck_at_chance([{"iter": 500, "loss": 2.3026}], 10)  # A reports its loss alone
 
 
@@ -522,8 +534,8 @@ def test_cifar10_crops_shift_by_2_pixels():
 # ---------------------------------------------------------------- errors
 @pytest.mark.parametrize("argv, fragment", [
     (["--set", "protocol=authors"], "--protocol"),
-    (["--protocol", "authors", "--set", "cuda_graphs=true", "--set", "pgd_eps_warmup=0"], "d_every"),
-    (["--set", "cuda_graphs=true", "--set", "pgd_eps_warmup=0.05"], "pgd_eps_warmup"),
+    (["--protocol", "authors", "--set", "cuda_graphs=true", "--set", "pgd_warmup_iters=0"], "d_every"),
+    (["--set", "cuda_graphs=true", "--set", "pgd_warmup_iters=1000"], "pgd_warmup_iters"),
     (["--set", "g_net=theirs"], "g_net"),
 ])
 def test_bad_protocol_settings_are_one_line_errors(argv, fragment):
