@@ -127,6 +127,7 @@ def trained_settings(script, authors, trained, method, args, scoring=None):
                                    f"drop --protocol (the checkpoint says which)")
     args = copy.copy(args)
     args.protocol = protocol
+    trained = runner.settings.unnamed_neutral(trained, method) | trained  # else the protocol's row would fill them in
     resolved = runner.settings.resolve_settings(script.SETTINGS, args, trained | {"dataset": args.dataset} | (scoring or {}),
                                            authors, SCORING_SETTINGS, "a training setting: a checkpoint is scored "
                                            "with the settings it was trained with")

@@ -260,6 +260,17 @@ RUNTIME_SETTINGS = {"test_n", "eval_batch", "log_every", "ckpt_minutes", "bn_eva
 RECORDED_APART = {"dataset"}
 
 
+METHOD_ONLY = {"eat_bn": "eat", "pgd_warmup_iters": "pgd"}  # settings that only one method's fingerprint names
+
+
+def unnamed_neutral(trained, method):
+    """The NEUTRAL_SETTINGS a fingerprint's settings `trained` leave out because its `method` model was
+    trained at their neutral value (not those a fingerprint leaves out at any value: the other methods'
+    METHOD_ONLY and the validation split's val_from)."""
+    return {k: v for k, v in NEUTRAL_SETTINGS.items()
+            if k not in trained and METHOD_ONLY.get(k, method) == method and k != "val_from"}
+
+
 def fingerprint(settings, method, seed):
     """What a model's checkpoint must have been trained with to be resumed or loaded: its model_settings
     less the runtime ones and those RECORDED_APART, and less NEUTRAL_SETTINGS at their neutral values
@@ -269,10 +280,9 @@ def fingerprint(settings, method, seed):
             if k not in RUNTIME_SETTINGS | RECORDED_APART and not (k in NEUTRAL_SETTINGS and v == NEUTRAL_SETTINGS[k])}
     if method != "eat" or not kept.get("eat_n"):  # eat_n=0, the whole set, is how EAT checkpoints older than it were made
         kept.pop("eat_n", None)
-    if method != "eat":
-        kept.pop("eat_bn", None)
-    if method != "pgd":
-        kept.pop("pgd_warmup_iters", None)
+    for key, only in METHOD_ONLY.items():
+        if method != only:
+            kept.pop(key, None)
     if not kept.get("val_n") or kept.get("val_from") == "unused":  # training as every checkpoint older than val_n
         kept.pop("val_n", None), kept.pop("val_from", None)
     return json.dumps(kept | {"method": method, "model_seed": seed})

@@ -256,6 +256,17 @@ def test_a_checkpoint_written_before_the_protocols_resumes_and_loads(tmp_path):
     assert scored["protocol"] == "paper" and scored["bn_eval"] == "running" and scored["d_lr"] == 0.01
 
 
+@pytest.mark.parametrize("method, override, own", [("pgd", "pgd_warmup_iters=0", 1000), ("advnet", "d_every=1", 5)])
+def test_a_models_neutral_values_are_scored_as_trained_not_as_its_protocols_row(method, override, own):
+    key, value = override.split("=")
+    args = evaluate.parse_args(["C.pt", "--dataset", "mnist"])
+    for argv, expected in ((["--set", override], int(value)), ([], own)):
+        _, settings, _ = mnist.configure(parse("--protocol", "authors", *argv))
+        trained = json.loads(runner.settings.fingerprint(settings, method, 0))
+        trained.pop("method"), trained.pop("model_seed")
+        assert evaluate.trained_settings(mnist, mnist.AUTHORS, trained, method, args)[key] == expected
+
+
 def test_a_checkpoint_of_one_protocol_never_resumes_under_the_other(tmp_path):
     _, paper, _ = mnist.configure(parse("--quick"))
     _, authors, _ = mnist.configure(parse("--quick", "--protocol", "authors"))
