@@ -208,8 +208,11 @@ def settings_line(run, seeds, n_test):
     commit = (prov["git_commit"] or "unknown")[:10] + (" + uncommitted changes" if prov["git_dirty"] else "")
     iters = run["settings"]["iters"]
     unfinished = [f"{name} {m['iters_done']}" for name, m in run["models"].items() if m["iters_done"] != iters]
+    warmup = run["settings"].get("model_overrides", {}).get("B", {}).get("pgd_warmup_iters",
+                                                                          run["settings"].get("pgd_warmup_iters"))
     return (f"iterations {iters}" + (f" (done: {', '.join(unfinished)})" if unfinished else "")
-            + f", eps {run['settings']['eps']:g}, seeds {seeds}, n_test {n_test}, device {prov['device']},"
+            + f", eps {run['settings']['eps']:g}" + (f" (B's grown over its first {warmup})" if warmup else "")
+            + f", seeds {seeds}, n_test {n_test}, device {prov['device']},"
             + f" git {commit}, wall time {format_seconds(run['wall_seconds'])}")
 
 
