@@ -709,4 +709,4 @@ def test_notebook_names_the_protocol_beside_the_table(mnist_authors, tmp_path, m
     table = text.index("=== mnist: mnist_authors_quick.json")
     assert text.index("protocol: authors (the settings of the authors' code: whxbergkamp/RobustDL_GAN mnist/)", table) < \
         text.index("paper: Table 1", table)
-    assert text.index("eps 0.3 (B's grown over its first 1000), seeds", table) < text.index("paper: Table 1", table)
+    assert text.index("eps 0.3 (B's grown over its first 1000 minibatches), seeds", table) < text.index("paper: Table 1", table)
