@@ -212,7 +212,7 @@ def settings_line(run, seeds, n_test):
                                                                           run["settings"].get("pgd_warmup_iters"))
     return (f"iterations {iters}" + (f" (done: {', '.join(unfinished)})" if unfinished else "")
             + f", eps {run['settings']['eps']:g}"
-            + (f" (B's grown over its first {warmup} minibatches)" if warmup and "B" in run["models"] else "")
+            + (f" (B's grown over its first {warmup} minibatches)" if warmup and {"B", "B'"} & set(run["models"]) else "")
             + f", seeds {seeds}, n_test {n_test}, device {prov['device']},"
             + f" git {commit}, wall time {format_seconds(run['wall_seconds'])}")
 
