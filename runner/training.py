@@ -112,7 +112,7 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
                                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     progress = Progress(s["iters"], f"{name} ({method})", start=start, later=later, on_cpu=device.type == "cpu")
     sums, counts, t_start, t_saved, lr_now, warned_stuck = {}, {}, time.time(), time.time(), None, False
-    seconds_before = record["train_seconds"]
+    seconds_before, n_classes = record["train_seconds"], s.get("n_classes", 10)
     for it in range(start, s["iters"]):
         if "opt_D" in modules and lr_at(it, s) != lr_now:
             lr_now = lr_at(it, s)
@@ -120,7 +120,8 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
             if s["d_fresh_momentum"] and it > 0 and lr_now != lr_at(it - 1, s):  # a drop here, not a resume
                 core.reset_momentum(modules["opt_D"])
         x, y = batches(it)
-        stats = step(x, y, **step_options(method, it, s))
+        options = step_options(method, it, s)
+        stats = step(x, y, **options)
         for k, v in stats.items():
             sums[k] = sums.get(k, 0) + v.float()
             counts[k] = counts.get(k, 0) + 1
@@ -131,14 +132,15 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
                 raise UserError(f"{name}: loss became NaN/inf before iteration {it + 1}; stopped, {kept_checkpoint(ckpt_path)}; "
                                 f"try a smaller learning rate with --set")
             entry = {"iter": it + 1, "lr": lr_at(it, s), **{k: round(v, 5) for k, v in means.items()}}
-            radius = step_options(method, it, s).get("eps")  # B in its warm-up: the interval's last radius
-            record["history"].append(entry if radius is None else entry | {"eps": round(radius, 5)})
+            if "eps" in options:  # B in its warm-up: the interval's last radius
+                entry["eps"] = round(options["eps"], 5)
+            record["history"].append(entry)
             record["iters_done"] = it + 1
             record["train_seconds"] = seconds_before + time.time() - t_start
             sums, counts = {}, {}
             progress.update(it + 1, " ".join(f"{k}={v:.3f}" for k, v in means.items() if k in ("loss", "acc", "acc_adv")))
-            if not warned_stuck and stuck_at_chance(record["history"], s.get("n_classes", 10)):
-                print(stuck_warning(name, method, s.get("n_classes", 10)), file=sys.stderr)
+            if not warned_stuck and stuck_at_chance(record["history"], n_classes):
+                print(stuck_warning(name, method, n_classes), file=sys.stderr)
                 warned_stuck = True
             validate_if_due(name, method, D, G, batches, s, device, it + 1, record)
             if last or stop.raised or time.time() - t_saved >= 60 * s["ckpt_minutes"]:
