@@ -12,6 +12,7 @@ import core
 import gpu_check
 import runner.errors
 import runner.files
+import runner.training
 
 CPU = torch.device("cpu")
 CHECKS = {"generator_gain", "regulariser_mnist", "regulariser_cifar", "host_syncs", "graphed_losses", "concurrent_losses",
@@ -221,3 +222,13 @@ def test_pytest_stopped_at_its_time_limit_leaves_its_log_and_a_note(tmp_path):
     assert result["stopped"] == "stopped after 2 s" and result["returncode"] is not None
     assert (tmp_path / result["log"]).exists()
     assert gpu_check.pytest_verdicts(result, run.settings)["pytest"]["verdict"] == "not run"
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_timed_step_takes_its_batch_alone_as_a_captured_graph_replays_it(quick):
+    # a replayed CUDA graph takes (x, y) only: MNIST's B warm-up radius, a keyword of every step it lasts,
+    # would stop the loss comparison of cuda_graphs on the GPU
+    for network, (script, _) in gpu_check.bench.NETWORKS.items():
+        settings = gpu_check.bench.network_settings(script, quick)
+        for method in ("standard", "pgd", "advnet", "eat"):
+            assert runner.training.step_options(method, 0, settings) == {}, (network, method)

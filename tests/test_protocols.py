@@ -62,10 +62,10 @@ THEIRS = {
             pixel_scale=255,    # the TF reader: numpy.multiply(images, 1.0 / 255.0)
             augment=False,      # no augmentation in mnist/
             d_net="paper",      # models/simple_cnn_mnist.py: discriminator is the paper's D1
-        ),
+            pgd_warmup_iters=1000,  # not theirs: ours, so that B does not die at the start (docs/protocols.md); B's
+        ),                          # step alone reads it
         A=dict(d_lr=0.1, d_lr_drop_at=1.0, d_weight_decay=1e-4),   # run_standard_mnist.py: 0.1, '1E-4'; only train_op runs
-        B=dict(d_lr=0.01, d_lr_drop_at=1.0, d_weight_decay=1e-4,   # run_pgd_mnist.py: 0.01, 1E-4; only train_op runs
-               pgd_warmup_iters=1000),  # not theirs: ours, so that B does not die at the start (docs/protocols.md)
+        B=dict(d_lr=0.01, d_lr_drop_at=1.0, d_weight_decay=1e-4),  # run_pgd_mnist.py: 0.01, 1E-4; only train_op runs
         C=dict(d_lr=0.01,           # run_gan_mnist.py: '--learning-rate', default=0.01
                d_lr_drop_at=0.5,    # train_gan_mnist.py: if batch_idx<100000: ..._op else ..._op2
                d_every=5,           # train_gan_mnist.py: if batch_idx % 5 == 0: ... d_train_and_restore_op
@@ -118,8 +118,8 @@ THEIRS = {
     ),
 }
 # No authors' code: Fashion-MNIST takes MNIST's values (eps 0.1, the repository's), CIFAR-100 CIFAR-10's
-THEIRS["fashion_mnist"] = THEIRS["mnist"] | {"common": THEIRS["mnist"]["common"] | {"eps": 0.1},
-                                              "B": THEIRS["mnist"]["B"] | {"pgd_warmup_iters": 0}}  # B trains at 0.1
+THEIRS["fashion_mnist"] = THEIRS["mnist"] | {"common": THEIRS["mnist"]["common"] | {"eps": 0.1,
+                                                                                   "pgd_warmup_iters": 0}}  # B trains at 0.1
 THEIRS["cifar100"] = THEIRS["cifar10"] | {"common": THEIRS["cifar10"]["common"] | {"n_classes": 100}}
 CONFIGURE = {"mnist": mnist.configure, "fashion_mnist": lambda args: mnist.configure(args, fashion=True),
              "svhn": svhn.configure, "cifar10": cifar10.configure, "cifar100": cifar100.configure}
@@ -355,14 +355,15 @@ def test_b_trains_at_the_warmups_radius_across_a_resume(monkeypatch, tmp_path):
         step(*tiny_mnist(4), eps=0.5)  # wider than the settings' 0.3
 
 
-def test_the_warmup_is_mnists_b_alone_and_earlier_checkpoints_keep_their_fingerprints():
-    _, authors, _ = mnist.configure(parse("--protocol", "authors"))
-    _, everyone, _ = mnist.configure(parse("--protocol", "authors", "--set", "pgd_warmup_iters=100"))
+@pytest.mark.parametrize("protocol", ["paper", "authors"])
+def test_the_warmup_is_mnists_b_alone_and_earlier_checkpoints_keep_their_fingerprints(protocol):
+    _, mnists, _ = mnist.configure(parse("--protocol", protocol))
+    _, everyone, _ = mnist.configure(parse("--protocol", protocol, "--set", "pgd_warmup_iters=100"))
     for method in ("standard", "advnet", "eat"):  # trained before the warm-up existed: they still load
-        assert runner.settings.fingerprint(everyone, method, 0) == runner.settings.fingerprint(authors, method, 0)
-        assert "pgd_warmup_iters" not in runner.settings.fingerprint(authors, method, 0)
-    assert json.loads(runner.settings.fingerprint(authors, "pgd", 0))["pgd_warmup_iters"] == 1000
-    _, fashion, _ = mnist.configure(parse("--protocol", "authors"), fashion=True)
+        assert runner.settings.fingerprint(everyone, method, 0) == runner.settings.fingerprint(mnists, method, 0)
+        assert "pgd_warmup_iters" not in runner.settings.fingerprint(mnists, method, 0)
+    assert json.loads(runner.settings.fingerprint(mnists, "pgd", 0))["pgd_warmup_iters"] == 1000
+    _, fashion, _ = mnist.configure(parse("--protocol", protocol), fashion=True)
     assert "pgd_warmup_iters" not in runner.settings.fingerprint(fashion, "pgd", 0)
 
 
@@ -546,7 +547,7 @@ def test_cifar10_crops_shift_by_2_pixels():
 @pytest.mark.parametrize("argv, fragment", [
     (["--set", "protocol=authors"], "--protocol"),
     (["--protocol", "authors", "--set", "cuda_graphs=true", "--set", "pgd_warmup_iters=0"], "d_every"),
-    (["--set", "cuda_graphs=true", "--set", "pgd_warmup_iters=1000"], "pgd_warmup_iters"),
+    (["--set", "cuda_graphs=true"], "pgd_warmup_iters=0"),  # MNIST's B warms up by default
     (["--set", "g_net=theirs"], "g_net"),
 ])
 def test_bad_protocol_settings_are_one_line_errors(argv, fragment):
