@@ -194,9 +194,6 @@ def check_model_settings(s):
         raise UserError("compile and cuda_graphs are two ways to cut the launches: set one of them")
     if s["cuda_graphs"] and s["d_every"] > 1:
         raise UserError("d_every > 1 alternates two different steps, which one captured CUDA graph cannot replay: drop cuda_graphs")
-    if s["cuda_graphs"] and s["pgd_warmup_iters"]:
-        raise UserError("pgd_warmup_iters changes B's radius at every step of its warm-up, which one captured CUDA graph "
-                        "cannot replay: drop cuda_graphs, or set pgd_warmup_iters=0")
     if s["precision"] not in core.PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(core.PRECISIONS)}, not {s['precision']!r}")
     for key in ("bn_eval", "eat_bn"):

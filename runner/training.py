@@ -140,7 +140,7 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
             sums, counts = {}, {}
             progress.update(it + 1, " ".join(f"{k}={v:.3f}" for k, v in means.items() if k in ("loss", "acc", "acc_adv")))
             if not warned_stuck and stuck_at_chance(record["history"], n_classes):
-                print(stuck_warning(name, method, n_classes), file=sys.stderr)
+                print(stuck_warning(name, method, s), file=sys.stderr)
                 warned_stuck = True
             validate_if_due(name, method, D, G, batches, s, device, it + 1, record)
             if last or stop.raised or time.time() - t_saved >= 60 * s["ckpt_minutes"]:
@@ -173,8 +173,14 @@ def cross_entropies(entry):
     return [entry[k] for k in ("loss_clean", "loss_adv") if k in entry] or [entry["loss"]]
 
 
-def stuck_warning(name, method, n_classes):
-    remedy = "with its radius warmed up (--set pgd_warmup_iters=1000)" if method == "pgd" else "with a smaller learning rate"
+def stuck_warning(name, method, s):
+    n_classes, warmup = s.get("n_classes", 10), s["pgd_warmup_iters"]
+    if method != "pgd":
+        remedy = "with a smaller learning rate"
+    elif warmup:
+        remedy = f"with a longer warm-up of its radius (--set pgd_warmup_iters={2 * warmup})"
+    else:
+        remedy = "with its radius warmed up (--set pgd_warmup_iters=1000)"
     return (f"warning: {name}: its training cross-entropy has sat at ln {n_classes} = {math.log(n_classes):.3f} for "
             f"{STUCK_ITERS} iterations: it gives every image the same probabilities, as a network whose ReLUs have "
             f"all died does, and such a network rarely recovers. Stop it, and train it afresh {remedy}")
@@ -220,13 +226,16 @@ def run_in_turn(runs, device, streams=True):
 
 def graphed_or_eager(step, settings, device, optimizers=()):
     """The step as the loop calls it: as it is (it applies its own precision), or captured as a CUDA
-    graph (`cuda_graphs`) with the `optimizers` it steps."""
+    graph (`cuda_graphs`) with the `optimizers` it steps. A call with step options (B's warm-up radius)
+    runs eagerly: a graph replays one step, so it is captured on the first call without them."""
     if not settings["cuda_graphs"]:
         return step
     check_device(settings, device)
     graphed = core.GraphedStep(step, device, optimizers=optimizers)
 
-    def replayed(x, y):
+    def replayed(x, y, **options):
+        if options:  # B's warm-up radius changes every step: those steps run as they are, the graph comes after
+            return step(x, y, **options)
         try:
             return graphed(x, y)
         except RuntimeError as err:

@@ -226,8 +226,8 @@ def test_pytest_stopped_at_its_time_limit_leaves_its_log_and_a_note(tmp_path):
 
 @pytest.mark.parametrize("quick", [False, True])
 def test_every_timed_step_takes_its_batch_alone_as_a_captured_graph_replays_it(quick):
-    # a replayed CUDA graph takes (x, y) only: MNIST's B warm-up radius, a keyword of every step it lasts,
-    # would stop the loss comparison of cuda_graphs on the GPU
+    # a step with options runs eagerly under cuda_graphs: with MNIST's B warm-up, the loss comparison of
+    # cuda_graphs would compare B's eager steps with themselves
     for network, (script, _) in gpu_check.bench.NETWORKS.items():
         settings = gpu_check.bench.network_settings(script, quick)
         for method in ("standard", "pgd", "advnet", "eat"):

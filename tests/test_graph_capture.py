@@ -12,6 +12,7 @@ import core
 import gpu_check
 import mnist
 import runner.settings
+import runner.training
 
 CPU = torch.device("cpu")
 
@@ -83,3 +84,23 @@ def test_bench_graphed_paths_run_their_steps_through_a_graphed_step(faked_graphs
     assert len(faked_graphs) == 1
     assert bench.measure_concurrent(script, settings, shape, CPU, timing, "graphed", 1) > 0
     assert len(faked_graphs) == 1 + len(bench.SCRIPT_MODELS)
+
+
+def test_a_graphed_b_runs_its_warmup_eagerly_and_captures_after_it(faked_graphs, monkeypatch):
+    """A graph replays one step; B's warm-up changes its radius every step, so those steps run as they
+    are, and the graph is captured on the first step at full radius."""
+    monkeypatch.setattr(runner.training, "check_device", lambda settings, device: None)
+    calls = []
+
+    def recorded(x, y, **options):
+        calls.append(options)
+        return {"loss": x.sum()}
+
+    graphed = runner.training.graphed_or_eager(recorded, {"cuda_graphs": True}, CPU)
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    for it in range(3):
+        graphed(x, y, **runner.training.step_options("pgd", it, {"eps": 0.3, "pgd_warmup_iters": 3}))
+    assert [c["eps"] for c in calls] == pytest.approx([0.1, 0.2, 0.3]) and not faked_graphs
+    for _ in range(5):  # GraphedStep's 3 warm-up calls, the capture, a replay
+        graphed(x, y)
+    assert len(faked_graphs) == 1 and calls[3:] == [{}] * 6

@@ -98,7 +98,7 @@ def test_fashion_missing_data_names_its_folder(tmp_path):
     (["--eval-n", "-5"], "test_n"),
     (["--set", "bn_eval=both"], "bn_eval"),
     (["--set", "compile=true", "--set", "cuda_graphs=true"], "compile and cuda_graphs"),
-    (["--gpu", "cpu", "--set", "cuda_graphs=true", "--set", "pgd_warmup_iters=0"], "needs a CUDA device"),
+    (["--gpu", "cpu", "--set", "cuda_graphs=true"], "needs a CUDA device"),
 ])
 def test_bad_command_line_gets_one_line_error(args, fragment, fake_mnist, sentinel):
     assert_clean_error(run("--quick", "--data-dir", fake_mnist, "--out", sentinel, *args), fragment)

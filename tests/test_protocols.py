@@ -19,6 +19,7 @@ import evaluate
 import generators_study
 import mnist
 import over_training
+import runner.checkpoints
 import runner.cli
 import runner.errors
 import runner.provenance
@@ -267,6 +268,20 @@ def test_a_models_neutral_values_are_scored_as_trained_not_as_its_protocols_row(
         assert evaluate.trained_settings(mnist, mnist.AUTHORS, trained, method, args)[key] == expected
 
 
+def test_a_paper_protocol_b_trained_without_the_warmup_is_refused_and_loads_when_asked(tmp_path):
+    _, without, _ = mnist.configure(parse("--quick", "--set", "pgd_warmup_iters=0"))
+    _, default, _ = mnist.configure(parse("--quick"))
+    path = tmp_path / "B.pt"
+    train(path, without, "pgd")
+    with pytest.raises(runner.errors.UserError, match="pgd_warmup_iters 0 against 1000"):
+        runner.checkpoints.checked_checkpoint(str(path), default, "pgd", 0)
+    assert runner.checkpoints.checked_checkpoint(str(path), without, "pgd", 0)["record"]["iters_done"] == without["iters"]
+    trained = json.loads(runner.settings.fingerprint(without, "pgd", 0))
+    trained.pop("method"), trained.pop("model_seed")
+    args = evaluate.parse_args(["B.pt", "--dataset", "mnist"])
+    assert evaluate.trained_settings(mnist, mnist.AUTHORS, trained, "pgd", args)["pgd_warmup_iters"] == 0
+
+
 def test_a_checkpoint_of_one_protocol_never_resumes_under_the_other(tmp_path):
     _, paper, _ = mnist.configure(parse("--quick"))
     _, authors, _ = mnist.configure(parse("--quick", "--protocol", "authors"))
@@ -384,6 +399,14 @@ def test_a_model_stuck_at_chance_is_named_once(dead, monkeypatch, tmp_path, caps
     train(tmp_path / "A.pt", settings)
     warnings = [line for line in capsys.readouterr().err.splitlines() if "sat at ln 10 = 2.303" in line]
     assert len(warnings) == (1 if dead else 0), warnings
+
+
+def test_the_stuck_warning_asks_a_warmed_up_b_for_a_longer_warmup():
+    def remedy(method, warmup):
+        return runner.training.stuck_warning("B", method, {"pgd_warmup_iters": warmup}).rpartition("afresh ")[2]
+    assert remedy("pgd", 0) == "with its radius warmed up (--set pgd_warmup_iters=1000)"
+    assert remedy("pgd", 1000) == "with a longer warm-up of its radius (--set pgd_warmup_iters=2000)"
+    assert remedy("standard", 1000) == "with a smaller learning rate"
 
 
 def test_stuck_needs_every_cross_entropy_at_chance_for_500_iterations():
@@ -547,7 +570,6 @@ def test_cifar10_crops_shift_by_2_pixels():
 @pytest.mark.parametrize("argv, fragment", [
     (["--set", "protocol=authors"], "--protocol"),
     (["--protocol", "authors", "--set", "cuda_graphs=true", "--set", "pgd_warmup_iters=0"], "d_every"),
-    (["--set", "cuda_graphs=true"], "pgd_warmup_iters=0"),  # MNIST's B warms up by default
     (["--set", "g_net=theirs"], "g_net"),
 ])
 def test_bad_protocol_settings_are_one_line_errors(argv, fragment):
