@@ -226,15 +226,18 @@ def run_in_turn(runs, device, streams=True):
 
 def graphed_or_eager(step, settings, device, optimizers=()):
     """The step as the loop calls it: as it is (it applies its own precision), or captured as a CUDA
-    graph (`cuda_graphs`) with the `optimizers` it steps. A call with step options (B's warm-up radius)
-    runs eagerly: a graph replays one step, so it is captured on the first call without them."""
+    graph (`cuda_graphs`) with the `optimizers` it steps. A graph replays one fixed step, so a call with
+    B's warm-up radius (`eps`) runs eagerly; GraphedStep's own warm-up and capture start with the first
+    call without it. C's alternating steps (`d_step`) are refused with cuda_graphs (check_model_settings)."""
     if not settings["cuda_graphs"]:
         return step
     check_device(settings, device)
     graphed = core.GraphedStep(step, device, optimizers=optimizers)
 
     def replayed(x, y, **options):
-        if options:  # B's warm-up radius changes every step: those steps run as they are, the graph comes after
+        if options.keys() - {"eps"}:
+            raise ValueError(f"a graphed step cannot take {sorted(options.keys() - {'eps'})}")
+        if options:
             return step(x, y, **options)
         try:
             return graphed(x, y)

@@ -87,8 +87,8 @@ def test_bench_graphed_paths_run_their_steps_through_a_graphed_step(faked_graphs
 
 
 def test_a_graphed_b_runs_its_warmup_eagerly_and_captures_after_it(faked_graphs, monkeypatch):
-    """A graph replays one step; B's warm-up changes its radius every step, so those steps run as they
-    are, and the graph is captured on the first step at full radius."""
+    """A graph replays one fixed step; B's warm-up changes its radius every step, so those steps run as
+    they are, and GraphedStep's warm-up and capture start with the first step without a radius."""
     monkeypatch.setattr(runner.training, "check_device", lambda settings, device: None)
     calls = []
 
@@ -103,4 +103,6 @@ def test_a_graphed_b_runs_its_warmup_eagerly_and_captures_after_it(faked_graphs,
     assert [c["eps"] for c in calls] == pytest.approx([0.1, 0.2, 0.3]) and not faked_graphs
     for _ in range(5):  # GraphedStep's 3 warm-up calls, the capture, a replay
         graphed(x, y)
-    assert len(faked_graphs) == 1 and calls[3:] == [{}] * 6
+    assert len(faked_graphs) == 1 and calls[3:] == [{}] * 6  # 3 warm-up calls, the capture, 2 replays
+    with pytest.raises(ValueError, match="d_step"):  # C's alternating steps would never be graphed
+        graphed(x, y, d_step=False)

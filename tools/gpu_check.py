@@ -300,7 +300,8 @@ def short(result):
 def losses(run, result):
     """The six models of each network's script trained `loss_iters` iterations from the same weights
     on the same data (one fixed batch, which they can learn, no augmentation) along every combination of
-    cuda_graphs and concurrent_models, each compared with eager training one model after another."""
+    cuda_graphs and concurrent_models, each compared with eager training one model after another. B warms
+    its radius up over the first fifth, which it trains eagerly, so its switch to the graph is compared too."""
     with tempfile.TemporaryDirectory() as folder:
         for network in bench.NETWORKS:
             runs = result[network] = {}
@@ -319,6 +320,7 @@ def train_six(run, network, graphs, concurrent, folder):
     """name -> the loss of every iteration (the training loop's history, logged every iteration)."""
     script, shape = bench.NETWORKS[network]
     settings = run.networks[network] | dict(iters=run.settings["loss_iters"], log_every=1, augment=False,
+                                            pgd_warmup_iters=run.settings["loss_iters"] // 5,
                                             cuda_graphs=graphs, concurrent_models=concurrent)
     torch.manual_seed(0)
     images = torch.randint(0, 256, (settings["batch_size"], *shape), dtype=torch.uint8)
