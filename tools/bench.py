@@ -287,9 +287,7 @@ def main(argv=None):
 
 
 def network_settings(script, quick):
-    """A script's settings for timing its steps: B's at its full radius, as after any warm-up (a radius that
-    changes every step could not be replayed as one CUDA graph); quick: small G and batch, 5-step PGD."""
-    return script.SETTINGS | {"pgd_warmup_iters": 0} | (runner.settings.QUICK_SETTINGS if quick else {})
+    return script.SETTINGS | (runner.settings.QUICK_SETTINGS if quick else {})  # quick: small G and batch, 5-step PGD
 
 
 if __name__ == "__main__":
