@@ -140,7 +140,7 @@ def locked_training_run(name, method, seed, D, G, make_batches, settings, device
             sums, counts = {}, {}
             progress.update(it + 1, " ".join(f"{k}={v:.3f}" for k, v in means.items() if k in ("loss", "acc", "acc_adv")))
             if not warned_stuck and stuck_at_chance(record["history"], n_classes):
-                print(stuck_warning(name, method, s), file=sys.stderr)
+                print(stuck_warning(name, method, n_classes, s["pgd_warmup_iters"]), file=sys.stderr)
                 warned_stuck = True
             validate_if_due(name, method, D, G, batches, s, device, it + 1, record)
             if last or stop.raised or time.time() - t_saved >= 60 * s["ckpt_minutes"]:
@@ -173,8 +173,7 @@ def cross_entropies(entry):
     return [entry[k] for k in ("loss_clean", "loss_adv") if k in entry] or [entry["loss"]]
 
 
-def stuck_warning(name, method, s):
-    n_classes, warmup = s.get("n_classes", 10), s["pgd_warmup_iters"]
+def stuck_warning(name, method, n_classes, warmup):
     if method != "pgd":
         remedy = "with a smaller learning rate"
     elif warmup:

@@ -403,7 +403,7 @@ def test_a_model_stuck_at_chance_is_named_once(dead, monkeypatch, tmp_path, caps
 
 def test_the_stuck_warning_asks_a_warmed_up_b_for_a_longer_warmup():
     def remedy(method, warmup):
-        return runner.training.stuck_warning("B", method, {"pgd_warmup_iters": warmup}).rpartition("afresh ")[2]
+        return runner.training.stuck_warning("B", method, 10, warmup).rpartition("afresh ")[2]
     assert remedy("pgd", 0) == "with its radius warmed up (--set pgd_warmup_iters=1000)"
     assert remedy("pgd", 1000) == "with a longer warm-up of its radius (--set pgd_warmup_iters=2000)"
     assert remedy("standard", 1000) == "with a smaller learning rate"
