@@ -1,5 +1,8 @@
 """Evaluating the trained models: the paper's table in float32, and the strong evaluation (AutoAttack's
 cascade)."""
+import hashlib
+import json
+import pathlib
 import sys
 import time
 
@@ -7,6 +10,8 @@ import torch
 
 import core
 from runner import reports
+from runner.errors import UserError
+from runner.files import write_json
 from runner.progress import Progress
 
 
@@ -58,14 +63,12 @@ def strong_eval_report(models, generator, settings, test_x, test_y, device, auto
     attacks |= autoattack.attacks(settings) if autoattack else {}
     if generator is not None:
         attacks["generator_C"] = lambda m, x, y: core.generator_attack(generator, x, y, eps)
-    torch.manual_seed(settings["seed"])
     t0 = time.time()
     with core.scoring_mode([generator] if generator is not None else []):  # G as trained, in eval mode
-        results = core.strong_evaluation(targets, test_x[:n], test_y[:n], eps, device, attacks, surrogates,
-                                    settings["bn_eval"], settings["eval_batch"], sweep_steps=settings["strong_steps"],
-                                    progress=Progress(n, "strong evaluation", "img"))
+        results, resumed, attack_seconds = resumable_strong_evaluation(
+            targets, surrogates, generator, attacks, test_x[:n], test_y[:n], settings, device, state_dir)
     report = {"n_test": n, "bn": settings["bn_eval"], "attacks": list(attacks), "surrogates": list(surrogates),
-              "precision": SCORING_PRECISION,
+              "precision": SCORING_PRECISION, "resumed_images": resumed, "attack_seconds": attack_seconds,
               "models": {m: {"accuracy": r, "checks": core.masking_checks(r)} for m, r in results.items()}}
     if autoattack:
         report["autoattack"] = autoattack_version(settings)
@@ -77,6 +80,77 @@ def strong_eval_report(models, generator, settings, test_x, test_y, device, auto
     report["seconds"] = round(time.time() - t0, 1)
     print(reports.format_strong(report))
     return report
+
+
+EXACT_CHUNK = 5000  # a chunk's percentages, rounded to 0.01, give back its counts exactly below 10,000 images
+
+
+def resumable_strong_evaluation(targets, surrogates, generator, attacks, images, labels, settings, device, state_dir):
+    """core.strong_evaluation chunk by chunk (`eval_batch` images), each chunk's counts kept in a state
+    file in `state_dir` as it ends, so that a run cut short (hours on a CPU) resumes at the chunk it was
+    in, with the numbers an uninterrupted run gives: each chunk seeds its random starts by its position.
+    Returns (percent per model and key, images read from the state file, seconds of attacks in all runs)."""
+    n, chunk = len(images), min(settings["eval_batch"], EXACT_CHUNK)
+    path = strong_state_file(state_dir, targets | surrogates | ({"G": generator} if generator is not None else {}),
+                             settings, attacks, images[:n], labels[:n])
+    state = read_strong_state(path)
+    resumed = sum(done["n"] for done in state.values())
+    progress = Progress(n, "strong evaluation", "img", start=resumed)
+    for start in range(0, n, chunk):
+        if str(start) not in state:
+            t0 = time.time()
+            torch.manual_seed(settings["seed"] + start)
+            part = core.strong_evaluation(targets, images[start:start + chunk], labels[start:start + chunk], settings["eps"],
+                                          device, attacks, surrogates, settings["bn_eval"], chunk,
+                                          sweep_steps=settings["strong_steps"], progress=Shifted(progress, start))
+            size = min(chunk, n - start)
+            state[str(start)] = {"n": size, "seconds": round(time.time() - t0, 1),
+                                 "counts": {m: {k: round(p * size / 100) for k, p in r.items()} for m, r in part.items()}}
+            write_json(path, state)
+        progress.update(min(start + chunk, n))
+    totals = {}
+    for done in state.values():
+        for model, counts in done["counts"].items():
+            for key, count in counts.items():
+                totals.setdefault(model, {})[key] = totals.get(model, {}).get(key, 0) + count
+    accuracy = {m: {k: round(100.0 * c / n, 2) for k, c in counts.items()} for m, counts in totals.items()}
+    return accuracy, resumed, round(sum(done["seconds"] for done in state.values()), 1)
+
+
+class Shifted:
+    """A Progress seen from inside one chunk: its counts start at the chunk's first image."""
+
+    def __init__(self, progress, offset):
+        self.progress, self.offset = progress, offset
+
+    def update(self, done, extra=None):
+        self.progress.update(self.offset + done, extra)
+
+
+def strong_state_file(state_dir, models, settings, attacks, images, labels):
+    """Where the chunks of one strong evaluation are kept: named by everything that sets its numbers (the
+    models' weights, the images, the attacks and their settings, the chunk size)."""
+    keys = ("eps", "seed", "bn_eval", "eval_batch", "strong_steps", "strong_restarts", "square_queries")
+    digest = hashlib.sha1(json.dumps([sorted(attacks), sorted(models), EXACT_CHUNK] + [settings[k] for k in keys]).encode())
+    for tensor in [images, labels] + [t for name in sorted(models) for t in models[name].state_dict().values()]:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return pathlib.Path(state_dir) / f"strong_{digest.hexdigest()[:16]}.json"
+
+
+def read_strong_state(path):
+    """The finished chunks of a strong evaluation's state file, {first image: chunk}; {} where there is
+    no file, and an error naming the file where it cannot be read (it is never overwritten unread)."""
+    try:
+        with open(path) as f:
+            state = json.load(f)
+        if not all(isinstance(c, dict) and {"n", "seconds", "counts"} <= set(c) for c in state.values()):
+            raise ValueError("a chunk lacks its n, seconds or counts")
+        return state
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, AttributeError) as err:
+        raise UserError(f"the strong evaluation's state file {path} cannot be read ({err}); "
+                        "move it away to score those images again") from err
 
 
 AUTOATTACK_STANDARD = dict(strong_steps=100, square_queries=5000)  # the standard version's iterations and queries

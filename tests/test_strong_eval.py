@@ -13,6 +13,7 @@ import pyautoattack.square
 
 import core
 import runner.autoattack_suite
+import runner.errors
 import runner.evaluation
 from conftest import RoundedInput, learnable_set
 from test_mnist_script import quick_run, run  # noqa: F401 (quick_run: the session's quick models)
@@ -395,3 +396,89 @@ def test_strong_eval_quick_end_to_end(quick_run, fake_mnist, tmp_path):
         assert set(entry["checks"]) == {"iterative_beats_single_step", "accuracy_falls_with_eps", "large_eps_reaches_zero",
                                         "transfer_not_below_white_box", "gradient_free_not_better", "input_gradients_nonzero"}
     assert len(list(pathlib.Path(ckpt).glob("autoattack_*.json"))) >= 3  # AutoAttack's state, one per model
+
+
+# ------------------------------------------------------------------ the strong evaluation, resumed chunk by chunk
+CHUNK_EPS = 0.14  # FGS fools about half of the tiny model's images: a count that chunking could get wrong
+
+
+def chunked_settings(eval_batch=25):
+    return aa_settings(CHUNK_EPS) | dict(strong_steps=3, strong_restarts=1, bn_eval="running", eval_batch=eval_batch,
+                                strong_n=0, test_n=0)
+
+
+@pytest.fixture(scope="module")
+def chunk_models():
+    return {"A": trained_mlp(0)}, {"A'": trained_mlp(1)}
+
+
+def recorded_strong_evaluation(monkeypatch, cut_at=None):
+    """core.strong_evaluation as strong_eval_report calls it, each call's image count and seed recorded;
+    the call numbered `cut_at` is interrupted, as by Ctrl-C or the end of a session."""
+    whole, calls = core.strong_evaluation, []
+
+    def recorded(models, images, *args, **kwargs):
+        calls.append((len(images), torch.initial_seed()))
+        if len(calls) == cut_at:
+            raise KeyboardInterrupt
+        return whole(models, images, *args, **kwargs)
+
+    monkeypatch.setattr(core, "strong_evaluation", recorded)
+    return calls
+
+
+def strong_report(models, state_dir, settings=None):
+    targets, surrogates = models
+    images, labels = learnable_set(60, 7)
+    return runner.evaluation.strong_eval_report(targets | surrogates, None, settings or chunked_settings(), images, labels,
+                                                torch.device("cpu"), None, state_dir)
+
+
+def test_interrupted_strong_evaluation_resumes_at_its_chunk_with_the_numbers_of_an_uninterrupted_run(
+        chunk_models, tmp_path, monkeypatch):
+    calls = recorded_strong_evaluation(monkeypatch)
+    whole = strong_report(chunk_models, tmp_path / "whole")
+    assert [n for n, _ in calls] == [25, 25, 10] and whole["resumed_images"] == 0
+    seeds = [seed for _, seed in calls]
+    calls = recorded_strong_evaluation(monkeypatch, cut_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        strong_report(chunk_models, tmp_path / "cut")
+    calls = recorded_strong_evaluation(monkeypatch)
+    resumed = strong_report(chunk_models, tmp_path / "cut")
+    assert calls == [(10, seeds[2])]  # only the chunk that was cut, with the seed it had in the uninterrupted run
+    assert resumed["resumed_images"] == 50 and resumed["models"] == whole["models"]
+
+
+def test_chunks_add_up_to_the_counts_of_one_pass_over_the_images(chunk_models, tmp_path):
+    """The attacks without a random start (clean, FGS) and the zero-gradient share, whose counts do not
+    depend on how the images are cut: chunked, they are what one pass over all 60 images gives."""
+    targets, surrogates = chunk_models
+    images, labels = learnable_set(60, 7)
+    one_pass = core.strong_evaluation(targets, images, labels, CHUNK_EPS, torch.device("cpu"),
+                                      core.strong_attacks(CHUNK_EPS, 3, 1),
+                                      surrogates, sweep_steps=3)["A"]
+    chunked = strong_report(chunk_models, tmp_path)["models"]["A"]["accuracy"]
+    assert {k: chunked[k] for k in ("clean", "fgs", "zero_gradient_percent")} == \
+           {k: one_pass[k] for k in ("clean", "fgs", "zero_gradient_percent")}
+    assert 0 < chunked["fgs"] < chunked["clean"]
+
+
+def test_a_state_of_other_weights_or_settings_is_never_read(chunk_models, tmp_path, monkeypatch):
+    strong_report(chunk_models, tmp_path)
+    targets, surrogates = chunk_models
+    moved = {"A'": trained_mlp(1)}
+    with torch.no_grad():
+        next(moved["A'"].parameters())[0, 0] += 1.0
+    calls = recorded_strong_evaluation(monkeypatch)
+    assert strong_report((targets, moved), tmp_path)["resumed_images"] == 0
+    assert strong_report(chunk_models, tmp_path, chunked_settings(eval_batch=30))["resumed_images"] == 0
+    assert len(calls) == 3 + 2 and len(list(tmp_path.glob("strong_*.json"))) == 3
+
+
+def test_an_unreadable_strong_state_is_an_error_and_left_as_it_is(chunk_models, tmp_path):
+    strong_report(chunk_models, tmp_path)
+    state, = tmp_path.glob("strong_*.json")
+    state.write_text('{"0": {"n": 25}}')
+    with pytest.raises(runner.errors.UserError, match=state.name):
+        strong_report(chunk_models, tmp_path)
+    assert state.read_text() == '{"0": {"n": 25}}'
