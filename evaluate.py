@@ -74,7 +74,7 @@ def parse_args(argv):
     return args
 
 
-AUTOATTACK_STATE = "the checkpoint's folder (AutoAttack keeps its state there, to resume)"
+AUTOATTACK_STATE = "the checkpoint's folder (the strong evaluation keeps its state there, to resume)"
 
 
 def load(path, dataset):

@@ -11,7 +11,7 @@ import torch
 import core
 from runner import reports
 from runner.errors import UserError
-from runner.files import write_json
+from runner.files import merge_lock, write_json
 from runner.progress import Progress
 
 
@@ -49,12 +49,14 @@ def evaluate_trained(models, settings, test_x, test_y, device):
     return table, evaluation | {"seconds": round(time.time() - t0, 1)}
 
 
-def strong_eval_report(models, generator, settings, test_x, test_y, device, autoattack=None, state_dir="checkpoints"):
+def strong_eval_report(models, generator, settings, test_x, test_y, device, autoattack, state_dir):
     """--strong-eval: core.strong_evaluation of the target models (the seed copies attack by transfer;
     `generator`, C's G, attacks every model) with masking checks, as the results JSON's entry.
     `autoattack` (the module autoattack_suite, which needs a package beyond torch) adds AutoAttack's four
-    attacks, each alone, and its standard cascade (`autoattack`, resumable from state files in `state_dir`)."""
+    attacks, each alone, and its standard cascade (`autoattack`, or None for none). The other attacks and the
+    cascade each resume from their state files in `state_dir` (resumable_strong_evaluation, autoattack_cascade)."""
     n = min(settings["strong_n"] or len(test_x), settings["test_n"] or len(test_x), len(test_x))
+    strong_chunk(settings)  # its error before any attack
     targets, surrogates = split_models(models)
     if not targets:
         return {"n_test": 0, "models": {}, "note": "no finished target model to evaluate"}
@@ -65,10 +67,11 @@ def strong_eval_report(models, generator, settings, test_x, test_y, device, auto
         attacks["generator_C"] = lambda m, x, y: core.generator_attack(generator, x, y, eps)
     t0 = time.time()
     with core.scoring_mode([generator] if generator is not None else []):  # G as trained, in eval mode
-        results, resumed, attack_seconds = resumable_strong_evaluation(
-            targets, surrogates, generator, attacks, test_x[:n], test_y[:n], settings, device, state_dir)
+        results, resumed, chunk_seconds = resumable_strong_evaluation(
+            targets, surrogates, generator, attacks, test_x[:n], test_y[:n], settings, device, state_dir,
+            strong_eval_code(device, autoattack))
     report = {"n_test": n, "bn": settings["bn_eval"], "attacks": list(attacks), "surrogates": list(surrogates),
-              "precision": SCORING_PRECISION, "resumed_images": resumed, "attack_seconds": attack_seconds,
+              "precision": SCORING_PRECISION, "resumed_images": resumed, "chunk_seconds": chunk_seconds,
               "models": {m: {"accuracy": r, "checks": core.masking_checks(r)} for m, r in results.items()}}
     if autoattack:
         report["autoattack"] = autoattack_version(settings)
@@ -85,34 +88,47 @@ def strong_eval_report(models, generator, settings, test_x, test_y, device, auto
 EXACT_CHUNK = 5000  # a chunk's percentages, rounded to 0.01, give back its counts exactly below 10,000 images
 
 
-def resumable_strong_evaluation(targets, surrogates, generator, attacks, images, labels, settings, device, state_dir):
-    """core.strong_evaluation chunk by chunk (`eval_batch` images), each chunk's counts kept in a state
-    file in `state_dir` as it ends, so that a run cut short (hours on a CPU) resumes at the chunk it was
-    in, with the numbers an uninterrupted run gives: each chunk seeds its random starts by its position.
-    Returns (percent per model and key, images read from the state file, seconds of attacks in all runs)."""
-    n, chunk = len(images), min(settings["eval_batch"], EXACT_CHUNK)
+def strong_chunk(settings):
+    """Images per chunk of the strong evaluation: `eval_batch`, which under bn_eval=batch is also the batch
+    whose statistics each image is scored with, so that it cannot change without changing the numbers."""
+    if settings["eval_batch"] <= EXACT_CHUNK:
+        return settings["eval_batch"]
+    if settings["bn_eval"] == "batch":
+        raise UserError(f"--strong-eval scores with batch statistics (bn_eval=batch) in batches of eval_batch = "
+                        f"{settings['eval_batch']} images, and keeps each batch's counts for a resumed run, which it "
+                        f"can do for at most {EXACT_CHUNK}: set eval_batch to {EXACT_CHUNK} or fewer")
+    return EXACT_CHUNK
+
+
+def resumable_strong_evaluation(targets, surrogates, generator, attacks, images, labels, settings, device, state_dir,
+                                code):
+    """core.strong_evaluation chunk by chunk (strong_chunk), each chunk's counts added to a state file in
+    `state_dir` as it ends, so that a run cut short (hours on a CPU) resumes at the chunk it was in, with
+    the numbers an uninterrupted run gives: each chunk seeds its random starts by its position. `code`:
+    what else sets the numbers (strong_eval_code). Returns (percent per model and key, images read from
+    the state file, seconds of all the chunks, in whichever runs scored them)."""
+    n, chunk = len(images), strong_chunk(settings)
+    sizes = {str(start): min(chunk, n - start) for start in range(0, n, chunk)}
     path = strong_state_file(state_dir, targets | surrogates | ({"G": generator} if generator is not None else {}),
-                             settings, attacks, images[:n], labels[:n])
-    state = read_strong_state(path)
+                             settings, attacks, images, labels, code)
+    state = read_strong_state(path, sizes, targets)
     resumed = sum(done["n"] for done in state.values())
     progress = Progress(n, "strong evaluation", "img", start=resumed)
-    for start in range(0, n, chunk):
-        if str(start) not in state:
-            t0 = time.time()
-            torch.manual_seed(settings["seed"] + start)
-            part = core.strong_evaluation(targets, images[start:start + chunk], labels[start:start + chunk], settings["eps"],
-                                          device, attacks, surrogates, settings["bn_eval"], chunk,
-                                          sweep_steps=settings["strong_steps"], progress=Shifted(progress, start))
-            size = min(chunk, n - start)
-            state[str(start)] = {"n": size, "seconds": round(time.time() - t0, 1),
-                                 "counts": {m: {k: round(p * size / 100) for k, p in r.items()} for m, r in part.items()}}
-            write_json(path, state)
-        progress.update(min(start + chunk, n))
-    totals = {}
+    for start, size in sizes.items():
+        if start not in state:
+            t0, first = time.time(), int(start)
+            torch.manual_seed(settings["seed"] + first)
+            part = core.strong_evaluation(targets, images[first:first + size], labels[first:first + size], settings["eps"],
+                                          device, attacks, surrogates, settings["bn_eval"], size,
+                                          sweep_steps=settings["strong_steps"], progress=Shifted(progress, first))
+            state = add_chunk(path, start, {"n": size, "seconds": round(time.time() - t0, 1), "counts": {
+                m: {k: round(p * size / 100) for k, p in r.items()} for m, r in part.items()}}, sizes, targets)
+        progress.update(int(start) + size)
+    totals = {m: {} for m in targets}
     for done in state.values():
         for model, counts in done["counts"].items():
             for key, count in counts.items():
-                totals.setdefault(model, {})[key] = totals.get(model, {}).get(key, 0) + count
+                totals[model][key] = totals[model].get(key, 0) + count
     accuracy = {m: {k: round(100.0 * c / n, 2) for k, c in counts.items()} for m, counts in totals.items()}
     return accuracy, resumed, round(sum(done["seconds"] for done in state.values()), 1)
 
@@ -127,30 +143,79 @@ class Shifted:
         self.progress.update(self.offset + done, extra)
 
 
-def strong_state_file(state_dir, models, settings, attacks, images, labels):
+def strong_eval_code(device, autoattack):
+    """What sets a strong evaluation's numbers beyond its models, images and settings: the code that
+    attacks (core.py, this module, AutoAttack's glue, by their source), the versions of torch and of
+    AutoAttack, and the kind of device, so that no resumed run mixes chunks that these made otherwise."""
+    sources = [core.__file__, __file__] + ([autoattack.__file__] if autoattack else [])
+    digest = hashlib.sha1()
+    for source in sources:
+        with open(source, "rb") as f:
+            digest.update(f.read())
+    return [digest.hexdigest(), torch.__version__, core.as_device(device).type,
+            autoattack.package().__version__ if autoattack else None]
+
+
+def strong_state_file(state_dir, models, settings, attacks, images, labels, code):
     """Where the chunks of one strong evaluation are kept: named by everything that sets its numbers (the
-    models' weights, the images, the attacks and their settings, the chunk size)."""
+    models' weights, the images, the attacks and their settings, the chunk size, the code)."""
     keys = ("eps", "seed", "bn_eval", "eval_batch", "strong_steps", "strong_restarts", "square_queries")
-    digest = hashlib.sha1(json.dumps([sorted(attacks), sorted(models), EXACT_CHUNK] + [settings[k] for k in keys]).encode())
+    digest = hashlib.sha1(json.dumps([sorted(attacks), sorted(models), EXACT_CHUNK, code]
+                                     + [settings[k] for k in keys]).encode())
     for tensor in [images, labels] + [t for name in sorted(models) for t in models[name].state_dict().values()]:
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return pathlib.Path(state_dir) / f"strong_{digest.hexdigest()[:16]}.json"
 
 
-def read_strong_state(path):
-    """The finished chunks of a strong evaluation's state file, {first image: chunk}; {} where there is
-    no file, and an error naming the file where it cannot be read (it is never overwritten unread)."""
+def read_strong_state(path, sizes, targets):
+    """The finished chunks in a strong evaluation's state file, {first image: chunk}, checked against the
+    chunks this evaluation cuts (`sizes`, first image -> images) and its `targets`; {} where there is no
+    file, and an error naming the file where it is not what this evaluation would write (it is never
+    overwritten unread)."""
     try:
         with open(path) as f:
             state = json.load(f)
-        if not all(isinstance(c, dict) and {"n", "seconds", "counts"} <= set(c) for c in state.values()):
-            raise ValueError("a chunk lacks its n, seconds or counts")
-        return state
+        problem = strong_state_problem(state, sizes, targets)
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError, AttributeError) as err:
-        raise UserError(f"the strong evaluation's state file {path} cannot be read ({err}); "
-                        "move it away to score those images again") from err
+    except (OSError, ValueError) as err:
+        problem = str(err)
+    if problem:
+        raise UserError(f"the strong evaluation's state file {path} cannot be read ({problem}); "
+                        "move it away to score those images again")
+    return state
+
+
+def strong_state_problem(state, sizes, targets):
+    """What makes a state file's content other than chunks of this evaluation, or None."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    keys = None
+    for start, done in state.items():
+        if start not in sizes:
+            return f"a chunk from image {start!r}, where this evaluation cuts none"
+        if not isinstance(done, dict) or done.get("n") != sizes[start]:
+            return f"chunk {start}: not its {sizes[start]} images"
+        seconds, counts = done.get("seconds"), done.get("counts")
+        if not isinstance(seconds, (int, float)) or seconds < 0 or not isinstance(counts, dict) or set(counts) != set(targets):
+            return f"chunk {start}: its seconds or its models ({', '.join(targets)}) are missing"
+        for model, row in counts.items():
+            if keys is None and isinstance(row, dict):
+                keys = set(row)
+            if not isinstance(row, dict) or set(row) != keys or "clean" not in row or not all(
+                    type(c) is int and 0 <= c <= sizes[start] for c in row.values()):
+                return f"chunk {start}, model {model}: not a count of its images for each attack of the others"
+    return None
+
+
+def add_chunk(path, start, done, sizes, targets):
+    """Adds a finished chunk to the state file, re-read under a lock, so that two runs of one evaluation
+    (a requeued job beside the one it replaces) keep each other's chunks; returns the file's chunks."""
+    with merge_lock(str(path)):
+        state = read_strong_state(path, sizes, targets)
+        state[start] = done
+        write_json(path, state)
+    return state
 
 
 AUTOATTACK_STANDARD = dict(strong_steps=100, square_queries=5000)  # the standard version's iterations and queries

@@ -92,7 +92,7 @@ def check_run(name, settings, args, seeds, chosen, ckpt_dir, out):
         rows |= {"A", "B", "C"} & set(chosen + finished)
     if not args.no_eval:
         check_no_less(name, out, settings, args, seeds, rows)
-    if not args.eval_only or args.strong_eval:  # the strong evaluation keeps AutoAttack's state beside the checkpoints
+    if not args.eval_only or args.strong_eval:  # the strong evaluation keeps its state beside the checkpoints
         check_writable(ckpt_dir, "--ckpt-dir")
 
 

@@ -237,7 +237,7 @@ def test_a_results_file_of_the_wrong_shape_is_named_before_training_and_kept(dam
     assert out.read_bytes() == before and not (tmp_path / "ckpt").exists()
 
 
-def test_autoattacks_state_beside_a_checkpoint_on_a_read_only_file_system_is_refused_before_scoring(
+def test_the_strong_evaluations_state_beside_a_checkpoint_on_a_read_only_file_system_is_refused_before_scoring(
         quick_A, fake_mnist, tmp_path, capsys, monkeypatch):
     folder = tmp_path / "read-only"
     folder.mkdir()
@@ -251,7 +251,7 @@ def test_autoattacks_state_beside_a_checkpoint_on_a_read_only_file_system_is_ref
     monkeypatch.setattr(runner.files.tempfile, "TemporaryFile", read_only_there)
     code, err = run_main(evaluate.main, [str(folder / "A.pt"), "--dataset", "mnist", "--gpu", "cpu", "--strong-eval",
                                          "--data-dir", fake_mnist, "--out", str(tmp_path / "e.json")], capsys)
-    assert code == 2 and "AutoAttack keeps its state there" in err and "read-only: choose a place" in err, err
+    assert code == 2 and "the strong evaluation keeps its state there" in err and "read-only: choose a place" in err, err
     assert len(err.splitlines()) == 1 and "scoring" not in capsys.readouterr().out and not (tmp_path / "e.json").exists()
 
 

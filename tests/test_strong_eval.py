@@ -463,22 +463,83 @@ def test_chunks_add_up_to_the_counts_of_one_pass_over_the_images(chunk_models, t
     assert 0 < chunked["fgs"] < chunked["clean"]
 
 
-def test_a_state_of_other_weights_or_settings_is_never_read(chunk_models, tmp_path, monkeypatch):
+def test_a_state_of_other_weights_settings_or_code_is_never_read(chunk_models, tmp_path, monkeypatch):
     strong_report(chunk_models, tmp_path)
     targets, surrogates = chunk_models
     moved = {"A'": trained_mlp(1)}
     with torch.no_grad():
         next(moved["A'"].parameters())[0, 0] += 1.0
     calls = recorded_strong_evaluation(monkeypatch)
+    images, labels = learnable_set(60, 7)
+    for seed in (0, 1):  # two generators: their attack, then their weights
+        torch.manual_seed(seed)
+        assert runner.evaluation.strong_eval_report(targets | surrogates, core.G1(k=2), chunked_settings(), images, labels,
+                                                    torch.device("cpu"), None, tmp_path)["resumed_images"] == 0
     assert strong_report((targets, moved), tmp_path)["resumed_images"] == 0
     assert strong_report(chunk_models, tmp_path, chunked_settings(eval_batch=30))["resumed_images"] == 0
-    assert len(calls) == 3 + 2 and len(list(tmp_path.glob("strong_*.json"))) == 3
+    assert strong_report(chunk_models, tmp_path, chunked_settings() | {"bn_eval": "batch"})["resumed_images"] == 0
+    other_code = runner.evaluation.strong_eval_code(torch.device("cpu"), None)[:-1] + ["another AutoAttack"]
+    monkeypatch.setattr(runner.evaluation, "strong_eval_code", lambda device, autoattack: other_code)
+    assert strong_report(chunk_models, tmp_path)["resumed_images"] == 0
+    assert len(calls) == 3 * 5 + 2 and len(list(tmp_path.glob("strong_*.json"))) == 7
 
 
-def test_an_unreadable_strong_state_is_an_error_and_left_as_it_is(chunk_models, tmp_path):
+def test_chunks_are_the_batches_of_batch_statistics_and_their_counts_stay_exact():
+    settings = chunked_settings(eval_batch=6000)
+    assert runner.evaluation.strong_chunk(settings) == runner.evaluation.EXACT_CHUNK
+    with pytest.raises(runner.errors.UserError, match="eval_batch to 5000"):
+        runner.evaluation.strong_chunk(settings | {"bn_eval": "batch"})  # a chunk of other statistics would score otherwise
+    assert runner.evaluation.strong_chunk(chunked_settings() | {"bn_eval": "batch"}) == 25
+
+
+def test_a_chunk_added_by_another_run_of_the_same_evaluation_is_kept_and_not_scored_again(
+        chunk_models, tmp_path, monkeypatch):
+    """Two runs of one evaluation at once (a requeued job beside the one it replaces): the other run adds
+    the last chunk while this one scores the second; this one keeps it, and never scores it itself."""
+    strong_report(chunk_models, tmp_path / "whole")
+    (whole_state,) = (tmp_path / "whole").glob("strong_*.json")
+    last = json.loads(whole_state.read_text())["50"]
+    path, whole, calls = None, core.strong_evaluation, []
+
+    def beside(models, images, *args, **kwargs):
+        calls.append(len(images))
+        if len(calls) == 2:
+            (state,) = (tmp_path / "both").glob("strong_*.json")
+            runner.evaluation.add_chunk(state, "50", last, {"0": 25, "25": 25, "50": 10}, chunk_models[0])
+        return whole(models, images, *args, **kwargs)
+
+    monkeypatch.setattr(core, "strong_evaluation", beside)
+    report = strong_report(chunk_models, tmp_path / "both")
+    assert calls == [25, 25] and set(json.loads(next((tmp_path / "both").glob("strong_*.json")).read_text())) == {
+        "0", "25", "50"}
+    assert report["models"] == strong_report(chunk_models, tmp_path / "whole")["models"]
+
+
+@pytest.mark.parametrize("damage", [
+    {"0": {"n": 25}},                                                        # a chunk without its counts
+    {"7": {"n": 25, "seconds": 1.0, "counts": {"A": {"clean": 25}}}},        # a chunk this evaluation never cuts
+    {"50": {"n": 25, "seconds": 1.0, "counts": {"A": {"clean": 10}}}},       # the last chunk at another size
+    {"0": {"n": 25, "seconds": 1.0, "counts": {"A": {"clean": 999}}}},       # more images right than scored
+    {"0": {"n": 25, "seconds": 1.0, "counts": {}}},                          # no models
+    {"0": {"n": "25", "seconds": 1.0, "counts": {"A": {"clean": 25}}}},      # a count as text
+    {"0": {"n": 25, "seconds": 1.0, "counts": [25]}},                        # counts not per model
+    {"0": {"n": 25, "seconds": 1.0, "counts": {"A": {"clean": 25}}},         # chunks of other attacks
+     "25": {"n": 25, "seconds": 1.0, "counts": {"A": {"clean": 25, "fgs": 3}}}},
+    [1, 2],
+])
+def test_a_state_that_is_not_this_evaluations_chunks_is_an_error_and_left_as_it_is(chunk_models, tmp_path, damage):
     strong_report(chunk_models, tmp_path)
     state, = tmp_path.glob("strong_*.json")
-    state.write_text('{"0": {"n": 25}}')
+    state.write_text(json.dumps(damage))
     with pytest.raises(runner.errors.UserError, match=state.name):
         strong_report(chunk_models, tmp_path)
-    assert state.read_text() == '{"0": {"n": 25}}'
+    assert json.loads(state.read_text()) == damage
+
+
+def test_a_strong_state_that_is_not_json_is_an_error_and_left_as_it_is(chunk_models, tmp_path):
+    strong_report(chunk_models, tmp_path)
+    state, = tmp_path.glob("strong_*.json")
+    state.write_text('{"0": {"n": 25')  # cut off mid-write by another program: ours write atomically
+    with pytest.raises(runner.errors.UserError, match=state.name):
+        strong_report(chunk_models, tmp_path)
+    assert state.read_text() == '{"0": {"n": 25'
