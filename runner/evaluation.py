@@ -113,6 +113,8 @@ def resumable_strong_evaluation(targets, surrogates, generator, attacks, images,
                              settings, attacks, images, labels, code)
     state = read_strong_state(path, sizes, targets)
     resumed = sum(done["n"] for done in state.values())
+    if resumed:
+        print(f"strong evaluation: {resumed} of {n} images already scored, in {path}", file=sys.stderr)
     progress = Progress(n, "strong evaluation", "img", start=resumed)
     for start, size in sizes.items():
         if start not in state:
@@ -123,7 +125,6 @@ def resumable_strong_evaluation(targets, surrogates, generator, attacks, images,
                                           sweep_steps=settings["strong_steps"], progress=Shifted(progress, first))
             state = add_chunk(path, start, {"n": size, "seconds": round(time.time() - t0, 1), "counts": {
                 m: {k: round(p * size / 100) for k, p in r.items()} for m, r in part.items()}}, sizes, targets)
-        progress.update(int(start) + size)
     totals = {m: {} for m in targets}
     for done in state.values():
         for model, counts in done["counts"].items():

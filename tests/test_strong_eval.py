@@ -435,7 +435,7 @@ def strong_report(models, state_dir, settings=None):
 
 
 def test_interrupted_strong_evaluation_resumes_at_its_chunk_with_the_numbers_of_an_uninterrupted_run(
-        chunk_models, tmp_path, monkeypatch):
+        chunk_models, tmp_path, monkeypatch, capsys):
     calls = recorded_strong_evaluation(monkeypatch)
     whole = strong_report(chunk_models, tmp_path / "whole")
     assert [n for n, _ in calls] == [25, 25, 10] and whole["resumed_images"] == 0
@@ -444,7 +444,9 @@ def test_interrupted_strong_evaluation_resumes_at_its_chunk_with_the_numbers_of_
     with pytest.raises(KeyboardInterrupt):
         strong_report(chunk_models, tmp_path / "cut")
     calls = recorded_strong_evaluation(monkeypatch)
+    capsys.readouterr()
     resumed = strong_report(chunk_models, tmp_path / "cut")
+    assert "50 of 60 images already scored" in capsys.readouterr().err
     assert calls == [(10, seeds[2])]  # only the chunk that was cut, with the seed it had in the uninterrupted run
     assert resumed["resumed_images"] == 50 and resumed["models"] == whole["models"]
 
