@@ -72,8 +72,9 @@ def planned_specs(key, args):
 
 
 def check_dataset_run(key, args):
-    """What run_dataset will read, checked before any data set's training: its settings, and every
-    checkpoint it will resume or load (runner.checkpoints.checked_checkpoint)."""
+    """What run_dataset will read, checked before any data set's training: its settings (the strong
+    evaluation's batches among them), and every checkpoint it will resume or load
+    (runner.checkpoints.checked_checkpoint)."""
     settings, specs = planned_specs(key, args)
     if settings["val_n"]:
         raise runner.errors.UserError("ensemble.py: val_n would hold images out of the models' training but not out of the "
@@ -81,6 +82,8 @@ def check_dataset_run(key, args):
     for method, seed, path, _ in specs.values():
         if os.path.exists(path):
             runner.checkpoints.checked_checkpoint(path, settings, method, seed)
+    if args.strong_eval:
+        runner.evaluation.strong_chunk(settings)
 
 
 def iterations_to_train(key, args):

@@ -153,6 +153,7 @@ def main(argv=None):
     runner.files.check_results_file(out, "evaluate")
     if args.strong_eval or args.robustbench:
         runner.files.check_writable(os.path.dirname(os.path.abspath(args.checkpoint)), AUTOATTACK_STATE)
+        runner.evaluation.strong_chunk(settings)
     if args.robustbench:
         runner.files.check_out_file(model_info_path(out))
         check_model_info(model_info_path(out))

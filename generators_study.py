@@ -53,6 +53,8 @@ def main(argv=None):
     study_dir = os.path.join(args.ckpt_dir or "checkpoints", study_name)
     out = args.out or os.path.join("results", study_name + ".json")
     runner.files.check_writable(args.ckpt_dir or "checkpoints", "--ckpt-dir")  # before hours of training, not after
+    if args.strong_eval:
+        runner.evaluation.strong_chunk(settings)
     runner.files.check_results_file(out, study_name)
     runner.files.check_out_file(examples_file(out))
     train_x, train_y, test_x, test_y = load()

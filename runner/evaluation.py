@@ -5,6 +5,7 @@ import json
 import pathlib
 import sys
 import time
+from typing import NamedTuple
 
 import torch
 
@@ -56,7 +57,6 @@ def strong_eval_report(models, generator, settings, test_x, test_y, device, auto
     attacks, each alone, and its standard cascade (`autoattack`, or None for none). The other attacks and the
     cascade each resume from their state files in `state_dir` (resumable_strong_evaluation, autoattack_cascade)."""
     n = min(settings["strong_n"] or len(test_x), settings["test_n"] or len(test_x), len(test_x))
-    strong_chunk(settings)  # its error before any attack
     targets, surrogates = split_models(models)
     if not targets:
         return {"n_test": 0, "models": {}, "note": "no finished target model to evaluate"}
@@ -111,27 +111,41 @@ def resumable_strong_evaluation(targets, surrogates, generator, attacks, images,
     sizes = {str(start): min(chunk, n - start) for start in range(0, n, chunk)}
     path = strong_state_file(state_dir, targets | surrogates | ({"G": generator} if generator is not None else {}),
                              settings, attacks, images, labels, code)
-    state = read_strong_state(path, sizes, targets)
-    resumed = sum(done["n"] for done in state.values())
-    if resumed:
-        print(f"strong evaluation: {resumed} of {n} images already scored, in {path}", file=sys.stderr)
-    progress = Progress(n, "strong evaluation", "img", start=resumed)
+    expected = Expected(sizes, set(targets), {"clean", "robust"} | set(attacks) | {f"transfer_{s}" for s in surrogates})
+    state = read_strong_state(path, expected)
+    said_resumed(path, sum(done["n"] for done in state.values()), n)
+    progress = Progress(n, "strong evaluation", "img", start=sum(done["n"] for done in state.values()))
+    scored_here = 0
     for start, size in sizes.items():
         if start not in state:
+            scored_here += size
             t0, first = time.time(), int(start)
             torch.manual_seed(settings["seed"] + first)
             part = core.strong_evaluation(targets, images[first:first + size], labels[first:first + size], settings["eps"],
                                           device, attacks, surrogates, settings["bn_eval"], size,
                                           sweep_steps=settings["strong_steps"], progress=Shifted(progress, first))
             state = add_chunk(path, start, {"n": size, "seconds": round(time.time() - t0, 1), "counts": {
-                m: {k: round(p * size / 100) for k, p in r.items()} for m, r in part.items()}}, sizes, targets)
+                m: {k: round(p * size / 100) for k, p in r.items()} for m, r in part.items()}}, expected)
     totals = {m: {} for m in targets}
     for done in state.values():
         for model, counts in done["counts"].items():
             for key, count in counts.items():
                 totals[model][key] = totals[model].get(key, 0) + count
     accuracy = {m: {k: round(100.0 * c / n, 2) for k, c in counts.items()} for m, counts in totals.items()}
-    return accuracy, resumed, round(sum(done["seconds"] for done in state.values()), 1)
+    return accuracy, n - scored_here, round(sum(done["seconds"] for done in state.values()), 1)
+
+
+def said_resumed(path, resumed, n):
+    """The line that says where a strong evaluation starts: from the images its state file holds, or
+    afresh beside other evaluations' state files (whose models, settings or code differed)."""
+    if resumed:
+        print(f"strong evaluation: {resumed} of {n} images already scored, in {path}", file=sys.stderr)
+        return
+    others = sorted(p.name for p in path.parent.glob("strong_*.json") if p != path)
+    if others:
+        print(f"strong evaluation: scored afresh into {path.name}; {', '.join(others)} beside it hold evaluations of "
+              "other models, images, settings or code (core.py, runner/evaluation.py, runner/autoattack_suite.py)",
+              file=sys.stderr)
 
 
 class Shifted:
@@ -144,16 +158,24 @@ class Shifted:
         self.progress.update(self.offset + done, extra)
 
 
+def source_digest(paths):
+    digest = hashlib.sha1()
+    for path in paths:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+# read as the process starts: a checkout pulled during hours of training must not name the old code's chunks
+ATTACKING_CODE = source_digest([core.__file__, __file__, pathlib.Path(__file__).with_name("autoattack_suite.py")])
+
+
 def strong_eval_code(device, autoattack):
     """What sets a strong evaluation's numbers beyond its models, images and settings: the code that
-    attacks (core.py, this module, AutoAttack's glue, by their source), the versions of torch and of
-    AutoAttack, and the kind of device, so that no resumed run mixes chunks that these made otherwise."""
-    sources = [core.__file__, __file__] + ([autoattack.__file__] if autoattack else [])
-    digest = hashlib.sha1()
-    for source in sources:
-        with open(source, "rb") as f:
-            digest.update(f.read())
-    return [digest.hexdigest(), torch.__version__, core.as_device(device).type,
+    attacks (core.py, this module, AutoAttack's glue, by their source as this process loaded it), the
+    versions of torch and of AutoAttack, and the kind of device, so that no resumed run mixes chunks that
+    these made otherwise."""
+    return [ATTACKING_CODE, torch.__version__, core.as_device(device).type,
             autoattack.package().__version__ if autoattack else None]
 
 
@@ -168,15 +190,22 @@ def strong_state_file(state_dir, models, settings, attacks, images, labels, code
     return pathlib.Path(state_dir) / f"strong_{digest.hexdigest()[:16]}.json"
 
 
-def read_strong_state(path, sizes, targets):
-    """The finished chunks in a strong evaluation's state file, {first image: chunk}, checked against the
-    chunks this evaluation cuts (`sizes`, first image -> images) and its `targets`; {} where there is no
-    file, and an error naming the file where it is not what this evaluation would write (it is never
-    overwritten unread)."""
+class Expected(NamedTuple):
+    """What a strong evaluation's state file holds: its chunks (first image -> images), the target models,
+    and the keys each model's counts carry at least (more: the eps sweep)."""
+    sizes: dict
+    models: set
+    keys: set
+
+
+def read_strong_state(path, expected):
+    """The finished chunks in a strong evaluation's state file, {first image: chunk}, checked against what
+    this evaluation would write there (`expected`); {} where there is no file, and an error naming the
+    file where it holds anything else (it is never overwritten unread)."""
     try:
         with open(path) as f:
             state = json.load(f)
-        problem = strong_state_problem(state, sizes, targets)
+        problem = strong_state_problem(state, expected)
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as err:
@@ -187,11 +216,11 @@ def read_strong_state(path, sizes, targets):
     return state
 
 
-def strong_state_problem(state, sizes, targets):
+def strong_state_problem(state, expected):
     """What makes a state file's content other than chunks of this evaluation, or None."""
     if not isinstance(state, dict):
         return "not a JSON object"
-    keys = None
+    sizes, targets, keys = expected.sizes, expected.models, None
     for start, done in state.items():
         if start not in sizes:
             return f"a chunk from image {start!r}, where this evaluation cuts none"
@@ -199,22 +228,26 @@ def strong_state_problem(state, sizes, targets):
             return f"chunk {start}: not its {sizes[start]} images"
         seconds, counts = done.get("seconds"), done.get("counts")
         if not isinstance(seconds, (int, float)) or seconds < 0 or not isinstance(counts, dict) or set(counts) != set(targets):
-            return f"chunk {start}: its seconds or its models ({', '.join(targets)}) are missing"
+            return f"chunk {start}: its seconds or its models ({', '.join(sorted(targets))}) are missing"
         for model, row in counts.items():
             if keys is None and isinstance(row, dict):
                 keys = set(row)
-            if not isinstance(row, dict) or set(row) != keys or "clean" not in row or not all(
+            if not isinstance(row, dict) or set(row) != keys or not expected.keys <= keys or not all(
                     type(c) is int and 0 <= c <= sizes[start] for c in row.values()):
                 return f"chunk {start}, model {model}: not a count of its images for each attack of the others"
     return None
 
 
-def add_chunk(path, start, done, sizes, targets):
+def add_chunk(path, start, done, expected):
     """Adds a finished chunk to the state file, re-read under a lock, so that two runs of one evaluation
-    (a requeued job beside the one it replaces) keep each other's chunks; returns the file's chunks."""
+    (a requeued job beside the one it replaces) keep each other's chunks; returns the file's chunks. What
+    it writes is checked as what it reads is."""
     with merge_lock(str(path)):
-        state = read_strong_state(path, sizes, targets)
-        state[start] = done
+        state = read_strong_state(path, expected) | {start: done}
+        problem = strong_state_problem(state, expected)
+        if problem:
+            raise UserError(f"the strong evaluation's state file {path} and the chunk just scored disagree ({problem}); "
+                            "move the file away to score those images again")
         write_json(path, state)
     return state
 

@@ -8,7 +8,7 @@ from runner import jobs, reports
 from runner.checkpoints import checked_checkpoint
 from runner.cli import experiment_parser, parse_cli, parse_models, parse_seeds, pick_device
 from runner.errors import UserError
-from runner.evaluation import evaluate_trained, strong_eval_report
+from runner.evaluation import evaluate_trained, strong_chunk, strong_eval_report
 from runner.files import check_results_file, check_writable, write_json
 from runner.provenance import command_line, device_name, provenance
 from runner.settings import METHODS, model_settings, resolve_settings, run_name
@@ -94,6 +94,8 @@ def check_run(name, settings, args, seeds, chosen, ckpt_dir, out):
         check_no_less(name, out, settings, args, seeds, rows)
     if not args.eval_only or args.strong_eval:  # the strong evaluation keeps its state beside the checkpoints
         check_writable(ckpt_dir, "--ckpt-dir")
+    if args.strong_eval and not args.no_eval:
+        strong_chunk(settings)
 
 
 def banner(name, settings, args, device, chosen, seeds, ckpt_dir, out):

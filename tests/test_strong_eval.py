@@ -1,6 +1,7 @@
 """The strong evaluation: every attack stays in the threat model, the worst case is the per-example
 minimum, the masking checks fire on a model that masks its gradients and stay quiet on one that does
 not, and --strong-eval runs end to end from the command line."""
+import hashlib
 import json
 import pathlib
 
@@ -439,6 +440,9 @@ def test_interrupted_strong_evaluation_resumes_at_its_chunk_with_the_numbers_of_
     calls = recorded_strong_evaluation(monkeypatch)
     whole = strong_report(chunk_models, tmp_path / "whole")
     assert [n for n, _ in calls] == [25, 25, 10] and whole["resumed_images"] == 0
+    assert capsys.readouterr().err.count("strong evaluation 60/60") == 1  # the progress line ends once
+    (state,) = (tmp_path / "whole").glob("strong_*.json")
+    assert whole["chunk_seconds"] == round(sum(c["seconds"] for c in json.loads(state.read_text()).values()), 1) > 0
     seeds = [seed for _, seed in calls]
     calls = recorded_strong_evaluation(monkeypatch, cut_at=3)
     with pytest.raises(KeyboardInterrupt):
@@ -465,19 +469,21 @@ def test_chunks_add_up_to_the_counts_of_one_pass_over_the_images(chunk_models, t
     assert 0 < chunked["fgs"] < chunked["clean"]
 
 
-def test_a_state_of_other_weights_settings_or_code_is_never_read(chunk_models, tmp_path, monkeypatch):
+def test_a_state_of_other_weights_settings_or_code_is_never_read(chunk_models, tmp_path, monkeypatch, capsys):
     strong_report(chunk_models, tmp_path)
     targets, surrogates = chunk_models
     moved = {"A'": trained_mlp(1)}
     with torch.no_grad():
         next(moved["A'"].parameters())[0, 0] += 1.0
     calls = recorded_strong_evaluation(monkeypatch)
+    capsys.readouterr()
     images, labels = learnable_set(60, 7)
     for seed in (0, 1):  # two generators: their attack, then their weights
         torch.manual_seed(seed)
         assert runner.evaluation.strong_eval_report(targets | surrogates, core.G1(k=2), chunked_settings(), images, labels,
                                                     torch.device("cpu"), None, tmp_path)["resumed_images"] == 0
     assert strong_report((targets, moved), tmp_path)["resumed_images"] == 0
+    assert "scored afresh" in capsys.readouterr().err  # beside the state files of the evaluations before
     assert strong_report(chunk_models, tmp_path, chunked_settings(eval_batch=30))["resumed_images"] == 0
     assert strong_report(chunk_models, tmp_path, chunked_settings() | {"bn_eval": "batch"})["resumed_images"] == 0
     other_code = runner.evaluation.strong_eval_code(torch.device("cpu"), None)[:-1] + ["another AutoAttack"]
@@ -507,13 +513,15 @@ def test_a_chunk_added_by_another_run_of_the_same_evaluation_is_kept_and_not_sco
         calls.append(len(images))
         if len(calls) == 2:
             (state,) = (tmp_path / "both").glob("strong_*.json")
-            runner.evaluation.add_chunk(state, "50", last, {"0": 25, "25": 25, "50": 10}, chunk_models[0])
+            runner.evaluation.add_chunk(state, "50", last, runner.evaluation.Expected(
+                {"0": 25, "25": 25, "50": 10}, {"A"}, {"clean"}))
         return whole(models, images, *args, **kwargs)
 
     monkeypatch.setattr(core, "strong_evaluation", beside)
     report = strong_report(chunk_models, tmp_path / "both")
     assert calls == [25, 25] and set(json.loads(next((tmp_path / "both").glob("strong_*.json")).read_text())) == {
         "0", "25", "50"}
+    assert report["resumed_images"] == 10  # the chunk the other run scored
     assert report["models"] == strong_report(chunk_models, tmp_path / "whole")["models"]
 
 
@@ -527,15 +535,18 @@ def test_a_chunk_added_by_another_run_of_the_same_evaluation_is_kept_and_not_sco
     {"0": {"n": 25, "seconds": 1.0, "counts": [25]}},                        # counts not per model
     {"0": {"n": 25, "seconds": 1.0, "counts": {"A": {"clean": 25}}},         # chunks of other attacks
      "25": {"n": 25, "seconds": 1.0, "counts": {"A": {"clean": 25, "fgs": 3}}}},
+    {"0": {"n": 25, "seconds": 1.0, "counts": {"A": {"clean": 25, "robust": 3}}}},  # none of this evaluation's attacks
     [1, 2],
 ])
-def test_a_state_that_is_not_this_evaluations_chunks_is_an_error_and_left_as_it_is(chunk_models, tmp_path, damage):
+def test_a_state_that_is_not_this_evaluations_chunks_is_an_error_before_any_attack_and_left_as_it_is(
+        chunk_models, tmp_path, monkeypatch, damage):
     strong_report(chunk_models, tmp_path)
     state, = tmp_path.glob("strong_*.json")
     state.write_text(json.dumps(damage))
+    calls = recorded_strong_evaluation(monkeypatch)
     with pytest.raises(runner.errors.UserError, match=state.name):
         strong_report(chunk_models, tmp_path)
-    assert json.loads(state.read_text()) == damage
+    assert json.loads(state.read_text()) == damage and calls == []
 
 
 def test_a_strong_state_that_is_not_json_is_an_error_and_left_as_it_is(chunk_models, tmp_path):
@@ -545,3 +556,40 @@ def test_a_strong_state_that_is_not_json_is_an_error_and_left_as_it_is(chunk_mod
     with pytest.raises(runner.errors.UserError, match=state.name):
         strong_report(chunk_models, tmp_path)
     assert state.read_text() == '{"0": {"n": 25'
+
+
+def test_the_attacking_code_is_named_by_the_sources_the_process_loaded():
+    sources = [pathlib.Path(core.__file__), pathlib.Path(runner.evaluation.__file__),
+               pathlib.Path(runner.autoattack_suite.__file__)]
+    assert runner.evaluation.ATTACKING_CODE == hashlib.sha1(b"".join(p.read_bytes() for p in sources)).hexdigest()
+
+
+def test_under_batch_statistics_each_chunk_is_one_batch_of_eval_batch_images(tmp_path):
+    """Scored with batch statistics, an image's score depends on the batch it is scored in: chunked,
+    the counts are those of one pass in batches of eval_batch (clean, FGS: no random start)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 28 * 28, 10))
+    train_x, train_y = learnable_set(512, 0)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(30):
+        loss = F.cross_entropy(model(core.to_float(train_x)), train_y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    targets = {"A": model.eval()}
+    images, labels = learnable_set(60, 7)
+    settings = chunked_settings(eval_batch=20) | {"bn_eval": "batch"}
+    chunked = runner.evaluation.strong_eval_report(targets, None, settings, images, labels, torch.device("cpu"), None,
+                                                   tmp_path)["models"]["A"]["accuracy"]
+    by_batch = {size: core.strong_evaluation(targets, images, labels, CHUNK_EPS, torch.device("cpu"),
+                                             core.strong_attacks(CHUNK_EPS, 3, 1), bn="batch", batch_size=size,
+                                             sweep_steps=3)["A"] for size in (20, 60)}
+    assert {k: chunked[k] for k in ("clean", "fgs")} == {k: by_batch[20][k] for k in ("clean", "fgs")}
+    assert {k: by_batch[20][k] for k in ("clean", "fgs")} != {k: by_batch[60][k] for k in ("clean", "fgs")}
+
+
+def test_a_strong_evaluation_in_batches_it_cannot_keep_is_refused_before_training(fake_mnist, tmp_path):
+    result = run("--quick", "--data-dir", fake_mnist, "--out", str(tmp_path / "r.json"), "--ckpt-dir", str(tmp_path / "ck"),
+                 "--models", "A", "--strong-eval", "--bn-eval", "batch", "--set", "eval_batch=6000")
+    assert result.returncode == 2 and "eval_batch to 5000" in result.stderr, result.stderr
+    assert not list((tmp_path / "ck").glob("*.pt"))
