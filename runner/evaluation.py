@@ -105,16 +105,17 @@ def resumable_strong_evaluation(targets, surrogates, generator, attacks, images,
     """core.strong_evaluation chunk by chunk (strong_chunk), each chunk's counts added to a state file in
     `state_dir` as it ends, so that a run cut short (hours on a CPU) resumes at the chunk it was in, with
     the numbers an uninterrupted run gives: each chunk seeds its random starts by its position. `code`:
-    what else sets the numbers (strong_eval_code). Returns (percent per model and key, images read from
-    the state file, seconds of all the chunks, in whichever runs scored them)."""
+    what else sets the numbers (strong_eval_code). Returns (percent per model and key, the images this
+    run did not score itself, seconds of all the chunks, in whichever runs scored them)."""
     n, chunk = len(images), strong_chunk(settings)
     sizes = {str(start): min(chunk, n - start) for start in range(0, n, chunk)}
     path = strong_state_file(state_dir, targets | surrogates | ({"G": generator} if generator is not None else {}),
                              settings, attacks, images, labels, code)
     expected = Expected(sizes, set(targets), {"clean", "robust"} | set(attacks) | {f"transfer_{s}" for s in surrogates})
     state = read_strong_state(path, expected)
-    said_resumed(path, sum(done["n"] for done in state.values()), n)
-    progress = Progress(n, "strong evaluation", "img", start=sum(done["n"] for done in state.values()))
+    already = sum(done["n"] for done in state.values())
+    said_resumed(path, already, n)
+    progress = Progress(n, "strong evaluation", "img", start=already)
     scored_here = 0
     for start, size in sizes.items():
         if start not in state:
@@ -126,13 +127,17 @@ def resumable_strong_evaluation(targets, surrogates, generator, attacks, images,
                                           sweep_steps=settings["strong_steps"], progress=Shifted(progress, first))
             state = add_chunk(path, start, {"n": size, "seconds": round(time.time() - t0, 1), "counts": {
                 m: {k: round(p * size / 100) for k, p in r.items()} for m, r in part.items()}}, expected)
+    return percentages(state, targets, n), n - scored_here, round(sum(done["seconds"] for done in state.values()), 1)
+
+
+def percentages(state, targets, n):
+    """Percent per target and key over the `n` images of a finished state's chunks."""
     totals = {m: {} for m in targets}
     for done in state.values():
         for model, counts in done["counts"].items():
             for key, count in counts.items():
                 totals[model][key] = totals[model].get(key, 0) + count
-    accuracy = {m: {k: round(100.0 * c / n, 2) for k, c in counts.items()} for m, counts in totals.items()}
-    return accuracy, n - scored_here, round(sum(done["seconds"] for done in state.values()), 1)
+    return {m: {k: round(100.0 * c / n, 2) for k, c in counts.items()} for m, counts in totals.items()}
 
 
 def said_resumed(path, resumed, n):
