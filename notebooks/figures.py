@@ -301,7 +301,7 @@ def over_training_seeds(across, subject="", paper=None):
     """One panel per (protocol, model): clean, PGD-10 and AutoAttack per snapshot, mean over seeds with 95% band;
     n seeds per point; `subject` (the data set) opens the title. `paper` (a paper_table on the same data set
     and eps) adds each model's clean and PGD of the paper as dotted lines in the colour of ours."""
-    fig, axes = plt.subplots(1, len(across), figsize=(4.5 * len(across), 3.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(across), figsize=(4.5 * len(across), 3.4), sharex=True, sharey=True, squeeze=False)
     for ax, ((protocol, name), by_iter) in zip(axes[0], sorted(across.items())):
         iters = list(by_iter)
         for key, label, _, _ in SEED_SCORES:
@@ -312,7 +312,8 @@ def over_training_seeds(across, subject="", paper=None):
                 ax.axhline(theirs, color=line.get_color(), linestyle=":", linewidth=1, label=f"{label}, the paper's")
         for it in iters:
             ax.annotate(f"{len(by_iter[it]['clean'].seeds)}", (it, 2), ha="center", fontsize=7, color="grey")
-        ax.set(title=f"{name}, {protocol} protocol", xlabel="iteration (grey: n seeds)", ylim=(0, 100))
+        ax.set(title=f"{name}, {protocol} protocol", xlabel="iteration, thousands (grey: n seeds)", ylim=(0, 100))
+        ax.xaxis.set_major_formatter(lambda it, _: f"{it / 1000:g}")  # 5-digit iterations would run into each other
     axes[0][0].set_ylabel("accuracy (%): mean, 95% band")
     handles, labels = axes[0][-1].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3)  # under the panels, over no curve
