@@ -202,17 +202,21 @@ def test_progress_moves_within_a_batch_and_names_each_stage():
 
 
 # ------------------------------------------------------------------ masking checks on tiny models
-def trained_mlp(seed):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 64), nn.ReLU(), nn.Linear(64, 10))
+def trained(model, seed, steps=100):
+    """`model` after `steps` Adam steps on 512 learnable images drawn with `seed`, in eval mode."""
     images, labels = learnable_set(512, seed)
     opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(100):
+    for _ in range(steps):
         loss = F.cross_entropy(model(core.to_float(images)), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
     return model.eval()
+
+
+def trained_mlp(seed):
+    torch.manual_seed(seed)
+    return trained(nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 64), nn.ReLU(), nn.Linear(64, 10)), seed)
 
 
 @pytest.fixture(scope="module")
@@ -568,15 +572,8 @@ def test_under_batch_statistics_each_chunk_is_one_batch_of_eval_batch_images(tmp
     """Scored with batch statistics, an image's score depends on the batch it is scored in: chunked,
     the counts are those of one pass in batches of eval_batch (clean, FGS: no random start)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 28 * 28, 10))
-    train_x, train_y = learnable_set(512, 0)
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(30):
-        loss = F.cross_entropy(model(core.to_float(train_x)), train_y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    targets = {"A": model.eval()}
+    targets = {"A": trained(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                                          nn.Linear(4 * 28 * 28, 10)), 0, steps=30)}
     images, labels = learnable_set(60, 7)
     settings = chunked_settings(eval_batch=20) | {"bn_eval": "batch"}
     chunked = runner.evaluation.strong_eval_report(targets, None, settings, images, labels, torch.device("cpu"), None,
