@@ -128,12 +128,13 @@ def attacks(settings):
     return {name: crafter(name) for name in NAMES}
 
 
-def state_file(state_dir, model, settings, images, labels, bn):
-    """Where the cascade's state of this model (by its weights), these images and settings is kept; with
-    batch statistics (bn="batch") the batch size too, since it sets the statistics each image meets."""
-    batch = settings["eval_batch"] if bn == "batch" else None
-    digest = hashlib.sha1(json.dumps([len(images), bn, batch, package().__version__]
-                                     + [settings[k] for k in ("eps", "seed", "strong_steps", "square_queries")]).encode())
+def state_file(state_dir, model, settings, images, labels, bn, device):
+    """Where the cascade's state of this model (by its weights), these images (as given, before any
+    conversion), settings and batch size (AutoAttack draws each batch's random starts from its seed, and
+    with bn="batch" the batch sets the statistics too), device type and versions is kept."""
+    digest = hashlib.sha1(json.dumps([len(images), bn, package().__version__, torch.__version__, core.as_device(device).type]
+                                     + [settings[k] for k in ("eps", "seed", "eval_batch", "strong_steps",
+                                                              "square_queries")]).encode())
     for tensor in [images, labels] + list(model.state_dict().values()):
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return pathlib.Path(state_dir) / f"autoattack_{digest.hexdigest()[:16]}.json"

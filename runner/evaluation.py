@@ -269,8 +269,8 @@ def autoattack_version(settings):
 
 def autoattack_cascade(autoattack, model, images, labels, settings, device, state_dir):
     """AutoAttack's standard cascade on one model, scored as strong_evaluation scores: (accuracy in percent, warnings)."""
+    state = autoattack.state_file(state_dir, model, settings, images, labels, settings["bn_eval"], device)
     x, y = core.to_float(images.to(device)), labels.to(device)
-    state = autoattack.state_file(state_dir, model, settings, x, y, settings["bn_eval"])
     with core.scoring_mode([model], settings["bn_eval"]), core.full_precision(device):
         robust, warnings = autoattack.cascade(model, x, y, settings, settings["eval_batch"], state)
     return round(100.0 * robust.float().mean().item(), 2), warnings
