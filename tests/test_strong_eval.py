@@ -4,6 +4,7 @@ not, and --strong-eval runs end to end from the command line."""
 import hashlib
 import json
 import pathlib
+import time
 
 import pytest
 import torch
@@ -426,6 +427,7 @@ def recorded_strong_evaluation(monkeypatch, cut_at=None):
         calls.append((len(images), torch.initial_seed()))
         if len(calls) == cut_at:
             raise KeyboardInterrupt
+        time.sleep(0.06)  # a chunk of the tiny model can take under 0.05 s, which its seconds round to 0.0
         return whole(models, images, *args, **kwargs)
 
     monkeypatch.setattr(core, "strong_evaluation", recorded)
