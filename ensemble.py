@@ -121,7 +121,8 @@ def run_dataset(key, args, device, out, later):
     eat, _, eat_record = runner.training.prepare_model("EAT", "eat", settings["seed"], settings, script.build_D, script.build_G,
                                             eat_data, device, os.path.join(ckpt_dir, "EAT.pt"), later=later["EAT"])
     scored = {"EAT": eat, "C": models["C"], **{k: models[k] for k in ("A'", "B'", "C'")}}
-    table, evaluation = runner.evaluation.evaluate_trained(scored, settings, test_x, test_y, device)
+    table, evaluation = runner.evaluation.evaluate_trained(scored, settings, test_x, test_y, device,
+                                                                  ckpt_dir if args.strong_eval else None)
     paper = runner.reports.paper_rows(paper_key)
     print(f"{key}, {settings['protocol']} protocol" + (" (paper rows: MNIST)" if key == "fashion_mnist" else ""))
     print(runner.reports.format_table(table, {r: paper[r] for r in ("EAT", "C")} if paper else None))

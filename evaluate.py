@@ -169,12 +169,13 @@ def main(argv=None):
               "model": {k: v for k, v in record.items() if k != "history"},
               "provenance": runner.provenance.provenance(device, runner.provenance.command_line(args), settings["precision"]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    report["table"], report["eval"] = runner.evaluation.evaluate_trained({"model": D}, settings, test_x, test_y, device)
+    state_dir = os.path.dirname(os.path.abspath(args.checkpoint)) if args.strong_eval or args.robustbench else None
+    report["table"], report["eval"] = runner.evaluation.evaluate_trained({"model": D}, settings, test_x, test_y, device, state_dir)
     print(runner.reports.table_caption(report["eval"]["n_test"], settings["eps"], settings["protocol"], settings["bn_eval"]))
     print(runner.reports.format_table(report["table"]))
     if args.strong_eval or args.robustbench:
         report["strong_eval"] = runner.evaluation.strong_eval_report({"model": D}, G, settings, test_x, test_y, device,
-                                                              runner.autoattack_suite, os.path.dirname(os.path.abspath(args.checkpoint)))
+                                                              runner.autoattack_suite, state_dir)
     report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
     runner.files.write_json(out, report)
     print(f"results written to {out}")

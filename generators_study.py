@@ -104,7 +104,8 @@ def main(argv=None):
         else:
             cotrained[g_name], _, report["models"][f"C_{g_name}"] = prepare(f"C with {g_name}", cifar10.build_D, build)
     with_copies = cotrained | {"A'": fixed["A'"][0], "B'": fixed["B'"][0]}
-    table6, evaluation = runner.evaluation.evaluate_trained(with_copies, settings, test_x, test_y, device)
+    table6, evaluation = runner.evaluation.evaluate_trained(with_copies, settings, test_x, test_y, device,
+                                                                   study_dir if args.strong_eval else None)
     if args.strong_eval:  # the co-trained models, attacked by transfer from A' and B' and by C's generator
         report["strong_eval"] = runner.evaluation.strong_eval_report(with_copies, fixed["C"][1], settings, test_x, test_y, device,
                                                               runner.autoattack_suite, study_dir)

@@ -17,7 +17,6 @@ target classes, zero gradients, Square stronger than the rest) are returned for 
 import contextlib
 import dataclasses
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ import pathlib
 import torch
 
 import core
+from runner import files
 from runner.errors import UserError
 from runner.files import write_json
 
@@ -132,12 +132,9 @@ def state_file(state_dir, model, settings, images, labels, bn, device):
     """Where the cascade's state of this model (by its weights), these images (as given, before any
     conversion), settings and batch size (AutoAttack draws each batch's random starts from its seed, and
     with bn="batch" the batch sets the statistics too), device type and versions is kept."""
-    digest = hashlib.sha1(json.dumps([len(images), bn, package().__version__, torch.__version__, core.as_device(device).type]
-                                     + [settings[k] for k in ("eps", "seed", "eval_batch", "strong_steps",
-                                                              "square_queries")]).encode())
-    for tensor in [images, labels] + list(model.state_dict().values()):
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return pathlib.Path(state_dir) / f"autoattack_{digest.hexdigest()[:16]}.json"
+    description = [len(images), bn, package().__version__, torch.__version__, core.as_device(device).type] + [
+        settings[k] for k in ("eps", "seed", "eval_batch", "strong_steps", "square_queries")]
+    return files.state_path(state_dir, "autoattack", description, [images, labels] + files.weights({"model": model}))
 
 
 def read_state(path):

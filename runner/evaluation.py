@@ -12,7 +12,7 @@ import torch
 import core
 from runner import reports
 from runner.errors import UserError
-from runner.files import merge_lock, write_json
+from runner.files import merge_lock, out_of_range, state_path, weights, write_json
 from runner.progress import Progress
 
 
@@ -24,30 +24,90 @@ def split_models(models):
     return {k: m for k, m in models.items() if "'" not in k}, {k: m for k, m in models.items() if "'" in k}
 
 
-def evaluate_trained(models, settings, test_x, test_y, device):
+def evaluate_trained(models, settings, test_x, test_y, device, state_dir=None):
     """The paper's 9-column table of the models (copies as surrogates), with BN as `bn_eval` says; model C,
     if present, is also scored white-box under both BN modes (`bn_comparison`). In IEEE float32, whatever
-    `precision` trained in: crafted under bf16, a cell moved by up to 0.6 points (precision_study.py)."""
+    `precision` trained in: crafted under bf16, a cell moved by up to 0.6 points (precision_study.py).
+    With `state_dir`, the finished table is kept there in a state file named as the strong evaluation's
+    (table_state_file), and a later run of the same evaluation reads it instead of scoring again
+    (its `eval` then says `read_from`). Returns (table, eval)."""
     n = min(settings["test_n"] or len(test_x), len(test_x))  # what is scored, not what was asked
     targets, surrogates = split_models(models)
     if not targets:
         return {}, {"n_test": 0, "seconds": 0.0, "note": "no finished target model (A, B or C)"}
+    columns = ["clean", "fgs", "pgd"] + [f"{a}_{s}" for s in surrogates for a in ("fgs", "pgd")]
+    path = state_dir and table_state_file(state_dir, models, settings, test_x[:n], test_y[:n], device)
+    kept = path and read_kept_table(path, targets, columns, n)
+    if kept:
+        print(f"the table: read from {path}, where an earlier run of this evaluation kept it", file=sys.stderr)
+        return kept["table"], kept["eval"] | {"read_from": path.name}
+    table, evaluation = score_table(targets, surrogates, settings, test_x[:n], test_y[:n], device)
+    evaluation = {"n_test": n, "columns": columns} | evaluation
+    if path:
+        write_json(path, {"table": table, "eval": evaluation})
+    return table, evaluation
+
+
+def score_table(targets, surrogates, settings, images, labels, device):
+    """evaluate_trained's scoring: (table, the eval entry's bn, precision, bn_comparison and seconds)."""
     t0 = time.time()
 
     def score(chosen, against, bn, progress=None):
         with core.full_precision(device):
-            return core.evaluate_table(chosen, against, test_x[:n], test_y[:n], settings["eps"], device, settings["eval_batch"],
+            return core.evaluate_table(chosen, against, images, labels, settings["eps"], device, settings["eval_batch"],
                                        settings["pgd_steps"], settings["pgd_alpha"] or None, progress, bn, "float32")
 
     torch.manual_seed(settings["seed"])  # PGD's random start: the same numbers for the same run
-    table = score(targets, surrogates, settings["bn_eval"], Progress(n, "evaluate", "img"))
-    columns = ["clean", "fgs", "pgd"] + [f"{a}_{s}" for s in surrogates for a in ("fgs", "pgd")]
-    evaluation = {"n_test": n, "columns": columns, "bn": settings["bn_eval"], "precision": SCORING_PRECISION}
+    table = score(targets, surrogates, settings["bn_eval"], Progress(len(images), "evaluate", "img"))
+    evaluation = {"bn": settings["bn_eval"], "precision": SCORING_PRECISION}
     if "C" in targets:  # the table already holds C's white-box row in the chosen mode: only the other is scored
         white_box = {k: table["C"][k] for k in ("clean", "fgs", "pgd")}
         evaluation["bn_comparison"] = {"C": {bn: white_box if bn == settings["bn_eval"] else score({"C": targets["C"]}, {}, bn)["C"]
                                              for bn in core.BN_MODES}}
     return table, evaluation | {"seconds": round(time.time() - t0, 1)}
+
+
+TABLE_KEYS = ("eps", "seed", "bn_eval", "eval_batch", "pgd_steps", "pgd_alpha")  # the settings that set the table's numbers
+
+
+def table_state_file(state_dir, models, settings, images, labels, device):
+    """Where a finished table is kept: named by the models' weights (copies too), the images, the settings
+    that set its numbers, the scoring code (ATTACKING_CODE), torch's version and the kind of device."""
+    description = [sorted(models), ATTACKING_CODE, torch.__version__, core.as_device(device).type] + [
+        settings[k] for k in TABLE_KEYS]
+    return state_path(state_dir, "table", description, [images, labels] + weights(models))
+
+
+def read_kept_table(path, targets, columns, n):
+    """The table kept at `path` ({"table", "eval"}), checked to be one of these targets and columns on n
+    images; None where there is none, and an error naming the file where it holds anything else."""
+    try:
+        with open(path) as f:
+            kept = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        kept, problem = None, str(err)
+    else:
+        problem = kept_table_problem(kept, targets, columns, n)
+    if problem:
+        raise UserError(f"the table's state file {path} cannot be read ({problem}); move it away to score the table again")
+    return kept
+
+
+def kept_table_problem(kept, targets, columns, n):
+    """What makes a kept table other than this evaluation's, or None."""
+    if not isinstance(kept, dict) or not isinstance(kept.get("table"), dict) or not isinstance(kept.get("eval"), dict):
+        return "not a table with its eval entry"
+    if set(kept["table"]) != set(targets):
+        return f"rows {', '.join(sorted(kept['table']))}, not {', '.join(sorted(targets))}"
+    for row, cells in kept["table"].items():
+        wrong = set(cells) != set(columns) if isinstance(cells, dict) else True
+        if wrong or out_of_range(cells, columns):
+            return f"row {row}: not an accuracy in [0, 100] for each of {', '.join(columns)}"
+    if kept["eval"].get("n_test") != n or kept["eval"].get("columns") != columns:
+        return f"not scored on {n} images in these columns"
+    return None
 
 
 def strong_eval_report(models, generator, settings, test_x, test_y, device, autoattack, state_dir):
@@ -188,11 +248,8 @@ def strong_state_file(state_dir, models, settings, attacks, images, labels, code
     """Where the chunks of one strong evaluation are kept: named by everything that sets its numbers (the
     models' weights, the images, the attacks and their settings, the chunk size, the code)."""
     keys = ("eps", "seed", "bn_eval", "eval_batch", "strong_steps", "strong_restarts", "square_queries")
-    digest = hashlib.sha1(json.dumps([sorted(attacks), sorted(models), EXACT_CHUNK, code]
-                                     + [settings[k] for k in keys]).encode())
-    for tensor in [images, labels] + [t for name in sorted(models) for t in models[name].state_dict().values()]:
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return pathlib.Path(state_dir) / f"strong_{digest.hexdigest()[:16]}.json"
+    return state_path(state_dir, "strong", [sorted(attacks), sorted(models), EXACT_CHUNK, code] + [settings[k] for k in keys],
+                      [images, labels] + weights(models))
 
 
 class Expected(NamedTuple):

@@ -1,11 +1,13 @@
-"""Writing results files safely: the merge lock, atomic JSON writes, folders checked writable before a
-run starts, and an OSError as one line of a message."""
+"""Writing results files safely: the merge lock, atomic JSON writes, the names of resumable evaluations'
+state files, folders checked writable before a run starts, and an OSError as one line of a message."""
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
+import pathlib
 import tempfile
 
 import core
@@ -39,6 +41,21 @@ def write_atomically(path, write):
     except OSError as err:
         raise UserError(f"{path} not written ({err.strerror or err}); what it held is kept, and so are the checkpoints: "
                         f"{advice(err)}, and run the same command again") from None
+
+
+def state_path(state_dir, kind, description, tensors):
+    """`state_dir`/<kind>_<16 hex digits>.json, where a resumable evaluation keeps what it has scored: named
+    by a SHA-1 of `description` (JSON: settings, versions, code) and of the bytes of `tensors` (images,
+    labels, weights), so that a run with another model, image or setting never reads another's file."""
+    digest = hashlib.sha1(json.dumps(description).encode())
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return pathlib.Path(state_dir) / f"{kind}_{digest.hexdigest()[:16]}.json"
+
+
+def weights(models):
+    """The tensors of `models` ({name: module}), in the order of their names: what names their state."""
+    return [tensor for name in sorted(models) for tensor in models[name].state_dict().values()]
 
 
 def check_replaceable(out, experiment):

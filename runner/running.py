@@ -206,7 +206,8 @@ def run_seed(name, settings, args, data, build_D, build_G, device, ckpt_dir, cho
     if args.no_eval:
         print(f"trained {', '.join(finished) or 'nothing'}; checkpoints in {ckpt_dir}; run without --no-eval to evaluate")
         return report
-    report["table"], report["eval"] = evaluate_trained(finished, settings, test_x, test_y, device)
+    report["table"], report["eval"] = evaluate_trained(finished, settings, test_x, test_y, device,
+                                                         ckpt_dir if args.strong_eval else None)
     print(f"seed {settings['seed']} (copies {settings['seed'] + 1}), "
           + reports.table_caption(report["eval"]["n_test"], settings["eps"], settings["protocol"], settings["bn_eval"],
                                   args.quick)

@@ -3,12 +3,15 @@ scored on the target. Two surrogates with known answers: one whose input gradien
 FGS leaves every image as it is, so fgs_Z' is the clean accuracy) and an exact copy of the target (its
 FGS is the target's own, so fgs_T' is the white-box FGS accuracy)."""
 import copy
+import json
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import core
+import runner.errors
 import runner.evaluation
 import runner.settings
 from conftest import RoundedInput, learnable_set
@@ -64,3 +67,62 @@ def test_the_paper_table_is_scored_in_float32_whatever_trained_in_bf16():
     seen = spies["C"].autocast_seen + spies["C'"].autocast_seen
     assert seen and not any(seen), f"{sum(seen)} of {len(seen)} forward passes ran under autocast"
     assert evaluation["precision"] == runner.evaluation.SCORING_PRECISION and set(table) == {"C"}
+
+
+# ------------------------------------------------------------------ the table kept for a resumed --strong-eval
+def kept_settings(**changes):
+    return runner.settings.COMMON_SETTINGS | {"eps": EPS, "test_n": 40} | changes
+
+
+def scored_tables(monkeypatch):
+    """core.evaluate_table as evaluate_trained calls it, each call recorded."""
+    whole, calls = core.evaluate_table, []
+
+    def recorded(*args, **kwargs):
+        calls.append(args[0])
+        return whole(*args, **kwargs)
+
+    monkeypatch.setattr(core, "evaluate_table", recorded)
+    return calls
+
+
+def test_a_rerun_reads_the_kept_table_and_scores_nothing(tmp_path, monkeypatch, capsys):
+    """A --strong-eval cut short is run again; its table (the first tens of minutes on a CPU) must not be
+    scored again. Fails if evaluate_trained scores again, or returns anything but the first run's table."""
+    models, (images, labels) = {"C": trained_mlp(), "C'": trained_mlp()}, learnable_set(40, 2)
+    calls = scored_tables(monkeypatch)
+    first = runner.evaluation.evaluate_trained(models, kept_settings(), images, labels, "cpu", tmp_path)
+    assert len(calls) == 2  # the table, and C under the other batch-norm mode
+    calls.clear()
+    table, evaluation = runner.evaluation.evaluate_trained(models, kept_settings(), images, labels, "cpu", tmp_path)
+    assert calls == [] and "read from" in capsys.readouterr().err
+    (kept,) = tmp_path.glob("table_*.json")
+    assert table == first[0] and evaluation == first[1] | {"read_from": kept.name}
+
+
+def test_another_model_image_or_setting_scores_its_own_table(tmp_path, monkeypatch):
+    """Fails if a kept table is read for other weights, images or settings than it was scored with."""
+    models, (images, labels) = {"C": trained_mlp(), "C'": trained_mlp()}, learnable_set(40, 2)
+    runner.evaluation.evaluate_trained(models, kept_settings(), images, labels, "cpu", tmp_path)
+    changed = copy.deepcopy(models["C'"])
+    with torch.no_grad():
+        changed[1].bias[0] += 1e-3
+    calls = scored_tables(monkeypatch)
+    for run in [({"C": models["C"], "C'": changed}, kept_settings(), images),
+                (models, kept_settings(pgd_steps=3), images), (models, kept_settings(), images.flip(0))]:
+        runner.evaluation.evaluate_trained(run[0], run[1], run[2], labels, "cpu", tmp_path)
+    assert len(calls) == 6 and len(list(tmp_path.glob("table_*.json"))) == 4
+
+
+def test_a_damaged_kept_table_is_an_error_naming_it_and_is_not_overwritten(tmp_path):
+    models, (images, labels) = {"C": trained_mlp()}, learnable_set(40, 2)
+    runner.evaluation.evaluate_trained(models, kept_settings(), images, labels, "cpu", tmp_path)
+    (kept,) = tmp_path.glob("table_*.json")
+    good = json.loads(kept.read_text())
+    for damaged in ["{", json.dumps(good | {"table": {"C": good["table"]["C"] | {"pgd": 140.0}}}),
+                    json.dumps(good | {"table": {"A": good["table"]["C"]}}),
+                    json.dumps(good | {"eval": good["eval"] | {"n_test": 39}})]:
+        kept.write_text(damaged)
+        with pytest.raises(runner.errors.UserError, match=kept.name):
+            runner.evaluation.evaluate_trained(models, kept_settings(), images, labels, "cpu", tmp_path)
+        assert kept.read_text() == damaged
