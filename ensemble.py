@@ -84,6 +84,7 @@ def check_dataset_run(key, args):
             runner.checkpoints.checked_checkpoint(path, settings, method, seed)
     if args.strong_eval:
         runner.evaluation.strong_chunk(settings)
+        runner.files.check_writable(os.path.dirname(specs["EAT"][2]), "--ckpt-dir")  # where its state is kept
 
 
 def iterations_to_train(key, args):

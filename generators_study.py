@@ -52,7 +52,8 @@ def main(argv=None):
     study_name = runner.settings.run_name("generators", args)
     study_dir = os.path.join(args.ckpt_dir or "checkpoints", study_name)
     out = args.out or os.path.join("results", study_name + ".json")
-    runner.files.check_writable(args.ckpt_dir or "checkpoints", "--ckpt-dir")  # before hours of training, not after
+    for folder in (cifar_dir, study_dir):  # before hours of training, not after
+        runner.files.check_writable(folder, "--ckpt-dir")
     if args.strong_eval:
         runner.evaluation.strong_chunk(settings)
     runner.files.check_results_file(out, study_name)

@@ -27,7 +27,6 @@ import torch
 import core
 from runner import files
 from runner.errors import UserError
-from runner.files import write_json
 
 NAMES = {"apgd_ce": "apgd-ce", "apgd_t": "apgd-t", "fab_t": "fab-t", "square": "square"}  # ours -> AutoAttack's, in its order
 
@@ -166,7 +165,7 @@ def cascade(model, x, y, settings, batch_size, state_path, left=tuple(NAMES.valu
         aa = standard(model, settings, x.device)
         aa.attacks_to_run = list(left)
         _, warnings = run(aa, model, x, y, batch_size, state_path)
-        write_json(said, warnings)
+        files.write_json(said, warnings)
         return read_state(state_path)[0].to(x.device), warnings
     flags, done = state
     flags, left = flags.to(x.device), [a for a in left if a not in done]

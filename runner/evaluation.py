@@ -2,6 +2,7 @@
 cascade)."""
 import hashlib
 import json
+import math
 import pathlib
 import sys
 import time
@@ -11,9 +12,10 @@ import torch
 
 import core
 from runner import reports
-from runner.errors import UserError
+from runner.errors import UserError, failure
 from runner.files import merge_lock, out_of_range, state_path, weights, write_json
 from runner.progress import Progress
+from runner.provenance import device_name
 
 
 SCORING_PRECISION = "float32 (no core.autocast, no TF32)"  # every score, whatever `precision` trained in
@@ -29,22 +31,24 @@ def evaluate_trained(models, settings, test_x, test_y, device, state_dir=None):
     if present, is also scored white-box under both BN modes (`bn_comparison`). In IEEE float32, whatever
     `precision` trained in: crafted under bf16, a cell moved by up to 0.6 points (precision_study.py).
     With `state_dir`, the finished table is kept there in a state file named as the strong evaluation's
-    (table_state_file), and a later run of the same evaluation reads it instead of scoring again
-    (its `eval` then says `read_from`). Returns (table, eval)."""
+    (table_state_file), and a later run of the same evaluation reads it instead of scoring again: its
+    `eval` then says `read_from` (the file, and when and on what device it was scored). Returns (table, eval)."""
     n = min(settings["test_n"] or len(test_x), len(test_x))  # what is scored, not what was asked
     targets, surrogates = split_models(models)
     if not targets:
         return {}, {"n_test": 0, "seconds": 0.0, "note": "no finished target model (A, B or C)"}
     columns = ["clean", "fgs", "pgd"] + [f"{a}_{s}" for s in surrogates for a in ("fgs", "pgd")]
     path = state_dir and table_state_file(state_dir, models, settings, test_x[:n], test_y[:n], device)
-    kept = path and read_kept_table(path, targets, columns, n)
+    expected = {"n_test": n, "columns": columns, "bn": settings["bn_eval"], "precision": SCORING_PRECISION}
+    kept = path and read_kept_table(path, targets, expected)
     if kept:
-        print(f"the table: read from {path}, where an earlier run of this evaluation kept it", file=sys.stderr)
-        return kept["table"], kept["eval"] | {"read_from": path.name}
+        print(f"the table: read from {path}, where a run of this evaluation kept it on {kept['scored_at']}", file=sys.stderr)
+        return kept["table"], kept["eval"] | {"read_from": {"file": path.name} | {k: kept[k] for k in ("scored_at", "device")}}
     table, evaluation = score_table(targets, surrogates, settings, test_x[:n], test_y[:n], device)
     evaluation = {"n_test": n, "columns": columns} | evaluation
     if path:
-        write_json(path, {"table": table, "eval": evaluation})
+        write_json(path, {"table": table, "eval": evaluation, "scored_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                          "device": device_name(core.as_device(device))})
     return table, evaluation
 
 
@@ -61,7 +65,7 @@ def score_table(targets, surrogates, settings, images, labels, device):
     table = score(targets, surrogates, settings["bn_eval"], Progress(len(images), "evaluate", "img"))
     evaluation = {"bn": settings["bn_eval"], "precision": SCORING_PRECISION}
     if "C" in targets:  # the table already holds C's white-box row in the chosen mode: only the other is scored
-        white_box = {k: table["C"][k] for k in ("clean", "fgs", "pgd")}
+        white_box = {k: table["C"][k] for k in WHITE_BOX}
         evaluation["bn_comparison"] = {"C": {bn: white_box if bn == settings["bn_eval"] else score({"C": targets["C"]}, {}, bn)["C"]
                                              for bn in core.BN_MODES}}
     return table, evaluation | {"seconds": round(time.time() - t0, 1)}
@@ -78,35 +82,61 @@ def table_state_file(state_dir, models, settings, images, labels, device):
     return state_path(state_dir, "table", description, [images, labels] + weights(models))
 
 
-def read_kept_table(path, targets, columns, n):
-    """The table kept at `path` ({"table", "eval"}), checked to be one of these targets and columns on n
-    images; None where there is none, and an error naming the file where it holds anything else."""
+def read_kept_table(path, targets, expected):
+    """The table kept at `path` ({"table", "eval", "scored_at", "device"}), checked to be these targets'
+    with the `expected` eval entry; None where there is none, and an error naming the file where it
+    holds anything else."""
     try:
         with open(path) as f:
             kept = json.load(f)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:
-        kept, problem = None, str(err)
+        kept, problem = None, failure(err)
     else:
-        problem = kept_table_problem(kept, targets, columns, n)
+        problem = kept_table_problem(kept, targets, expected)
     if problem:
         raise UserError(f"the table's state file {path} cannot be read ({problem}); move it away to score the table again")
     return kept
 
 
-def kept_table_problem(kept, targets, columns, n):
+WHITE_BOX = ["clean", "fgs", "pgd"]
+
+
+def kept_table_problem(kept, targets, expected):
     """What makes a kept table other than this evaluation's, or None."""
-    if not isinstance(kept, dict) or not isinstance(kept.get("table"), dict) or not isinstance(kept.get("eval"), dict):
-        return "not a table with its eval entry"
-    if set(kept["table"]) != set(targets):
-        return f"rows {', '.join(sorted(kept['table']))}, not {', '.join(sorted(targets))}"
-    for row, cells in kept["table"].items():
-        wrong = set(cells) != set(columns) if isinstance(cells, dict) else True
-        if wrong or out_of_range(cells, columns):
-            return f"row {row}: not an accuracy in [0, 100] for each of {', '.join(columns)}"
-    if kept["eval"].get("n_test") != n or kept["eval"].get("columns") != columns:
-        return f"not scored on {n} images in these columns"
+    if not isinstance(kept, dict) or set(kept) != {"table", "eval", "scored_at", "device"} or not all(
+            isinstance(kept[k], dict) for k in ("table", "eval")) or not all(isinstance(kept[k], str) for k in ("scored_at", "device")):
+        return "not a table with its eval entry, when it was scored and on what device"
+    return rows_problem(kept["table"], targets, expected["columns"]) or eval_problem(kept["eval"], kept["table"], expected)
+
+
+def rows_problem(table, targets, columns):
+    """What makes `table` other than the targets' accuracies in `columns`, or None."""
+    if set(table) != set(targets):
+        return f"rows {', '.join(sorted(table))}, not {', '.join(sorted(targets))}"
+    for row, cells in table.items():
+        missing = set(columns) ^ set(cells) if isinstance(cells, dict) else columns
+        problem = f"columns {', '.join(sorted(missing))}" if missing else out_of_range(cells, columns)
+        if problem:
+            return f"row {row}: {problem}, where each of {', '.join(columns)} is an accuracy in [0, 100]"
+    return None
+
+
+def eval_problem(evaluation, table, expected):
+    """What makes a kept eval entry other than `expected` with its seconds (and, where C is scored, C's
+    bn_comparison, whose row in the table's mode is the table's), or None."""
+    comparison = {"bn_comparison"} if "C" in table else set()
+    if set(evaluation) != set(expected) | {"seconds"} | comparison or any(evaluation[k] != v for k, v in expected.items()):
+        return f"its eval entry is not {json.dumps(expected)} with the seconds" + (" and C's bn_comparison" if comparison else "")
+    seconds = evaluation["seconds"]
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (math.isfinite(seconds) and seconds >= 0):
+        return f"seconds={seconds}"
+    rows = evaluation.get("bn_comparison", {}).get("C") if comparison and isinstance(evaluation["bn_comparison"], dict) else None
+    if comparison and (not isinstance(rows, dict) or set(rows) != set(core.BN_MODES)
+                       or any(not isinstance(r, dict) or rows_problem({"C": r}, {"C"}, WHITE_BOX) for r in rows.values())
+                       or rows[expected["bn"]] != {k: table["C"][k] for k in WHITE_BOX}):
+        return f"bn_comparison: not C's {', '.join(WHITE_BOX)} under {' and '.join(core.BN_MODES)}, as the table has them"
     return None
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import core
 import runner.errors
 import runner.evaluation
+import runner.provenance
 import runner.settings
 from conftest import RoundedInput, learnable_set
 
@@ -97,21 +98,45 @@ def test_a_rerun_reads_the_kept_table_and_scores_nothing(tmp_path, monkeypatch, 
     table, evaluation = runner.evaluation.evaluate_trained(models, kept_settings(), images, labels, "cpu", tmp_path)
     assert calls == [] and "read from" in capsys.readouterr().err
     (kept,) = tmp_path.glob("table_*.json")
-    assert table == first[0] and evaluation == first[1] | {"read_from": kept.name}
+    scored = json.loads(kept.read_text())
+    assert table == first[0] and evaluation == first[1] | {"read_from": {
+        "file": kept.name, "scored_at": scored["scored_at"], "device": runner.provenance.device_name(torch.device("cpu"))}}
 
 
-def test_another_model_image_or_setting_scores_its_own_table(tmp_path, monkeypatch):
-    """Fails if a kept table is read for other weights, images or settings than it was scored with."""
-    models, (images, labels) = {"C": trained_mlp(), "C'": trained_mlp()}, learnable_set(40, 2)
-    runner.evaluation.evaluate_trained(models, kept_settings(), images, labels, "cpu", tmp_path)
-    changed = copy.deepcopy(models["C'"])
+def changed_weights(model):
+    changed = copy.deepcopy(model)
     with torch.no_grad():
         changed[1].bias[0] += 1e-3
+    return changed
+
+
+@pytest.mark.parametrize("change", ["weights of a copy", "labels", "images", "test_n"] + list(runner.evaluation.TABLE_KEYS))
+def test_another_model_image_or_setting_scores_its_own_table(change, tmp_path, monkeypatch):
+    """Fails if a kept table is read for other weights, images, labels or settings than it was scored with."""
+    models, (images, labels), settings = {"C": trained_mlp(), "C'": trained_mlp()}, learnable_set(40, 2), kept_settings()
+    runner.evaluation.evaluate_trained(models, settings, images, labels, "cpu", tmp_path)
+    other = {"eps": 0.05, "seed": 1, "bn_eval": "batch", "eval_batch": 16, "pgd_steps": 3, "pgd_alpha": 0.02, "test_n": 39}
+    if change == "weights of a copy":
+        models = models | {"C'": changed_weights(models["C'"])}
+    elif change in ("labels", "images"):
+        images, labels = (images, (labels + 1) % 10) if change == "labels" else (images.flip(0), labels)
+    else:
+        settings = settings | {change: other[change]}
     calls = scored_tables(monkeypatch)
-    for run in [({"C": models["C"], "C'": changed}, kept_settings(), images),
-                (models, kept_settings(pgd_steps=3), images), (models, kept_settings(), images.flip(0))]:
-        runner.evaluation.evaluate_trained(run[0], run[1], run[2], labels, "cpu", tmp_path)
-    assert len(calls) == 6 and len(list(tmp_path.glob("table_*.json"))) == 4
+    runner.evaluation.evaluate_trained(models, settings, images, labels, "cpu", tmp_path)
+    assert len(calls) == 2 and len(list(tmp_path.glob("table_*.json"))) == 2
+
+
+def damaged_tables(good):
+    """Kept tables that are not what the evaluation would have written, each in its own way."""
+    table, evaluation, comparison = good["table"], good["eval"], good["eval"]["bn_comparison"]["C"]
+    return ["{", json.dumps(good | {"table": {"C": table["C"] | {"pgd": 140.0}}}),
+            json.dumps(good | {"table": {"A": table["C"]}}), json.dumps(good | {"eval": evaluation | {"n_test": 39}}),
+            json.dumps(good | {"eval": evaluation | {"bn": "batch"}}), json.dumps({k: v for k, v in good.items() if k != "device"}),
+            json.dumps(good | {"eval": {k: v for k, v in evaluation.items() if k != "precision"}}),
+            json.dumps(good | {"eval": evaluation | {"seconds": -5}}),
+            json.dumps(good | {"eval": evaluation | {"bn_comparison": {"C": comparison | {"batch": comparison["batch"] | {"clean": 900}}}}}),
+            json.dumps(good | {"eval": evaluation | {"bn_comparison": {"C": comparison | {"running": comparison["batch"]}}}})]
 
 
 def test_a_damaged_kept_table_is_an_error_naming_it_and_is_not_overwritten(tmp_path):
@@ -119,10 +144,11 @@ def test_a_damaged_kept_table_is_an_error_naming_it_and_is_not_overwritten(tmp_p
     runner.evaluation.evaluate_trained(models, kept_settings(), images, labels, "cpu", tmp_path)
     (kept,) = tmp_path.glob("table_*.json")
     good = json.loads(kept.read_text())
-    for damaged in ["{", json.dumps(good | {"table": {"C": good["table"]["C"] | {"pgd": 140.0}}}),
-                    json.dumps(good | {"table": {"A": good["table"]["C"]}}),
-                    json.dumps(good | {"eval": good["eval"] | {"n_test": 39}})]:
+    assert good["eval"]["bn_comparison"]["C"]["running"] != good["eval"]["bn_comparison"]["C"]["batch"]
+    for damaged in damaged_tables(good):
         kept.write_text(damaged)
         with pytest.raises(runner.errors.UserError, match=kept.name):
             runner.evaluation.evaluate_trained(models, kept_settings(), images, labels, "cpu", tmp_path)
         assert kept.read_text() == damaged
+    kept.write_text(json.dumps(good))
+    runner.evaluation.evaluate_trained(models, kept_settings(), images, labels, "cpu", tmp_path)  # the good one reads

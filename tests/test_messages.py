@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import ablation_study
+import core
 import ensemble
 import evaluate
 import generators_study
@@ -30,11 +31,13 @@ def parse(*argv):
     return parser.parse_args(list(argv))
 
 
-def test_the_banner_says_device_precision_protocol_models_iterations_paths_and_smoke_test():
+@pytest.mark.parametrize("native_bf16", [True, False])  # a CPU with AVX-512 BF16 or AMX, where "auto" is bf16, or without
+def test_the_banner_says_device_precision_protocol_models_iterations_paths_and_smoke_test(native_bf16, monkeypatch):
+    monkeypatch.setattr(core, "native_bf16", lambda device: native_bf16)
     args = parse("--quick", "--models", "A,C")
     _, settings, _ = mnist.configure(args)
     text = runner.running.banner("mnist_quick", settings, args, CPU, ["A", "C"], None, "ck/mnist_quick", "res/m.json")
-    for fragment in ("cpu", "float32" if settings["precision"] == "float32" else "bf16", "paper protocol", "A, C",
+    for fragment in ("cpu", f"training in {'bf16' if native_bf16 else 'float32'}", "paper protocol", "A, C",
                      "10 iterations each", "ck/mnist_quick", "res/m.json", "smoke test", "--protocol authors follows"):
         assert fragment in text, fragment
     full = parse("--iters", "700", "--protocol", "authors")

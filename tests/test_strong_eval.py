@@ -603,3 +603,22 @@ def test_a_cascade_state_is_named_by_its_images_and_its_batch(tmp_path):
     assert name(x, y) == name(x, y)
     for bn in core.BN_MODES:  # AutoAttack seeds each batch's random starts alike; with batch statistics the batch sets them too
         assert name(x, y, bn) != name(x, y, bn, batch=20)
+
+
+def test_state_files_keep_the_names_they_were_first_written_under(monkeypatch):
+    """A user's state files resume only while their names stay: the names below are those the strong
+    evaluation's and AutoAttack's state files had before runner.files.state_path named them. Fails if
+    anything that goes into a name, or its order, changes."""
+    monkeypatch.setattr(torch, "__version__", "2.0.0")
+    monkeypatch.setattr(runner.autoattack_suite, "package", lambda: type("Package", (), {"__version__": "0.2.0"}))
+    model = nn.Linear(4, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.arange(12.).view(3, 4) / 10)
+        model.bias.copy_(torch.tensor([0.5, -0.5, 0.0]))
+    images, labels = torch.arange(8.).view(2, 1, 2, 2) / 8, torch.tensor([1, 2])
+    settings = dict(eps=0.3, seed=0, bn_eval="batch", eval_batch=64, strong_steps=100, strong_restarts=5, square_queries=5000)
+    strong = runner.evaluation.strong_state_file("/d", {"A": model, "A'": model}, settings, {"pgd": 1, "fgs": 2}, images,
+                                                 labels, ["code", "2.0.0", "cpu", "0.2.0"])
+    assert strong.name == "strong_f2117f090980d1bb.json"
+    assert runner.autoattack_suite.state_file("/d", model, settings, images, labels, "batch", "cpu").name == \
+        "autoattack_6091fd85394ebbda.json"
