@@ -11,7 +11,12 @@ import core
 
 
 def device_name(device):
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
+    """The GPU's name, or the CPU's architecture and the vector instructions torch's kernels use there
+    (AVX2, AVX512, ...): the same float32 run rounds otherwise, and so trains another model, on a CPU
+    with other kernels (docs/mnist.md)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.backends.cpu.get_cpu_capability()})"
 
 
 def read_git_commit():
