@@ -37,15 +37,15 @@ def evaluate_trained(models, settings, test_x, test_y, device, state_dir=None):
     targets, surrogates = split_models(models)
     if not targets:
         return {}, {"n_test": 0, "seconds": 0.0, "note": "no finished target model (A, B or C)"}
-    columns = ["clean", "fgs", "pgd"] + [f"{a}_{s}" for s in surrogates for a in ("fgs", "pgd")]
+    columns = WHITE_BOX + [f"{a}_{s}" for s in surrogates for a in ("fgs", "pgd")]
     path = state_dir and table_state_file(state_dir, models, settings, test_x[:n], test_y[:n], device)
     expected = {"n_test": n, "columns": columns, "bn": settings["bn_eval"], "precision": SCORING_PRECISION}
     kept = path and read_kept_table(path, targets, expected)
     if kept:
         print(f"the table: read from {path}, where a run of this evaluation kept it on {kept['scored_at']}", file=sys.stderr)
         return kept["table"], kept["eval"] | {"read_from": {"file": path.name} | {k: kept[k] for k in ("scored_at", "device")}}
-    table, evaluation = score_table(targets, surrogates, settings, test_x[:n], test_y[:n], device)
-    evaluation = {"n_test": n, "columns": columns} | evaluation
+    table, scored = score_table(targets, surrogates, settings, test_x[:n], test_y[:n], device)
+    evaluation = expected | scored
     if path:
         write_json(path, {"table": table, "eval": evaluation, "scored_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                           "device": device_name(core.as_device(device))})
@@ -53,7 +53,7 @@ def evaluate_trained(models, settings, test_x, test_y, device, state_dir=None):
 
 
 def score_table(targets, surrogates, settings, images, labels, device):
-    """evaluate_trained's scoring: (table, the eval entry's bn, precision, bn_comparison and seconds)."""
+    """evaluate_trained's scoring: (table, the eval entry's bn_comparison, where C is scored, and seconds)."""
     t0 = time.time()
 
     def score(chosen, against, bn, progress=None):
@@ -63,7 +63,7 @@ def score_table(targets, surrogates, settings, images, labels, device):
 
     torch.manual_seed(settings["seed"])  # PGD's random start: the same numbers for the same run
     table = score(targets, surrogates, settings["bn_eval"], Progress(len(images), "evaluate", "img"))
-    evaluation = {"bn": settings["bn_eval"], "precision": SCORING_PRECISION}
+    evaluation = {}
     if "C" in targets:  # the table already holds C's white-box row in the chosen mode: only the other is scored
         white_box = {k: table["C"][k] for k in WHITE_BOX}
         evaluation["bn_comparison"] = {"C": {bn: white_box if bn == settings["bn_eval"] else score({"C": targets["C"]}, {}, bn)["C"]
@@ -84,20 +84,26 @@ def table_state_file(state_dir, models, settings, images, labels, device):
 
 def read_kept_table(path, targets, expected):
     """The table kept at `path` ({"table", "eval", "scored_at", "device"}), checked to be these targets'
-    with the `expected` eval entry; None where there is none, and an error naming the file where it
-    holds anything else."""
+    with the `expected` eval entry; None where there is none (read_state_file)."""
+    return read_state_file(path, lambda kept: kept_table_problem(kept, targets, expected), "the table's state file",
+                           "score the table again")
+
+
+def read_state_file(path, problem_of, what, redone):
+    """A resumable evaluation's state file, parsed; None where there is none, and an error naming the file
+    where `problem_of` finds it is not this evaluation's (it is never overwritten unread)."""
     try:
         with open(path) as f:
-            kept = json.load(f)
+            state = json.load(f)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:
-        kept, problem = None, failure(err)
+        problem = failure(err)
     else:
-        problem = kept_table_problem(kept, targets, expected)
+        problem = problem_of(state)
     if problem:
-        raise UserError(f"the table's state file {path} cannot be read ({problem}); move it away to score the table again")
-    return kept
+        raise UserError(f"{what} {path} cannot be read ({problem}); move it away to {redone}")
+    return state
 
 
 WHITE_BOX = ["clean", "fgs", "pgd"]
@@ -132,10 +138,16 @@ def eval_problem(evaluation, table, expected):
     seconds = evaluation["seconds"]
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (math.isfinite(seconds) and seconds >= 0):
         return f"seconds={seconds}"
-    rows = evaluation.get("bn_comparison", {}).get("C") if comparison and isinstance(evaluation["bn_comparison"], dict) else None
-    if comparison and (not isinstance(rows, dict) or set(rows) != set(core.BN_MODES)
-                       or any(not isinstance(r, dict) or rows_problem({"C": r}, {"C"}, WHITE_BOX) for r in rows.values())
-                       or rows[expected["bn"]] != {k: table["C"][k] for k in WHITE_BOX}):
+    return bn_comparison_problem(evaluation["bn_comparison"], table, expected["bn"]) if comparison else None
+
+
+def bn_comparison_problem(comparison, table, bn):
+    """What makes `comparison` other than C's white-box row under each batch-norm mode, the one in `bn`
+    being the table's, or None."""
+    rows = comparison.get("C") if isinstance(comparison, dict) else None
+    if (not isinstance(rows, dict) or set(rows) != set(core.BN_MODES)
+            or any(not isinstance(r, dict) or rows_problem({"C": r}, {"C"}, WHITE_BOX) for r in rows.values())
+            or rows[bn] != {k: table["C"][k] for k in WHITE_BOX}):
         return f"bn_comparison: not C's {', '.join(WHITE_BOX)} under {' and '.join(core.BN_MODES)}, as the table has them"
     return None
 
@@ -292,20 +304,10 @@ class Expected(NamedTuple):
 
 def read_strong_state(path, expected):
     """The finished chunks in a strong evaluation's state file, {first image: chunk}, checked against what
-    this evaluation would write there (`expected`); {} where there is no file, and an error naming the
-    file where it holds anything else (it is never overwritten unread)."""
-    try:
-        with open(path) as f:
-            state = json.load(f)
-        problem = strong_state_problem(state, expected)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as err:
-        problem = str(err)
-    if problem:
-        raise UserError(f"the strong evaluation's state file {path} cannot be read ({problem}); "
-                        "move it away to score those images again")
-    return state
+    this evaluation would write there (`expected`); {} where there is no file (read_state_file)."""
+    state = read_state_file(path, lambda state: strong_state_problem(state, expected),
+                            "the strong evaluation's state file", "score those images again")
+    return {} if state is None else state
 
 
 def strong_state_problem(state, expected):
