@@ -2,13 +2,15 @@
 RobustBench's model_info, and one-line errors for what it cannot score."""
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from conftest import ROOT
-from test_mnist_script import OFFLINE, assert_clean_error, quick_run  # noqa: F401 (quick_run: the session's quick models)
+from test_mnist_script import OFFLINE, assert_clean_error, quick_run, run  # noqa: F401 (quick_run: the session's quick models)
 
 pytestmark = pytest.mark.slow  # every test here scores the quick models of a quick run (quick_run)
 
@@ -63,3 +65,32 @@ def test_what_cannot_be_scored_gets_one_line(make, fragment, quick_run, fake_mni
     result = evaluate(path, "--dataset", dataset, "--data-dir", fake_mnist, "--out", str(tmp_path / "eval.json"))
     assert_clean_error(result, fragment)
     assert not (tmp_path / "eval.json").exists()
+
+
+def cascade_states(folder):
+    """AutoAttack's state files of whole cascades in `folder` (one per model scored), not the nested ones of
+    a resumed cascade nor the warnings beside them."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()
+            if re.fullmatch(r"autoattack_[0-9a-f]{16}\.json", p.name)}
+
+
+def test_a_cascade_evaluate_ran_on_a_target_is_read_back_by_the_tables_strong_evaluation(quick_run, fake_mnist, tmp_path):
+    """The cascade is the strong evaluation's longest part: evaluate.py --strong-eval on one finished target
+    leaves its state where the table's --strong-eval reads it back, so each target can run in a process of its own."""
+    models = tmp_path / "models"
+    shutil.copytree(quick_run[1], models, ignore=shutil.ignore_patterns("*.json", "*.lock"))  # no state of other tests
+    scoring = ["--eval-n", "40", "--bn-eval", "batch", "--strong-eval"]
+    result = evaluate(str(models / "B.pt"), "--dataset", "mnist", "--data-dir", fake_mnist, *scoring, "--set", "strong_steps=5",
+                      "--set", "square_queries=20", "--set", "strong_restarts=2", "--out", str(tmp_path / "B.json"))
+    assert result.returncode == 0, result.stderr
+    of_B = cascade_states(models)
+    assert len(of_B) == 1
+    result = run("--quick", "--eval-only", "--data-dir", fake_mnist, "--ckpt-dir", str(models), "--out",
+                 str(tmp_path / "table.json"), *scoring)
+    assert result.returncode == 0, result.stderr
+    after = cascade_states(models)
+    assert len(after) == 3 and after.items() >= of_B.items()  # A's and C's cascades ran; B's was read, not written again
+    table = json.loads((tmp_path / "table.json").read_text())["strong_eval"]
+    alone = json.loads((tmp_path / "B.json").read_text())["strong_eval"]
+    assert table["n_test"] == alone["n_test"] == 40
+    assert table["models"]["B"]["accuracy"]["autoattack"] == alone["models"]["model"]["accuracy"]["autoattack"]
