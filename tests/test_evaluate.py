@@ -75,8 +75,8 @@ def cascade_states(folder):
 
 
 def test_a_cascade_evaluate_ran_on_a_target_is_read_back_by_the_tables_strong_evaluation(quick_run, fake_mnist, tmp_path):
-    """The cascade is the strong evaluation's longest part: evaluate.py --strong-eval on one finished target
-    leaves its state where the table's --strong-eval reads it back, so each target can run in a process of its own."""
+    """AutoAttack's state is named by the model's weights: the cascade evaluate.py --strong-eval ran on one
+    finished target, with the script's scoring settings, is read back by the table's --strong-eval."""
     models = tmp_path / "models"
     shutil.copytree(quick_run[1], models, ignore=shutil.ignore_patterns("*.json", "*.lock"))  # no state of other tests
     scoring = ["--eval-n", "40", "--bn-eval", "batch", "--strong-eval"]
