@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+from runner.settings import QUICK_SETTINGS
 from test_mnist_script import OFFLINE, assert_clean_error, quick_run, run  # noqa: F401 (quick_run: the session's quick models)
 
 pytestmark = pytest.mark.slow  # every test here scores the quick models of a quick run (quick_run)
@@ -80,8 +81,9 @@ def test_a_cascade_evaluate_ran_on_a_target_is_read_back_by_the_tables_strong_ev
     models = tmp_path / "models"
     shutil.copytree(quick_run[1], models, ignore=shutil.ignore_patterns("*.json", "*.lock"))  # no state of other tests
     scoring = ["--eval-n", "40", "--bn-eval", "batch", "--strong-eval"]
-    result = evaluate(str(models / "B.pt"), "--dataset", "mnist", "--data-dir", fake_mnist, *scoring, "--set", "strong_steps=5",
-                      "--set", "square_queries=20", "--set", "strong_restarts=2", "--out", str(tmp_path / "B.json"))
+    as_quick = [f"--set={k}={QUICK_SETTINGS[k]}" for k in ("strong_steps", "strong_restarts", "square_queries")]
+    result = evaluate(str(models / "B.pt"), "--dataset", "mnist", "--data-dir", fake_mnist, *scoring, *as_quick,
+                      "--out", str(tmp_path / "B.json"))
     assert result.returncode == 0, result.stderr
     of_B = cascade_states(models)
     assert len(of_B) == 1
