@@ -2,10 +2,12 @@
 study's co-trained models, and the snapshots <model>.iter<N>.pt that keep_every keeps; the JSON names
 the iteration scored) on a data set's test images: clean, FGS and PGD (white box), and with
 --strong-eval the strong evaluation of the data-set scripts (the same code path: PGD-100x5, PGD-CW,
-AutoAttack's cascade and attacks, the checkpoint's own generator where it has one, masking checks).
+AutoAttack's cascade and attacks, the checkpoint's own generator where it has one, masking checks), or
+with --autoattack AutoAttack's standard cascade alone (the number to quote, without the rest).
 Writes a results JSON with provenance; --robustbench also writes RobustBench's model_info JSON.
 
     python evaluate.py checkpoints/cifar10/C.pt --dataset cifar10 --strong-eval
+    python evaluate.py checkpoints/cifar10/C.pt --dataset cifar10 --autoattack --set strong_n=0
     python evaluate.py checkpoints/mnist/B.pt --dataset mnist --eval-n 1000 --bn-eval batch
     python evaluate.py checkpoints/cifar10/C.pt --dataset cifar10 --robustbench
 
@@ -67,9 +69,15 @@ def parse_args(argv):
     p.add_argument("--protocol", choices=runner.settings.PROTOCOLS, default=None, help="the checkpoint's protocol (read from "
                    "its fingerprint; given, it must agree)")
     p.add_argument("--strong-eval", action="store_true", help="also run the strong evaluation")
+    p.add_argument("--autoattack", action="store_true", help="also run AutoAttack's standard cascade alone on the "
+                   "first strong_n images, without the rest of the strong evaluation (which runs it too); its state, "
+                   "kept beside the checkpoint, is read back by a later --strong-eval, here or in the scripts")
     p.add_argument("--robustbench", action="store_true", help="also write RobustBench's model_info JSON (runs the "
                    "strong evaluation for AutoAttack's number)")
     args = runner.cli.parse_cli(p, argv, __file__)
+    if args.autoattack and (args.strong_eval or args.robustbench):
+        raise runner.errors.UserError(f"{'--strong-eval' if args.strong_eval else '--robustbench'} runs AutoAttack's "
+                                      "cascade too: drop --autoattack")
     args.quick, args.iters, args.seed = False, None, None  # what resolve_settings asks of a training command
     return args
 
@@ -151,8 +159,9 @@ def main(argv=None):
     name = os.path.splitext(os.path.basename(args.checkpoint))[0] + ("_authors" if settings["protocol"] == "authors" else "")
     out = args.out or os.path.join("results", f"evaluate_{args.dataset}_{name}.json")
     runner.files.check_results_file(out, "evaluate")
-    if args.strong_eval or args.robustbench:
+    if args.strong_eval or args.robustbench or args.autoattack:
         runner.files.check_writable(os.path.dirname(os.path.abspath(args.checkpoint)), AUTOATTACK_STATE)
+    if args.strong_eval or args.robustbench:
         runner.evaluation.strong_chunk(settings)
     if args.robustbench:
         runner.files.check_out_file(model_info_path(out))
@@ -169,13 +178,16 @@ def main(argv=None):
               "model": {k: v for k, v in record.items() if k != "history"},
               "provenance": runner.provenance.provenance(device, runner.provenance.command_line(args), settings["precision"]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    state_dir = os.path.dirname(os.path.abspath(args.checkpoint)) if args.strong_eval or args.robustbench else None
+    state_dir = (os.path.dirname(os.path.abspath(args.checkpoint)) if args.strong_eval or args.robustbench or args.autoattack
+                 else None)
     report["table"], report["eval"] = runner.evaluation.evaluate_trained({"model": D}, settings, test_x, test_y, device, state_dir)
     print(runner.reports.table_caption(report["eval"]["n_test"], settings["eps"], settings["protocol"], settings["bn_eval"]))
     print(runner.reports.format_table(report["table"]))
     if args.strong_eval or args.robustbench:
         report["strong_eval"] = runner.evaluation.strong_eval_report({"model": D}, G, settings, test_x, test_y, device,
                                                               runner.autoattack_suite, state_dir)
+    if args.autoattack:
+        report["autoattack"] = autoattack_alone(D, settings, test_x, test_y, device, state_dir)
     report |= {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": round(time.time() - started, 1)}
     runner.files.write_json(out, report)
     print(f"results written to {out}")
@@ -184,6 +196,18 @@ def main(argv=None):
         runner.files.write_json(info_path, model_info(report, D, paper_table))
         print(f"RobustBench model_info written to {info_path}")
     return report
+
+
+def autoattack_alone(D, settings, test_x, test_y, device, state_dir):
+    """--autoattack: AutoAttack's standard cascade on the images the strong evaluation scores, resumed from
+    and kept in the state file that the strong evaluation of the same model and settings reads."""
+    n, t0 = runner.evaluation.strong_images(settings, len(test_x)), time.time()
+    accuracy, warnings = runner.evaluation.autoattack_cascade(runner.autoattack_suite, D, test_x[:n], test_y[:n], settings,
+                                                              device, state_dir)
+    print(f"AutoAttack's cascade, first {n} test images, BN {settings['bn_eval']}: {accuracy:.2f} % accuracy")
+    print("\n".join(f"AutoAttack's warning: {w}" for w in warnings) or "AutoAttack's checks: no warning")
+    return {"n_test": n, "bn": settings["bn_eval"], "version": runner.evaluation.autoattack_version(settings),
+            "accuracy": accuracy, "warnings": warnings, "seconds": round(time.time() - t0, 1)}
 
 
 def fraction(eps):

@@ -158,7 +158,7 @@ def strong_eval_report(models, generator, settings, test_x, test_y, device, auto
     `autoattack` (the module autoattack_suite, which needs a package beyond torch) adds AutoAttack's four
     attacks, each alone, and its standard cascade (`autoattack`, or None for none). The other attacks and the
     cascade each resume from their state files in `state_dir` (resumable_strong_evaluation, autoattack_cascade)."""
-    n = min(settings["strong_n"] or len(test_x), settings["test_n"] or len(test_x), len(test_x))
+    n = strong_images(settings, len(test_x))
     targets, surrogates = split_models(models)
     if not targets:
         return {"n_test": 0, "models": {}, "note": "no finished target model to evaluate"}
@@ -185,6 +185,12 @@ def strong_eval_report(models, generator, settings, test_x, test_y, device, auto
     report["seconds"] = round(time.time() - t0, 1)
     print(reports.format_strong(report))
     return report
+
+
+def strong_images(settings, available):
+    """How many of the first test images the strong evaluation and AutoAttack's cascade score: strong_n,
+    within test_n and the `available` images (0 means every one)."""
+    return min(settings["strong_n"] or available, settings["test_n"] or available, available)
 
 
 EXACT_CHUNK = 5000  # a chunk's percentages, rounded to 0.01, give back its counts exactly below 10,000 images

@@ -75,24 +75,37 @@ def cascade_states(folder):
             if re.fullmatch(r"autoattack_[0-9a-f]{16}\.json", p.name)}
 
 
-def test_a_cascade_evaluate_ran_on_a_target_is_read_back_by_the_tables_strong_evaluation(quick_run, fake_mnist, tmp_path):
-    """AutoAttack's state is named by the model's weights: the cascade evaluate.py --strong-eval ran on one
-    finished target, with the script's scoring settings, is read back by the table's --strong-eval."""
+@pytest.mark.parametrize("flag", ["--strong-eval", "--autoattack"])
+def test_a_cascade_evaluate_ran_on_a_target_is_read_back_by_the_tables_strong_evaluation(flag, quick_run, fake_mnist,
+                                                                                        tmp_path):
+    """AutoAttack's state is named by the model's weights: the cascade evaluate.py ran on one finished target
+    (with --strong-eval, or alone with --autoattack), with the script's scoring settings, is read back by the
+    table's --strong-eval."""
     models = tmp_path / "models"
     shutil.copytree(quick_run[1], models, ignore=shutil.ignore_patterns("*.json", "*.lock"))  # no state of other tests
-    scoring = ["--eval-n", "40", "--bn-eval", "batch", "--strong-eval"]
+    scoring = ["--eval-n", "40", "--bn-eval", "batch"]
     as_quick = [f"--set={k}={QUICK_SETTINGS[k]}" for k in ("strong_steps", "strong_restarts", "square_queries")]
-    result = evaluate(str(models / "B.pt"), "--dataset", "mnist", "--data-dir", fake_mnist, *scoring, *as_quick,
+    result = evaluate(str(models / "B.pt"), "--dataset", "mnist", "--data-dir", fake_mnist, *scoring, flag, *as_quick,
                       "--out", str(tmp_path / "B.json"))
     assert result.returncode == 0, result.stderr
     of_B = cascade_states(models)
     assert len(of_B) == 1
     result = run("--quick", "--eval-only", "--data-dir", fake_mnist, "--ckpt-dir", str(models), "--out",
-                 str(tmp_path / "table.json"), *scoring)
+                 str(tmp_path / "table.json"), *scoring, "--strong-eval")
     assert result.returncode == 0, result.stderr
     after = cascade_states(models)
     assert len(after) == 3 and after.items() >= of_B.items()  # A's and C's cascades ran; B's was read, not written again
     table = json.loads((tmp_path / "table.json").read_text())["strong_eval"]
-    alone = json.loads((tmp_path / "B.json").read_text())["strong_eval"]
+    report = json.loads((tmp_path / "B.json").read_text())
+    alone = report["autoattack"] if flag == "--autoattack" else report["strong_eval"]
     assert table["n_test"] == alone["n_test"] == 40
-    assert table["models"]["B"]["accuracy"]["autoattack"] == alone["models"]["model"]["accuracy"]["autoattack"]
+    assert table["models"]["B"]["accuracy"]["autoattack"] == (
+        alone["accuracy"] if flag == "--autoattack" else alone["models"]["model"]["accuracy"]["autoattack"])
+    assert (flag == "--autoattack") == ("strong_eval" not in report)  # --autoattack runs nothing else strong
+
+
+def test_autoattack_alone_with_the_strong_evaluation_is_one_line(quick_run, fake_mnist, tmp_path):
+    result = evaluate(os.path.join(quick_run[1], "B.pt"), "--dataset", "mnist", "--data-dir", fake_mnist, "--strong-eval",
+                      "--autoattack", "--out", str(tmp_path / "eval.json"))
+    assert_clean_error(result, "drop --autoattack")
+    assert not (tmp_path / "eval.json").exists()
