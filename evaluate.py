@@ -161,8 +161,7 @@ def main(argv=None):
     runner.files.check_results_file(out, "evaluate")
     if args.strong_eval or args.robustbench or args.autoattack:
         runner.files.check_writable(os.path.dirname(os.path.abspath(args.checkpoint)), AUTOATTACK_STATE)
-    if args.strong_eval or args.robustbench:
-        runner.evaluation.strong_chunk(settings)
+        runner.evaluation.strong_chunk(settings)  # --autoattack too: a script's --strong-eval must accept its state
     if args.robustbench:
         runner.files.check_out_file(model_info_path(out))
         check_model_info(model_info_path(out))

@@ -104,8 +104,15 @@ def test_a_cascade_evaluate_ran_on_a_target_is_read_back_by_the_tables_strong_ev
     assert (flag == "--autoattack") == ("strong_eval" not in report)  # --autoattack runs nothing else strong
 
 
-def test_autoattack_alone_with_the_strong_evaluation_is_one_line(quick_run, fake_mnist, tmp_path):
-    result = evaluate(os.path.join(quick_run[1], "B.pt"), "--dataset", "mnist", "--data-dir", fake_mnist, "--strong-eval",
-                      "--autoattack", "--out", str(tmp_path / "eval.json"))
-    assert_clean_error(result, "drop --autoattack")
-    assert not (tmp_path / "eval.json").exists()
+@pytest.mark.parametrize("flags,fragment", [
+    (["--strong-eval"], "drop --autoattack"),
+    # a state kept in batches the scripts' --strong-eval refuses would never be read back
+    (["--bn-eval", "batch", "--set", "eval_batch=6000"], "set eval_batch to 5000 or fewer"),
+])
+def test_what_autoattack_alone_refuses_is_one_line(flags, fragment, quick_run, fake_mnist, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(quick_run[1], models, ignore=shutil.ignore_patterns("*.json", "*.lock"))
+    result = evaluate(str(models / "B.pt"), "--dataset", "mnist", "--data-dir", fake_mnist, "--autoattack", *flags,
+                      "--out", str(tmp_path / "eval.json"))
+    assert_clean_error(result, fragment)
+    assert not (tmp_path / "eval.json").exists() and not cascade_states(models)
