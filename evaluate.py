@@ -159,8 +159,10 @@ def main(argv=None):
     name = os.path.splitext(os.path.basename(args.checkpoint))[0] + ("_authors" if settings["protocol"] == "authors" else "")
     out = args.out or os.path.join("results", f"evaluate_{args.dataset}_{name}.json")
     runner.files.check_results_file(out, "evaluate")
-    if args.strong_eval or args.robustbench or args.autoattack:
-        runner.files.check_writable(os.path.dirname(os.path.abspath(args.checkpoint)), AUTOATTACK_STATE)
+    state_dir = (os.path.dirname(os.path.abspath(args.checkpoint)) if args.strong_eval or args.robustbench or args.autoattack
+                 else None)
+    if state_dir:
+        runner.files.check_writable(state_dir, AUTOATTACK_STATE)
         runner.evaluation.strong_chunk(settings)  # --autoattack too: a script's --strong-eval must accept its state
     if args.robustbench:
         runner.files.check_out_file(model_info_path(out))
@@ -177,8 +179,6 @@ def main(argv=None):
               "model": {k: v for k, v in record.items() if k != "history"},
               "provenance": runner.provenance.provenance(device, runner.provenance.command_line(args), settings["precision"]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    state_dir = (os.path.dirname(os.path.abspath(args.checkpoint)) if args.strong_eval or args.robustbench or args.autoattack
-                 else None)
     report["table"], report["eval"] = runner.evaluation.evaluate_trained({"model": D}, settings, test_x, test_y, device, state_dir)
     print(runner.reports.table_caption(report["eval"]["n_test"], settings["eps"], settings["protocol"], settings["bn_eval"]))
     print(runner.reports.format_table(report["table"]))
