@@ -158,7 +158,10 @@ def main(argv=None):
     D, G = build(script, settings, ckpt, args.checkpoint, device)
     name = os.path.splitext(os.path.basename(args.checkpoint))[0] + ("_authors" if settings["protocol"] == "authors" else "")
     out = args.out or os.path.join("results", f"evaluate_{args.dataset}_{name}.json")
-    runner.files.check_results_file(out, "evaluate")
+    lost = less_than(runner.files.check_results_file(out, "evaluate"), args, settings)
+    if lost:
+        raise runner.errors.UserError(f"{out} holds {'; '.join(lost)}, which this run would not write: pass another "
+                                      "--out, or move the file away to replace it")
     state_dir = (os.path.dirname(os.path.abspath(args.checkpoint)) if args.strong_eval or args.robustbench or args.autoattack
                  else None)
     if state_dir:
@@ -195,6 +198,21 @@ def main(argv=None):
         runner.files.write_json(info_path, model_info(report, D, paper_table))
         print(f"RobustBench model_info written to {info_path}")
     return report
+
+
+def less_than(earlier, args, settings):
+    """What the earlier results file (parsed, or None) holds that this command would not write, as short
+    phrases: scores on more test images, a strong evaluation, AutoAttack's cascade."""
+    if earlier is None:
+        return []
+    lost, n, strong = [], settings["test_n"], args.strong_eval or args.robustbench
+    if n and earlier.get("eval", {}).get("n_test", 0) > n:
+        lost.append(f"scores on more than {n} test images")
+    if "strong_eval" in earlier and not strong:
+        lost.append("a strong evaluation (add --strong-eval)")
+    if "autoattack" in earlier and not (strong or args.autoattack):
+        lost.append("AutoAttack's cascade (add --autoattack)")
+    return lost
 
 
 def autoattack_alone(D, settings, test_x, test_y, device, state_dir):

@@ -116,3 +116,22 @@ def test_what_autoattack_alone_refuses_is_one_line(flags, fragment, quick_run, f
                       "--out", str(tmp_path / "eval.json"))
     assert_clean_error(result, fragment)
     assert not (tmp_path / "eval.json").exists() and not cascade_states(models)
+
+
+@pytest.mark.parametrize("first,then,fragment", [
+    (["--autoattack"], [], "AutoAttack's cascade (add --autoattack)"),
+    (["--strong-eval"], ["--autoattack"], "a strong evaluation (add --strong-eval)"),
+    (["--eval-n", "40"], ["--eval-n", "20"], "scores on more than 20 test images"),
+])
+def test_a_results_file_is_never_replaced_by_one_that_holds_less(first, then, fragment, quick_run, fake_mnist, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(quick_run[1], models, ignore=shutil.ignore_patterns("*.json", "*.lock"))
+    out = tmp_path / "B.json"
+    common = [str(models / "B.pt"), "--dataset", "mnist", "--data-dir", fake_mnist, "--out", str(out),
+              *[f"--set={k}={QUICK_SETTINGS[k]}" for k in ("strong_steps", "strong_restarts", "square_queries")]]
+    result = evaluate(*common, *(first if "--eval-n" in first else ["--eval-n", "30", *first]))
+    assert result.returncode == 0, result.stderr
+    kept = out.read_bytes()
+    result = evaluate(*common, *(then if "--eval-n" in then else ["--eval-n", "30", *then]))
+    assert_clean_error(result, fragment)
+    assert out.read_bytes() == kept
