@@ -218,7 +218,7 @@ def test_every_snapshot_is_scored_and_named_by_its_own_iteration(scored, fake_mn
     # on the first 40 images and on the first 20 (where AutoAttack is set against the other attacks)
     for n, key in (("40", "accuracy"), ("20", "on_autoattack_images")):
         first = evaluate.main([model["snapshots"][0]["checkpoint"], "--dataset", "mnist", "--gpu", "cpu", "--data-dir",
-                               fake_mnist, "--eval-n", n, "--out", str(tmp_path / "eval.json")])
+                               fake_mnist, "--eval-n", n, "--out", str(tmp_path / f"eval_{n}.json")])
         assert first["iteration"] == 5 and first["model"]["iters_done"] == 5
         assert {k: first["table"]["model"][k] for k in ("clean", "fgs")} == {k: model["snapshots"][0][key][k] for k in ("clean", "fgs")}
     # the same command again reuses what it scored
