@@ -3,7 +3,8 @@ pyautoattack, fra31/auto-attack's code). Kept out of core.py, which needs only t
 
 - `cascade`: the standard version's robust accuracy, each attack run on the images the ones before
   it left standing; the headline number, as RobustBench reports it. Resumable: AutoAttack's state
-  file (the images still standing, the attacks done) is kept under the checkpoints.
+  file (the images still standing, the attacks done) is kept under the checkpoints. It says on stderr
+  which attack runs, each batch it perturbs and the accuracy after each attack (`Reported`).
 - `attacks`: its four attacks (APGD-CE, APGD-T, FAB-T, Square) each alone on every image, as attack
   functions craft(model, x, y) -> x_adv for core.strong_evaluation, so that the masking checks
   compare what each one achieves by itself.
@@ -27,6 +28,7 @@ import torch
 import core
 from runner import files
 from runner.errors import UserError
+from runner.progress import stamped
 
 NAMES = {"apgd_ce": "apgd-ce", "apgd_t": "apgd-t", "fab_t": "fab-t", "square": "square"}  # ours -> AutoAttack's, in its order
 
@@ -63,6 +65,38 @@ class Collected(logging.Handler):
     def emit(self, record):
         if record.getMessage() not in self.messages:
             self.messages.append(record.getMessage())
+
+
+class Reported(logging.Handler):
+    """AutoAttack's own account of its progress (each attack as it starts, each batch it perturbs, the
+    robust accuracy after each attack: its logger's debug lines) on stderr, each line timestamped and
+    naming the images it was given, so that a cascade of an hour on a CPU says where it is. Its
+    percentages are of those images: on a resumed cascade, of the images still standing."""
+
+    def __init__(self, images):
+        super().__init__(logging.DEBUG)
+        self.images = images
+
+    def emit(self, record):
+        if record.levelno < logging.WARNING:  # its warnings are returned, and written to the results
+            stamped(f"AutoAttack's cascade {self.images}: {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def reported(images):
+    """AutoAttack's debug lines through `Reported` while in the context, and only there: its logger's
+    level, handlers and propagation are as they were afterwards, even after an interruption."""
+    logger, handler = logging.getLogger("auto-attack"), Reported(images)
+    before = logger.level, logger.propagate
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # a caller's own logging setup would print each debug line again
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before[0])
+        logger.propagate = before[1]
 
 
 @contextlib.contextmanager
@@ -164,7 +198,9 @@ def cascade(model, x, y, settings, batch_size, state_path, left=tuple(NAMES.valu
         os.makedirs(state_path.parent, exist_ok=True)
         aa = standard(model, settings, x.device)
         aa.attacks_to_run = list(left)
-        _, warnings = run(aa, model, x, y, batch_size, state_path)
+        resumed = tuple(left) != tuple(NAMES.values())  # a cascade resumed runs its attacks left on the images standing
+        with reported(f"on the {len(x)} images still standing" if resumed else f"on {len(x)} images"):
+            _, warnings = run(aa, model, x, y, batch_size, state_path)
         files.write_json(said, warnings)
         return read_state(state_path)[0].to(x.device), warnings
     flags, done = state
@@ -172,7 +208,10 @@ def cascade(model, x, y, settings, batch_size, state_path, left=tuple(NAMES.valu
     warnings = json.loads(said.read_text()) if said.exists() else []
     standing = flags.nonzero().squeeze(1)
     if left and len(standing):
+        stamped(f"AutoAttack's cascade resumed from {state_path.name}: {', '.join(a for a in NAMES.values() if a in done)} "
+                f"done, {len(standing)} of {len(x)} images still standing")
         flags[standing], more = cascade(model, x[standing], y[standing], settings, batch_size,
                                         state_path.with_suffix(f".{left[0]}.json"), left)
         warnings += [w for w in more if w not in warnings]
+        stamped(f"AutoAttack's cascade: {int(flags.sum())} of {len(x)} images robust after all its attacks")
     return flags, warnings

@@ -48,8 +48,14 @@ class Progress:
         if self.tty:
             sys.stderr.write("\r" + line + "\033[K" + ("\n" if ends else ""))
         else:
-            sys.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+            stamped(line)
         sys.stderr.flush()
+
+
+def stamped(line):
+    "A line on stderr that says when it was written, for a log read later."
+    sys.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+    sys.stderr.flush()
 
 
 def projection(seconds, rate, unit, on_cpu):

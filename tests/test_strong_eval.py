@@ -3,6 +3,7 @@ minimum, the masking checks fire on a model that masks its gradients and stay qu
 not, and --strong-eval runs end to end from the command line."""
 import hashlib
 import json
+import logging
 import pathlib
 import time
 
@@ -256,15 +257,29 @@ def test_cascade_records_the_zero_gradient_warning_of_the_masked_model_only(stro
     assert any("zero gradient" in w for w in strong_results["masked"]["warnings"]), strong_results["masked"]["warnings"]
 
 
-def test_cascade_warns_of_probabilities_given_for_logits(tmp_path):
+def test_cascade_warns_of_probabilities_given_for_logits(tmp_path, capsys):
     model = nn.Sequential(trained_mlp(0), nn.Softmax(dim=1))
     images, labels = learnable_set(20, 7)
     _, warnings = runner.evaluation.autoattack_cascade(runner.autoattack_suite, model, images, labels, aa_settings() | dict(
         bn_eval="running", eval_batch=20), torch.device("cpu"), tmp_path)
     assert any("logits" in w for w in warnings), warnings
+    assert "logits" not in capsys.readouterr().err  # its warnings go to the results, not among its progress lines
 
 
-def test_interrupted_cascade_resumes_with_the_same_result(tmp_path, monkeypatch):
+def test_a_cascade_says_each_attack_on_stderr_and_leaves_autoattacks_logger_as_it_was(tmp_path, capsys):
+    model = trained_mlp(0)
+    images, labels = learnable_set(60, 7)
+    logger = logging.getLogger("auto-attack")
+    before = logger.level, logger.propagate, list(logger.handlers)
+    runner.autoattack_suite.cascade(model, core.to_float(images), labels, aa_settings(), 10, tmp_path / "state.json")
+    err = capsys.readouterr().err
+    for attack in runner.autoattack_suite.NAMES.values():
+        assert f"AutoAttack's cascade on 60 images: running {attack}" in err, err
+    assert "AutoAttack's cascade on 60 images: robust accuracy after APGD-CE" in err, err
+    assert (logger.level, logger.propagate, list(logger.handlers)) == before
+
+
+def test_interrupted_cascade_resumes_with_the_same_result(tmp_path, monkeypatch, capsys):
     model = trained_mlp(0)
     images, labels = learnable_set(60, 7)
     x, y = core.to_float(images), labels
@@ -280,12 +295,21 @@ def test_interrupted_cascade_resumes_with_the_same_result(tmp_path, monkeypatch)
         return square(self, x, y)
 
     monkeypatch.setattr(pyautoattack.square.SquareAttack, "perturb", interrupted)
+    logger = logging.getLogger("auto-attack")
+    before = logger.level, logger.propagate, list(logger.handlers)
     with pytest.raises(KeyboardInterrupt):
         runner.autoattack_suite.cascade(model, x, y, settings, 10, tmp_path / "cut.json")
+    assert (logger.level, logger.propagate, list(logger.handlers)) == before
     assert runner.autoattack_suite.read_state(tmp_path / "cut.json")[1] == {"apgd-ce", "apgd-t", "fab-t"}
     monkeypatch.setattr(pyautoattack.square.SquareAttack, "perturb", square)
+    capsys.readouterr()
     resumed, _ = runner.autoattack_suite.cascade(model, x, y, settings, 10, tmp_path / "cut.json")
     assert torch.equal(resumed, whole) and whole.any()
+    standing = int(runner.autoattack_suite.read_state(tmp_path / "cut.json")[0].sum())
+    err = capsys.readouterr().err
+    assert f"resumed from cut.json: apgd-ce, apgd-t, fab-t done, {standing} of 60 images still standing" in err, err
+    assert err.count("running square") == 1 and f"cascade on the {standing} images still standing: running square" in err, err
+    assert f"AutoAttack's cascade: {int(resumed.sum())} of 60 images robust after all its attacks" in err, err
 
 
 def test_a_cascade_cut_twice_in_one_attack_keeps_one_state_file_per_attack(tmp_path, monkeypatch):
