@@ -45,10 +45,10 @@ class Progress:
 
     def write(self, line, ends):
         """A line on stderr: redrawn in place on a terminal (and ended where `ends`), else timestamped."""
-        if self.tty:
-            sys.stderr.write("\r" + line + "\033[K" + ("\n" if ends else ""))
-        else:
+        if not self.tty:
             stamped(line)
+            return
+        sys.stderr.write("\r" + line + "\033[K" + ("\n" if ends else ""))
         sys.stderr.flush()
 
 

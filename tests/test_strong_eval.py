@@ -266,17 +266,22 @@ def test_cascade_warns_of_probabilities_given_for_logits(tmp_path, capsys):
     assert "logits" not in capsys.readouterr().err  # its warnings go to the results, not among its progress lines
 
 
+def autoattack_logger():
+    "What reporting a cascade may change on AutoAttack's logger, and must leave as it was."
+    logger = logging.getLogger("auto-attack")
+    return logger.level, logger.propagate, list(logger.handlers)
+
+
 def test_a_cascade_says_each_attack_on_stderr_and_leaves_autoattacks_logger_as_it_was(tmp_path, capsys):
     model = trained_mlp(0)
     images, labels = learnable_set(60, 7)
-    logger = logging.getLogger("auto-attack")
-    before = logger.level, logger.propagate, list(logger.handlers)
+    before = autoattack_logger()
     runner.autoattack_suite.cascade(model, core.to_float(images), labels, aa_settings(), 10, tmp_path / "state.json")
     err = capsys.readouterr().err
     for attack in runner.autoattack_suite.NAMES.values():
         assert f"AutoAttack's cascade on 60 images: running {attack}" in err, err
     assert "AutoAttack's cascade on 60 images: robust accuracy after APGD-CE" in err, err
-    assert (logger.level, logger.propagate, list(logger.handlers)) == before
+    assert autoattack_logger() == before
 
 
 def test_interrupted_cascade_resumes_with_the_same_result(tmp_path, monkeypatch, capsys):
@@ -295,11 +300,10 @@ def test_interrupted_cascade_resumes_with_the_same_result(tmp_path, monkeypatch,
         return square(self, x, y)
 
     monkeypatch.setattr(pyautoattack.square.SquareAttack, "perturb", interrupted)
-    logger = logging.getLogger("auto-attack")
-    before = logger.level, logger.propagate, list(logger.handlers)
+    before = autoattack_logger()
     with pytest.raises(KeyboardInterrupt):
         runner.autoattack_suite.cascade(model, x, y, settings, 10, tmp_path / "cut.json")
-    assert (logger.level, logger.propagate, list(logger.handlers)) == before
+    assert autoattack_logger() == before
     assert runner.autoattack_suite.read_state(tmp_path / "cut.json")[1] == {"apgd-ce", "apgd-t", "fab-t"}
     monkeypatch.setattr(pyautoattack.square.SquareAttack, "perturb", square)
     capsys.readouterr()
