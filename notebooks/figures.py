@@ -26,6 +26,7 @@ PAPER = json.loads((Path(__file__).resolve().parent.parent / "paper_tables.json"
 COLUMNS = PAPER["columns"]
 COLORS = {"A": "C0", "B": "C1", "C": "C2", "EAT": "C3"}  # a model and its copy X' share a colour
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+CLOSE_POINTS = 3.0  # a cell of ours this close to the paper's (same data set and eps) counts as within reach of it
 
 
 class Interval(NamedTuple):

@@ -62,7 +62,7 @@ SHOW_ALL_QUICK = "RESULTS_DIR" in os.environ  # a folder chosen on purpose is sh
 COMMANDS = {"mnist": "python mnist.py", "fashion_mnist": "python mnist.py --fashion", "svhn": "python svhn.py",
             "cifar10": "python cifar10.py", "cifar100": "python cifar100.py", "ensemble": "python ensemble.py",
             "generators": "python generators_study.py"}
-HIGHLIGHT = 3.0  # accuracy points: larger differences from the paper (same data set and eps) are marked with *
+HIGHLIGHT = figures.CLOSE_POINTS  # accuracy points: larger differences from the paper are marked with *
 plt.rcParams.update({"figure.dpi": 80, "font.size": 9})
 
 # %% [markdown]

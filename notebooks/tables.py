@@ -1,0 +1,135 @@
+"""The Markdown table that the README and docs/ show for a data set, made from its results file with the
+notebook's intervals:
+
+    python notebooks/tables.py results/mnist_authors.json
+
+It prints our table beside the paper's, cell by cell. There is a row for each column of the paper's table:
+clean, FGS, PGD, then FGS and PGD crafted on each copy (A', B', C'). Where the file has `--strong-eval`'s
+results, a last row gives AutoAttack's standard cascade, which the paper did not run. There is a column for
+each model. Each cell holds three numbers:
+- our accuracy with its 95% interval (Wilson's on the n test images, or across seeds for a --seeds file);
+- the paper's accuracy;
+- ours less the paper's, in points, with its 95% interval (figures.paper_difference). It is in bold where it
+  exceeds 3 points.
+The last line counts the cells within 3 points. A file of another data set or eps than the paper's table
+is refused: no cell of it is comparable."""
+import argparse
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import figures
+from results_files import DATASETS, BadResult, load_result, need, runs_of
+
+ATTACK_NAMES = {"clean": "clean", "fgs": "FGS", "pgd": "PGD"}
+
+
+class Cell(NamedTuple):
+    ours: figures.Interval
+    paper: float = None                   # None: the paper has no such number
+    difference: figures.Interval = None   # ours less the paper's, where the paper has the number
+
+
+def column_label(column, pgd_steps):
+    "clean, FGS, PGD-10, 'PGD-10 crafted on B'' ... for a column of the paper's table."
+    attack, _, copy = column.partition("_")
+    name = ATTACK_NAMES[attack] + (f"-{pgd_steps}" if attack == "pgd" else "")
+    return f"{name} crafted on {copy}" if copy else name
+
+
+def autoattack_cell(result):
+    """AutoAttack's standard cascade per model, with the number of images it scored (None: the file has no
+    --strong-eval results). A --seeds file: the mean over its seeds, with their interval."""
+    runs = [run for _, run in runs_of(result)]
+    if not all("autoattack" in run.get("strong_eval", {}) for run in runs):
+        return None, None
+    n = runs[0]["strong_eval"]["n_test"]
+    models = [name for name in runs[0]["strong_eval"]["models"] if all(name in r["strong_eval"]["models"] for r in runs)]
+    return {name: Cell(figures.over_seeds([r["strong_eval"]["models"][name]["accuracy"]["autoattack"] for r in runs], n))
+            for name in models}, n
+
+
+def comparison(result):
+    """(rows, models, n): rows is a list of (label, {model: Cell}), in the paper's column order; n, the test
+    images of the table. Raises BadResult for a file that is not one of the paper's data sets at its eps."""
+    if result.experiment not in DATASETS:
+        raise BadResult(f"a {result.experiment} file, not a data set's table")
+    data, eps = result.data, figures.run_eps(result.data)
+    paper = figures.paper_table(result.experiment, eps)
+    if not paper.same:
+        raise BadResult(f"{result.experiment} at eps {eps:g}: {paper.caption}")
+    intervals = figures.table_intervals(data)
+    first = runs_of(result)[0][1]
+    n, pgd_steps = first["eval"]["n_test"], need(first, "settings.pgd_steps", int)
+    models = [row for row in paper.rows if row in intervals]
+    rows = []
+    for column in figures.COLUMNS:
+        cells = {}
+        for model in models:
+            if column in intervals[model]:
+                ours, theirs = intervals[model][column], paper.rows[model][column]
+                cells[model] = Cell(ours, theirs, figures.paper_difference(ours, theirs, n))
+        if cells:
+            rows.append((column_label(column, pgd_steps), cells))
+    autoattack, autoattack_n = autoattack_cell(result)
+    if autoattack:
+        rows.append((f"AutoAttack (standard; not in the paper), first {autoattack_n:,} images", autoattack))
+    return rows, models, n
+
+
+def number(value):
+    return f"{value:.2f}".replace("-", "−")
+
+
+def signed(value):
+    return ("+" if value >= 0 else "") + number(value)
+
+
+def cell_text(cell):
+    text = f"{number(cell.ours.value)} [{number(cell.ours.low)}, {number(cell.ours.high)}]"
+    if cell.paper is None:
+        return text
+    d = cell.difference
+    difference = f"{signed(d.value)} [{signed(d.low)}, {signed(d.high)}]"
+    far = abs(d.value) > figures.CLOSE_POINTS
+    return f"{text}<br>paper {number(cell.paper)}<br>" + (f"**{difference}**" if far else difference)
+
+
+def markdown(result):
+    "The Markdown table of a result beside the paper's, and the line that counts the cells within 3 points."
+    rows, models, n = comparison(result)
+    lines = ["| | " + " | ".join(models) + " |", "| --- |" + " --- |" * len(models)]
+    lines += [f"| {label} | " + " | ".join(cell_text(cells[m]) if m in cells else "–" for m in models) + " |"
+              for label, cells in rows]
+    differences = [cell.difference for _, cells in rows for cell in cells.values() if cell.difference is not None]
+    close = sum(abs(d.value) <= figures.CLOSE_POINTS for d in differences)
+    lines += ["", f"Within {figures.CLOSE_POINTS:g} points of the paper: {close} of {len(differences)} cells "
+                  f"({n:,} test images for the paper's columns)."]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Print a data set's results file as a Markdown table beside the paper's.")
+    parser.add_argument("result", type=Path, help="a data set's results file, e.g. results/mnist_authors.json")
+    args = parser.parse_args(argv)
+    try:
+        print(markdown(load_result(args.result)))
+    except BadResult as err:
+        raise BadResult(f"{args.result}: {err}") from None
+
+
+def run_command():
+    "The repository's way out (runner/errors.py): a file that cannot be shown is one line and exit status 1."
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from runner.errors import UserError, exit_on_error
+
+    def printed():
+        try:
+            main()
+        except BadResult as err:
+            raise UserError(str(err)) from None
+    exit_on_error(printed)
+
+
+if __name__ == "__main__":
+    run_command()
