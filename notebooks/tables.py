@@ -11,12 +11,13 @@ each model. Each cell holds three numbers:
 - the paper's accuracy;
 - ours less the paper's, in points, with its 95% interval (figures.paper_difference). It is in bold where it
   exceeds 3 points.
-The last line counts the cells within 3 points. A file of another data set or eps than the paper's table
-is refused: no cell of it is comparable."""
+A first line says how ours were made (protocol, minibatches per model, seeds); the last counts the cells
+within 3 points. Refused, in one line: a file of another data set or eps than the paper's table (no cell
+of it is comparable), and a --quick smoke test (not a result)."""
 import argparse
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import figures
 from results_files import DATASETS, BadResult, load_result, need, runs_of
@@ -26,8 +27,8 @@ ATTACK_NAMES = {"clean": "clean", "fgs": "FGS", "pgd": "PGD"}
 
 class Cell(NamedTuple):
     ours: figures.Interval
-    paper: float = None                   # None: the paper has no such number
-    difference: figures.Interval = None   # ours less the paper's, where the paper has the number
+    paper: Optional[float] = None                  # None: the paper has no such number
+    difference: Optional[figures.Interval] = None  # ours less the paper's, where the paper has the number
 
 
 def column_label(column, pgd_steps):
@@ -37,23 +38,34 @@ def column_label(column, pgd_steps):
     return f"{name} crafted on {copy}" if copy else name
 
 
-def autoattack_cell(result):
-    """AutoAttack's standard cascade per model, with the number of images it scored (None: the file has no
-    --strong-eval results). A --seeds file: the mean over its seeds, with their interval."""
-    runs = [run for _, run in runs_of(result)]
-    if not all("autoattack" in run.get("strong_eval", {}) for run in runs):
+def autoattack_row(result):
+    """(model -> Cell of AutoAttack's standard cascade, the images it scored), or (None, None) where the file
+    has no --strong-eval results. A --seeds file: the mean over its seeds, with their interval."""
+    strong = [run.get("strong_eval", {}) for _, run in runs_of(result)]
+    if not all("autoattack" in entry for entry in strong):
         return None, None
-    n = runs[0]["strong_eval"]["n_test"]
-    models = [name for name in runs[0]["strong_eval"]["models"] if all(name in r["strong_eval"]["models"] for r in runs)]
-    return {name: Cell(figures.over_seeds([r["strong_eval"]["models"][name]["accuracy"]["autoattack"] for r in runs], n))
+    models = [name for name in strong[0]["models"] if all(name in entry["models"] for entry in strong)]
+    n = strong[0]["n_test"]
+    return {name: Cell(figures.over_seeds([entry["models"][name]["accuracy"]["autoattack"] for entry in strong], n))
             for name in models}, n
+
+
+def made_with(result):
+    "How ours were made, in one line: protocol, minibatches per model, seeds."
+    first = runs_of(result)[0][1]
+    seeds = ", ".join(f"{model} {seed}" for model, seed in first["seeds"].items())
+    return (f"Ours: `--protocol {result.protocol}`, {first['settings']['iters']:,} minibatches per model, "
+            + (f"the mean over seeds {', '.join(result.data['runs'])}" if "runs" in result.data else f"seeds {seeds}")
+            + ".")
 
 
 def comparison(result):
     """(rows, models, n): rows is a list of (label, {model: Cell}), in the paper's column order; n, the test
     images of the table. Raises BadResult for a file that is not one of the paper's data sets at its eps."""
     if result.experiment not in DATASETS:
-        raise BadResult(f"a {result.experiment} file, not a data set's table")
+        raise BadResult(f"{result.experiment}'s results, not a data set's table")
+    if result.quick:
+        raise BadResult("a --quick smoke test, a check of the pipeline, not a result to set beside the paper's")
     data, eps = result.data, figures.run_eps(result.data)
     paper = figures.paper_table(result.experiment, eps)
     if not paper.same:
@@ -71,7 +83,7 @@ def comparison(result):
                 cells[model] = Cell(ours, theirs, figures.paper_difference(ours, theirs, n))
         if cells:
             rows.append((column_label(column, pgd_steps), cells))
-    autoattack, autoattack_n = autoattack_cell(result)
+    autoattack, autoattack_n = autoattack_row(result)
     if autoattack:
         rows.append((f"AutoAttack (standard; not in the paper), first {autoattack_n:,} images", autoattack))
     return rows, models, n
@@ -98,9 +110,9 @@ def cell_text(cell):
 def markdown(result):
     "The Markdown table of a result beside the paper's, and the line that counts the cells within 3 points."
     rows, models, n = comparison(result)
-    lines = ["| | " + " | ".join(models) + " |", "| --- |" + " --- |" * len(models)]
-    lines += [f"| {label} | " + " | ".join(cell_text(cells[m]) if m in cells else "–" for m in models) + " |"
-              for label, cells in rows]
+    lines = [made_with(result), "", "| | " + " | ".join(models) + " |", "| --- |" + " --- |" * len(models)]
+    for label, cells in rows:
+        lines.append(f"| {label} | " + " | ".join(cell_text(cells[m]) if m in cells else "–" for m in models) + " |")
     differences = [cell.difference for _, cells in rows for cell in cells.values() if cell.difference is not None]
     close = sum(abs(d.value) <= figures.CLOSE_POINTS for d in differences)
     lines += ["", f"Within {figures.CLOSE_POINTS:g} points of the paper: {close} of {len(differences)} cells "
@@ -109,7 +121,8 @@ def markdown(result):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Print a data set's results file as a Markdown table beside the paper's.")
+    parser = argparse.ArgumentParser(
+        description="Print a data set's results file as a Markdown table beside the paper's, cell by cell.")
     parser.add_argument("result", type=Path, help="a data set's results file, e.g. results/mnist_authors.json")
     args = parser.parse_args(argv)
     try:
@@ -119,7 +132,7 @@ def main(argv=None):
 
 
 def run_command():
-    "The repository's way out (runner/errors.py): a file that cannot be shown is one line and exit status 1."
+    "The repository's way out (runner/errors.py): a file that cannot be shown is one line on stderr."
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from runner.errors import UserError, exit_on_error
 
