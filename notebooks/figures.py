@@ -578,19 +578,20 @@ def main(argv=None):
         raise BadResult("; ".join(failed))  # the others are drawn
 
 
-def run_command():
-    """The command's way out is the repository's (runner/errors.py: one line and its exit status for
-    what a user can fix); the notebook, which imports this module, reads only the results files."""
+def run_command(command):
+    """Runs a command of notebooks/ (this file's main, tables.py's) with the repository's way out
+    (runner/errors.py: one line and its exit status for what a user can fix, a BadResult included); the
+    notebook, which imports this module, reads only the results files."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from runner.errors import UserError, exit_on_error
 
-    def drawn():
+    def run():
         try:
-            main()
+            command()
         except BadResult as err:
             raise UserError(str(err)) from None
-    exit_on_error(drawn)
+    exit_on_error(run)
 
 
 if __name__ == "__main__":
-    run_command()
+    run_command(main)

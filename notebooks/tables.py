@@ -15,7 +15,6 @@ A first line says how ours were made (protocol, minibatches per model, seeds); t
 within 3 points. Refused, in one line: a file of another data set or eps than the paper's table (no cell
 of it is comparable), and a --quick smoke test (not a result)."""
 import argparse
-import sys
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -131,18 +130,5 @@ def main(argv=None):
         raise BadResult(f"{args.result}: {err}") from None
 
 
-def run_command():
-    "The repository's way out (runner/errors.py): a file that cannot be shown is one line on stderr."
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from runner.errors import UserError, exit_on_error
-
-    def printed():
-        try:
-            main()
-        except BadResult as err:
-            raise UserError(str(err)) from None
-    exit_on_error(printed)
-
-
 if __name__ == "__main__":
-    run_command()
+    figures.run_command(main)
