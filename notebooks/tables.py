@@ -1,5 +1,5 @@
-"""The Markdown table that the README and docs/ show for a data set, made from its results file with the
-notebook's intervals:
+"""A data set's results file as a Markdown table beside the paper's, with the notebook's intervals (the
+README's Table 1 has its layout):
 
     python notebooks/tables.py results/mnist_authors.json
 
@@ -89,11 +89,13 @@ def comparison(result):
 
 
 def number(value):
-    return f"{value:.2f}".replace("-", "−")
+    text = f"{value:.2f}"
+    return "0.00" if text == "-0.00" else text.replace("-", "−")  # a difference that rounds to 0 has no sign
 
 
 def signed(value):
-    return ("+" if value >= 0 else "") + number(value)
+    text = number(value)
+    return text if text.startswith("−") else "+" + text
 
 
 def cell_text(cell):

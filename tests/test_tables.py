@@ -112,3 +112,7 @@ def test_a_file_not_comparable_with_the_papers_table_is_refused_in_one_line(tmp_
     printed = subprocess.run([sys.executable, "notebooks/tables.py", str(write(tmp_path, mnist_run()))], cwd=ROOT,
                              capture_output=True, text=True)
     assert printed.returncode == 0 and "| | A | B | C |" in printed.stdout
+
+
+def test_a_difference_that_rounds_to_zero_has_one_sign():
+    assert [tables.signed(v) for v in (-0.004, -0.0, 0.0, -1.5, 2.0)] == ["+0.00", "+0.00", "+0.00", "−1.50", "+2.00"]
