@@ -1,8 +1,10 @@
 """The errors a user can fix (bad input, missing data, a stale checkpoint): UserError, and the one way
 out of every entry point, `exit_on_error`, which ends a UserError, a failed file operation of the
 user's machine (a full disk, a name too long, no permission, a read-only file system), an output pipe
-closed early and Ctrl-C each as one line on stderr with its exit status. Every module of the
+closed early, an output whose encoding cannot show what is printed and Ctrl-C each as one line on stderr
+with its exit status. Every module of the
 experiments raises them; this one imports nothing of this repository."""
+import codecs
 import errno
 import os
 import sys
@@ -54,7 +56,8 @@ def kind_name(kind):
 
 def exit_on_error(main):
     """Runs `main()`, the one way out of every entry point: what the user can fix or did (a UserError,
-    a file operation failed for a cause of the machine's, standard output closed early, Ctrl-C) ends as
+    a file operation failed for a cause of the machine's, standard output closed early or in an encoding
+    that cannot show what is printed, Ctrl-C) ends as
     one line on stderr and its exit status; anything else is a bug and keeps its traceback."""
     try:
         flushed(main)
@@ -70,6 +73,18 @@ def exit_on_error(main):
         stop(f"error: {where}{err.strerror}; {advice(err)}", 2)
     except KeyboardInterrupt as err:
         stop(f"\ninterrupted: {str(err) or 'no checkpoint in progress'}; run the same command to resume", INTERRUPTED)
+    except UnicodeEncodeError as err:
+        if not of_a_standard_stream(err):
+            raise
+        stop(f"error: the output's encoding ({err.encoding}) cannot show {ascii(err.object[err.start:err.end])}, "
+             "which this command prints; set PYTHONIOENCODING=utf-8", 2)
+
+
+def of_a_standard_stream(err):
+    """Whether a UnicodeEncodeError is the codec of stdout or stderr refusing a character (the user's terminal
+    settings, say PYTHONIOENCODING=ascii or a console without U+2212), rather than a bug encoding text elsewhere."""
+    streams = {codecs.lookup(s.encoding).name for s in (sys.stdout, sys.stderr) if getattr(s, "encoding", None)}
+    return codecs.lookup(err.encoding).name in streams
 
 
 def flushed(main):

@@ -62,6 +62,21 @@ def test_ctrl_c_outside_training_says_no_checkpoint_was_in_progress(capsys):
     assert err.strip().startswith("interrupted: C: stopped at iteration 5;")
 
 
+def test_output_in_an_encoding_that_cannot_show_a_character_ends_as_one_line(capsys):
+    """The standard streams' own codec refusing a character is the user's terminal setting: one line that
+    names the character and says what to set. pytest's capture writes UTF-8, whose codec refuses a lone surrogate."""
+    status, err = exit_of(UnicodeEncodeError("utf-8", "a \ud800", 2, 3, "surrogates not allowed"), capsys)
+    assert status == 2 and err.splitlines() == [
+        "error: the output's encoding (utf-8) cannot show '\\ud800', which this command prints; set PYTHONIOENCODING=utf-8"]
+
+
+def test_an_encoding_error_of_another_codec_is_a_bug_and_keeps_its_traceback():
+    def main():
+        "\u2212".encode("ascii")  # not the output's codec (UTF-8 under pytest's capture): text encoded by the code itself
+    with pytest.raises(UnicodeEncodeError):
+        runner.errors.exit_on_error(main)
+
+
 def run_on_closed_stdout(argv):
     """A command whose standard output is a pipe nobody reads any more (`| head -1` once it has its line)."""
     read, write = os.pipe()

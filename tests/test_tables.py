@@ -2,6 +2,7 @@
 notebook's intervals, and the count of cells within 3 points."""
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -112,6 +113,13 @@ def test_a_file_not_comparable_with_the_papers_table_is_refused_in_one_line(tmp_
     printed = subprocess.run([sys.executable, "notebooks/tables.py", str(write(tmp_path, mnist_run()))], cwd=ROOT,
                              capture_output=True, text=True)
     assert printed.returncode == 0 and "| | A | B | C |" in printed.stdout
+
+
+def test_an_output_that_cannot_show_the_minus_sign_ends_as_one_line(tmp_path):
+    run = subprocess.run([sys.executable, "notebooks/tables.py", str(write(tmp_path, mnist_run()))], cwd=ROOT,
+                         capture_output=True, text=True, env=os.environ | {"PYTHONIOENCODING": "ascii"})
+    assert run.returncode == 2 and "Traceback" not in run.stderr and run.stderr.count("\n") == 1, run.stderr
+    assert "encoding (ascii) cannot show '\\u2212'" in run.stderr and "PYTHONIOENCODING=utf-8" in run.stderr
 
 
 def test_a_difference_that_rounds_to_zero_has_one_sign():
