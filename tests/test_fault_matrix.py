@@ -1,4 +1,4 @@
-"""Every entry point found in the tree (the top-level scripts, every tools/*.py, notebooks/figures.py)
+"""Every entry point found in the tree (the top-level scripts, every tools/*.py, notebooks/figures.py and tables.py)
 crossed with the faults a user meets at its doors: an --out that is a folder, that lies under a file,
 whose name is too long once atomic_write's temporary suffix is added, or that is read-only, an --out
 (or, for figures.py, a results file) of the wrong shape, and standard output closed early; and with the
@@ -27,14 +27,16 @@ pytestmark = pytest.mark.slow  # about 230 commands, each a few seconds
 
 def entry_points():
     """Paths (from the root) of every command: the top-level scripts with a __main__ block, tools/*.py
-    but the helper _root.py, and notebooks/figures.py."""
+    but the helper _root.py, and notebooks/figures.py and tables.py."""
     top = [os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.py")) if "__main__" in open(p).read()]
     tools = [os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "tools", "[!_]*.py"))]
-    return sorted(top) + sorted(tools) + ["notebooks/figures.py"]
+    return sorted(top) + sorted(tools) + ["notebooks/figures.py", "notebooks/tables.py"]
 
 
 ENTRY_POINTS = entry_points()
 FIGURES = "notebooks/figures.py"
+TABLES = "notebooks/tables.py"
+PRINTS_ONLY = "tables.py writes no file: it prints a results file's table"
 # what a command needs before it reaches its --out (a checkpoint to score, a results folder); all others run --quick
 NEEDS = {"evaluate.py": lambda w: [w["ckpt"], "--dataset", "mnist", "--data-dir", w["data"]],
          "tools/over_training.py": lambda w: [w["ckpt"], "--dataset", "mnist", "--data-dir", w["data"]],
@@ -64,6 +66,9 @@ NOT_APPLICABLE = {  # (entry point, fault) -> why the row does not apply
     (FIGURES, "out name too long with the temporary suffix"): "figures.py writes fixed short names inside its --out "
                                                               "folder; the folder's own name is checked by mkdir",
     (FIGURES, "out of the wrong shape"): "figures.py reads no --out; its results files have the row below",
+    **{(TABLES, fault): PRINTS_ONLY for fault in ("out is a folder", "out under a file", "out read-only",
+                                                  "out name too long with the temporary suffix")},
+    (TABLES, "out of the wrong shape"): "tables.py has no --out; the results file it reads has the row below",
 }
 
 
@@ -79,14 +84,16 @@ def world(fake_mnist, fake_fashion, tmp_path_factory):  # noqa: F811 (the fixtur
     (root / "a-file").write_text("the user's own file\n")
     (root / "wrong.json").write_text("[1, 2]\n")
     shutil.copytree(os.path.join(ROOT, "results"), root / "results")  # the committed results, one damaged
-    damaged = json.loads((root / "results" / "fashion_mnist.json").read_text()) | {"table": [1]}
-    (root / "results" / "fashion_mnist.json").write_text(json.dumps(damaged))
+    committed = json.loads((root / "results" / "fashion_mnist.json").read_text())
+    (root / "results" / "fashion_mnist.json").write_text(json.dumps(committed | {"table": [1]}))
+    mnist_table = committed | {"experiment": "mnist", "settings": committed["settings"] | {"eps": 0.3}}
+    (root / "mnist_table.json").write_text(json.dumps(mnist_table))  # a table tables.py sets beside the paper's
     read_only = unwritable_folder() or str(root / "read-only")
     if not unwritable_folder():
         os.mkdir(read_only, 0o555)
     return {"root": str(root), "ckpt": str(root / "ckpt" / "A.pt"), "data": fake_mnist, "fashion": fake_fashion,
             "folder": str(root / "folder"), "file": str(root / "a-file"), "wrong_shape": str(root / "wrong.json"),
-            "results": str(root / "results"), "read_only": read_only}
+            "results": str(root / "results"), "read_only": read_only, "mnist_table": str(root / "mnist_table.json")}
 
 
 def tree(root):
@@ -134,6 +141,13 @@ def test_figures_names_a_results_file_of_the_wrong_shape_and_draws_the_others(wo
     assert sorted(os.listdir(tmp_path / "figures")) == sorted(set(figures_drawn()) - {"accuracy.png"})
 
 
+def test_tables_names_a_results_file_of_the_wrong_shape_in_one_line(world, tmp_path):
+    before = tree(world["root"])
+    result = run(TABLES, [os.path.join(world["results"], "fashion_mnist.json")], cwd=str(tmp_path))
+    assert_one_line(result, 2, "fashion_mnist.json: 'table' has the wrong type")
+    assert tree(world["root"]) == before and os.listdir(tmp_path) == []
+
+
 def figures_drawn():
     sys.path.insert(0, os.path.join(ROOT, "notebooks"))
     import figures
@@ -171,7 +185,8 @@ WRITING = {"mnist.py": lambda w, user: QUICK + ["--models", "A", "--data-dir", w
                                                                 "--out", f"{user}/precision.json"],
            "tools/bench.py": lambda w, user: QUICK + ["--set", "iters=1", "--set", "warmup=0", "--out", f"{user}/bench.json"],
            "tools/gpu_check.py": lambda w, user: QUICK + ["--set", "budget=1", "--out", f"{user}/gpu_check.json"],
-           FIGURES: lambda w, user: ["--results", os.path.join(ROOT, "results"), "--out", f"{user}/figures"]}
+           FIGURES: lambda w, user: ["--results", os.path.join(ROOT, "results"), "--out", f"{user}/figures"],
+           TABLES: lambda w, user: [w["mnist_table"]]}
 REFUSED_FAKE_DATA = ("its data set (SVHN, CIFAR) is checked against its MD5 sums, which fake files pass only within the "
                      "test's own process; it trains and writes through runner.running and core.atomic_write, as mnist.py does")
 WRITE_FAULTS = {  # fault -> (FAULT_AT_WRITE's kind, the exit status, what the one line holds)
@@ -180,6 +195,7 @@ WRITE_FAULTS = {  # fault -> (FAULT_AT_WRITE's kind, the exit status, what the o
     "Ctrl-C at its first write": ("sigint", 130, ["interrupted: ", "run the same command to resume"])}
 MD5_DATA = ("cifar10.py", "cifar100.py", "svhn.py", "generators_study.py")  # the entry points REFUSED_FAKE_DATA is about
 NOT_APPLICABLE |= {(entry, fault): REFUSED_FAKE_DATA for entry in MD5_DATA for fault in WRITE_FAULTS}
+NOT_APPLICABLE |= {(TABLES, fault): PRINTS_ONLY for fault in WRITE_FAULTS}
 WRITE_ROWS = [(entry, fault) for entry in ENTRY_POINTS for fault in WRITE_FAULTS]
 TRAINING = {"mnist.py", "ensemble.py", "tools/ablation_study.py", "tools/precision_study.py"}  # they resume what a fault kept
 counted_writes = {}  # entry point -> the files a whole run of its WRITING command writes, in order
@@ -306,7 +322,8 @@ ACCURACY_IN_OUT = {"mnist.py": ["table", "A", "clean"], "ensemble.py": ["dataset
 NO_ACCURACY_READ = "its results hold timings and verdicts, no accuracy that it reads back"
 NOT_APPLICABLE |= {("tools/bench.py", "out with an accuracy"): NO_ACCURACY_READ,
                    ("tools/gpu_check.py", "out with an accuracy"): NO_ACCURACY_READ,
-                   (FIGURES, "out with an accuracy"): "figures.py reads no --out; its results files have the row below"}
+                   (FIGURES, "out with an accuracy"): "figures.py reads no --out; its results files have the row below",
+                   (TABLES, "out with an accuracy"): PRINTS_ONLY}
 NOT_APPLICABLE |= {(entry, "out with an accuracy"): REFUSED_FAKE_DATA for entry in MD5_DATA}
 OUT_OF_RANGE = [150, float("inf"), -1]
 
