@@ -41,6 +41,7 @@ PRINTS_ONLY = "tables.py writes no file: it prints a results file's table"
 NEEDS = {"evaluate.py": lambda w: [w["ckpt"], "--dataset", "mnist", "--data-dir", w["data"]],
          "tools/over_training.py": lambda w: [w["ckpt"], "--dataset", "mnist", "--data-dir", w["data"]],
          "tools/attack_gap.py": lambda w: [w["ckpt"], "--dataset", "mnist", "--data-dir", w["data"]],
+         "tools/first_layer.py": lambda w: [w["ckpt"], "--dataset", "mnist"],
          FIGURES: lambda w: ["--results", w["results"]]}
 QUICK = ["--quick", "--gpu", "cpu"]
 
@@ -177,6 +178,8 @@ WRITING = {"mnist.py": lambda w, user: QUICK + ["--models", "A", "--data-dir", w
                "--eval-n", "32", "--set", "strong_n=8", "--out", f"{user}/over_training.json"],
            "tools/attack_gap.py": lambda w, user: scoring(w, user) + ["--gpu", "cpu", "--eval-n", "8",
                                                                       "--out", f"{user}/attack_gap.json"],
+           "tools/first_layer.py": lambda w, user: [os.path.join(user, "kept", "A.pt"), "--dataset", "mnist",
+                                                     "--out", f"{user}/first_layer.json"],
            "tools/ablation_study.py": lambda w, user: QUICK + ["--data-dir", w["fashion"], "--ckpt-dir", f"{user}/ckpt", "--arms",
                                                                "paper", "--seeds", "0", "--set", "g_steps=1", "--eval-n", "32",
                                                                "--set", "strong_n=16", "--out", f"{user}/ablation.json"],
@@ -322,6 +325,8 @@ ACCURACY_IN_OUT = {"mnist.py": ["table", "A", "clean"], "ensemble.py": ["dataset
 NO_ACCURACY_READ = "its results hold timings and verdicts, no accuracy that it reads back"
 NOT_APPLICABLE |= {("tools/bench.py", "out with an accuracy"): NO_ACCURACY_READ,
                    ("tools/gpu_check.py", "out with an accuracy"): NO_ACCURACY_READ,
+                   ("tools/first_layer.py", "out with an accuracy"): "its results hold the first layer's weights, read "
+                                                                     "afresh from the checkpoint, no accuracy",
                    (FIGURES, "out with an accuracy"): "figures.py reads no --out; its results files have the row below",
                    (TABLES, "out with an accuracy"): PRINTS_ONLY}
 NOT_APPLICABLE |= {(entry, "out with an accuracy"): REFUSED_FAKE_DATA for entry in MD5_DATA}
