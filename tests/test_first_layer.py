@@ -105,3 +105,16 @@ def test_the_file_names_its_checkpoint_and_is_kept_or_refused(quick_run, tmp_pat
     with pytest.raises(runner.errors.UserError, match="not a results file of first_layer.py"):
         first_layer.main([f"{ckpt}/B.pt", "--dataset", "mnist", "--out", str(out)])
     assert json.loads(out.read_text()) == {"experiment": "attack_gap"}
+
+
+@pytest.mark.slow
+def test_a_listing_cut_short_still_leaves_the_file(quick_run, tmp_path, monkeypatch):  # noqa: F811
+    _, ckpt, _ = quick_run
+    out = tmp_path / "first.json"
+
+    def closed(*args, **kwargs):
+        raise BrokenPipeError("standard output closed")
+    monkeypatch.setattr("builtins.print", closed)
+    with pytest.raises(BrokenPipeError):
+        first_layer.main([f"{ckpt}/C.pt", "--dataset", "mnist", "--out", str(out)])
+    assert len(json.loads(out.read_text())["filters"]) == 32

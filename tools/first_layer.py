@@ -114,16 +114,14 @@ def main(argv=None):
               "summary": summary(rows, settings["eps"]), "filters": rows,
               "provenance": runner.provenance.provenance(device, runner.provenance.command_line(args), "float32")}
     kept = already_written(out, report)
+    if not kept:
+        runner.files.write_json(out, report)  # first: a listing cut short (| head) still leaves the file
     s = report["summary"]
     print(f"{name} (iteration {report['iteration']}, eps {s['eps']:g}): {s['one_pixel']} of {s['filters']} first-layer "
           f"filters read one pixel (share >= {ONE_PIXEL:g})")
     for r in sorted((r for r in rows if "switch" in r), key=lambda r: r["switch"]):
         print(f"  filter {r['filter']:3d}: on {r['on']} {r['switch']:.3f} (± {r['spread']:.3f}), share {r['share']:.2f}")
-    if kept:
-        print(f"{out} already holds these filters: kept as it is")
-    else:
-        runner.files.write_json(out, report)
-        print(f"results written to {out}")
+    print(f"{out} already held these filters: kept as it is" if kept else f"results written to {out}")
     return report
 
 
