@@ -758,6 +758,33 @@ for_each([r for r in gap_results if r.experiment == "attack_gap"], print_attack_
 
 
 # %% [markdown]
+# ### Does the first layer binarise the image?
+#
+# `tools/first_layer.py`: the first-layer filters of MNIST's network that read one pixel (at least
+# `one_pixel_share` of their weights' magnitude on one weight), and the pixel value where each one's
+# unit switches, ± how far its other weights can move the switch. A switch that eps cannot reach from
+# a blank (0) or inked (1) pixel makes the image binary to that unit; an input gradient sees a switch
+# only once it is crossed.
+
+# %%
+def print_first_layer(result):
+    data, summary = result.data, result.data["summary"]
+    print(f"\n=== {result.file}: {data['dataset']}, {result.protocol} protocol, {data.get('method', '?')}, iteration "
+          f"{data['iteration']}, eps {summary['eps']:g}: {summary['one_pixel']} of {summary['filters']} filters read one pixel")
+    switches = sorted((row for row in data["filters"] if "switch" in row), key=lambda row: row["switch"])
+    for row in switches:
+        print(f"  filter {row['filter']:>3}: on {row['on']} {row['switch']:.3f} ± {row['spread']:.3f}")
+
+
+layer_results, layer_problems = load_all(RESULTS_DIR, "first_layer/*.json")
+for line in layer_problems + [f"{r.file}: not shown: not a first-layer result ({r.experiment})" for r in layer_results
+                              if r.experiment != "first_layer"]:
+    print(line)
+for_each([r for r in layer_results if r.experiment == "first_layer"], print_first_layer,
+         "no first-layer study to show (docs/mnist.md)")
+
+
+# %% [markdown]
 # ## Mixed precision: does bf16 train the same model C?
 #
 # `tools/precision_study.py`: Fashion-MNIST model C (G1 k=8, 1000 iterations) trained with each seed in

@@ -34,6 +34,9 @@ ABLATION_FIELDS = {"settings.iters": NUMBER, "scoring.n_test": NUMBER, "scoring.
 ABLATION_SCORES = ["clean", "fgs", "pgd", "autoattack"]
 ATTACK_GAP_FIELDS = {"dataset": str, "iteration": NUMBER, "n_test": NUMBER, "eps": NUMBER, "steps": NUMBER,
                      "accuracy": dict, "provenance.command": str}
+FIRST_LAYER_FIELDS = {"dataset": str, "iteration": NUMBER, "one_pixel_share": NUMBER, "summary.filters": NUMBER,
+                      "summary.one_pixel": NUMBER, "summary.eps": NUMBER, "filters": list, "provenance.command": str}
+SWITCH_FIELDS = {"filter": NUMBER, "share": NUMBER, "switch": NUMBER, "on": str, "spread": NUMBER}
 SNAPSHOT_FIELDS = {"iter": NUMBER, "n_test": NUMBER, "autoattack_n": NUMBER, "accuracy.clean": Accuracy,
                    "accuracy.pgd10": Accuracy, "accuracy.pgd_ce": Accuracy, "on_autoattack_images.pgd10": Accuracy,
                    "on_autoattack_images.autoattack": Accuracy}
@@ -172,9 +175,22 @@ def check_attack_gap(data):
     check_fields(data, {name: Accuracy for name in data["accuracy"]}, "accuracy.")
 
 
+def check_first_layer(data):
+    check_fields(data, FIRST_LAYER_FIELDS)
+    for k, row in enumerate(data["filters"]):
+        if not isinstance(row, dict):
+            raise BadResult(f"'filters' item {k} is not an object")
+        if "switch" in row:
+            try:
+                check_fields(row, SWITCH_FIELDS)
+            except BadResult as err:
+                raise BadResult(f"'filters' item {k}: {err}") from None
+
+
 CHECKS = {**{name: check_dataset_file for name in DATASETS}, "ensemble": check_ensemble, "generators": check_generators,
           "over_training": check_over_training, "precision_study": check_precision_study,
-          "ablation_study": check_ablation_study, "attack_gap": check_attack_gap}
+          "ablation_study": check_ablation_study, "attack_gap": check_attack_gap,
+          "first_layer": check_first_layer}
 
 
 def load_result(path, name=None):
@@ -208,7 +224,7 @@ def load_all(folder, pattern="*.json"):
             results.append(load_result(path, name))
         except BadResult as err:
             problems.append(f"{name}: not shown: {err}")
-    order = DATASETS + ["ensemble", "generators", "over_training", "precision_study", "ablation_study", "attack_gap"]
+    order = DATASETS + ["ensemble", "generators", "over_training", "precision_study", "ablation_study", "attack_gap", "first_layer"]
     return sorted(results, key=lambda r: (order.index(r.experiment), r.protocol != "paper", r.quick, r.file)), problems
 
 

@@ -82,6 +82,11 @@ def malformed_results(quick_results, tmp_path):
     shutil.copy(os.path.join(ROOT, "results", "attack_gap", "mnist_authors_C.iter20000.json"), tmp_path / "attack_gap")
     gap = json.loads((tmp_path / "attack_gap" / "mnist_authors_C.iter20000.json").read_text())
     (tmp_path / "attack_gap" / "bad.json").write_text(json.dumps(gap | {"accuracy": gap["accuracy"] | {"pgd": 150}}))
+    (tmp_path / "first_layer").mkdir()
+    shutil.copy(os.path.join(ROOT, "results", "first_layer", "mnist_authors_B.json"), tmp_path / "first_layer")
+    layer = json.loads((tmp_path / "first_layer" / "mnist_authors_B.json").read_text())
+    torn = [layer["filters"][0] | {"switch": "0.3"}] + layer["filters"][1:]  # filter 0 of B reads one pixel
+    (tmp_path / "first_layer" / "bad.json").write_text(json.dumps(layer | {"filters": torn}))
     return tmp_path
 
 
@@ -114,6 +119,8 @@ def test_malformed_results_are_named_in_one_line_each(malformed_results, monkeyp
     assert "bench.json: not shown: bench.py's speed measurements, not accuracies" in text
     assert "attack_gap/bad.json: not shown: 'accuracy.pgd' is 150, not an accuracy in [0, 100]" in text
     assert "pgd_halving  53.0 [46.1, 59.8]" in text  # the well-formed attack-gap file, with its Wilson interval
+    assert "first_layer/bad.json: not shown: 'filters' item 0: 'switch' has the wrong type (str)" in text
+    assert "iteration 20000, eps 0.3: 25 of 32 filters read one pixel" in text and "filter   7: on above 0.690 ± 0.009" in text
     assert "mnist_quick.json  [QUICK SMOKE TEST" in text and kinds.count("display_data") >= 3  # bars, eps sweep, curves
     assert "less the paper arm, points [95% interval]" in text and "+16.0 [10.7, 21.3]*" in text  # d_every's AutoAttack
     assert "masking flags of C: " in text and "model C of mnist_quick.json (mnist, paper protocol), white box, by batch-norm mode" in text
