@@ -78,7 +78,16 @@ def parse_args(argv):
     if args.autoattack and (args.strong_eval or args.robustbench):
         raise runner.errors.UserError(f"{'--strong-eval' if args.strong_eval else '--robustbench'} runs AutoAttack's "
                                       "cascade too: drop --autoattack")
-    args.quick, args.iters, args.seed = False, None, None  # what resolve_settings asks of a training command
+    return scoring_command(args)
+
+
+def scoring_command(args, **lacking):
+    """`args` as resolve_settings reads a command's: a command that scores a checkpoint trains nothing (no
+    --quick, the checkpoint's own iterations and seed), and each option it lacks (`lacking`: name -> value)
+    takes the value that changes no setting."""
+    args.quick, args.iters, args.seed = False, None, None
+    for name, value in lacking.items():
+        setattr(args, name, value)
     return args
 
 

@@ -749,22 +749,26 @@ def print_attack_gap(result):
         print(f"{attack:>22}  " + (f"{value:.1f}" if attack == "zero_gradient_percent" else interval_text(wilson(value, n))))
 
 
-gap_results, gap_problems = load_all(RESULTS_DIR, "attack_gap/*.json")
-for line in gap_problems + [f"{r.file}: not shown: not an attack-gap result ({r.experiment})" for r in gap_results
-                            if r.experiment != "attack_gap"]:
-    print(line)
-for_each([r for r in gap_results if r.experiment == "attack_gap"], print_attack_gap,
-         "no attack-gap study to show (docs/mnist.md)")
+def show_folder(experiment, show):
+    """show(result) for each result of a study kept in its own sub-folder (named as the study); each file
+    there that is not one is named in a line."""
+    results, problems = load_all(RESULTS_DIR, f"{experiment}/*.json")
+    for line in problems + [f"{r.file}: not shown: {r.experiment}'s result, not {experiment}'s" for r in results
+                            if r.experiment != experiment]:
+        print(line)
+    for_each([r for r in results if r.experiment == experiment], show, f"no {experiment} result to show (docs/mnist.md)")
+
+
+show_folder("attack_gap", print_attack_gap)
 
 
 # %% [markdown]
-# ### Does the first layer binarise the image?
+# ### Does the first layer threshold the image?
 #
 # `tools/first_layer.py`: the first-layer filters of MNIST's network that read one pixel (at least
 # `one_pixel_share` of their weights' magnitude on one weight), and the pixel value where each one's
-# unit switches, ± how far its other weights can move the switch. A switch that eps cannot reach from
-# a blank (0) or inked (1) pixel makes the image binary to that unit; an input gradient sees a switch
-# only once it is crossed.
+# unit switches with the rest of its patch mid-gray, ± how far the rest can move the switch. An input
+# gradient sees a switch only once it is crossed.
 
 # %%
 def print_first_layer(result):
@@ -776,12 +780,7 @@ def print_first_layer(result):
         print(f"  filter {row['filter']:>3}: on {row['on']} {row['switch']:.3f} ± {row['spread']:.3f}")
 
 
-layer_results, layer_problems = load_all(RESULTS_DIR, "first_layer/*.json")
-for line in layer_problems + [f"{r.file}: not shown: not a first-layer result ({r.experiment})" for r in layer_results
-                              if r.experiment != "first_layer"]:
-    print(line)
-for_each([r for r in layer_results if r.experiment == "first_layer"], print_first_layer,
-         "no first-layer study to show (docs/mnist.md)")
+show_folder("first_layer", print_first_layer)
 
 
 # %% [markdown]

@@ -13,13 +13,13 @@ ON_ABOVE, ON_BELOW, SPREAD_OUT = 0, 1, 2  # the filters of the network below
 
 
 def thresholding_network(input_scale=1.0):
-    """D1 whose filter 0 reads pixel (2, 2), on above 0.3, with two small weights in its patch; filter 1
+    """D1 whose filter 0 reads pixel (2, 2), on above 0.3, with two small weights of opposite signs in its patch; filter 1
     reads pixel (1, 3), on below 0.69; filter 2 spreads its weight over the whole patch."""
     D = core.D1(input_scale=input_scale)
     with torch.no_grad():
         D.conv1.weight.zero_()
         D.conv1.bias.zero_()
-        D.conv1.weight[ON_ABOVE, 0, 2, 2], D.conv1.weight[ON_ABOVE, 0, 0, 0], D.conv1.weight[ON_ABOVE, 0, 4, 4] = 2.0, 0.1, 0.1
+        D.conv1.weight[ON_ABOVE, 0, 2, 2], D.conv1.weight[ON_ABOVE, 0, 0, 0], D.conv1.weight[ON_ABOVE, 0, 4, 4] = 2.0, 0.1, -0.1
         D.conv1.bias[ON_ABOVE] = 0.8
         D.conv1.weight[ON_BELOW, 0, 1, 3], D.conv1.bias[ON_BELOW] = -1.5, 0.57
         D.conv1.weight[SPREAD_OUT].fill_(0.1)
@@ -28,10 +28,12 @@ def thresholding_network(input_scale=1.0):
 
 def unit(D, f, place, value, rest):
     """Filter f's pre-activation at the centre of an image whose pixel `place` of the patch is `value`
-    and whose other pixels are `rest`."""
-    x = torch.full((1, 1, 28, 28), rest)
-    row, column = place
-    x[0, 0, 12 + row, 12 + column] = value  # the patch of the centre pixel (14, 14), padding 2
+    and whose other pixels are `rest`: one value, or {place: value} over a blank image."""
+    blank = isinstance(rest, dict)
+    x = torch.full((1, 1, 28, 28), 0.0 if blank else rest)
+    pixels = (dict(rest) if blank else {}) | {place: value}
+    for (row, column), v in pixels.items():
+        x[0, 0, 12 + row, 12 + column] = v  # the patch of the centre pixel (14, 14), padding 2
     return D.conv1(core.signed(x, D.input_scale))[0, f, 14, 14].item()
 
 
@@ -54,12 +56,13 @@ def test_the_switch_is_where_the_unit_changes_sign_within_its_spread(input_scale
     for rest in (0.0, 1.0):
         assert crossing(D, ON_BELOW, (1, 3), rest) == pytest.approx(below["switch"], abs=2e-4)
     assert below["spread"] == 0
-    # filter 0's other weights move the switch by at most its spread; a blank or inked rest moves it that far
+    # filter 0's other weights move the switch by at most its spread, and its two extremes move it that far:
+    # the weight of +0.1 reading a blank pixel and the one of -0.1 an inked one, or the other way round
     assert above["spread"] == pytest.approx(0.2 / (2 * input_scale * 2.0), abs=1e-4)
-    for rest in (0.0, 1.0, 0.5):
+    for rest in (0.0, 1.0, 0.5, {(0, 0): 0.0, (4, 4): 1.0}, {(0, 0): 1.0, (4, 4): 0.0}):
         moved = abs(crossing(D, ON_ABOVE, (2, 2), rest) - above["switch"])
         assert moved <= above["spread"] + 2e-4
-        if input_scale == 1.0 and rest != 0.5:
+        if input_scale == 1.0 and isinstance(rest, dict):
             assert moved == pytest.approx(above["spread"], abs=2e-4)
     assert unit(D, ON_ABOVE, (2, 2), above["switch"] + 0.05, 0.5) > 0 > unit(D, ON_BELOW, (1, 3), below["switch"] + 0.05, 0.5)
     if input_scale == 1.0:
@@ -67,11 +70,15 @@ def test_the_switch_is_where_the_unit_changes_sign_within_its_spread(input_scale
 
 
 def test_a_filter_spread_over_its_patch_has_no_switch():
-    rows = first_layer.filters(thresholding_network().conv1)
+    D = thresholding_network()
+    with torch.no_grad():
+        D.conv1.weight[3, 0, 0, 0], D.conv1.weight[3, 0, 1, 1] = 0.89, 0.11  # just short of one pixel
+    rows = first_layer.filters(D.conv1)
+    assert rows[3]["share"] == pytest.approx(0.89) and "switch" not in rows[3]
     assert rows[SPREAD_OUT]["share"] == pytest.approx(1 / 25, abs=1e-4) and "switch" not in rows[SPREAD_OUT]
     summary = first_layer.summary(rows, 0.3)
-    # the 29 filters left at zero read nothing: share 0
-    assert {row["share"] for row in rows[3:]} == {0.0}
+    # the 28 filters left at zero read nothing: share 0
+    assert {row["share"] for row in rows[4:]} == {0.0}
     assert summary["one_pixel"] == 2 and summary["filters"] == 32
     assert summary["switches_below_half"] == {"count": 1, "lowest": 0.3, "highest": 0.3}
     assert summary["switches_above_half"] == {"count": 1, "lowest": 0.69, "highest": 0.69}

@@ -50,8 +50,7 @@ def parse_args(argv):
     args = runner.cli.parse_cli(p, argv, __file__)
     if args.eval_n is not None and args.eval_n < 1:
         raise runner.errors.UserError(f"--eval-n {args.eval_n}: attack at least one image")
-    args.set, args.bn_eval, args.quick, args.iters, args.seed = [], None, False, None, None  # what trained_settings reads
-    return args
+    return evaluate.scoring_command(args, set=[], bn_eval=None)
 
 
 def halving(eps, steps):

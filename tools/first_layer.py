@@ -1,4 +1,4 @@
-"""Does a classifier's first layer binarise its input? For the MNIST network (D1, which MNIST and
+"""Does a classifier's first layer threshold its input? For the MNIST network (D1, which MNIST and
 Fashion-MNIST checkpoints train), each filter of its first convolution: the share of its weights'
 magnitude on its largest weight, and, for a filter that reads one pixel (a share of at least 0.9),
 the pixel value at which its unit switches.
@@ -7,13 +7,12 @@ the pixel value at which its unit switches.
 
 D1 reads a pixel x in [0, 1] as s = 2 x - 1 (core.signed), so a filter whose weight w on one pixel
 dwarfs the rest computes about relu(w s + b): its unit is off on one side of x* = (1 - b / w) / 2 and
-grows on the other (above x* where w > 0). Its other weights move that switch by at most `spread`
-(their summed magnitude over 2 |w|), for any values of the pixels they read. A PGD-trained MNIST
-network is known to learn such filters (Madry et al., 2018, appendix C): a switch that an eps-sized
-change of a blank (0) or inked (1) pixel cannot cross makes the image, to that unit, binary. An input
-gradient sees a unit's switch only once it is crossed, and a gradient-free attack needs no gradient.
-It reads the weights alone: no data, no attack. The JSON (default
-results/first_layer/<dataset>_<checkpoint name>.json) holds every filter.
+grows linearly on the other (above x* where w > 0). `switch` is that x*, where the unit switches when
+the other pixels of its patch are mid-gray (s = 0); other values of them move it by at most `spread`
+(the other weights' summed magnitude over 2 |w|, as |s| <= 1). A PGD-trained MNIST network is known to
+learn such filters (Madry et al., 2018, appendix C). An input gradient sees a unit's switch only once
+it is crossed, and a gradient-free attack needs no gradient. It reads the weights alone: no data, no
+attack. The JSON (default results/first_layer/<dataset>_<checkpoint name>.json) holds every filter.
 """
 import argparse
 import os
@@ -29,8 +28,8 @@ import runner.files
 import runner.provenance
 
 ONE_PIXEL = 0.9  # share of a filter's weight magnitude on one weight, for it to count as reading one pixel
-SAME = ["experiment", "fingerprint", "iteration"]  # what a file already at --out must share to be kept
-READ = ["one_pixel_share", "summary", "filters"]   # what the same weights give again
+SAME = ["experiment", "fingerprint", "iteration"]          # what a file already at --out must share to be kept
+FROM_WEIGHTS = ["one_pixel_share", "summary", "filters"]  # what the same weights give again
 
 
 def parse_args(argv):
@@ -39,37 +38,42 @@ def parse_args(argv):
     p.add_argument("--dataset", required=True, choices=list(evaluate.DATASETS), help="the data set it was trained on")
     p.add_argument("--out", default=None, help="results JSON (default results/first_layer/<dataset>_<checkpoint name>.json)")
     args = runner.cli.parse_cli(p, argv, __file__)
-    args.set, args.bn_eval, args.quick, args.iters, args.seed, args.eval_n = [], None, False, None, None, None  # what trained_settings reads
-    return args
+    return evaluate.scoring_command(args, set=[], bn_eval=None, eval_n=None)
 
 
 def filters(conv, input_scale=1.0):
     """Per filter of `conv` (reading core.signed(x, input_scale)): its largest weight's share of the
     filter's weight magnitude and that weight's place (channel, row, column); for a filter that reads one
     pixel (share >= ONE_PIXEL) also the pixel value where its unit switches, which side is on, and how far
-    its other weights can move the switch, all in [0, 1] pixel units."""
+    its other weights can move the switch, all in [0, 1] pixel units (docstring above)."""
     rows = []
     for f, (w, b) in enumerate(zip(conv.weight.detach().double(), conv.bias.detach().double())):
         magnitude = w.abs()
         place = [int(i) for i in torch.unravel_index(magnitude.argmax(), w.shape)]
         main = w[tuple(place)].item()
         total = magnitude.sum().item()
-        row = {"filter": f, "share": round(abs(main) / total, 4) if total else 0.0, "pixel": place}  # all zero: reads nothing
-        if row["share"] >= ONE_PIXEL:
+        share = abs(main) / total if total else 0.0  # all zero: it reads nothing
+        row = {"filter": f, "share": round(share, 4), "pixel": place}
+        if share >= ONE_PIXEL:
             scale = 2 * input_scale  # d s / d x
+            reach = max(1.0, scale - 1)  # the largest |s| of a pixel in [0, 1]
             row |= {"switch": round((1 - b.item() / main) / scale, 4), "on": "above" if main > 0 else "below",
-                    "spread": round((magnitude.sum().item() - abs(main)) / (scale * abs(main)), 4)}
+                    "spread": round((total - abs(main)) * reach / (scale * abs(main)), 4)}
         rows.append(row)
     return rows
+
+
+def span(switches):
+    "count, lowest and highest of sorted switches"
+    return {"count": len(switches), "lowest": switches[0], "highest": switches[-1]} if switches else {"count": 0}
 
 
 def summary(rows, eps):
     """The one-pixel filters, and their switches below and above 0.5, each as (count, lowest, highest)."""
     switches = sorted(r["switch"] for r in rows if "switch" in r)
-    low, high = [s for s in switches if s < 0.5], [s for s in switches if s >= 0.5]
-    span = lambda s: {"count": len(s), "lowest": s[0], "highest": s[-1]} if s else {"count": 0}  # noqa: E731
     return {"filters": len(rows), "one_pixel": len(switches), "eps": eps,
-            "switches_below_half": span(low), "switches_above_half": span(high)}
+            "switches_below_half": span([s for s in switches if s < 0.5]),
+            "switches_above_half": span([s for s in switches if s >= 0.5])}
 
 
 def first_conv(D, path):
@@ -90,7 +94,7 @@ def already_written(out, report):
     differs = [key for key in SAME if earlier.get(key) != report[key]]
     if differs:
         raise runner.errors.UserError(f"{out} describes another checkpoint ({', '.join(differs)} differ): pass another --out")
-    if [earlier.get(key) for key in READ] != [report[key] for key in READ]:
+    if [earlier.get(key) for key in FROM_WEIGHTS] != [report[key] for key in FROM_WEIGHTS]:
         raise runner.errors.UserError(f"{out} holds other filters for this checkpoint (edited, or written by another version "
                                       "of this tool): move it away, or pass another --out")
     return True

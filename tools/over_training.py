@@ -68,8 +68,7 @@ def parse_args(argv):
     args = runner.cli.parse_cli(p, argv, __file__)
     args.scoring, args.name = (QUICK_SCORING, "over_training_quick") if args.quick else (SCORING, "over_training")
     args.out = args.out or os.path.join("results", f"{args.name}.json")
-    args.quick, args.iters, args.seed, args.bn_eval = False, None, None, None  # what resolve_settings asks of a training command
-    return args
+    return evaluate.scoring_command(args, bn_eval=None)  # --quick chose the scoring above; it trains nothing
 
 
 def model_settings(script, authors, trained, method, args):
