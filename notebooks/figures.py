@@ -578,20 +578,21 @@ def main(argv=None):
         raise BadResult("; ".join(failed))  # the others are drawn
 
 
-def run_command(command):
-    """Runs a command of notebooks/ (this file's main, tables.py's) with the repository's way out
-    (runner/errors.py: one line and its exit status for what a user can fix, a BadResult included); the
-    notebook, which imports this module, reads only the results files."""
+def exit_on_error(command):
+    """runner.errors.exit_on_error, the repository's one way out, for the commands of notebooks/ (this
+    file's main, tables.py's): one line and its exit status for what a user can fix, a BadResult
+    included. runner/ is imported here, not at the top: the notebook, which imports this module, reads
+    only the results files."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from runner.errors import UserError, exit_on_error
+    import runner.errors
 
     def run():
         try:
             command()
         except BadResult as err:
-            raise UserError(str(err)) from None
-    exit_on_error(run)
+            raise runner.errors.UserError(str(err)) from None
+    runner.errors.exit_on_error(run)
 
 
 if __name__ == "__main__":
-    run_command(main)
+    exit_on_error(main)

@@ -133,4 +133,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    figures.run_command(main)
+    figures.exit_on_error(main)
