@@ -298,6 +298,40 @@ def over_training_across_seeds(runs):
             for curve_key, by_iter in scores.items()}
 
 
+class Change(NamedTuple):
+    start: int    # iterations
+    end: int
+    seeds: list
+    scores: dict  # score key (SEED_SCORES) -> Interval of the change in the mean, in points
+
+
+def changes_across_seeds(runs):
+    """(protocol, model) -> [Change]: from the first to the last snapshot that every seed of it scored, then,
+    where there are more than two, each step between consecutive ones; [] where the seeds share fewer than
+    two. A change is the mean over the seeds at the later snapshot less that at the earlier, with
+    `difference`'s interval on the seeds' spread pooled over the two snapshots (so two seeds give 2 df,
+    where their own changes alone would give 1), as the ablation's differences."""
+    models = {}
+    for (protocol, name, seed), (_, model) in sorted(runs.items(), key=lambda item: str(item[0])):
+        models.setdefault((protocol, name), {})[seed] = {s["iter"]: s for s in model["snapshots"]}
+    changes = {}
+    for curve_key, by_seed in models.items():
+        shared = sorted(set.intersection(*(set(snapshots) for snapshots in by_seed.values())))
+        steps = [(shared[0], shared[-1])] if len(shared) > 1 else []
+        steps += list(zip(shared, shared[1:])) if len(shared) > 2 else []
+        changes[curve_key] = [Change(start, end, list(by_seed), {key: change(by_seed, start, end, key, group, n_key)
+                                                                 for key, _, group, n_key in SEED_SCORES})
+                              for start, end in steps]
+    return changes
+
+
+def change(by_seed, start, end, key, group, n_key):
+    "One score's change in the mean over seeds from iteration start to end (by_seed: seed -> iteration -> snapshot)."
+    before, after = ([snapshots[it][group][key] for snapshots in by_seed.values()] for it in (start, end))
+    n = next(iter(by_seed.values()))[end][n_key]
+    return difference(after, before, n, pooled_spread({"before": before, "after": after}))
+
+
 def over_training_seeds(across, subject="", paper=None):
     """One panel per (protocol, model): clean, PGD-10 and AutoAttack per snapshot, mean over seeds with 95% band;
     n seeds per point; `subject` (the data set) opens the title. `paper` (a paper_table on the same data set

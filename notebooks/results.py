@@ -633,6 +633,10 @@ for_each(over_training_results, lambda r: (print_over_training(r), figures.over_
 # never narrower than Wilson's on those images; all intervals within 0 to 100); a point with one seed
 # shows that run with its Wilson interval on its images. `seeds`: the seeds behind each point. A seed
 # trained with other settings than the first one read of its protocol and model is left out, and named.
+# Then the trend: from the first to the last snapshot that every seed scored, and each step between them,
+# the mean over seeds of each seed's own change, in points, with Student's t on the spread of those
+# changes (k − 1 degrees of freedom), never narrower than the two means' Wilson half-widths in quadrature
+# (the whole interval for one seed); *: the interval excludes 0.
 
 # %%
 def print_over_training_seeds(across):
@@ -646,9 +650,22 @@ def print_over_training_seeds(across):
                   + f"   {len(seeds)}: {', '.join(map(str, seeds))} ({kind})")
 
 
+def print_changes(changes):
+    for (protocol, name), steps in sorted(changes.items()):
+        if not steps:
+            continue
+        print(f"\n{name}, {protocol} protocol: change (points) [95% interval], seeds {', '.join(map(str, steps[0].seeds))}")
+        print(f"{'iterations':>16}" + "".join(f"{label:>22}" for _, label, _, _ in figures.SEED_SCORES))
+        for i, step in enumerate(steps):
+            print(f"{f'{step.start}-{step.end}':>16}" + "".join(
+                f"{figures.difference_text(step.scores[key]):>22}" for key, _, _, _ in figures.SEED_SCORES)
+                  + ("   first to last" if i == 0 else ""))
+
+
 def show_across_seeds(files, fallback=None, paper=None):
-    """The over-training results in `files` (a pattern in the results folder), their means over seeds: table and
-    figure, with the paper's clean and PGD as dotted lines where `paper` is its table on the same data set."""
+    """The over-training results in `files` (a pattern in the results folder), their means over seeds: table,
+    changes and figure, with the paper's clean and PGD as dotted lines where `paper` is its table on the same
+    data set."""
     runs, problems = figures.over_training_runs(RESULTS_DIR, files, fallback)
     for line in problems:
         print(line)
@@ -657,6 +674,7 @@ def show_across_seeds(files, fallback=None, paper=None):
         return
     across = figures.over_training_across_seeds(runs)
     print_over_training_seeds(across)
+    print_changes(figures.changes_across_seeds(runs))
     figures.over_training_seeds(across, paper=paper)
     plt.show()
 

@@ -203,6 +203,44 @@ def test_over_training_across_seeds_works_on_the_committed_files_and_in_the_figu
     assert (tmp_path / "out" / "over_training_seeds.png").is_file(), run.stderr
 
 
+def test_changes_across_seeds_run_from_the_first_to_the_last_snapshot_every_seed_scored_then_step_by_step(seed_files):
+    folder, committed = seed_files
+    path = folder / "over_training" / "paper_seed2.json"
+    data = json.loads(path.read_text())
+    data["models"]["C"]["snapshots"].pop()  # seed 2 stopped a snapshot early: its last is no shared one
+    for snapshot in data["models"]["C"]["snapshots"][1:]:
+        snapshot["accuracy"]["pgd10"] += 10  # seed 2 alone rises after its first snapshot
+    path.write_text(json.dumps(data))
+    changes = figures.changes_across_seeds(figures.over_training_runs(folder)[0])
+    iters = [s["iter"] for s in committed["models"]["C"]["snapshots"]]
+    steps = changes[("paper", "C")]
+    assert [(c.start, c.end) for c in steps] == [(iters[0], iters[-2])] + list(zip(iters[:-2], iters[1:-1]))
+    assert steps[0].seeds == [0, 1, 2]
+    base = {s["iter"]: s["accuracy"]["pgd10"] for s in committed["models"]["C"]["snapshots"]}
+    before, after = [base[iters[0]] + 2 * s for s in (0, 1, 2)], [base[iters[-2]] + 2 * s + 10 * (s == 2) for s in (0, 1, 2)]
+    squares = sum((v - sum(vs) / 3) ** 2 for vs in (before, after) for v in vs)  # pooled over both snapshots: 4 df
+    seeds_half = stats.t.ppf(0.975, 4) * math.sqrt(squares / 4) * math.sqrt(2 / 3)
+    images_half = math.hypot(*[(w.high - w.low) / 2 for w in (figures.wilson(sum(vs) / 3, 1000) for vs in (before, after))])
+    pgd = steps[0].scores["pgd10"]
+    assert pgd.value == pytest.approx(sum(after) / 3 - sum(before) / 3) and seeds_half > images_half
+    assert pgd.high - pgd.value == pytest.approx(seeds_half)
+    alone = figures.changes_across_seeds(figures.over_training_runs(folder)[0])[("authors", "C")][0].scores["autoattack"]
+    first, last = (committed["models"]["C"]["snapshots"][i]["on_autoattack_images"]["autoattack"] for i in (0, -1))
+    assert alone.value == pytest.approx(last - first)  # one seed: its two snapshots' Wilson half-widths in quadrature
+    assert alone.high - alone.value == pytest.approx(math.hypot(*[(w.high - w.low) / 2 for w in (
+        figures.wilson(first, 200), figures.wilson(last, 200))]))
+
+
+def test_changes_across_seeds_of_two_shared_snapshots_are_one_and_of_one_none(seed_files):
+    folder, _ = seed_files
+    for keep, expected in [(2, 1), (1, 0)]:
+        path = folder / "over_training" / "authors_seed0.json"
+        data = json.loads(path.read_text())
+        data["models"]["C"]["snapshots"] = data["models"]["C"]["snapshots"][:keep]
+        path.write_text(json.dumps(data))
+        assert len(figures.changes_across_seeds(figures.over_training_runs(folder)[0])[("authors", "C")]) == expected
+
+
 def test_the_notebook_tabulates_over_training_across_seeds(seed_files, monkeypatch):
     folder, committed = seed_files
     text, _ = run_notebook(folder, monkeypatch)
@@ -212,6 +250,11 @@ def test_the_notebook_tabulates_over_training_across_seeds(seed_files, monkeypat
     assert f"C, paper protocol: accuracy (%) [95% interval]" in text and "C, authors protocol" in text
     assert f"{first['iter']:>10}{f'{mean:.1f} [{mean - half:.1f}, {mean + half:.1f}]':>22}" in text
     assert "3: 0, 1, 2 (t interval)" in text and "1: 0 (Wilson)" in text
+    steps = figures.changes_across_seeds(figures.over_training_runs(folder)[0])[("paper", "C")]
+    first = steps[0]
+    assert "C, paper protocol: change (points) [95% interval], seeds 0, 1, 2" in text
+    assert f"{f'{first.start}-{first.end}':>16}{figures.difference_text(first.scores['clean']):>22}" in text
+    assert text.count("first to last") == 4  # B and C under each protocol
 
 
 @pytest.fixture
