@@ -634,9 +634,10 @@ for_each(over_training_results, lambda r: (print_over_training(r), figures.over_
 # shows that run with its Wilson interval on its images. `seeds`: the seeds behind each point. A seed
 # trained with other settings than the first one read of its protocol and model is left out, and named.
 # Then the trend: from the first to the last snapshot that every seed scored, and each step between them,
-# the mean over seeds of each seed's own change, in points, with Student's t on the spread of those
-# changes (k − 1 degrees of freedom), never narrower than the two means' Wilson half-widths in quadrature
-# (the whole interval for one seed); *: the interval excludes 0.
+# the change in the mean over the seeds, in points, with the interval of the ablation's differences:
+# Student's t on the seeds' spread pooled over the two snapshots (2(k − 1) degrees of freedom), never
+# narrower than the two means' Wilson half-widths in quadrature (the whole interval for one seed);
+# *: the interval excludes 0.
 
 # %%
 def print_over_training_seeds(across):
