@@ -241,12 +241,12 @@ SEED_SCORES = [("clean", "clean", "accuracy", "n_test"), ("pgd10", "PGD-10", "ac
 def over_training_runs(folder, files="over_training/*.json", fallback="over_training.json"):
     """(protocol, model, seed) -> (file, model entry) of every over-training result: the per-seed files
     (default over_training/<protocol>_seed<s>.json) first, then `fallback` for what they lack; and one
-    line per file or model left out, among them a seed trained otherwise than the first one read of its
-    protocol and model (a mean over seeds is a mean over seeds alone). A copy (C', trained beside C with
+    line per file or model left out, among them a seed trained or scored otherwise than the first one read
+    of its protocol and model (a mean over seeds is a mean over seeds alone). A copy (C', trained beside C with
     the next seed) counts as its model (C) with its own seed."""
     per_seed, problems = load_all(folder, files)
     single, more_problems = load_all(folder, fallback) if fallback else ([], [])
-    runs = {}
+    runs, scorings = {}, {}
     for result in per_seed + single:
         if result.experiment != "over_training" or result.quick:
             problems.append(f"{result.file}: not an over-training result of a full run ({result.data['experiment']})")
@@ -254,26 +254,30 @@ def over_training_runs(folder, files="over_training/*.json", fallback="over_trai
         for name, model in result.data["models"].items():
             try:
                 key = (result.protocol, name.rstrip("'"), need(model, "seed", NUMBER))
-                apart = settings_apart(model, runs, key)
+                scorings[result.file] = need(result.data, "scoring", dict)
+                trained = apart(need(model, "trained_settings", dict), runs, key, lambda file, entry: entry["trained_settings"])
+                scored = apart(scorings[result.file], runs, key, lambda file, entry: scorings[file])
             except BadResult as err:
                 problems.append(f"{result.file}: model {name} left out: {err}")
                 continue
             if key in runs:
                 problems.append(f"{result.file}: {name} seed {key[2]} left out: already read from {runs[key][0]}")
-            elif apart:
-                problems.append(f"{result.file}: {name} seed {key[2]} left out: trained otherwise than {apart}")
+            elif trained or scored:
+                problems.append(f"{result.file}: {name} seed {key[2]} left out: "
+                                + (f"trained otherwise than {trained}" if trained else f"scored otherwise than {scored}"))
             else:
                 runs[key] = (result.file, model)
     return runs, problems + more_problems
 
 
-def settings_apart(model, runs, key):
-    "How a model's trained settings, less its seed, differ from those of the first seed read of its protocol and model."
-    settings = need(model, "trained_settings", dict)
+def apart(settings, runs, key, settings_of):
+    """How `settings`, less a seed, differ from those of the first seed read of the same protocol and model,
+    as settings_of(file, model entry) gives them: a mean over seeds is over seeds alone, trained alike and
+    scored on the same images by the same attacks."""
     first = next(((file, entry) for (protocol, name, _), (file, entry) in runs.items() if (protocol, name) == key[:2]), None)
     if first is None:
         return ""
-    theirs = first[1]["trained_settings"]
+    theirs = settings_of(*first)
     differ = [f"{k} {settings.get(k)} against {theirs.get(k)}" for k in sorted((set(settings) | set(theirs)) - {"seed"})
               if settings.get(k) != theirs.get(k)]
     return f"{first[0]} ({', '.join(differ)})" if differ else ""

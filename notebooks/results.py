@@ -632,7 +632,8 @@ for_each(over_training_results, lambda r: (print_over_training(r), figures.over_
 # of freedom; the seeds share their test images, so the spread is that of training, and the interval is
 # never narrower than Wilson's on those images; all intervals within 0 to 100); a point with one seed
 # shows that run with its Wilson interval on its images. `seeds`: the seeds behind each point. A seed
-# trained with other settings than the first one read of its protocol and model is left out, and named.
+# trained with other settings, or scored otherwise (other images or attacks), than the first one read of
+# its protocol and model is left out, and named.
 # Then the trend: from the first to the last snapshot that every seed scored, and each step between them,
 # the change in the mean over the seeds, in points, with the interval of the ablation's differences:
 # Student's t on the seeds' spread pooled over the two snapshots (2(k − 1) degrees of freedom), never

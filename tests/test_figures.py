@@ -168,6 +168,19 @@ def test_a_seed_trained_with_other_settings_is_left_out_of_the_mean_and_named(se
     assert figures.over_training_across_seeds(runs)[("paper", "C")][1000]["clean"].seeds == [0, 1]
 
 
+def test_a_seed_scored_on_other_images_is_left_out_of_the_mean_and_named(seed_files):
+    folder, _ = seed_files
+    path = folder / "over_training" / "paper_seed2.json"
+    data = json.loads(path.read_text())
+    data["scoring"]["strong_n"] = 500  # its AutoAttack on other images than the other seeds'
+    path.write_text(json.dumps(data))
+    runs, problems = figures.over_training_runs(folder)
+    assert ("paper", "C", 2) not in runs and ("paper", "B", 2) not in runs and ("paper", "C", 1) in runs
+    assert "over_training/paper_seed2.json: C seed 2 left out: scored otherwise than over_training/paper_seed0.json " \
+           "(strong_n 500 against 200)" in problems
+    assert figures.over_training_across_seeds(runs)[("paper", "C")][1000]["autoattack"].seeds == [0, 1]
+
+
 def test_a_copy_scored_over_training_is_its_model_with_its_own_seed(seed_files):
     folder, _ = seed_files
     path = folder / "over_training" / "paper_seed1.json"
