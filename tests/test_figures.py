@@ -237,7 +237,7 @@ def test_changes_across_seeds_run_from_the_first_to_the_last_snapshot_every_seed
     pgd = steps[0].scores["pgd10"]
     assert pgd.value == pytest.approx(sum(after) / 3 - sum(before) / 3) and seeds_half > images_half
     assert pgd.high - pgd.value == pytest.approx(seeds_half)
-    alone = figures.changes_across_seeds(figures.over_training_runs(folder)[0])[("authors", "C")][0].scores["autoattack"]
+    alone = changes[("authors", "C")][0].scores["autoattack"]
     first, last = (committed["models"]["C"]["snapshots"][i]["on_autoattack_images"]["autoattack"] for i in (0, -1))
     assert alone.value == pytest.approx(last - first)  # one seed: its two snapshots' Wilson half-widths in quadrature
     assert alone.high - alone.value == pytest.approx(math.hypot(*[(w.high - w.low) / 2 for w in (
