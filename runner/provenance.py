@@ -11,12 +11,14 @@ import core
 
 
 def device_name(device):
-    """The GPU's name, or the CPU's architecture and the vector instructions torch's kernels use there
-    (AVX2, AVX512, ...): the same float32 run rounds otherwise, and so trains another model, on a CPU
-    with other kernels (docs/mnist.md)."""
+    """The GPU's name, or the CPU's architecture, the vector instructions torch's kernels use there
+    (AVX2, AVX512, ...) and torch's thread count: a float32 run rounds otherwise, and so trains another
+    model, on a CPU with other kernels or split over another number of threads (docs/mnist.md)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.backends.cpu.get_cpu_capability()})"
+    threads = torch.get_num_threads()
+    return (f"cpu ({platform.processor() or platform.machine()}, {torch.backends.cpu.get_cpu_capability()}, "
+            f"{threads} thread{'s' if threads > 1 else ''})")
 
 
 def read_git_commit():

@@ -169,10 +169,12 @@ def test_provenance_names_the_commit_the_process_started_from(monkeypatch):
     assert (prov["git_commit"], prov["git_dirty"]) == runner.provenance.GIT_AT_START
 
 
-@pytest.mark.parametrize("capability", ["AVX2", "AVX512"])
-def test_provenance_names_the_vector_instructions_of_a_cpu(capability, monkeypatch):
+@pytest.mark.parametrize("capability,threads", [("AVX2", 1), ("AVX512", 2)])
+def test_provenance_names_the_vector_instructions_and_threads_of_a_cpu(capability, threads, monkeypatch):
     """The same float32 run trains another model where torch's CPU kernels use other vector instructions
-    (MNIST's A, seed 0: FGS 33.63 with AVX-512, 37.66 with AVX2): every result must say which. Fails if
-    the device a result records leaves them out."""
+    (MNIST's A, seed 0: FGS 33.63 with AVX-512, 37.66 with AVX2) or split its sums over another number
+    of threads: every result must say both. Fails if the device a result records leaves either out."""
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    assert runner.provenance.provenance(torch.device("cpu"), "mnist.py --quick")["device"].endswith(f", {capability})")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    device = runner.provenance.provenance(torch.device("cpu"), "mnist.py --quick")["device"]
+    assert device.endswith(f", {capability}, {threads} thread{'s' if threads > 1 else ''})")
